@@ -1,0 +1,53 @@
+"""Where data sets and decoded-tensor caches live.
+
+Raw data (the files a data set is read from) and the decoded-tensor cache are separate
+folders: raw data may sit on a shared, read-only disk, while the cache must be writable.
+
+- raw data: ``data_dir`` argument, else ``$BINSENSE_DATA``, else ``<user cache>/data``;
+- tensor cache: ``cache_dir`` argument, else ``$BINSENSE_CACHE``, else
+  ``<user cache>/tensors``;
+
+where ``<user cache>`` is ``$XDG_CACHE_HOME/binsense`` (default ``~/.cache/binsense``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_ENV = "BINSENSE_DATA"
+CACHE_ENV = "BINSENSE_CACHE"
+
+
+def _user_cache_root() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "binsense"
+
+
+def _resolve(explicit: str | os.PathLike | None, env: str, default_leaf: str) -> Path:
+    if explicit is not None:
+        path = Path(explicit)
+    elif os.environ.get(env):
+        path = Path(os.environ[env])
+    else:
+        path = _user_cache_root() / default_leaf
+    return path.expanduser().resolve()
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder raw data sets are read from (and downloaded to), as an absolute path.
+
+    ``data_dir`` if given, else ``$BINSENSE_DATA``, else ``~/.cache/binsense/data``
+    (``$XDG_CACHE_HOME`` honoured). The folder need not exist.
+    """
+    return _resolve(data_dir, DATA_ENV, "data")
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder decoded uint8 tensors are cached in, as an absolute path.
+
+    ``cache_dir`` if given, else ``$BINSENSE_CACHE``, else ``~/.cache/binsense/tensors``
+    (``$XDG_CACHE_HOME`` honoured). The folder need not exist.
+    """
+    return _resolve(cache_dir, CACHE_ENV, "tensors")

@@ -1,0 +1,41 @@
+"""User-facing errors.
+
+Every mistake a user can make (an unknown name, missing data, a corrupt checkpoint, a typo
+in a study file) raises a :class:`BinsenseError` whose message says what went wrong *and*
+what to do about it. The CLI prints that single line and exits with status 2; no stack
+trace is shown for user mistakes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class BinsenseError(Exception):
+    """An error caused by user input; its message names the fix."""
+
+
+class UnknownNameError(BinsenseError, KeyError):
+    """A name that is not in a registry (model, data set, quantizer, ...)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DataNotFoundError(BinsenseError):
+    """A data set is not on disk and could not be downloaded."""
+
+
+class CheckpointError(BinsenseError):
+    """A checkpoint is missing, corrupt, or does not match the model."""
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameError:
+    """Build an :class:`UnknownNameError` that suggests the closest valid name."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return UnknownNameError(
+        f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(choices)}."
+    )

@@ -1,0 +1,171 @@
+"""Evaluation conditions for sensor noise, analog weight noise and quantized batch norm.
+
+Importing this module registers three condition kinds (:mod:`binsense.evaluate.conditions`):
+
+- ``sensor_noise``: the test images pass through sensor instance *d* (seed
+  ``seed + d``) of a :class:`binsense.noise.SensorNoise` — the same sensor for every
+  model of a study, so models are compared on identical sensors;
+- ``weight_noise``: Monte-Carlo trial *d* of :class:`binsense.noise.WeightNoise` (draw
+  ``seed + d``), weights restored bit-exactly afterwards;
+- ``bn_bits``: batch norm quantized to ``bits`` (:func:`binsense.layers.bn.bn_quantized`),
+  restored afterwards; deterministic (one draw).
+
+Field values are validated when the condition is built; a misspelt name gets an error
+that suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import ClassVar
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor, nn
+
+from binsense.evaluate.conditions import Condition, InputTransform, register_condition
+from binsense.layers.bn import BN_TARGETS, bn_quantized
+from binsense.noise.sensor import SensorNoise, get_noise_type
+from binsense.noise.weights import BN_FORMS, NOISE_MODES, REFERENCES, WeightNoise, check_choice
+from binsense.quant.fixed import check_bits
+
+
+@register_condition
+class SensorNoiseCondition(Condition):
+    """Fixed-pattern sensor noise on the input images, averaged over sensor instances.
+
+    ``temporal`` adds fresh per-frame noise, drawn from a generator seeded by the draw, so
+    results are reproducible too.
+    """
+
+    kind: ClassVar[str] = "sensor_noise"
+
+    type: str
+    level: float = Field(ge=0)
+    instances: int = Field(5, ge=1)
+    per_channel: bool = False
+    adc_bits: int | None = Field(8, ge=1, le=16)
+    temporal: float = Field(0.0, ge=0)
+    seed: int = 0
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        return get_noise_type(value).name
+
+    def noise(self) -> SensorNoise:
+        """The :class:`SensorNoise` this condition applies."""
+        return SensorNoise(
+            self.type, self.level, self.per_channel, self.temporal, self.adc_bits, clip=True
+        )
+
+    def draws(self) -> int:
+        return self.instances
+
+    @contextmanager
+    def applied(self, model: nn.Module, draw: int) -> Iterator[InputTransform | None]:
+        noise = self.noise()
+        sensor = self.seed + draw
+        generators: dict[torch.device, torch.Generator] = {}
+
+        def transform(x: Tensor) -> Tensor:
+            gen = None
+            if noise.temporal > 0:
+                if x.device not in generators:
+                    generators[x.device] = torch.Generator(x.device).manual_seed(sensor)
+                gen = generators[x.device]
+            return noise.apply(x, sensor, gen)
+
+        yield transform
+
+
+@register_condition
+class WeightNoiseCondition(Condition):
+    """Analog Gaussian noise on the weights, ``trials`` Monte-Carlo draws.
+
+    Give ``eta`` or ``snr_db`` (see :class:`binsense.noise.WeightNoise`).
+    """
+
+    kind: ClassVar[str] = "weight_noise"
+
+    eta: float | None = Field(None, ge=0)
+    snr_db: float | None = None
+    mode: str = "additive"
+    reference: str = "max"
+    include_bn: bool = False
+    bn_form: str = "params"
+    include_bias: bool = False
+    binarized: bool = False
+    trials: int = Field(10, ge=1)
+    seed: int = 0
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        return check_choice("weight noise mode", value, NOISE_MODES)
+
+    @field_validator("reference")
+    @classmethod
+    def _known_reference(cls, value: str) -> str:
+        return check_choice("weight noise reference", value, REFERENCES)
+
+    @field_validator("bn_form")
+    @classmethod
+    def _known_bn_form(cls, value: str) -> str:
+        return check_choice("batch-norm noise form", value, BN_FORMS)
+
+    @model_validator(mode="after")
+    def _one_level(self) -> WeightNoiseCondition:
+        if (self.eta is None) == (self.snr_db is None):
+            raise ValueError("weight_noise needs exactly one of eta and snr_db")
+        return self
+
+    def noise(self) -> WeightNoise:
+        """The :class:`WeightNoise` this condition applies."""
+        return WeightNoise(
+            self.eta,
+            self.snr_db,
+            self.mode,
+            self.reference,
+            self.include_bn,
+            self.binarized,
+            bn_form=self.bn_form,
+            include_bias=self.include_bias,
+        )
+
+    def draws(self) -> int:
+        return self.trials
+
+    @contextmanager
+    def applied(self, model: nn.Module, draw: int) -> Iterator[InputTransform | None]:
+        with self.noise().applied(model, self.seed + draw):
+            yield None
+
+
+@register_condition
+class BnBitsCondition(Condition):
+    """Batch norm quantized to ``bits``-bit fixed point (``target`` raw/affine/threshold)."""
+
+    kind: ClassVar[str] = "bn_bits"
+
+    bits: int
+    target: str = "raw"
+
+    @field_validator("bits")
+    @classmethod
+    def _valid_bits(cls, value: int) -> int:
+        return check_bits(value)
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        return check_choice("batch-norm quantization target", value, BN_TARGETS)
+
+    @contextmanager
+    def applied(self, model: nn.Module, draw: int) -> Iterator[InputTransform | None]:
+        with bn_quantized(model, self.bits, self.target):
+            yield None
+
+
+__all__ = ["BnBitsCondition", "SensorNoiseCondition", "WeightNoiseCondition"]

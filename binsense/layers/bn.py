@@ -1,0 +1,390 @@
+r"""Batch-norm quantization and folding: k-bit parameters, affine form, integer thresholds.
+
+Inference batch norm, per channel, with :math:`\sigma = \sqrt{\mathrm{var} + \epsilon}`:
+
+.. math:: \mathrm{BN}(x) = \gamma\,\frac{x - \mu}{\sigma} + \beta = a\,x + b, \qquad
+          a = \gamma/\sigma,\quad b = \beta - a\,\mu
+
+Post-training quantization (:func:`quantize_bn`, :func:`bn_quantized`) rounds the
+parameters to signed k-bit fixed point (:func:`binsense.quant.fixed.quantize_fixed`, each
+tensor with its own automatic fractional bits) in one of three *targets*:
+
+- ``"raw"``: :math:`\gamma, \beta, \mu, \sigma` each quantized;
+- ``"affine"``: the folded :math:`a` and :math:`b` quantized;
+- ``"threshold"``: for a BN followed by a sign, the folded threshold :math:`\tau`
+  quantized (see :func:`fold_bn_sign`); a BN *not* followed by a sign (e.g. the
+  classifier's) gets the ``"affine"`` treatment.
+
+The S0 paper (Andreo-Oliver et al., Sci. Rep. 2025) quantizes "the batch-norm parameters"
+without saying which or in which format; the three targets and the fixed-point format are
+binsense's choices (``research/STUDIES.md``). Quantized parameters are written back into
+the ordinary :class:`torch.nn.BatchNorm2d` (with ``eps`` set to 0 and the running
+statistics rewritten so that PyTorch's BN computes exactly the quantized form), so every
+model keeps working unchanged; the results are meant for inference (eval mode).
+
+:class:`QuantizedBatchNorm` is the trainable counterpart (quantization-aware training of
+the affine form with a straight-through estimator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import pairwise
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from binsense.errors import BinsenseError, unknown_name
+from binsense.quant.fixed import (
+    FLOAT_BITS,
+    auto_frac_bits,
+    check_bits,
+    quantize_fixed,
+    quantize_fixed_ste,
+)
+from binsense.quant.sign import SignQuantizer
+
+BN_TARGETS = ("raw", "affine", "threshold")
+"""Quantization targets accepted by :func:`quantize_bn`."""
+
+
+def _check_target(target: str) -> str:
+    if target not in BN_TARGETS:
+        raise unknown_name("batch-norm quantization target", target, BN_TARGETS)
+    return target
+
+
+def _check_stats(bn: _BatchNorm) -> None:
+    if bn.running_mean is None or bn.running_var is None:
+        raise BinsenseError(
+            f"{bn} has no running statistics (track_running_stats=False); batch-norm "
+            "quantization and folding need them."
+        )
+
+
+def _channel_view(t: Tensor, x: Tensor) -> Tensor:
+    return t.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _gamma_beta(bn: _BatchNorm) -> tuple[Tensor, Tensor]:
+    """(gamma, beta) detached; (1, 0) for a BN without affine parameters."""
+    if bn.affine:
+        return bn.weight.detach(), bn.bias.detach()
+    ones = torch.ones_like(bn.running_mean)
+    return ones, torch.zeros_like(ones)
+
+
+def bn_sigma(bn: _BatchNorm) -> Tensor:
+    r""":math:`\sigma = \sqrt{\mathrm{running\_var} + \epsilon}` per channel."""
+    _check_stats(bn)
+    return torch.sqrt(bn.running_var.detach() + bn.eps)
+
+
+def fold_bn_affine(bn: _BatchNorm) -> tuple[Tensor, Tensor]:
+    r"""The inference BN as ``(a, b)`` with :math:`\mathrm{BN}(x) = a x + b`."""
+    gamma, beta = _gamma_beta(bn)
+    a = gamma / bn_sigma(bn)
+    return a, beta - a * bn.running_mean.detach()
+
+
+def fold_bn_sign(bn: _BatchNorm, integer_input: bool = False) -> tuple[Tensor, Tensor]:
+    r"""Fold ``sign(BN(x))`` into a per-channel threshold: ``(tau, flip)``.
+
+    With the sign convention :math:`\operatorname{sign}(0) = +1` and :math:`\sigma > 0`,
+    :math:`\operatorname{sign}(\mathrm{BN}(x)) = +1 \iff \gamma (x - \mu)/\sigma + \beta \ge 0`:
+
+    - :math:`\gamma > 0`: :math:`\iff x \ge \tau`, with
+      :math:`\tau = \mu - \beta\sigma/\gamma`; ``flip = +1``;
+    - :math:`\gamma < 0`: :math:`\iff x \le \tau` (the inequality turns); ``flip = -1``;
+    - :math:`\gamma = 0`: BN is the constant :math:`\beta`: always :math:`+1` if
+      :math:`\beta \ge 0` (``tau = -inf``), always :math:`-1` otherwise (``tau = +inf``);
+      ``flip = +1``.
+
+    All three cases are :math:`\operatorname{sign}(\mathrm{BN}(x)) =
+    \operatorname{sign}(\mathit{flip}\cdot(x - \tau))` (:func:`threshold_sign`). Note that
+    :math:`\mathit{flip}\cdot\operatorname{sign}(x - \tau)` would be wrong for
+    :math:`\gamma < 0` at :math:`x = \tau`, where BN is 0 and its sign is +1.
+
+    For integer inputs (``integer_input=True``; the popcount output of a binary layer fed
+    with ±1, possibly max-pooled) the threshold is rounded to an integer without changing
+    any output: :math:`x \ge \tau \iff x \ge \lceil\tau\rceil` for :math:`\gamma > 0` and
+    :math:`x \le \tau \iff x \le \lfloor\tau\rfloor` for :math:`\gamma < 0`; the compare is
+    then exact in integer arithmetic (the deployed form).
+
+    Computed in float64 from the stored parameters, so the rule equals BN + sign in exact
+    arithmetic; PyTorch's float32 BN can disagree only for an ``x`` within float32
+    rounding of ``tau``. ``tau`` is float64 (±inf for :math:`\gamma = 0`), ``flip`` holds
+    ±1 in the BN's dtype; both have one entry per channel.
+    """
+    _check_stats(bn)
+    gamma, beta = (t.double() for t in _gamma_beta(bn))
+    mu = bn.running_mean.detach().double()
+    sigma = torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    tau = mu - beta * sigma / gamma
+    constant = torch.where(beta >= 0, -torch.inf, torch.inf).to(tau)
+    tau = torch.where(gamma == 0, constant, tau)
+    if integer_input:
+        tau = torch.where(gamma > 0, torch.ceil(tau), torch.floor(tau))
+    flip = torch.where(gamma < 0, -1.0, 1.0).to(bn.running_mean.dtype)
+    return tau, flip
+
+
+def threshold_sign(x: Tensor, tau: Tensor, flip: Tensor) -> Tensor:
+    r""":math:`\operatorname{sign}(\mathit{flip}\cdot(x - \tau))` per channel (dim 1), in {-1, +1}.
+
+    ``sign(0) = +1``; with ``(tau, flip)`` from :func:`fold_bn_sign` this equals
+    ``sign(bn(x))`` in eval mode. Output dtype is ``x``'s.
+    """
+    t, f = _channel_view(tau, x), _channel_view(flip, x)
+    return torch.where(f * (x - t) >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def _batch_norms(model: nn.Module) -> list[_BatchNorm]:
+    """Float batch-norm layers of ``model`` (QuantizedBatchNorm is already quantized)."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, _BatchNorm) and not isinstance(m, QuantizedBatchNorm)
+    ]
+
+
+def _sign_fed(model: nn.Module) -> set[int]:
+    """ids of BN layers whose next sibling in an nn.Sequential is a sign quantizer."""
+    fed: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, nn.Sequential):
+            fed.update(
+                id(a)
+                for a, b in pairwise(m.children())
+                if isinstance(a, _BatchNorm) and isinstance(b, SignQuantizer)
+            )
+    return fed
+
+
+def _fixed(x: Tensor, bits: int) -> Tensor:
+    return quantize_fixed(x.float(), bits).to(x.dtype)
+
+
+@torch.no_grad()
+def _write_back(bn: _BatchNorm, gamma: Tensor, beta: Tensor, mu: Tensor, var: Tensor) -> None:
+    """Set BN so that it computes ``gamma * (x - mu) / sqrt(var) + beta`` (eps = 0)."""
+    if bn.affine:
+        bn.weight.copy_(gamma)
+        bn.bias.copy_(beta)
+    bn.running_mean.copy_(mu)
+    bn.running_var.copy_(var)
+    bn.eps = 0.0
+
+
+def _quantize_raw(bn: _BatchNorm, bits: int) -> None:
+    gamma, beta = _gamma_beta(bn)
+    sigma = bn_sigma(bn)
+    # A sigma that rounds to 0 is set to one step (a division by zero is not a format).
+    lsb = 2.0 ** -auto_frac_bits(sigma, bits)
+    sigma_q = _fixed(sigma, bits).clamp_min(lsb)
+    _write_back(
+        bn, _fixed(gamma, bits), _fixed(beta, bits), _fixed(bn.running_mean, bits), sigma_q**2
+    )
+
+
+def _quantize_affine(bn: _BatchNorm, bits: int) -> None:
+    a, b = fold_bn_affine(bn)
+    ones = torch.ones_like(a)
+    _write_back(bn, _fixed(a, bits), _fixed(b, bits), torch.zeros_like(a), ones)
+
+
+def _quantize_threshold(bn: _BatchNorm, bits: int) -> None:
+    tau, flip = fold_bn_sign(bn)
+    finite = torch.isfinite(tau)
+    tau_q = tau.clone()
+    if finite.any():
+        tau_q[finite] = quantize_fixed(tau[finite].float(), bits).double()
+    dtype = bn.running_mean.dtype
+    ones = torch.ones_like(flip)
+    # BN(x) = flip * (x - tau_q): same sign as the quantized threshold compare.
+    _write_back(bn, flip, torch.zeros_like(flip), tau_q.to(dtype), ones)
+
+
+def _plan(model: nn.Module, target: str) -> list[tuple[_BatchNorm, str]]:
+    """(layer, form) for every float BN, validated before anything is changed."""
+    fed = _sign_fed(model) if target == "threshold" else set()
+    plan = []
+    for bn in _batch_norms(model):
+        _check_stats(bn)
+        form = "raw" if target == "raw" else "threshold" if id(bn) in fed else "affine"
+        if form == "affine" and not bn.affine:
+            raise BinsenseError(
+                f"{bn} has no affine parameters, so its folded affine form cannot be written "
+                "back; use target 'raw'."
+            )
+        plan.append((bn, form))
+    return plan
+
+
+_QUANTIZE_FORMS = {
+    "raw": _quantize_raw,
+    "affine": _quantize_affine,
+    "threshold": _quantize_threshold,
+}
+
+
+def quantize_bn(model: nn.Module, bits: int, target: str = "raw") -> nn.Module:
+    r"""Quantize every batch-norm layer of ``model`` in place (post-training); returns it.
+
+    Args:
+        model: any model; its :class:`torch.nn.BatchNorm1d`/``2d``/``3d`` layers (with
+            running statistics) are quantized, :class:`QuantizedBatchNorm` layers skipped.
+        bits: fixed-point width 2..24; 32 leaves the model untouched (float baseline).
+        target: ``"raw"``, ``"affine"`` or ``"threshold"`` (module docstring). A BN "is
+            followed by a sign" when the next module of the same :class:`torch.nn.Sequential`
+            is a :class:`binsense.quant.SignQuantizer`.
+
+    Details (binsense's choices): in ``"raw"`` a :math:`\sigma` rounding to 0 becomes one
+    quantization step; in ``"threshold"`` the thresholds of constant channels
+    (:math:`\gamma = 0`, ``tau = ±inf``) stay infinite, and the rewritten BN outputs
+    ``flip * (x - tau_q)``: only its sign is meaningful. Use :func:`bn_quantized` to
+    quantize temporarily.
+    """
+    _check_target(target)
+    if check_bits(bits) == FLOAT_BITS:
+        return model
+    for bn, form in _plan(model, target):
+        _QUANTIZE_FORMS[form](bn, bits)
+    return model
+
+
+def _bn_tensors(bn: _BatchNorm) -> list[Tensor]:
+    tensors = [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+    return [t for t in tensors if t is not None]
+
+
+@contextmanager
+def bn_quantized(model: nn.Module, bits: int, target: str = "raw") -> Iterator[nn.Module]:
+    """Context manager: :func:`quantize_bn` on entry, bit-exact restore on exit.
+
+    Every parameter, running statistic and ``eps`` of the affected layers is copied on
+    entry and copied back on exit, also when the body raises.
+    """
+    _check_target(target)
+    check_bits(bits)
+    saved = [
+        (bn, bn.eps, [t.detach().clone() for t in _bn_tensors(bn)]) for bn in _batch_norms(model)
+    ]
+    try:
+        yield quantize_bn(model, bits, target)
+    finally:
+        with torch.no_grad():
+            for bn, eps, copies in saved:
+                bn.eps = eps
+                for t, c in zip(_bn_tensors(bn), copies, strict=True):
+                    t.copy_(c)
+
+
+class QuantizedBatchNorm(_BatchNorm):
+    r"""Batch norm computed in the quantized affine form, trainable (QAT) with an STE.
+
+    .. math:: y = Q_k(a)\,x + Q_k(b),\quad a = \frac{\gamma}{\sqrt{v + \epsilon}},\quad
+              b = \beta - a\,m
+
+    with :math:`(m, v)` the batch statistics in training (running statistics updated as
+    in :class:`torch.nn.BatchNorm2d`) and the running statistics in eval mode, and
+    :math:`Q_k` :func:`binsense.quant.fixed.quantize_fixed_ste` (automatic fractional bits
+    per tensor; gradients pass straight through). This is BN folding for
+    quantization-aware training as in Jacob et al., CVPR 2018, without the convolution.
+    With ``qat=False`` training runs in float and only eval mode is quantized. Works for
+    inputs ``[N, C]``, ``[N, C, L]``, ``[N, C, H, W]``, ...; its state dict is that of a
+    BatchNorm, so :meth:`from_batchnorm` converts a trained layer.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        bits: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        qat: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype
+        )
+        self.bits = check_bits(bits)
+        self.qat = bool(qat)
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise BinsenseError(f"QuantizedBatchNorm expects [N, C, ...] input, got {x.dim()}-D.")
+
+    @classmethod
+    def from_batchnorm(cls, bn: _BatchNorm, bits: int, qat: bool = True) -> QuantizedBatchNorm:
+        """A QuantizedBatchNorm with ``bn``'s configuration, parameters and statistics."""
+        ref = bn.running_mean if bn.running_mean is not None else bn.weight
+        q = cls(
+            bn.num_features, bits, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, qat,
+            device=None if ref is None else ref.device,
+            dtype=None if ref is None else ref.dtype,
+        )  # fmt: skip
+        q.load_state_dict(bn.state_dict())
+        q.train(bn.training)
+        return q
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        dims = [0, *range(2, x.dim())]
+        use_batch = self.training or not self.track_running_stats
+        if use_batch:
+            var, mean = torch.var_mean(x, dim=dims, correction=0)
+            if self.training and self.track_running_stats:
+                self._update_running(mean.detach(), var.detach(), x.numel() // x.size(1))
+        else:
+            mean, var = self.running_mean, self.running_var
+        a = (self.weight if self.affine else 1.0) / torch.sqrt(var + self.eps)
+        b = (self.bias if self.affine else 0.0) - a * mean
+        if self.training and not self.qat:
+            return x * _channel_view(a, x) + _channel_view(b, x)
+        a_q = quantize_fixed_ste(a, self.bits)
+        b_q = quantize_fixed_ste(b, self.bits)
+        return x * _channel_view(a_q, x) + _channel_view(b_q, x)
+
+    @torch.no_grad()
+    def _update_running(self, mean: Tensor, var: Tensor, n: int) -> None:
+        self.num_batches_tracked += 1
+        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * (n / max(n - 1, 1))
+        self.running_mean.lerp_(mean, m)
+        self.running_var.lerp_(unbiased, m)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bits={self.bits}, qat={self.qat}"
+
+
+def replace_batchnorm(model: nn.Module, bits: int, qat: bool = True) -> nn.Module:
+    """Replace every float BN of ``model`` by a :class:`QuantizedBatchNorm` (in place).
+
+    Returns ``model``; the new layers carry the old parameters and statistics, ready for
+    quantization-aware fine-tuning.
+    """
+    check_bits(bits)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, _BatchNorm) and not isinstance(child, QuantizedBatchNorm):
+                setattr(parent, name, QuantizedBatchNorm.from_batchnorm(child, bits, qat))
+    return model
+
+
+__all__ = [
+    "BN_TARGETS",
+    "QuantizedBatchNorm",
+    "bn_quantized",
+    "bn_sigma",
+    "fold_bn_affine",
+    "fold_bn_sign",
+    "quantize_bn",
+    "replace_batchnorm",
+    "threshold_sign",
+]

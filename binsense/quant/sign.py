@@ -1,0 +1,162 @@
+r"""Sign binarisation with straight-through estimators (STEs).
+
+All quantizers here share one forward pass,
+
+.. math::  q(x) = \operatorname{sign}(x) = \begin{cases} +1 & x \ge 0 \\ -1 & x < 0 \end{cases}
+
+(zero maps to +1, so the output is always in {-1, +1}), and differ only in the surrogate
+derivative :math:`\partial q / \partial x` used in the backward pass. Each is a small
+:class:`torch.nn.Module` (so it shows in a model's ``repr`` and can be injected into any
+layer, as in Larq and Brevitas) and is selectable by name through :func:`get_quantizer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from binsense.errors import unknown_name
+
+
+def _sign(x: Tensor) -> Tensor:
+    """sign with sign(0) = +1, same dtype as ``x``."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+class _SurrogateSign(torch.autograd.Function):
+    """sign(x) forward; ``grad * surrogate(x)`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, surrogate: Callable[[Tensor], Tensor]) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return _sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        return grad * ctx.surrogate(x), None
+
+
+class SignQuantizer(nn.Module):
+    """Base class: ``forward`` is sign(x); subclasses define :meth:`surrogate_grad`."""
+
+    def surrogate_grad(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _SurrogateSign.apply(x, self.surrogate_grad)
+
+
+class SteSign(SignQuantizer):
+    r"""Clipped straight-through estimator (BinaryNet; Larq ``ste_sign``).
+
+    .. math:: \frac{\partial q}{\partial x} = \mathbb{1}_{|x| \le c}
+
+    with clip value :math:`c` (default 1). Reference: Hubara, Courbariaux et al.,
+    "Binarized Neural Networks", NeurIPS 2016; Larq ``larq.quantizers.SteSign``.
+    """
+
+    def __init__(self, clip_value: float = 1.0) -> None:
+        super().__init__()
+        if clip_value <= 0:
+            raise ValueError(f"clip_value must be > 0, got {clip_value}")
+        self.clip_value = float(clip_value)
+
+    def surrogate_grad(self, x: Tensor) -> Tensor:
+        return (x.abs() <= self.clip_value).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"clip_value={self.clip_value}"
+
+
+class TriangleSign(SignQuantizer):
+    r"""Triangle surrogate: the derivative of a piecewise-quadratic approximation of sign.
+
+    .. math:: \frac{\partial q}{\partial x} = \max\!\left(0,\ \frac{2}{w}\Big(1 - \frac{|x|}{w}\Big)\right)
+
+    The triangle has half-width :math:`w` and area 2 (the height of the sign step). With
+    :math:`w = 1` this is :math:`\max(0, 2 - |2x|)`, which is both Bi-Real Net's
+    *ApproxSign* (Liu et al., ECCV 2018: :math:`F(x) = 2x \pm x^2` on :math:`|x|<1`) and the
+    activation gradient used by ReCU / DeSign (Xu et al., ICCV 2021; Monroy et al., JSTSP
+    2024). ``approx_sign`` is this quantizer with ``width=1``.
+    """
+
+    def __init__(self, width: float = 1.0) -> None:
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        self.width = float(width)
+
+    def surrogate_grad(self, x: Tensor) -> Tensor:
+        w = self.width
+        return ((2.0 / w) * (1.0 - x.abs() / w)).clamp_min(0.0)
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}"
+
+
+class SwishSign(SignQuantizer):
+    r"""SwishSign surrogate (BNN+, Darabi et al., 2018; Larq ``SwishSign``).
+
+    The forward pass is sign(x); the backward pass uses the derivative of
+    :math:`SS_\beta(x) = 2\sigma(\beta x)\,[1 + \beta x (1 - \sigma(\beta x))] - 1`:
+
+    .. math:: \frac{\partial q}{\partial x} =
+        \frac{\beta\,\big(2 - \beta x \tanh(\beta x / 2)\big)}{1 + \cosh(\beta x)}
+
+    which peaks at :math:`\beta` for :math:`x=0` and has small negative lobes around
+    :math:`|x| \approx 2.4/\beta`. Default :math:`\beta = 5`.
+    """
+
+    def __init__(self, beta: float = 5.0) -> None:
+        super().__init__()
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.beta = float(beta)
+
+    def surrogate_grad(self, x: Tensor) -> Tensor:
+        bx = (self.beta * x).clamp(-40.0, 40.0)  # cosh overflow guard; grad ~ 0 there
+        return self.beta * (2.0 - bx * torch.tanh(bx / 2.0)) / (1.0 + torch.cosh(bx))
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
+
+
+_QUANTIZERS: dict[str, Callable[..., SignQuantizer]] = {
+    "ste_sign": SteSign,
+    "approx_sign": lambda: TriangleSign(width=1.0),
+    "triangle": TriangleSign,
+    "swish_sign": SwishSign,
+}
+
+
+def quantizer_names() -> list[str]:
+    """Names accepted by :func:`get_quantizer`."""
+    return sorted(_QUANTIZERS)
+
+
+def get_quantizer(spec: str | SignQuantizer | None, **kwargs) -> SignQuantizer | None:
+    """Return a sign quantizer from a name (``"ste_sign"``, ``"approx_sign"``, ...).
+
+    ``None`` passes through (no quantization); a :class:`SignQuantizer` instance is
+    returned as is; keyword arguments configure the named quantizer (``clip_value``,
+    ``width``, ``beta``).
+    """
+    if spec is None or isinstance(spec, SignQuantizer):
+        return spec
+    if spec not in _QUANTIZERS:
+        raise unknown_name("quantizer", spec, _QUANTIZERS)
+    return _QUANTIZERS[spec](**kwargs)
+
+
+__all__ = [
+    "SignQuantizer",
+    "SteSign",
+    "TriangleSign",
+    "SwishSign",
+    "get_quantizer",
+    "quantizer_names",
+]

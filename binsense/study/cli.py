@@ -1,0 +1,119 @@
+"""``binsense study ...``: the study commands, added to the main parser.
+
+Each handler takes the parsed arguments, calls the library and returns an exit code;
+user mistakes raise :class:`~binsense.errors.BinsenseError`, which the main CLI prints as
+one line. Library modules are imported inside the handlers, so that building the
+parser (every ``binsense`` command does) does not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from binsense.study.export import FORMATS
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from binsense.study.runner import run_study
+
+    summary = run_study(
+        args.file, args.preset, data_dir=args.data_dir, out=args.out,
+        progress=False if args.no_progress else None,
+    )  # fmt: skip
+    print(summary.line())
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from binsense.io import atomic_write_text
+    from binsense.study.export import format_rows, study_rows
+    from binsense.study.schema import load_study
+
+    text = format_rows(study_rows(load_study(args.file, args.preset, out=args.out)), args.format)
+    if args.output:
+        atomic_write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from binsense.study.report import write_report
+    from binsense.study.schema import load_study
+
+    files = write_report(load_study(args.file, args.preset, out=args.out))
+    print(f"report: {files.markdown}, {files.html} ({len(files.figures)} figures)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from binsense.study.runner import study_progress
+    from binsense.study.schema import load_study
+
+    study = load_study(args.file, args.preset, out=args.out)
+    progress = study_progress(study)
+    per_run = study.draws_per_run
+    total = len(study.trainings) * (1 + per_run)
+    done = sum((p.status == "trained") + p.draws_done for p in progress)
+    preset = f" (preset {study.preset})" if study.preset else ""
+    print(f"study {study.name}{preset}: {study.path}")
+    if study.description:
+        print(f"  {study.description}")
+    print(f"  folder {study.out_dir}, store {study.store_path.name}")
+    print(
+        f"  {len(study.trainings)} training(s) x {len(study.evaluations)} condition(s) "
+        f"({per_run} draws per model) = {total} steps; done {done}/{total}"
+    )
+    print("trainings:")
+    for p in progress:
+        c = p.training.config
+        print(
+            f"  {p.training.run_id}  {p.training.label():<24} {c.model} on {c.dataset}, "
+            f"{c.epochs} epoch(s)  {p.status or 'not started'}, "
+            f"{p.draws_done}/{p.draws_total} draws"
+        )
+    print("conditions:")
+    for ev in study.evaluations:
+        print(f"  {ev.condition_id}  {ev.label()}  {ev.draws} draw(s)")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="study file (TOML)")
+    p.add_argument("--preset", help="preset of the file (default: its study.default_preset)")
+    p.add_argument("--out", help="study folder (default: next to FILE, named after it)")
+
+
+def add_study_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``study run|results|report|show`` to the main CLI's sub-commands."""
+    p = subparsers.add_parser(
+        "study",
+        help="run a study: train a grid of models, evaluate them under conditions, report",
+        description="Studies: a TOML file with a grid of trainings and of evaluation "
+        "conditions. `run` skips what is done and resumes after an interruption.",
+    )
+    sub = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
+
+    q = sub.add_parser("run", help="train and evaluate what is not done yet")
+    _common(q)
+    q.add_argument("--data-dir", help="data-set folder (default: $BINSENSE_DATA)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.set_defaults(func=cmd_run)
+
+    q = sub.add_parser("results", help="export the results table")
+    _common(q)
+    q.add_argument("--format", choices=FORMATS, default="csv", help="output format (csv)")
+    q.add_argument("-o", "--output", help="write to this file instead of stdout")
+    q.set_defaults(func=cmd_results)
+
+    q = sub.add_parser("report", help="write the Markdown/HTML report with figures")
+    _common(q)
+    q.set_defaults(func=cmd_report)
+
+    q = sub.add_parser("show", help="print the expanded plan and what is done")
+    _common(q)
+    q.set_defaults(func=cmd_show)
+
+
+__all__ = ["add_study_commands"]

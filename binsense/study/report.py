@@ -1,0 +1,495 @@
+"""Study reports: Markdown and a self-contained HTML page, with tables and figures.
+
+Everything comes from the results store (never from logs). The report is built as a list
+of blocks (headings, paragraphs, tables, figures) rendered twice: to ``report.md``
+(figures linked as ``figures/*.png``) and to ``report.html`` (figures embedded as base64,
+every user-provided string passed through :func:`html.escape`, no external resources).
+
+Which figures appear depends only on what the plan contains — no condition kind is
+special-cased except ``clean``, the reference condition of the registry:
+
+- for every kind and every numeric parameter that takes several values in the plan
+  (sensor-noise ``level``, weight-noise ``eta``, BN ``bits``, ...): accuracy vs that
+  parameter, one line per training group and per combination of the kind's other varying
+  parameters (e.g. noise type), mean ± std band over draws and seeds; with a ``clean``
+  condition a second panel shows the normalised accuracy (accuracy / clean accuracy of
+  the same run), and the clean accuracy is drawn as a dashed line; integer sweeps over a
+  wide range (bit-widths) get a log2 axis;
+- when the training grid varies something other than the seed: a heatmap of training
+  group x test condition (mean accuracy).
+
+A *training group* is the set of runs that differ only by seed; their draws are pooled.
+Axis labels take the unit from the condition field's ``description`` when it has one,
+else from :data:`AXIS_LABELS`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from matplotlib.figure import Figure
+
+import binsense
+from binsense.errors import BinsenseError
+from binsense.io import atomic_write, atomic_write_text
+from binsense.study.export import markdown_table, study_rows
+from binsense.study.schema import IMAGEFOLDER_PREFIX, Evaluation, Study, load_study
+from binsense.study.store import ResultStore, utc_now
+
+#: The registry's reference condition: normalised accuracy divides by its accuracy.
+REFERENCE_KIND = "clean"
+
+#: Axis labels (with units) for common parameter names, used when the condition's field
+#: has no ``description``.
+AXIS_LABELS = {
+    "level": "noise σ (fraction of full scale)",
+    "eta": "η (relative to the layer's weight scale)",
+    "snr_db": "SNR (dB)",
+    "bits": "bit-width (bits)",
+}
+
+_DPI = 120
+
+
+@dataclass(frozen=True)
+class _Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class _Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class _Table:
+    header: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass(frozen=True)
+class _Figure:
+    name: str
+    title: str
+    png: bytes
+
+
+@dataclass
+class _Stats:
+    """Accuracies (and normalised accuracies) pooled over draws and seeds."""
+
+    acc: list[float] = field(default_factory=list)
+    norm: list[float] = field(default_factory=list)
+
+    @staticmethod
+    def _mean_std(values: list[float]) -> tuple[float, float]:
+        if not values:
+            return math.nan, math.nan
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    def accuracy(self) -> tuple[float, float]:
+        return self._mean_std(self.acc)
+
+    def normalised(self) -> tuple[float, float]:
+        return self._mean_std(self.norm)
+
+
+def _pct(mean_std: tuple[float, float]) -> str:
+    mean, std = mean_std
+    return "" if math.isnan(mean) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def condition_labels(evaluations: Sequence[Evaluation]) -> dict[str, str]:
+    """Short labels: the kind and only the parameters that vary within that kind."""
+    by_kind: dict[str, list[Evaluation]] = defaultdict(list)
+    for ev in evaluations:
+        by_kind[ev.kind].append(ev)
+    labels = {}
+    for kind, evs in by_kind.items():
+        varying = _varying([ev.condition.params() for ev in evs])
+        for ev in evs:
+            params = ev.condition.params()
+            inner = " ".join(f"{k}={params[k]}" for k in varying)
+            labels[ev.condition_id] = f"{kind} {inner}".strip()
+    return labels
+
+
+def _varying(dicts: Sequence[dict[str, Any]], skip: Sequence[str] = ()) -> list[str]:
+    keys = dict.fromkeys(k for d in dicts for k in d if k not in skip)
+    return [k for k in keys if len({repr(d.get(k)) for d in dicts}) > 1]
+
+
+class _Data:
+    """The plan's stored results, indexed for tables and figures."""
+
+    def __init__(self, study: Study, rows: list[dict[str, Any]]) -> None:
+        self.study = study
+        self.group_keys = [k for k in study.varied if k != "seed"]
+        self.group_of = {t.run_id: t.label(self.group_keys) for t in study.trainings}
+        if not self.group_keys:
+            self.group_of = dict.fromkeys(self.group_of, "all runs")
+        self.groups = list(dict.fromkeys(self.group_of.values()))
+        self.labels = condition_labels(study.evaluations)
+        self.evaluations = {ev.condition_id: ev for ev in study.evaluations}
+        per_run: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for r in rows:
+            per_run[r["run_id"], r["condition_id"]].append(r["accuracy"])
+        self.per_run = per_run
+        reference = next((e for e in study.evaluations if e.kind == REFERENCE_KIND), None)
+        self.reference = reference
+        clean = {
+            t.run_id: statistics.fmean(per_run[t.run_id, reference.condition_id])
+            for t in study.trainings
+            if reference is not None and per_run.get((t.run_id, reference.condition_id))
+        }
+        pooled: dict[tuple[str, str], _Stats] = defaultdict(_Stats)
+        for r in rows:
+            stats = pooled[self.group_of[r["run_id"]], r["condition_id"]]
+            stats.acc.append(r["accuracy"])
+            if clean.get(r["run_id"]):
+                stats.norm.append(r["accuracy"] / clean[r["run_id"]])
+        self.pooled = pooled
+
+    def run_stats(self, run_id: str, condition_id: str) -> tuple[float, float, int]:
+        values = self.per_run.get((run_id, condition_id), [])
+        mean, std = _Stats._mean_std(values)
+        return mean, std, len(values)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _axis_label(ev: Evaluation, param: str) -> str:
+    info = type(ev.condition).model_fields.get(param)
+    if info is not None and info.description:
+        return f"{param}: {info.description}"
+    return AXIS_LABELS.get(param, param)
+
+
+def sweep_params(evaluations: Sequence[Evaluation]) -> list[str]:
+    """Parameters of one kind's conditions that are numeric everywhere and take several values."""
+    params = [ev.condition.params() for ev in evaluations]
+    keys = dict.fromkeys(k for p in params for k in p)
+    return [
+        k
+        for k in keys
+        if all(_is_number(p.get(k)) for p in params) and len({p[k] for p in params}) > 1
+    ]
+
+
+def _sweep_figure(data: _Data, kind: str, param: str) -> _Figure:
+    """Accuracy (and normalised accuracy) vs ``param`` for one condition kind."""
+    evs = [ev for ev in data.study.evaluations if ev.kind == kind]
+    series_keys = _varying([ev.condition.params() for ev in evs], skip=[param])
+    series: dict[tuple[str, str], list[Evaluation]] = defaultdict(list)
+    for group in data.groups:
+        for ev in sorted(evs, key=lambda ev: ev.condition.params()[param]):
+            params = ev.condition.params()
+            series[group, ", ".join(f"{k}={params[k]}" for k in series_keys)].append(ev)
+    panels = [("accuracy", "test accuracy (%)")]
+    if data.reference is not None:
+        panels.append(("normalised", "normalised accuracy (% of clean)"))
+    fig = Figure(figsize=(6.4 * len(panels), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    xs_all = sorted({ev.condition.params()[param] for ev in evs})
+    for ax, (stat, ylabel) in zip(axes, panels):
+        colours: dict[str, str] = {}
+        for (group, key), members in series.items():
+            points = []
+            for ev in members:
+                stats = data.pooled.get((group, ev.condition_id))
+                mean, std = getattr(stats, stat)() if stats else (math.nan, math.nan)
+                if not math.isnan(mean):
+                    points.append((ev.condition.params()[param], 100 * mean, 100 * std))
+            if not points:
+                continue
+            xs, means, stds = zip(*points)
+            label = " · ".join(p for p in (group if len(data.groups) > 1 else "", key) if p)
+            (line,) = ax.plot(xs, means, marker="o", label=label or kind)
+            colours.setdefault(group, line.get_color())
+            lo = [m - s for m, s in zip(means, stds)]
+            hi = [m + s for m, s in zip(means, stds)]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0)
+        if stat == "accuracy" and data.reference is not None and colours:
+            for group, colour in colours.items():
+                ref = data.pooled.get((group, data.reference.condition_id))
+                if ref is not None and ref.acc:
+                    tint = colour if len(colours) > 1 else "0.3"
+                    ax.axhline(100 * ref.accuracy()[0], color=tint, ls="--", lw=1)
+            ax.plot([], [], color="0.3", ls="--", lw=1, label="clean accuracy")
+        if all(isinstance(x, int) and x > 0 for x in xs_all) and xs_all[-1] >= 4 * xs_all[0]:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs_all, [str(x) for x in xs_all])
+            ax.minorticks_off()
+        ax.set_xlabel(_axis_label(evs[0], param))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small", title="mean ± std over draws and seeds",
+                    title_fontsize="x-small")  # fmt: skip
+    title = f"{kind}: accuracy vs {param}"
+    fig.suptitle(f"{title}\n{_subtitle(data.study)}", fontsize="medium")
+    return _Figure(f"{kind}_vs_{param}", title, _png(fig))
+
+
+def _heatmap(data: _Data) -> _Figure | None:
+    """Mean accuracy of every training group x test condition (grid varies training)."""
+    if len(data.groups) < 2:
+        return None
+    cols = list(data.study.evaluations)
+    grid = [
+        [
+            100 * data.pooled[g, ev.condition_id].accuracy()[0]
+            if (g, ev.condition_id) in data.pooled
+            else math.nan
+            for ev in cols
+        ]
+        for g in data.groups
+    ]
+    fig = Figure(figsize=(max(6.0, 0.75 * len(cols) + 3), max(3.0, 0.55 * len(data.groups) + 2)))
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), [data.labels[ev.condition_id] for ev in cols],
+                  rotation=45, ha="right", fontsize="small")  # fmt: skip
+    ax.set_yticks(range(len(data.groups)), data.groups, fontsize="small")
+    finite = [v for row in grid for v in row if not math.isnan(v)]
+    middle = (min(finite) + max(finite)) / 2 if finite else 0
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if not math.isnan(value):
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize="x-small",
+                        color="black" if value > middle else "white")  # fmt: skip
+    ax.set_xlabel("test condition")
+    ax.set_ylabel("training (" + ", ".join(data.group_keys) + ")")
+    title = "accuracy: training x test condition"
+    ax.set_title(f"{title}\n{_subtitle(data.study)}", fontsize="medium")
+    fig.colorbar(image, ax=ax, label="test accuracy (%)")
+    return _Figure("heatmap_training_x_condition", title, _png(fig))
+
+
+def _short_dataset(name: str) -> str:
+    """``imagefolder:/long/path/name`` -> ``imagefolder:name``."""
+    if name.lower().startswith(IMAGEFOLDER_PREFIX):
+        return IMAGEFOLDER_PREFIX + Path(name[len(IMAGEFOLDER_PREFIX) :]).name
+    return name
+
+
+def _subtitle(study: Study) -> str:
+    models = sorted({t.config.model for t in study.trainings})
+    datasets = sorted({_short_dataset(t.config.dataset) for t in study.trainings})
+    seeds = len({t.config.seed for t in study.trainings})
+    return f"{', '.join(models)} on {', '.join(datasets)}, {seeds} seed(s)"
+
+
+# ---------------------------------------------------------------- blocks
+
+
+def _blocks(study: Study, rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[Any]:
+    data = _Data(study, rows)
+    expected = len(study.trainings) * study.draws_per_run
+    preset = study.preset or "none"
+    blocks: list[Any] = [_Heading(f"Study {study.name}", 1)]
+    if study.description:
+        blocks.append(_Text(study.description))
+    status = "complete" if len(rows) == expected else f"partial: {len(rows)} of {expected} draws"
+    blocks.append(
+        _Text(
+            f"Preset: {preset}. {len(study.trainings)} training(s) x "
+            f"{len(study.evaluations)} condition(s), {status}. Generated {utc_now()} by "
+            f"binsense {binsense.__version__} (matplotlib {matplotlib.__version__}) from "
+            f"{study.store_path}."
+        )
+    )
+
+    blocks.append(_Heading("Trained models"))
+    run_rows = {r["run_id"]: r for r in runs}
+    table = []
+    for t in study.trainings:
+        r = run_rows.get(t.run_id, {})
+        acc = r.get("test_accuracy")
+        seconds = r.get("train_seconds")
+        table.append([
+            t.run_id, t.label(), t.config.dataset, t.config.model, r.get("epochs_done", 0),
+            "" if acc is None else f"{100 * acc:.2f}", r.get("status", "not started"),
+            "" if seconds is None else f"{seconds:.0f}",
+        ])  # fmt: skip
+    blocks.append(_Table(
+        ["run", "training", "data set", "model", "epochs", "test acc. (%)", "status",
+         "train time (s)"], table,
+    ))  # fmt: skip
+
+    figures: list[_Figure] = []
+    for kind in dict.fromkeys(ev.kind for ev in study.evaluations):
+        evs = [ev for ev in study.evaluations if ev.kind == kind]
+        figures += [_sweep_figure(data, kind, param) for param in sweep_params(evs)]
+    heatmap = _heatmap(data)
+    if heatmap is not None:
+        figures.append(heatmap)
+    if figures:
+        blocks.append(_Heading("Figures"))
+        blocks += figures
+
+    blocks.append(_Heading("Summary (seeds pooled)"))
+    blocks.append(_Text("Accuracy in %, mean ± std over every draw of every seed."))
+    header = ["training", "condition", "accuracy (%)", "n"]
+    if data.reference is not None:
+        header.insert(3, "normalised (% of clean)")
+    table = []
+    for group in data.groups:
+        for ev in study.evaluations:
+            stats = data.pooled.get((group, ev.condition_id))
+            if stats is None:
+                continue
+            row = [group, data.labels[ev.condition_id], _pct(stats.accuracy()), len(stats.acc)]
+            if data.reference is not None:
+                row.insert(3, _pct(stats.normalised()))
+            table.append(row)
+    blocks.append(_Table(header, table))
+
+    blocks.append(_Heading("Every run x condition"))
+    table = []
+    for t in study.trainings:
+        for ev in study.evaluations:
+            mean, std, n = data.run_stats(t.run_id, ev.condition_id)
+            if n:
+                table.append([t.run_id, t.label(), ev.label(), _pct((mean, std)), f"{n}/{ev.draws}"])
+    blocks.append(_Table(["run", "training", "condition", "accuracy (%)", "draws"], table))
+    return blocks
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _md_text(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_markdown(blocks: list[Any]) -> str:
+    """The report as Markdown; figures link to ``figures/<name>.png``."""
+    parts = []
+    for b in blocks:
+        if isinstance(b, _Heading):
+            parts.append(f"{'#' * b.level} {_md_text(b.text)}\n")
+        elif isinstance(b, _Text):
+            parts.append(_md_text(b.text) + "\n")
+        elif isinstance(b, _Table):
+            parts.append(markdown_table(b.header, b.rows) if b.rows else "(no rows yet)\n")
+        else:
+            parts.append(f"![{_md_text(b.title)}](figures/{b.name}.png)\n")
+    return "\n".join(parts)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f3f3f3; }
+tr:nth-child(even) td { background: #fafafa; }
+figure { margin: 1.5em 0; }
+img { max-width: 100%; }
+figcaption { color: #555; font-size: 0.9em; }
+"""
+
+
+def render_html(blocks: list[Any], title: str) -> str:
+    """The report as one HTML page (inline CSS, figures as base64 PNG, text escaped)."""
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+    ]
+    for b in blocks:
+        if isinstance(b, _Heading):
+            parts.append(f"<h{b.level}>{esc(b.text)}</h{b.level}>")
+        elif isinstance(b, _Text):
+            parts.append(f"<p>{esc(b.text)}</p>")
+        elif isinstance(b, _Table):
+            if not b.rows:
+                parts.append("<p>(no rows yet)</p>")
+                continue
+            head = "".join(f"<th>{esc(str(h))}</th>" for h in b.header)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>" for row in b.rows
+            )
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        else:
+            data = base64.b64encode(b.png).decode("ascii")
+            parts.append(
+                f'<figure><img alt="{esc(b.title)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{esc(b.title)}</figcaption></figure>"
+            )
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Paths written by :func:`write_report`."""
+
+    markdown: Path
+    html: Path
+    figures: tuple[Path, ...]
+
+
+def write_report(study: Study, out_dir: str | os.PathLike | None = None) -> ReportFiles:
+    """Write ``report.md``, ``report.html`` and ``figures/*.png`` for ``study``.
+
+    Args:
+        study: a loaded study (:func:`~binsense.study.schema.load_study`).
+        out_dir: report folder (default: ``study.report_dir``).
+
+    Raises:
+        BinsenseError: the store holds no result of this study's plan yet.
+    """
+    rows = study_rows(study)
+    if not rows:
+        raise BinsenseError(
+            f"no results of study {study.name!r} in {str(study.store_path)!r} yet; "
+            f"run `binsense study run {study.path}` first."
+        )
+    with ResultStore(study.store_path, create=False) as store:
+        runs = store.runs([t.run_id for t in study.trainings])
+    blocks = _blocks(study, rows, runs)
+    out = Path(out_dir) if out_dir is not None else study.report_dir
+    figures = []
+    for b in blocks:
+        if isinstance(b, _Figure):
+            path = out / "figures" / f"{b.name}.png"
+            atomic_write(path, lambda f, png=b.png: f.write(png))
+            figures.append(path)
+    md = atomic_write_text(out / "report.md", render_markdown(blocks))
+    page = atomic_write_text(out / "report.html", render_html(blocks, f"Study {study.name}"))
+    return ReportFiles(markdown=md, html=page, figures=tuple(figures))
+
+
+def report_study(
+    path: str | os.PathLike, preset: str | None = None, *, out: str | os.PathLike | None = None
+) -> ReportFiles:
+    """Load a study file and write its report (see :func:`write_report`)."""
+    return write_report(load_study(path, preset, out=out))
+
+
+__all__ = ["ReportFiles", "condition_labels", "report_study", "write_report"]

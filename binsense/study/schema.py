@@ -1,0 +1,542 @@
+"""Study files: the TOML schema, scale presets and grid expansion.
+
+A study file describes a grid of trainings and a grid of evaluation conditions::
+
+    [study]                  # name, description, default_preset
+    [train]                  # base TrainConfig fields
+    [train.grid]             # TrainConfig field -> list of values (cartesian product)
+    [[evaluate]]             # one condition block: kind + parameters; list values expand
+    [eval]                   # evaluation options (batch size, test subset, draw cap)
+    [presets.NAME]           # tables deep-merged over the file (scale: smoke, cpu, paper)
+
+Loading is strict: every key is checked against the schema of its section (TrainConfig
+for ``[train]``, the registered condition class for an ``[[evaluate]]`` block), names of
+data sets, models and condition kinds against their registries, and every problem
+becomes one :class:`StudyFileError` line that names the file, the place in it (section,
+block number, preset) and — for a misspelt name — the nearest valid one. The base file
+and *every* preset are validated, so a typo in the ``paper`` preset is found by a
+``smoke`` run.
+
+Presets merge recursively into tables; any other value (including the ``evaluate``
+array) is replaced. Expansion turns the merged document into a :class:`Study`: one
+:class:`Training` per distinct training config (its ``run_id`` is the config's content
+hash, so the same config always maps to the same run folder and store rows) and one
+:class:`Evaluation` per distinct condition (its ``condition_id`` hashes the kind, the
+parameters and the choice of test images, so changing any of them re-evaluates).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import os
+import re
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from binsense.errors import BinsenseError
+from binsense.evaluate.conditions import Condition, condition_class, condition_kinds
+from binsense.train import TrainConfig
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+#: Prefix of data-set names that point at a local image folder (``imagefolder:PATH``).
+IMAGEFOLDER_PREFIX = "imagefolder:"
+
+_SECTIONS = ("study", "train", "evaluate", "eval", "presets")
+_PRESET_SECTIONS = ("study", "train", "evaluate", "eval")
+_GRID = "grid"
+
+
+class StudyFileError(BinsenseError):
+    """A study file that cannot be read or does not follow the schema (one line)."""
+
+
+class StudyInfo(BaseModel):
+    """The ``[study]`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(None, description="study name (default: the file name)")
+    description: str = ""
+    default_preset: str | None = Field(None, description="preset used when none is given")
+
+
+class EvalOptions(BaseModel):
+    """The ``[eval]`` table: how every condition is evaluated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(500, ge=1, description="images per evaluation batch")
+    test_subset: int | None = Field(None, ge=1, description="test images per class (all)")
+    seed: int = Field(0, description="seed of the test-subset selection")
+    max_draws: int | None = Field(
+        None, ge=1, description="evaluate at most this many draws of each condition"
+    )
+    device: str | None = Field(None, description="device (default: the training device)")
+
+
+@dataclass(frozen=True)
+class Training:
+    """One model to train: its config, its grid coordinates and its content-derived id."""
+
+    run_id: str
+    config: TrainConfig
+    grid: dict[str, Any]
+
+    def label(self, keys: Iterable[str] | None = None) -> str:
+        """``seed=0, lr=0.001`` (the grid values, optionally only ``keys``); ``base`` if none."""
+        items = [(k, v) for k, v in self.grid.items() if keys is None or k in keys]
+        return ", ".join(f"{k}={v}" for k, v in items) or "base"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation condition and how many of its draws the study evaluates."""
+
+    condition_id: str
+    condition: Condition
+    draws: int
+
+    @property
+    def kind(self) -> str:
+        return self.condition.kind
+
+    def label(self) -> str:
+        return self.condition.label()
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated, expanded study: what to train, what to evaluate, where to store it."""
+
+    path: Path
+    name: str
+    description: str
+    preset: str | None
+    presets: tuple[str, ...]
+    trainings: tuple[Training, ...]
+    evaluations: tuple[Evaluation, ...]
+    eval: EvalOptions
+    out_dir: Path
+
+    @property
+    def store_path(self) -> Path:
+        """The study's SQLite results store."""
+        return self.out_dir / "results.sqlite"
+
+    def run_dir(self, run_id: str) -> Path:
+        """The run folder (config, metrics, checkpoint) of one training."""
+        return self.out_dir / "runs" / run_id
+
+    @property
+    def report_dir(self) -> Path:
+        """Where ``study report`` writes (one folder per preset)."""
+        return self.out_dir / ("report" if self.preset is None else f"report-{self.preset}")
+
+    @property
+    def varied(self) -> tuple[str, ...]:
+        """Training-grid keys that take more than one value."""
+        keys: dict[str, set[str]] = {}
+        for t in self.trainings:
+            for k, v in t.grid.items():
+                keys.setdefault(k, set()).add(json.dumps(v, sort_keys=True))
+        return tuple(k for k, vals in keys.items() if len(vals) > 1)
+
+    @property
+    def draws_per_run(self) -> int:
+        return sum(e.draws for e in self.evaluations)
+
+
+def run_id_for(config: TrainConfig) -> str:
+    """The run id of a training config: its content hash (device and threads excluded).
+
+    Everything that changes the trained model is a :class:`TrainConfig` field, so the hash
+    covers it; two study files that ask for the same training share its run id.
+    """
+    return config.config_hash()
+
+
+def condition_id_for(condition: Condition, options: EvalOptions) -> str:
+    """Content hash of a condition and the test images it is evaluated on."""
+    blob = {
+        "kind": condition.kind,
+        "params": condition.params(),
+        "test_subset": options.test_subset,
+        "subset_seed": options.seed,
+    }
+    text = json.dumps(blob, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- messages
+
+
+def _nearest(name: str, choices: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    choices = sorted(choices)
+    close = _nearest(name, choices)
+    if close:
+        return f" — did you mean {close!r}?"
+    return f" (valid: {', '.join(choices)})"
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "dict_type": "a table",
+    "list_type": "a list",
+}
+
+
+def _pydantic_problem(err: ValidationError, fields: Iterable[str]) -> str:
+    """The first problem of a pydantic error as a phrase naming the key."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = loc[0] if loc else "?"
+    kind, given = first["type"], first.get("input")
+    if kind == "extra_forbidden":
+        if len(loc) == 1:
+            return f"unknown key {key!r}{_did_you_mean(key, fields)}"
+        return f"unknown key {'.'.join(loc)!r}"
+    if kind in ("value_error", "assertion_error"):  # a validator's own message
+        msg = first["msg"].split(", ", 1)[-1]
+        return f"{key!r}: {msg}" if loc else msg
+    if kind in _EXPECTED:
+        return f"{key!r} must be {_EXPECTED[kind]}, got {given!r}"
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", first.get("ctx", {}).get("expected", ""))
+        hint = _did_you_mean(str(given), choices) if choices else ""
+        return f"{key!r} must be {first['ctx']['expected']}, got {given!r}{hint}"
+    msg = first["msg"]
+    if msg.startswith("Input should be "):
+        return f"{key!r} must be {msg.removeprefix('Input should be ')}, got {given!r}"
+    return f"{key!r}: {msg[:1].lower() + msg[1:]}, got {given!r}"
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where in the file a table lives, for messages (``[train]``, ``[presets.smoke.eval]``)."""
+
+    file: str
+    preset: str | None = None
+
+    def table(self, name: str) -> str:
+        return f"[presets.{self.preset}.{name}]" if self.preset else f"[{name}]"
+
+    def block(self, index: int, kind: Any = None) -> str:
+        base = f"[[presets.{self.preset}.evaluate]]" if self.preset else "[[evaluate]]"
+        return f"{base} #{index + 1}" + (f" (kind {json.dumps(kind)})" if kind else "")
+
+    def error(self, where: str, problem: str) -> StudyFileError:
+        return StudyFileError(f"{self.file}: {where} {problem}")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; a syntax error becomes one line with file, line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StudyFileError(f"study file {str(path)!r} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise StudyFileError(f"cannot read study file {str(path)!r}: {e}.") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"\s*\(at line (\d+), column (\d+)\)", msg)
+        if m:
+            what = msg[: m.start()] + msg[m.end() :]
+            raise StudyFileError(
+                f"{path}:{m.group(1)}:{m.group(2)}: invalid TOML: {what}."
+            ) from None
+        raise StudyFileError(f"{path}: invalid TOML: {msg}.") from None
+
+
+def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``overlay`` merged into ``base``: tables merge recursively, other values replace."""
+    out = dict(base)
+    for k, v in overlay.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _has(overlay: Mapping[str, Any], *keys: str) -> bool:
+    node: Any = overlay
+    for k in keys:
+        if not isinstance(node, Mapping) or k not in node:
+            return False
+        node = node[k]
+    return True
+
+
+def _table(doc: Mapping[str, Any], name: str, place: _Place, where: str) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, Mapping):
+        raise place.error(where, f"must be a table, got {value!r}")
+    return dict(value)
+
+
+def _validated(cls: type[BaseModel], data: Mapping[str, Any], place: _Place, where: str) -> Any:
+    try:
+        return cls(**data)
+    except ValidationError as e:
+        raise place.error(where, _pydantic_problem(e, cls.model_fields)) from None
+    except BinsenseError as e:  # a validator that checks a name against its registry
+        raise place.error(where, str(e)) from None
+    except TypeError as e:  # non-string keys and the like
+        raise place.error(where, str(e)) from None
+
+
+def _known_datasets() -> list[str]:
+    from binsense.data import list_datasets
+
+    return list(list_datasets())
+
+
+def _check_training(config: TrainConfig, place: _Place, where: Mapping[str, str]) -> None:
+    """Registry checks pydantic cannot do: data set, model and model-option names."""
+    from binsense.models import model_names, model_spec
+
+    datasets = _known_datasets()
+    name = config.dataset.strip().lower()
+    if not name.startswith(IMAGEFOLDER_PREFIX) and name.replace("-", "_") not in datasets:
+        hint = _did_you_mean(config.dataset, datasets)
+        raise place.error(
+            where["dataset"],
+            f"unknown data set {config.dataset!r}{hint} (or {IMAGEFOLDER_PREFIX}PATH)",
+        )
+    if config.model not in model_names():
+        hint = _did_you_mean(config.model, model_names())
+        raise place.error(where["model"], f"unknown model {config.model!r}{hint}")
+    valid = model_spec(config.model).options()
+    for option in config.model_options:
+        if option not in valid:
+            raise place.error(
+                where["model_options"],
+                f"model {config.model!r} has no option {option!r}{_did_you_mean(option, valid)}",
+            )
+
+
+def _expand_trainings(
+    section: Mapping[str, Any], place: _Place, overlay: Mapping[str, Any]
+) -> list[Training]:
+    fields = list(TrainConfig.model_fields)
+    base = dict(section)
+    grid = base.pop(_GRID, {})
+    if not isinstance(grid, Mapping):
+        raise place.error(place.table("train"), f"'grid' must be a table, got {grid!r}")
+    for key in base:
+        if key not in TrainConfig.model_fields:
+            raise place.error(
+                _where(place, overlay, ("train", key), "train"),
+                f"unknown key {key!r}{_did_you_mean(key, [*fields, _GRID])}",
+            )
+    for key, values in grid.items():
+        where = _where(place, overlay, ("train", _GRID, key), "train.grid")
+        if key not in TrainConfig.model_fields:
+            raise place.error(where, f"unknown key {key!r}{_did_you_mean(key, fields)}")
+        if not isinstance(values, list) or not values:
+            raise place.error(where, f"{key!r} must be a non-empty list of values, got {values!r}")
+
+    def origin(key: str) -> str:
+        if key in grid:
+            return _where(place, overlay, ("train", _GRID, key), "train.grid")
+        return _where(place, overlay, ("train", key), "train")
+
+    trainings: dict[str, Training] = {}
+    keys = list(grid)
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, combo))
+        try:
+            config = TrainConfig(**{**base, **point})
+        except ValidationError as e:
+            key = str(e.errors()[0]["loc"][0]) if e.errors()[0]["loc"] else "train"
+            raise place.error(origin(key), _pydantic_problem(e, fields)) from None
+        _check_training(config, place, {k: origin(k) for k in ("dataset", "model", "model_options")})
+        run_id = run_id_for(config)
+        trainings.setdefault(run_id, Training(run_id=run_id, config=config, grid=point))
+    return list(trainings.values())
+
+
+def _where(place: _Place, overlay: Mapping[str, Any], keys: tuple[str, ...], table: str) -> str:
+    """The table a key was read from: the preset's if the preset sets it, else the file's."""
+    if place.preset and _has(overlay, *keys):
+        return place.table(table)
+    return f"[{table}]"
+
+
+def _is_sequence_field(cls: type[Condition], name: str) -> bool:
+    """Whether a condition field itself holds a list (then lists do not expand)."""
+    field = cls.model_fields.get(name)
+    if field is None:
+        return False
+    origin = typing.get_origin(field.annotation)
+    return field.annotation in (list, tuple) or origin in (list, tuple)
+
+
+def _expand_block(
+    block: Any, index: int, place: _Place, options: EvalOptions
+) -> list[Evaluation]:
+    if not isinstance(block, Mapping):
+        raise place.error(place.block(index), f"must be a table, got {block!r}")
+    kind = block.get("kind")
+    if kind is None:
+        raise place.error(
+            place.block(index), f"needs a 'kind' (one of: {', '.join(condition_kinds())})"
+        )
+    if not isinstance(kind, str) or kind not in condition_kinds():
+        raise place.error(
+            place.block(index),
+            f"unknown condition kind {kind!r}{_did_you_mean(str(kind), condition_kinds())}",
+        )
+    cls = condition_class(kind)
+    where = place.block(index, kind)
+    params = {k: v for k, v in block.items() if k != "kind"}
+    for key in params:
+        if key not in cls.model_fields:
+            hint = _did_you_mean(key, cls.model_fields) if cls.model_fields else " (it has none)"
+            raise place.error(where, f"unknown parameter {key!r}{hint}")
+    axes = {
+        k: v
+        for k, v in params.items()
+        if isinstance(v, list) and (not _is_sequence_field(cls, k) or (v and isinstance(v[0], list)))
+    }
+    for key, values in axes.items():
+        if not values:
+            raise place.error(where, f"{key!r} is an empty list; give at least one value")
+    out = []
+    for combo in itertools.product(*axes.values()):
+        condition = _validated(cls, {**params, **dict(zip(axes, combo))}, place, where)
+        draws = condition.draws()
+        if options.max_draws is not None:
+            draws = min(draws, options.max_draws)
+        cid = condition_id_for(condition, options)
+        out.append(Evaluation(condition_id=cid, condition=condition, draws=draws))
+    return out
+
+
+def _expand(
+    doc: Mapping[str, Any], place: _Place, overlay: Mapping[str, Any]
+) -> tuple[StudyInfo, list[Training], list[Evaluation], EvalOptions]:
+    for key in doc:
+        if key not in _SECTIONS:
+            close = _nearest(key, _SECTIONS)
+            hint = f" — did you mean [{close}]?" if close else f" (sections: {', '.join(_SECTIONS)})"
+            raise StudyFileError(f"{place.file}: unknown section [{key}]{hint}")
+    info = _validated(
+        StudyInfo, _table(doc, "study", place, "[study]"), place,
+        _where(place, overlay, ("study",), "study"),
+    )  # fmt: skip
+    options = _validated(
+        EvalOptions, _table(doc, "eval", place, "[eval]"), place,
+        _where(place, overlay, ("eval",), "eval"),
+    )  # fmt: skip
+    trainings = _expand_trainings(_table(doc, "train", place, "[train]"), place, overlay)
+    blocks = doc.get("evaluate", [{"kind": "clean"}])
+    if not isinstance(blocks, list):
+        raise place.error("[[evaluate]]", "must be an array of tables ([[evaluate]] blocks)")
+    block_place = place if _has(overlay, "evaluate") else _Place(place.file)
+    evaluations: dict[str, Evaluation] = {}
+    for i, block in enumerate(blocks):
+        for ev in _expand_block(block, i, block_place, options):
+            evaluations.setdefault(ev.condition_id, ev)
+    return info, trainings, list(evaluations.values()), options
+
+
+def load_study(
+    path: str | os.PathLike, preset: str | None = None, *, out: str | os.PathLike | None = None
+) -> Study:
+    """Read, validate and expand a study file.
+
+    Args:
+        path: the TOML study file.
+        preset: a ``[presets.NAME]`` to merge over the file (default: the file's
+            ``study.default_preset``, else none).
+        out: the study folder (default: next to the file, named after it — e.g.
+            ``studies/quickstart/`` for ``studies/quickstart.toml``).
+
+    Raises:
+        StudyFileError: one line naming the file, the place and the problem.
+    """
+    path = Path(path)
+    doc = read_toml(path)
+    file = str(path)
+    presets = doc.get("presets", {})
+    if not isinstance(presets, Mapping):
+        raise StudyFileError(f"{file}: [presets] must be a table of [presets.NAME] tables")
+    info, trainings, evaluations, options = _expand(doc, _Place(file), {})
+    for name, overlay in presets.items():
+        if not isinstance(overlay, Mapping):
+            raise StudyFileError(f"{file}: [presets.{name}] must be a table, got {overlay!r}")
+        for key in overlay:
+            if key not in _PRESET_SECTIONS:
+                raise StudyFileError(
+                    f"{file}: [presets.{name}] unknown section {key!r}"
+                    f"{_did_you_mean(key, _PRESET_SECTIONS)}"
+                )
+        _expand(deep_merge(doc, overlay), _Place(file, name), overlay)
+
+    chosen = preset if preset is not None else info.default_preset
+    if chosen is not None:
+        if chosen not in presets:
+            listed = ", ".join(presets) or "none defined"
+            source = "" if preset is not None else " (its study.default_preset)"
+            close = _nearest(chosen, presets)
+            hint = f" — did you mean {close!r}?" if close else ""
+            raise StudyFileError(f"{file}: unknown preset {chosen!r}{source} (presets: {listed}){hint}")
+        info, trainings, evaluations, options = _expand(
+            deep_merge(doc, presets[chosen]), _Place(file, chosen), presets[chosen]
+        )
+    return Study(
+        path=path,
+        name=info.name or path.stem,
+        description=info.description,
+        preset=chosen,
+        presets=tuple(presets),
+        trainings=tuple(trainings),
+        evaluations=tuple(evaluations),
+        eval=options,
+        out_dir=Path(out) if out is not None else path.with_suffix(""),
+    )
+
+
+__all__ = [
+    "EvalOptions",
+    "Evaluation",
+    "Study",
+    "StudyFileError",
+    "StudyInfo",
+    "Training",
+    "condition_id_for",
+    "deep_merge",
+    "load_study",
+    "read_toml",
+    "run_id_for",
+]

@@ -1,0 +1,7 @@
+"""Training: config, loop, checkpoints and resume."""
+
+from binsense.train.checkpoint import load_checkpoint, load_model
+from binsense.train.config import TrainConfig
+from binsense.train.trainer import TrainResult, environment_info, train
+
+__all__ = ["TrainConfig", "TrainResult", "environment_info", "load_checkpoint", "load_model", "train"]

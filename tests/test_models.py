@@ -1,0 +1,69 @@
+"""Model registry: every model builds, runs, has a float twin of the same layout."""
+
+import pytest
+import torch
+from torch import nn
+
+from binsense.data import dataset_info
+from binsense.errors import BinsenseError, UnknownNameError
+from binsense.layers import is_binary_layer
+from binsense.models import build_model, count_parameters, describe_models, model_names
+from binsense.quant import SignQuantizer
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_runs_on_its_dataset(name):
+    row = next(r for r in describe_models() if r["name"] == name)
+    info = dataset_info(row["dataset"])
+    model = build_model(name, info, width=0.25).eval()
+    x = torch.rand(2, info.in_channels, *info.image_size)
+    assert model(x).shape == (2, info.num_classes)
+
+
+@pytest.mark.parametrize("name", ["mnist_bnn", "vgg_small", "cnv"])
+def test_float_twin_has_same_layout(name):
+    info = dataset_info("mnist" if name == "mnist_bnn" else "cifar10")
+    bnn = build_model(name, info, width=0.25)
+    twin = build_model(f"{name}_float", info, width=0.25)
+    shapes = [p.shape for p in bnn.parameters()]
+    assert shapes == [p.shape for p in twin.parameters()]
+    assert any(is_binary_layer(m) for m in bnn.modules())
+    assert not any(is_binary_layer(m) for m in twin.modules())
+    assert not any(isinstance(m, SignQuantizer) for m in twin.modules())
+
+
+def test_vgg_small_width_quarter_is_32_64_128():
+    model = build_model("vgg_small", dataset_info("cifar10"), width=0.25)
+    convs = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [32, 32, 64, 64, 128, 128]
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert not is_binary_layer(first)  # float first layer by default
+    binary_first = build_model("vgg_small", dataset_info("cifar10"), first_layer="binary")
+    assert is_binary_layer(next(m for m in binary_first.modules() if isinstance(m, nn.Conv2d)))
+
+
+def test_bnn_hidden_activations_are_binary():
+    model = build_model("vgg_small", dataset_info("cifar10"), width=0.25).eval()
+    seen = []
+    for m in model.children():  # block activations (weight quantizers live in layers)
+        if isinstance(m, SignQuantizer):
+            m.register_forward_hook(lambda mod, i, o: seen.append(o))
+    model(torch.rand(2, 3, 32, 32))
+    assert len(seen) == 8
+    assert all(set(o.unique().tolist()) <= {-1.0, 1.0} for o in seen)
+
+
+def test_width_changes_parameter_count():
+    info = dataset_info("cifar10")
+    small = count_parameters(build_model("vgg_small", info, width=0.25))
+    full = count_parameters(build_model("vgg_small", info))
+    assert full > 10 * small
+
+
+def test_unknown_model_and_option_errors():
+    with pytest.raises(UnknownNameError, match="Did you mean 'vgg_small'"):
+        build_model("vgg_smal", dataset_info("cifar10"))
+    with pytest.raises(BinsenseError, match="no option 'widht'"):
+        build_model("vgg_small", dataset_info("cifar10"), widht=0.5)
+    with pytest.raises(BinsenseError, match="first_layer"):
+        build_model("cnv", dataset_info("cifar10"), first_layer="ternary")

@@ -1,0 +1,64 @@
+"""Sign quantizers: forward values and the exact surrogate gradients."""
+
+import pytest
+import torch
+
+from binsense.errors import UnknownNameError
+from binsense.quant import SteSign, SwishSign, TriangleSign, get_quantizer, quantizer_names
+
+X = torch.tensor([-2.0, -1.0, -0.75, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5])
+
+
+def grad_of(q, x):
+    x = x.clone().requires_grad_(True)
+    q(x).sum().backward()
+    return x.grad
+
+
+@pytest.mark.parametrize("name", quantizer_names())
+def test_forward_is_sign_with_zero_to_plus_one(name):
+    y = get_quantizer(name)(X)
+    assert torch.equal(y, torch.tensor([-1.0, -1, -1, -1, 1, 1, 1, 1, 1]))
+    assert y.dtype == X.dtype
+
+
+def test_ste_sign_gradient_is_clipped_identity():
+    assert torch.equal(grad_of(SteSign(), X), torch.tensor([0.0, 1, 1, 1, 1, 1, 1, 1, 0]))
+    g = grad_of(SteSign(clip_value=0.5), X)
+    assert torch.equal(g, torch.tensor([0.0, 0, 0, 1, 1, 1, 1, 0, 0]))
+
+
+def test_approx_sign_gradient_is_bireal_triangle():
+    g = grad_of(get_quantizer("approx_sign"), X)
+    expected = (2 - 2 * X.abs()).clamp_min(0)  # Bi-Real: d/dx (2x -+ x^2)
+    torch.testing.assert_close(g, expected, rtol=0, atol=0)
+    assert g[4] == 2.0 and g[1] == 0.0
+
+
+def test_triangle_width_keeps_area_two():
+    q = TriangleSign(width=2.0)
+    xs = torch.linspace(-3, 3, 60001)
+    g = grad_of(q, xs)
+    assert torch.trapezoid(g, xs).item() == pytest.approx(2.0, abs=1e-3)
+    assert g[30000].item() == pytest.approx(1.0)  # peak 2/w at 0
+
+
+def test_swish_sign_gradient_matches_autograd_of_smooth_function():
+    beta = 5.0
+    x = torch.linspace(-2, 2, 101, dtype=torch.float64, requires_grad=True)
+    s = torch.sigmoid(beta * x)
+    (2 * s * (1 + beta * x * (1 - s)) - 1).sum().backward()
+    g = grad_of(SwishSign(beta), x.detach())
+    torch.testing.assert_close(g, x.grad)
+    assert g[50].item() == pytest.approx(beta)
+
+
+def test_unknown_quantizer_suggests_name():
+    with pytest.raises(UnknownNameError, match="Did you mean 'ste_sign'"):
+        get_quantizer("ste_sgn")
+
+
+@pytest.mark.parametrize("cls,kw", [(SteSign, "clip_value"), (TriangleSign, "width"), (SwishSign, "beta")])
+def test_invalid_parameters_rejected(cls, kw):
+    with pytest.raises(ValueError, match=kw):
+        cls(**{kw: 0.0})
