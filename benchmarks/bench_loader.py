@@ -68,7 +68,7 @@ def _time_epoch(batches: Iterable[tuple[Tensor, Tensor]], device: torch.device) 
 
 def _machine(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
-    text = f"{platform.system()} {cpu}, {torch.get_num_threads()} torch threads"
+    text = f"{platform.system()} {cpu}, torch threads: {torch.get_num_threads()}"
     if device.type == "cuda":
         text += f", {torch.cuda.get_device_name(device)}"
     return text

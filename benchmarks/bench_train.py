@@ -60,15 +60,15 @@ def main() -> None:
             if i >= args.warmup:
                 times.append(t)
 
-    print(f"# {date.today()}  {platform.processor() or platform.machine()}  "
-          f"torch {torch.__version__}  threads {torch.get_num_threads()}  device {device}")  # fmt: skip
-    print(f"# {args.model} width {args.width}, batch {args.batch_size}, "
-          f"median of {args.steps} steps")  # fmt: skip
+    machine = platform.processor() or platform.machine()
+    threads = torch.get_num_threads()
+    print(f"# {date.today()}  {machine}  torch {torch.__version__}  threads {threads}  {device}")
+    print(f"# {args.model} width {args.width}, batch {args.batch_size}, median of {args.steps}")
     medians = {}
     for name, (_, _, times) in runs.items():
         medians[name] = statistics.median(times)
-        print(f"{name:<20} {medians[name] * 1e3:8.1f} ms/step "
-              f"{args.batch_size / medians[name]:8.0f} img/s")  # fmt: skip
+        ms, ips = medians[name] * 1e3, args.batch_size / medians[name]
+        print(f"{name:<20} {ms:8.1f} ms/step {ips:8.0f} img/s")
     ratio = medians[args.model] / medians[f"{args.model}_float"]
     print(f"binary/float step-time ratio: {ratio:.3f} (target <= 1.25)")
 

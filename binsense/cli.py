@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from binsense.errors import BinsenseError
+from binsense.study.cli import add_study_commands
 
 try:  # Python >= 3.11
     import tomllib
@@ -131,8 +132,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(model.to(device), loader)
     row = {"checkpoint": str(args.checkpoint), "dataset": config.dataset, "model": config.model}
     row.update(accuracy=result.accuracy, loss=result.loss, n=result.n)
-    print(json.dumps(row) if args.json else f"{config.model} on {config.dataset} test "
-          f"({result.n} images): accuracy {result.accuracy:.2%}, loss {result.loss:.4f}")  # fmt: skip
+    if args.json:
+        print(json.dumps(row))
+    else:
+        print(
+            f"{config.model} on {config.dataset} test ({result.n} images): "
+            f"accuracy {result.accuracy:.2%}, loss {result.loss:.4f}"
+        )
     return 0
 
 
@@ -183,18 +189,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model", description="Train a model; writes a "
-                       "run folder (config.json, metrics.jsonl, checkpoint.pt).")  # fmt: skip
+    p = sub.add_parser(
+        "train",
+        help="train a model",
+        description="Train a model; writes a "
+        "run folder (config.json, metrics.jsonl, checkpoint.pt).",
+    )
     p.add_argument("--config", help="TOML file of training options (flags override it)")
     for field, text in _TRAIN_FLAGS.items():
-        p.add_argument("--" + field.replace("_", "-"), dest=field, help=text, default=None,
-                       type=_parse_value if field not in ("dataset", "model") else str)  # fmt: skip
+        p.add_argument(
+            "--" + field.replace("_", "-"),
+            dest=field,
+            help=text,
+            default=None,
+            type=_parse_value if field not in ("dataset", "model") else str,
+        )
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument("--width", type=float, help="model width multiplier")
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="model builder option, e.g. first_layer=binary (repeatable)")  # fmt: skip
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other training option, e.g. label_smoothing=0.1")  # fmt: skip
+    p.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model builder option, e.g. first_layer=binary (repeatable)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other training option, e.g. label_smoothing=0.1",
+    )
     p.add_argument("--out", help="run folder (default runs/<model>-<config hash>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--data-dir", help="data-set folder (default: $BINSENSE_DATA)")
@@ -220,16 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("check", help="load data sets (decoding and caching them)")
     q.add_argument("names", nargs="+", metavar="NAME")
     q.add_argument("--data-dir")
-    q.add_argument("--download", action="store_true", default=None,
-                   help="allow torchvision downloads")  # fmt: skip
+    q.add_argument(
+        "--download", action="store_true", default=None, help="allow torchvision downloads"
+    )
     q.set_defaults(func=cmd_data_check)
 
-    try:
-        from binsense.study.cli import add_study_commands
-    except ImportError:  # the study package is optional while it is being built
-        pass
-    else:
-        add_study_commands(sub)
+    add_study_commands(sub)
     return parser
 
 
@@ -241,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BinsenseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `binsense study results ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted; finished epochs/results are saved — rerun to resume.", file=sys.stderr)
         return 130

@@ -36,6 +36,4 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameErr
     choices = sorted(choices)
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return UnknownNameError(
-        f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(choices)}."
-    )
+    return UnknownNameError(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(choices)}.")

@@ -312,6 +312,7 @@ def test_bn_bits_condition_quantizes_then_restores():
 
 def test_bn_without_affine_params():
     model = nn.Sequential(random_bn(nn.BatchNorm2d(4)), nn.BatchNorm2d(4, affine=False), SteSign())
+    model.eval()
     with torch.no_grad():
         model[1].running_mean.uniform_(-2, 2)
     saved = {k: v.clone() for k, v in model.state_dict().items()}

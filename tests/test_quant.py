@@ -58,7 +58,9 @@ def test_unknown_quantizer_suggests_name():
         get_quantizer("ste_sgn")
 
 
-@pytest.mark.parametrize("cls,kw", [(SteSign, "clip_value"), (TriangleSign, "width"), (SwishSign, "beta")])
+@pytest.mark.parametrize(
+    "cls,kw", [(SteSign, "clip_value"), (TriangleSign, "width"), (SwishSign, "beta")]
+)
 def test_invalid_parameters_rejected(cls, kw):
     with pytest.raises(ValueError, match=kw):
         cls(**{kw: 0.0})

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import pytest
 import torch
-from PIL import Image
+from conftest import make_imagefolder
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
@@ -89,22 +89,6 @@ for _cls in (Probe, Bits):
 # ---------------------------------------------------------------- fixtures
 
 
-def make_imagefolder(root: Path, classes: int = 3, train: int = 20, test: int = 10) -> Path:
-    """Real 28x28 grayscale PNGs: class c has a bright horizontal bar at row 6 + 7c."""
-    gen = torch.Generator().manual_seed(0)
-    for split, count in (("train", train), ("test", test)):
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                img = torch.rand(28, 28, generator=gen) * 80
-                img[6 + 7 * c : 9 + 7 * c, 4:24] += 160
-                Image.fromarray(img.clamp(0, 255).to(torch.uint8).numpy(), "L").save(
-                    folder / f"{i:03d}.png"
-                )
-    return root
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = make_imagefolder(tmp_path_factory.mktemp("imgs"))
@@ -160,8 +144,13 @@ def write_study(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         STUDY.format(
-            description=json.dumps(description), data=data, train=train, grid=grid,
-            instances=instances, delay=delay, evaluate=evaluate,
+            description=json.dumps(description),
+            data=data,
+            train=train,
+            grid=grid,
+            instances=instances,
+            delay=delay,
+            evaluate=evaluate,
         )  # fmt: skip
     )
     return path
@@ -197,7 +186,8 @@ def store_rows(db: Path) -> list[tuple]:
     [
         ("epochs = 1\nbatch", "epoch = 1\nbatch",
          "[train] unknown key 'epoch' — did you mean 'epochs'?"),
-        ("epochs = 1\nbatch", 'epochs = "two"\nbatch', "[train] 'epochs' must be an integer, got 'two'"),
+        ("epochs = 1\nbatch", 'epochs = "two"\nbatch',
+         "[train] 'epochs' must be an integer, got 'two'"),
         ('"imagefolder:', '"mnsit" #', "[train] unknown data set 'mnsit' — did you mean 'mnist'?"),
         ('model = "mnist_bnn"', 'model = "mnist_bn"',
          "[train] unknown model 'mnist_bn' — did you mean 'mnist_bnn'?"),
@@ -251,7 +241,9 @@ def test_unknown_preset_lists_presets(tmp_path, data_root):
     path = write_study(tmp_path / "s.toml", data_root)
     with pytest.raises(StudyFileError, match=r"unknown preset 'smok' \(presets: smoke\) — did you"):
         load_study(path, "smok")
-    path.write_text(path.read_text().replace('name = "tiny"', 'name = "tiny"\ndefault_preset = "x"'))
+    path.write_text(
+        path.read_text().replace('name = "tiny"', 'name = "tiny"\ndefault_preset = "x"')
+    )
     with pytest.raises(StudyFileError, match=r"unknown preset 'x' \(its study.default_preset\)"):
         load_study(path)
 
@@ -278,7 +270,11 @@ def test_grid_expansion_and_presets(tmp_path, data_root):
     study = load_study(path)
     assert len(study.trainings) == 6
     assert study.varied == ("seed", "lr")
-    assert [e.kind for e in study.evaluations] == ["clean", *["study_probe"] * 2, *["study_bits"] * 3]
+    assert [e.kind for e in study.evaluations] == [
+        "clean",
+        *["study_probe"] * 2,
+        *["study_bits"] * 3,
+    ]
     assert study.draws_per_run == 1 + 2 * 4 + 3
     assert study.out_dir == tmp_path / "s" and study.preset is None
     smoke = load_study(path, "smoke")
@@ -315,7 +311,9 @@ def test_rerun_skips_everything(finished, monkeypatch):
     db = study.store_path
     before = store_rows(db)
     assert len(before) == len(study.trainings) * study.draws_per_run == 4 * 8
-    stamps = [(r["run_id"], r["condition_id"], r["draw"], r["evaluated_at"]) for r in study_rows(study)]
+    stamps = [
+        (r["run_id"], r["condition_id"], r["draw"], r["evaluated_at"]) for r in study_rows(study)
+    ]
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished study must not train again")
@@ -333,9 +331,7 @@ def test_rerun_skips_everything(finished, monkeypatch):
 def test_trained_runs_are_loaded_not_retrained_for_new_conditions(finished, monkeypatch, tmp_path):
     monkeypatch.setattr("binsense.study.runner.train", None)  # calling it would fail
     path = tmp_path / "more.toml"
-    path.write_text(
-        finished.read_text().replace("level = [0.2, 0.5]", "level = [0.2, 0.5, 0.8]")
-    )
+    path.write_text(finished.read_text().replace("level = [0.2, 0.5]", "level = [0.2, 0.5, 0.8]"))
     summary = run_study(path, out=finished.with_suffix(""), progress=False)
     assert (summary.trained, summary.evaluated) == (0, 4 * 2)
 
@@ -420,8 +416,9 @@ def test_results_export_formats(finished, capsys):
     table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(table) == n
     first = table[0]
-    assert {"run_id", "seed", "config_hash", "train.lr", "kind", "param.level", "param.bits",
-            "draw", "accuracy", "data_fingerprint", "torch", "evaluated_at"} <= set(first)  # fmt: skip
+    expected = {"run_id", "seed", "config_hash", "train.lr", "kind", "param.level", "param.bits",
+                "draw", "accuracy", "data_fingerprint", "torch", "evaluated_at"}  # fmt: skip
+    assert expected <= set(first)
     assert 0 <= float(first["accuracy"]) <= 1
 
     assert main(["study", "results", str(finished), "--format", "json"]) == 0
@@ -455,7 +452,7 @@ def test_report_writes_markdown_html_and_figures(finished, capsys):
         assert (folder / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (folder / "report.html").read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(&#x27;x&#x27;)" in page
-    assert page.count("data:image/png;base64,") == 3 and "src=\"figures/" not in page
+    assert page.count("data:image/png;base64,") == 3 and 'src="figures/' not in page
     md = (folder / "report.md").read_text()
     assert "<script>" not in md and "![study_probe: accuracy vs level]" in md
     assert "| lr=0.003 | study_probe level=0.2 |" in md
@@ -466,3 +463,30 @@ def test_report_before_running_is_a_clear_error(tmp_path, data_root, capsys):
     path = write_study(tmp_path / "s.toml", data_root)
     assert main(["study", "report", str(path)]) == 2
     assert "run `binsense study run" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the shipped quickstart
+
+
+QUICKSTART = REPO / "studies" / "quickstart.toml"
+
+
+def test_quickstart_file_is_valid_in_every_preset():
+    study = load_study(QUICKSTART)
+    assert study.preset == "cpu" and set(study.presets) == {"smoke", "cpu", "paper"}
+    assert study.evaluations[0].kind == "clean"
+    assert len(study.trainings) == 2 and study.draws_per_run == 55
+    assert len(load_study(QUICKSTART, "paper").trainings) == 3
+    assert len(load_study(QUICKSTART, "smoke").trainings) == 1
+
+
+def test_quickstart_smoke_runs_on_real_mnist(tmp_path):
+    data = Path(os.environ.get("BINSENSE_DATA", REPO.parent / "shared" / "data"))
+    if not (data / "MNIST" / "raw").is_dir():
+        pytest.skip(f"no MNIST under {data}")
+    summary = run_study(QUICKSTART, "smoke", data_dir=data, out=tmp_path, progress=False)
+    study = summary.study
+    assert (summary.trained, summary.evaluated) == (1, study.draws_per_run)
+    rows = study_rows(study)
+    clean = next(r["accuracy"] for r in rows if r["kind"] == "clean")
+    assert clean > 0.25  # 300 training images, 1 epoch, tiny model: above chance (0.1)

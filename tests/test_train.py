@@ -43,7 +43,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_data, tmp_path):
     resumed = train(cfg, tmp_path / "part", resume=True, progress=False)
     assert resumed.complete
     assert strip_timing(resumed.metrics) == strip_timing(full.metrics)
-    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (k, a), b in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=False
+    ):
         assert torch.equal(a, b), k
     # it learned the bars (chance is 1/3)
     assert full.test_accuracy > 0.8
@@ -131,9 +133,21 @@ def test_cli_missing_data_offline_is_one_line(capsys, tmp_path):
 def test_cli_train_and_eval_end_to_end(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, _ = run_cli(
-        capsys, "train", "--dataset", tiny_data, "--model", "mnist_bnn", "--width", "0.25",
-        "--epochs", "1", "--batch-size", "16", "--out", str(out),
-    )  # fmt: skip
+        capsys,
+        "train",
+        "--dataset",
+        tiny_data,
+        "--model",
+        "mnist_bnn",
+        "--width",
+        "0.25",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+    )
     assert code == 0 and "1/1 epochs" in stdout
     code, stdout, _ = run_cli(capsys, "eval", "--checkpoint", str(out / "checkpoint.pt"), "--json")
     row = json.loads(stdout)

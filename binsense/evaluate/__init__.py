@@ -55,3 +55,6 @@ def evaluate(
 
 
 __all__ = ["EvalResult", "evaluate"]
+
+# Register the built-in condition kinds (clean, sensor_noise, weight_noise, bn_bits).
+from binsense.evaluate import conditions, noise_conditions  # noqa: E402,F401

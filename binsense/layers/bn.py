@@ -244,8 +244,10 @@ def quantize_bn(model: nn.Module, bits: int, target: str = "raw") -> nn.Module:
     Details (binsense's choices): in ``"raw"`` a :math:`\sigma` rounding to 0 becomes one
     quantization step; in ``"threshold"`` the thresholds of constant channels
     (:math:`\gamma = 0`, ``tau = ±inf``) stay infinite, and the rewritten BN outputs
-    ``flip * (x - tau_q)``: only its sign is meaningful. Use :func:`bn_quantized` to
-    quantize temporarily.
+    ``flip * (x - tau_q)``: only its sign is meaningful. The quantized layers have
+    ``eps = 0`` and are for eval mode (PyTorch refuses ``eps = 0`` in training mode; use
+    :class:`QuantizedBatchNorm` to train quantized). Use :func:`bn_quantized` to quantize
+    temporarily.
     """
     _check_target(target)
     if check_bits(bits) == FLOAT_BITS:

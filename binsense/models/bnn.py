@@ -17,6 +17,8 @@ from binsense.data import DatasetInfo
 from binsense.errors import BinsenseError
 from binsense.models.common import Normalize, activation, conv, linear, scaled
 
+Plan = list[int | str]  # channel counts, "M" = 2x2 max-pool after the previous conv
+
 
 def _check_first_layer(first_layer: str) -> bool:
     if first_layer not in ("float", "binary"):
@@ -24,12 +26,45 @@ def _check_first_layer(first_layer: str) -> bool:
     return first_layer == "binary"
 
 
-def _classifier(
-    binary: bool, binary_classifier: bool, cin: int, classes: int
-) -> list[nn.Module]:
+def _network(
+    info: DatasetInfo,
+    plan: Plan,
+    fcs: list[int],
+    flat_side: tuple[int, int],
+    *,
+    binary: bool,
+    first_layer: str,
+    binary_classifier: bool,
+    activation_quantizer: str,
+    padding: int,
+) -> nn.Sequential:
+    """``Normalize``, conv blocks from ``plan``, FC blocks of widths ``fcs``, classifier.
+
+    Conv block: ``conv -> [max-pool] -> BN -> act``; FC block: ``linear -> BN -> act``;
+    ``flat_side`` is the spatial size after the last conv block.
+    """
+    first_binary = binary and _check_first_layer(first_layer)
+    layers: list[nn.Module] = [Normalize(info.mean, info.std)]
+    cin = info.in_channels
+    for i, c in enumerate(plan):
+        if c == "M":
+            continue
+        layers.append(conv(first_binary if i == 0 else binary, cin, c, padding=padding))
+        if i + 1 < len(plan) and plan[i + 1] == "M":
+            layers.append(nn.MaxPool2d(2))
+        layers += [nn.BatchNorm2d(c), activation(binary, activation_quantizer)]
+        cin = c
+    layers.append(nn.Flatten())
+    cin *= flat_side[0] * flat_side[1]
+    for f in fcs:
+        layers += [linear(binary, cin, f), nn.BatchNorm1d(f)]
+        layers.append(activation(binary, activation_quantizer))
+        cin = f
     if binary_classifier:  # BinaryNet: binary weights then BN (float twin: same layout)
-        return [linear(binary, cin, classes), nn.BatchNorm1d(classes)]
-    return [nn.Linear(cin, classes)]
+        layers += [linear(binary, cin, info.num_classes), nn.BatchNorm1d(info.num_classes)]
+    else:
+        layers.append(nn.Linear(cin, info.num_classes))
+    return nn.Sequential(*layers)
 
 
 def vgg_small(
@@ -47,30 +82,23 @@ def vgg_small(
     ``128C3-128C3-MP-256C3-256C3-MP-512C3-512C3-MP-FC1024-FC1024-FC{classes}``, channels and
     FC widths scaled by ``width`` (``width=0.25`` gives 32-64-128 channels, FC 256).
     """
-    first_binary = binary and _check_first_layer(first_layer)
     c1, c2, c3 = (scaled(c, width) for c in (128, 256, 512))
     f = scaled(fc, width)
     h, w = info.image_size
     if h % 8 or w % 8:
         raise BinsenseError(f"vgg_small needs image sides divisible by 8, got {h}x{w}.")
-
-    def act() -> nn.Module:
-        return activation(binary, activation_quantizer)
-
-    layers: list[nn.Module] = [
-        Normalize(info.mean, info.std),
-        conv(first_binary, info.in_channels, c1), nn.BatchNorm2d(c1), act(),
-        conv(binary, c1, c1), nn.MaxPool2d(2), nn.BatchNorm2d(c1), act(),
-        conv(binary, c1, c2), nn.BatchNorm2d(c2), act(),
-        conv(binary, c2, c2), nn.MaxPool2d(2), nn.BatchNorm2d(c2), act(),
-        conv(binary, c2, c3), nn.BatchNorm2d(c3), act(),
-        conv(binary, c3, c3), nn.MaxPool2d(2), nn.BatchNorm2d(c3), act(),
-        nn.Flatten(),
-        linear(binary, c3 * (h // 8) * (w // 8), f), nn.BatchNorm1d(f), act(),
-        linear(binary, f, f), nn.BatchNorm1d(f), act(),
-        *_classifier(binary, binary_classifier, f, info.num_classes),
-    ]  # fmt: skip
-    return nn.Sequential(*layers)
+    plan: Plan = [c1, c1, "M", c2, c2, "M", c3, c3, "M"]
+    return _network(
+        info,
+        plan,
+        [f, f],
+        (h // 8, w // 8),
+        binary=binary,
+        first_layer=first_layer,
+        binary_classifier=binary_classifier,
+        activation_quantizer=activation_quantizer,
+        padding=1,
+    )
 
 
 def cnv(
@@ -87,30 +115,23 @@ def cnv(
     ``64C3-64C3-MP-128C3-128C3-MP-256C3-256C3-FC512-FC512-FC{classes}``, 3x3 convolutions
     without padding (32x32 input -> 1x1 after the last conv), widths scaled by ``width``.
     """
-    first_binary = binary and _check_first_layer(first_layer)
     c1, c2, c3, f = (scaled(c, width) for c in (64, 128, 256, 512))
     h, w = info.image_size
     oh, ow = (((s - 4) // 2 - 4) // 2 - 4 for s in (h, w))
     if min(oh, ow) < 1:
         raise BinsenseError(f"cnv needs images of at least 32x32, got {h}x{w}.")
-
-    def act() -> nn.Module:
-        return activation(binary, activation_quantizer)
-
-    layers: list[nn.Module] = [
-        Normalize(info.mean, info.std),
-        conv(first_binary, info.in_channels, c1, padding=0), nn.BatchNorm2d(c1), act(),
-        conv(binary, c1, c1, padding=0), nn.MaxPool2d(2), nn.BatchNorm2d(c1), act(),
-        conv(binary, c1, c2, padding=0), nn.BatchNorm2d(c2), act(),
-        conv(binary, c2, c2, padding=0), nn.MaxPool2d(2), nn.BatchNorm2d(c2), act(),
-        conv(binary, c2, c3, padding=0), nn.BatchNorm2d(c3), act(),
-        conv(binary, c3, c3, padding=0), nn.BatchNorm2d(c3), act(),
-        nn.Flatten(),
-        linear(binary, c3 * oh * ow, f), nn.BatchNorm1d(f), act(),
-        linear(binary, f, f), nn.BatchNorm1d(f), act(),
-        *_classifier(binary, binary_classifier, f, info.num_classes),
-    ]  # fmt: skip
-    return nn.Sequential(*layers)
+    plan: Plan = [c1, c1, "M", c2, c2, "M", c3, c3]
+    return _network(
+        info,
+        plan,
+        [f, f],
+        (oh, ow),
+        binary=binary,
+        first_layer=first_layer,
+        binary_classifier=binary_classifier,
+        activation_quantizer=activation_quantizer,
+        padding=0,
+    )
 
 
 def mnist_bnn(
@@ -128,19 +149,17 @@ def mnist_bnn(
     layer, then binary weights and activations; passes 98.9 % test accuracy after 3
     epochs on a 2-core CPU (about 30 s an epoch; see ``benchmarks/RESULTS.md``).
     """
-    first_binary = binary and _check_first_layer(first_layer)
     c1, c2, f = (scaled(c, width) for c in (32, 64, 128))
     h, w = info.image_size
-
-    def act() -> nn.Module:
-        return activation(binary, activation_quantizer)
-
-    layers: list[nn.Module] = [
-        Normalize(info.mean, info.std),
-        conv(first_binary, info.in_channels, c1), nn.MaxPool2d(2), nn.BatchNorm2d(c1), act(),
-        conv(binary, c1, c2), nn.MaxPool2d(2), nn.BatchNorm2d(c2), act(),
-        nn.Flatten(),
-        linear(binary, c2 * (h // 4) * (w // 4), f), nn.BatchNorm1d(f), act(),
-        *_classifier(binary, binary_classifier, f, info.num_classes),
-    ]  # fmt: skip
-    return nn.Sequential(*layers)
+    plan: Plan = [c1, "M", c2, "M"]
+    return _network(
+        info,
+        plan,
+        [f],
+        (h // 4, w // 4),
+        binary=binary,
+        first_layer=first_layer,
+        binary_classifier=binary_classifier,
+        activation_quantizer=activation_quantizer,
+        padding=1,
+    )

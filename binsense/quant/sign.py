@@ -73,9 +73,9 @@ class SteSign(SignQuantizer):
 
 
 class TriangleSign(SignQuantizer):
-    r"""Triangle surrogate: the derivative of a piecewise-quadratic approximation of sign.
+    r"""Triangle surrogate: derivative of a piecewise-quadratic approximation of sign.
 
-    .. math:: \frac{\partial q}{\partial x} = \max\!\left(0,\ \frac{2}{w}\Big(1 - \frac{|x|}{w}\Big)\right)
+    .. math:: \frac{\partial q}{\partial x} = \max\big(0,\ \tfrac{2}{w}(1 - |x|/w)\big)
 
     The triangle has half-width :math:`w` and area 2 (the height of the sign step). With
     :math:`w = 1` this is :math:`\max(0, 2 - |2x|)`, which is both Bi-Real Net's

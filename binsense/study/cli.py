@@ -22,7 +22,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
     )  # fmt: skip
     print(summary.line())
-    return 0
+    return cmd_report(args)
 
 
 def cmd_results(args: argparse.Namespace) -> int:

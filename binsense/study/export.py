@@ -24,10 +24,11 @@ if TYPE_CHECKING:  # the schema imports torch; exports and the CLI parser do not
 
 FORMATS = ("csv", "markdown", "json")
 
-_LEADING = ("study", "run_id", "training", "dataset", "model", "seed", "config_hash")
-_TRAILING = (
-    "kind", "condition", "condition_id", "draw", "accuracy", "loss", "n", "data_fingerprint",
-    "device", "binsense", "torch", "trained_at", "evaluated_at",
+#: Columns of every row (with no rows, the header of an empty CSV/Markdown table).
+_COLUMNS = (
+    "study", "run_id", "training", "dataset", "model", "seed", "config_hash", "kind",
+    "condition", "condition_id", "draw", "accuracy", "loss", "n", "data_fingerprint", "device",
+    "binsense", "torch", "trained_at", "evaluated_at",
 )  # fmt: skip
 
 
@@ -58,11 +59,9 @@ def study_rows(study: Study) -> list[dict[str, Any]]:
                     "config_hash": r["config_hash"],
                 }
                 row.update({f"train.{k}": t.grid.get(k) for k in train_keys if k != "seed"})
+                row.update(kind=r["kind"], condition=r["condition"], condition_id=r["condition_id"])
                 row.update({f"param.{k}": r["params"].get(k) for k in param_keys})
                 row.update(
-                    kind=r["kind"],
-                    condition=r["condition"],
-                    condition_id=r["condition_id"],
                     draw=draw,
                     accuracy=r["accuracy"],
                     loss=r["loss"],
@@ -107,7 +106,7 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
         raise BinsenseError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.")
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
-    columns = list(dict.fromkeys(k for row in rows for k in row)) or [*_LEADING, *_TRAILING]
+    columns = list(dict.fromkeys(k for row in rows for k in row)) or list(_COLUMNS)
     if fmt == "markdown":
         return markdown_table(columns, [[row.get(c) for c in columns] for row in rows])
     buf = io.StringIO()

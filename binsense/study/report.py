@@ -44,7 +44,14 @@ import binsense
 from binsense.errors import BinsenseError
 from binsense.io import atomic_write, atomic_write_text
 from binsense.study.export import markdown_table, study_rows
-from binsense.study.schema import IMAGEFOLDER_PREFIX, Evaluation, Study, load_study
+from binsense.study.schema import (
+    IMAGEFOLDER_PREFIX,
+    Evaluation,
+    Study,
+    condition_labels,
+    load_study,
+    varying_keys,
+)
 from binsense.study.store import ResultStore, utc_now
 
 #: The registry's reference condition: normalised accuracy divides by its accuracy.
@@ -115,26 +122,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def condition_labels(evaluations: Sequence[Evaluation]) -> dict[str, str]:
-    """Short labels: the kind and only the parameters that vary within that kind."""
-    by_kind: dict[str, list[Evaluation]] = defaultdict(list)
-    for ev in evaluations:
-        by_kind[ev.kind].append(ev)
-    labels = {}
-    for kind, evs in by_kind.items():
-        varying = _varying([ev.condition.params() for ev in evs])
-        for ev in evs:
-            params = ev.condition.params()
-            inner = " ".join(f"{k}={params[k]}" for k in varying)
-            labels[ev.condition_id] = f"{kind} {inner}".strip()
-    return labels
-
-
-def _varying(dicts: Sequence[dict[str, Any]], skip: Sequence[str] = ()) -> list[str]:
-    keys = dict.fromkeys(k for d in dicts for k in d if k not in skip)
-    return [k for k in keys if len({repr(d.get(k)) for d in dicts}) > 1]
-
-
 class _Data:
     """The plan's stored results, indexed for tables and figures."""
 
@@ -202,7 +189,7 @@ def sweep_params(evaluations: Sequence[Evaluation]) -> list[str]:
 def _sweep_figure(data: _Data, kind: str, param: str) -> _Figure:
     """Accuracy (and normalised accuracy) vs ``param`` for one condition kind."""
     evs = [ev for ev in data.study.evaluations if ev.kind == kind]
-    series_keys = _varying([ev.condition.params() for ev in evs], skip=[param])
+    series_keys = varying_keys([ev.condition.params() for ev in evs], skip=[param])
     series: dict[tuple[str, str], list[Evaluation]] = defaultdict(list)
     for group in data.groups:
         for ev in sorted(evs, key=lambda ev: ev.condition.params()[param]):
@@ -214,7 +201,7 @@ def _sweep_figure(data: _Data, kind: str, param: str) -> _Figure:
     fig = Figure(figsize=(6.4 * len(panels), 4.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     xs_all = sorted({ev.condition.params()[param] for ev in evs})
-    for ax, (stat, ylabel) in zip(axes, panels):
+    for ax, (stat, ylabel) in zip(axes, panels, strict=True):
         colours: dict[str, str] = {}
         for (group, key), members in series.items():
             points = []
@@ -225,12 +212,12 @@ def _sweep_figure(data: _Data, kind: str, param: str) -> _Figure:
                     points.append((ev.condition.params()[param], 100 * mean, 100 * std))
             if not points:
                 continue
-            xs, means, stds = zip(*points)
+            xs, means, stds = zip(*points, strict=True)
             label = " · ".join(p for p in (group if len(data.groups) > 1 else "", key) if p)
             (line,) = ax.plot(xs, means, marker="o", label=label or kind)
             colours.setdefault(group, line.get_color())
-            lo = [m - s for m, s in zip(means, stds)]
-            hi = [m + s for m, s in zip(means, stds)]
+            lo = [m - s for m, s in zip(means, stds, strict=True)]
+            hi = [m + s for m, s in zip(means, stds, strict=True)]
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0)
         if stat == "accuracy" and data.reference is not None and colours:
             for group, colour in colours.items():
@@ -373,7 +360,15 @@ def _blocks(study: Study, rows: list[dict[str, Any]], runs: list[dict[str, Any]]
         for ev in study.evaluations:
             mean, std, n = data.run_stats(t.run_id, ev.condition_id)
             if n:
-                table.append([t.run_id, t.label(), ev.label(), _pct((mean, std)), f"{n}/{ev.draws}"])
+                table.append(
+                    [
+                        t.run_id,
+                        t.label(),
+                        data.labels[ev.condition_id],
+                        _pct((mean, std)),
+                        f"{n}/{ev.draws}",
+                    ]
+                )
     blocks.append(_Table(["run", "training", "condition", "accuracy (%)", "draws"], table))
     return blocks
 
@@ -492,4 +487,4 @@ def report_study(
     return write_report(load_study(path, preset, out=out))
 
 
-__all__ = ["ReportFiles", "condition_labels", "report_study", "write_report"]
+__all__ = ["ReportFiles", "report_study", "write_report"]

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from binsense.data import DeviceLoader, load_dataset
 from binsense.errors import BinsenseError
 from binsense.evaluate import evaluate
-from binsense.study.schema import Evaluation, Study, Training, load_study
+from binsense.study.schema import Evaluation, Study, Training, condition_labels, load_study
 from binsense.study.store import ResultStore, utc_now
 from binsense.train import environment_info, load_model, train
 from binsense.train.checkpoint import checkpoint_path
@@ -93,9 +93,7 @@ def study_lock(out_dir: Path) -> Iterator[None]:
 def study_progress(study: Study) -> list[TrainingProgress]:
     """Per training of the plan: its store status and how many draws are stored."""
     if not study.store_path.is_file():
-        return [
-            TrainingProgress(t, None, 0, study.draws_per_run) for t in study.trainings
-        ]
+        return [TrainingProgress(t, None, 0, study.draws_per_run) for t in study.trainings]
     wanted = {(e.condition_id, d) for e in study.evaluations for d in range(e.draws)}
     with ResultStore(study.store_path) as store:
         return [
@@ -124,6 +122,7 @@ class _Runner:
         self.study, self.store, self.bar = study, store, bar
         self.data_dir, self.progress, self.log = data_dir, progress, log
         self.loaders: dict[tuple[str, str], tuple[DeviceLoader, str]] = {}
+        self.labels = condition_labels(study.evaluations)
         self.trained = self.evaluated = self.skipped = 0
 
     def run(self, training: Training) -> None:
@@ -155,7 +154,7 @@ class _Runner:
             if ckpt.is_file():
                 return load_model(ckpt)[0]
             self.log(f"run {training.run_id}: checkpoint {ckpt} is missing; training again")
-        self.bar.set_postfix_str(f"train {training.label()} [{training.run_id}]")
+        self.bar.set_postfix_str(f"train {training.label()} (run {training.run_id})")
         self.store.start_run(training.run_id, config.to_dict(), config.config_hash())
         result = train(
             config, run_dir, data_dir=self.data_dir, resume=True, progress=self.progress,
@@ -190,7 +189,7 @@ class _Runner:
         loader, fingerprint = self.loader(training, device)
         model.to(device)
         self.bar.set_postfix_str(
-            f"eval [{training.run_id}] {ev.label()} draw {draw + 1}/{ev.draws}"
+            f"eval {training.label()} · {self.labels[ev.condition_id]} · draw {draw + 1}/{ev.draws}"
         )
         started, t0 = utc_now(), time.perf_counter()
         with ev.condition.applied(model, draw) as transform:

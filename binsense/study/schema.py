@@ -33,8 +33,10 @@ import itertools
 import json
 import os
 import re
+import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,27 @@ def condition_id_for(condition: Condition, options: EvalOptions) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def condition_labels(evaluations: Sequence[Evaluation]) -> dict[str, str]:
+    """Short labels: the kind and only the parameters that vary within that kind."""
+    by_kind: dict[str, list[Evaluation]] = defaultdict(list)
+    for ev in evaluations:
+        by_kind[ev.kind].append(ev)
+    labels = {}
+    for kind, evs in by_kind.items():
+        varying = varying_keys([ev.condition.params() for ev in evs])
+        for ev in evs:
+            params = ev.condition.params()
+            inner = " ".join(f"{k}={params[k]}" for k in varying)
+            labels[ev.condition_id] = f"{kind} {inner}".strip()
+    return labels
+
+
+def varying_keys(dicts: Sequence[dict[str, Any]], skip: Sequence[str] = ()) -> list[str]:
+    """Keys (in first-seen order, minus ``skip``) whose value differs between ``dicts``."""
+    keys = dict.fromkeys(k for d in dicts for k in d if k not in skip)
+    return [k for k in keys if len({repr(d.get(k)) for d in dicts}) > 1]
+
+
 # ---------------------------------------------------------------- messages
 
 
@@ -314,17 +337,12 @@ def _validated(cls: type[BaseModel], data: Mapping[str, Any], place: _Place, whe
         raise place.error(where, str(e)) from None
 
 
-def _known_datasets() -> list[str]:
-    from binsense.data import list_datasets
-
-    return list(list_datasets())
-
-
 def _check_training(config: TrainConfig, place: _Place, where: Mapping[str, str]) -> None:
     """Registry checks pydantic cannot do: data set, model and model-option names."""
+    from binsense.data import list_datasets
     from binsense.models import model_names, model_spec
 
-    datasets = _known_datasets()
+    datasets = list_datasets()
     name = config.dataset.strip().lower()
     if not name.startswith(IMAGEFOLDER_PREFIX) and name.replace("-", "_") not in datasets:
         hint = _did_you_mean(config.dataset, datasets)
@@ -373,13 +391,15 @@ def _expand_trainings(
     trainings: dict[str, Training] = {}
     keys = list(grid)
     for combo in itertools.product(*(grid[k] for k in keys)):
-        point = dict(zip(keys, combo))
+        point = dict(zip(keys, combo, strict=True))
         try:
             config = TrainConfig(**{**base, **point})
         except ValidationError as e:
             key = str(e.errors()[0]["loc"][0]) if e.errors()[0]["loc"] else "train"
             raise place.error(origin(key), _pydantic_problem(e, fields)) from None
-        _check_training(config, place, {k: origin(k) for k in ("dataset", "model", "model_options")})
+        _check_training(
+            config, place, {k: origin(k) for k in ("dataset", "model", "model_options")}
+        )
         run_id = run_id_for(config)
         trainings.setdefault(run_id, Training(run_id=run_id, config=config, grid=point))
     return list(trainings.values())
@@ -397,13 +417,18 @@ def _is_sequence_field(cls: type[Condition], name: str) -> bool:
     field = cls.model_fields.get(name)
     if field is None:
         return False
-    origin = typing.get_origin(field.annotation)
-    return field.annotation in (list, tuple) or origin in (list, tuple)
+    options = typing.get_args(field.annotation) if _is_union(field.annotation) else ()
+    return any(
+        t in (list, tuple) or typing.get_origin(t) in (list, tuple)
+        for t in (field.annotation, *options)
+    )
 
 
-def _expand_block(
-    block: Any, index: int, place: _Place, options: EvalOptions
-) -> list[Evaluation]:
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _expand_block(block: Any, index: int, place: _Place, options: EvalOptions) -> list[Evaluation]:
     if not isinstance(block, Mapping):
         raise place.error(place.block(index), f"must be a table, got {block!r}")
     kind = block.get("kind")
@@ -426,14 +451,15 @@ def _expand_block(
     axes = {
         k: v
         for k, v in params.items()
-        if isinstance(v, list) and (not _is_sequence_field(cls, k) or (v and isinstance(v[0], list)))
+        if isinstance(v, list)
+        and (not _is_sequence_field(cls, k) or (v and isinstance(v[0], list)))
     }
     for key, values in axes.items():
         if not values:
             raise place.error(where, f"{key!r} is an empty list; give at least one value")
     out = []
     for combo in itertools.product(*axes.values()):
-        condition = _validated(cls, {**params, **dict(zip(axes, combo))}, place, where)
+        condition = _validated(cls, {**params, **dict(zip(axes, combo, strict=True))}, place, where)
         draws = condition.draws()
         if options.max_draws is not None:
             draws = min(draws, options.max_draws)
@@ -448,7 +474,9 @@ def _expand(
     for key in doc:
         if key not in _SECTIONS:
             close = _nearest(key, _SECTIONS)
-            hint = f" — did you mean [{close}]?" if close else f" (sections: {', '.join(_SECTIONS)})"
+            hint = (
+                f" — did you mean [{close}]?" if close else f" (sections: {', '.join(_SECTIONS)})"
+            )
             raise StudyFileError(f"{place.file}: unknown section [{key}]{hint}")
     info = _validated(
         StudyInfo, _table(doc, "study", place, "[study]"), place,
@@ -510,7 +538,9 @@ def load_study(
             source = "" if preset is not None else " (its study.default_preset)"
             close = _nearest(chosen, presets)
             hint = f" — did you mean {close!r}?" if close else ""
-            raise StudyFileError(f"{file}: unknown preset {chosen!r}{source} (presets: {listed}){hint}")
+            raise StudyFileError(
+                f"{file}: unknown preset {chosen!r}{source} (presets: {listed}){hint}"
+            )
         info, trainings, evaluations, options = _expand(
             deep_merge(doc, presets[chosen]), _Place(file, chosen), presets[chosen]
         )
@@ -535,8 +565,10 @@ __all__ = [
     "StudyInfo",
     "Training",
     "condition_id_for",
+    "condition_labels",
     "deep_merge",
     "load_study",
     "read_toml",
     "run_id_for",
+    "varying_keys",
 ]

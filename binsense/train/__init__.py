@@ -4,4 +4,11 @@ from binsense.train.checkpoint import load_checkpoint, load_model
 from binsense.train.config import TrainConfig
 from binsense.train.trainer import TrainResult, environment_info, train
 
-__all__ = ["TrainConfig", "TrainResult", "environment_info", "load_checkpoint", "load_model", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "environment_info",
+    "load_checkpoint",
+    "load_model",
+    "train",
+]

@@ -93,12 +93,12 @@ def make_scheduler(
     """Per-step learning-rate schedule: constant, cosine to zero, or one-cycle."""
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if config.schedule == "onecycle":
+    if config.schedule == "onecycle" and total_steps >= 3:  # (shorter: constant)
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=config.lr,
             total_steps=total_steps,
-            pct_start=max(config.warmup, 1.0 / total_steps),
+            pct_start=max(config.warmup, 2.0 / total_steps),  # >= 1 step in each phase
             cycle_momentum=config.optimizer == "sgd",
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -157,9 +157,13 @@ def train(
     model = build_model(config.model, train_set.info, **config.model_options).to(device)
     augment = Augment(crop_padding=config.crop_padding, flip=config.flip)
     train_loader = DeviceLoader(
-        train_set, config.batch_size, shuffle=True, augment=augment, device=device,
+        train_set,
+        config.batch_size,
+        shuffle=True,
+        augment=augment,
+        device=device,
         seed=config.seed,
-    )  # fmt: skip
+    )
     test_loader = DeviceLoader(test_set, 512, shuffle=False, device=device)
     optimizer = make_optimizer(config, model.parameters())
     scheduler = make_scheduler(config, optimizer, config.epochs * len(train_loader))
