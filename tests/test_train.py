@@ -51,6 +51,23 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_data, tmp_path):
     assert full.test_accuracy > 0.8
 
 
+def test_noise_aware_training_resumes_exactly_and_changes_training(tiny_data, tmp_path):
+    noise = {"type": ["column_offset", "row_gain"], "level": [0.05, 0.2], "per": "sample"}
+    cfg = config(tiny_data, train_noise=noise)
+    full = train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "part", stop_after=2, progress=False)
+    resumed = train(cfg, tmp_path / "part", resume=True, progress=False)
+    assert strip_timing(resumed.metrics) == strip_timing(full.metrics)
+    clean = train(config(tiny_data), progress=False)
+    assert strip_timing(clean.metrics) != strip_timing(full.metrics)
+    assert cfg.config_hash() != config(tiny_data).config_hash()
+
+
+def test_unknown_training_noise_type_suggests_the_closest(tiny_data):
+    with pytest.raises(BinsenseError, match="Did you mean 'column_offset'"):
+        config(tiny_data, train_noise={"type": "colum_offset", "level": 0.05})
+
+
 def test_run_folder_contents_and_reload(tiny_data, tmp_path):
     cfg = config(tiny_data, epochs=1)
     result = train(cfg, tmp_path / "run", progress=False)

@@ -201,6 +201,12 @@ def train(
             },
         )
 
+    if config.train_noise is not None:
+        # one augmentation call per batch, so the stream position after e epochs is known
+        noise = config.train_noise.augment(config.seed)
+        noise.load_state_dict({"step": start_epoch * len(train_loader), "seed": config.seed})
+        input_transform = _compose(noise, input_transform)
+
     last_epoch = config.epochs if stop_after is None else min(stop_after, config.epochs)
     for epoch in range(start_epoch, last_epoch):
         row = _train_epoch(
@@ -239,6 +245,10 @@ def train(
         run_dir=run_path,
         complete=len(metrics) == config.epochs,
     )
+
+
+def _compose(first: InputTransform, then: InputTransform | None) -> InputTransform:
+    return first if then is None else lambda x: then(first(x))
 
 
 def _train_epoch(
