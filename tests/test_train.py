@@ -61,6 +61,7 @@ def test_noise_aware_training_resumes_exactly_and_changes_training(tiny_data, tm
     clean = train(config(tiny_data), progress=False)
     assert strip_timing(clean.metrics) != strip_timing(full.metrics)
     assert cfg.config_hash() != config(tiny_data).config_hash()
+    assert config(tiny_data, train_noise="none").config_hash() == config(tiny_data).config_hash()
 
 
 def test_unknown_training_noise_type_suggests_the_closest(tiny_data):

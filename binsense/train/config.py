@@ -55,7 +55,8 @@ class TrainConfig(BaseModel):
     """Everything that determines a training run (same config + seed = same model).
 
     ``model_options`` are passed to the model builder (e.g. ``{"width": 0.25}``);
-    ``train_noise`` turns on noise-aware training (:class:`TrainNoise`);
+    ``train_noise`` turns on noise-aware training (:class:`TrainNoise`; ``"none"`` or
+    ``None`` is clean training);
     ``train_subset`` / ``test_subset`` keep the first *n* images per class (after a seeded
     shuffle) for quick runs; ``threads`` sets ``torch.set_num_threads`` (``None`` keeps
     PyTorch's default).
@@ -83,6 +84,12 @@ class TrainConfig(BaseModel):
     seed: int = 0
     threads: int | None = Field(None, ge=1)
     device: str = "cpu"
+
+    @field_validator("train_noise", mode="before")
+    @classmethod
+    def _none_is_clean(cls, v: Any) -> Any:
+        """``"none"`` means clean training (TOML has no null, so a grid can list it)."""
+        return None if v == "none" else v
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
