@@ -149,7 +149,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<18} {'for':<9} {'params':>11}  description")
     for r in rows:
         print(f"{r['name']:<18} {r['dataset']:<9} {r['params']:>11,}  {r['description']}")
-    print("\noptions (--model-option KEY=VALUE): " + ", ".join(rows[0]["options"]))
+    print("\noptions (--model-option KEY=VALUE; --width sets width):")
+    for options in sorted({tuple(r["options"]) for r in rows}):
+        names = [r["name"] for r in rows if tuple(r["options"]) == options]
+        print(f"  {', '.join(names)}: {', '.join(options)}")
     return 0
 
 

@@ -67,3 +67,28 @@ def test_unknown_model_and_option_errors():
         build_model("vgg_small", dataset_info("cifar10"), widht=0.5)
     with pytest.raises(BinsenseError, match="first_layer"):
         build_model("cnv", dataset_info("cifar10"), first_layer="ternary")
+
+
+@pytest.mark.parametrize("name,params", [("resnet20", 0.27e6), ("resnet56", 0.85e6)])
+def test_cifar_resnet_sizes_match_he_et_al(name, params):
+    assert count_parameters(build_model(name, dataset_info("cifar10"))) == pytest.approx(
+        params, rel=0.01
+    )
+
+
+@pytest.mark.parametrize("name,bn_layers", [("resnet20", 19), ("resnet56", 55), ("vgg16", 13)])
+def test_batch_norm_switch(name, bn_layers):
+    info = dataset_info("cifar10")
+    with_bn = build_model(name, info, width=0.25)
+    without = build_model(name, info, width=0.25, batch_norm=False).eval()
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules()) == bn_layers
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in without.modules())
+    assert torch.isfinite(without(torch.rand(2, 3, 32, 32))).all()
+
+
+def test_resnet_without_bn_blocks_start_as_identity():
+    from binsense.models.cifar import BasicBlock
+
+    block = BasicBlock(8, 8, stride=1, batch_norm=False)
+    x = torch.rand(2, 8, 6, 6)  # non-negative, as after a ReLU
+    assert torch.equal(block(x), x)

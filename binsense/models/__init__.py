@@ -19,7 +19,7 @@ from torch import nn
 
 from binsense.data import DatasetInfo, dataset_info
 from binsense.errors import BinsenseError, unknown_name
-from binsense.models import bnn
+from binsense.models import bnn, cifar
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ def _register_twins(name: str, builder: Callable[..., nn.Module], what: str, ds:
 _register_twins("mnist_bnn", bnn.mnist_bnn, "MNIST conv", "mnist")
 _register_twins("vgg_small", bnn.vgg_small, "VGG-small / BinaryNet", "cifar10")
 _register_twins("cnv", bnn.cnv, "FINN CNV", "cifar10")
+for _name, _build in {**cifar.RESNETS, **cifar.VGGS}.items():
+    register(ModelSpec(_name, _build, f"CIFAR {_name} (float, batch_norm on/off)", "cifar10"))
 
 
 def model_names() -> list[str]:
