@@ -116,9 +116,7 @@ def vgg_cifar(
 def _depth_builder(builder, depth: int):
     """A registry builder with ``depth`` fixed (keeps the option signature introspectable)."""
 
-    def build(
-        info: DatasetInfo, *, width: float = 1.0, batch_norm: bool = True
-    ) -> nn.Sequential:
+    def build(info: DatasetInfo, *, width: float = 1.0, batch_norm: bool = True) -> nn.Sequential:
         return builder(info, depth=depth, width=width, batch_norm=batch_norm)
 
     build.__doc__ = f"{builder.__doc__.splitlines()[0]} Depth {depth}."
