@@ -310,6 +310,21 @@ def test_bn_bits_condition_quantizes_then_restores():
         make_condition("bn_bits", bits=40)
 
 
+def test_sensor_noise_condition_with_quantized_bn():
+    model = small_bnn()
+    x = torch.rand(4, 3, 8, 8)
+    plain = make_condition("sensor_noise", type="column_offset", level=0.05)
+    both = make_condition("sensor_noise", type="column_offset", level=0.05, bn_bits=2)
+    assert "bn_bits" not in plain.params() and both.params()["bn_bits"] == 2
+    with plain.applied(model, 0) as noisy:
+        y_plain = model(noisy(x))
+    with both.applied(model, 0) as noisy:
+        assert torch.equal(noisy(x), plain.noise().apply(x, 0))  # same sensor instance
+        assert not torch.equal(model(noisy(x)), y_plain)  # and BN at 2 bits
+    with plain.applied(model, 0) as noisy:
+        assert torch.equal(model(noisy(x)), y_plain)  # restored exactly
+
+
 def test_bn_without_affine_params():
     model = nn.Sequential(random_bn(nn.BatchNorm2d(4)), nn.BatchNorm2d(4, affine=False), SteSign())
     model.eval()

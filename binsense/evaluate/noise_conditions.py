@@ -18,17 +18,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from binsense.evaluate.conditions import Condition, InputTransform, register_condition
 from binsense.layers.bn import BN_TARGETS, bn_quantized
 from binsense.noise.sensor import SensorNoise, get_noise_type
 from binsense.noise.weights import BN_FORMS, NOISE_MODES, REFERENCES, WeightNoise, check_choice
-from binsense.quant.fixed import check_bits
+from binsense.quant.fixed import FLOAT_BITS, check_bits
+
+
+def _bn_target(value: str) -> str:
+    return check_choice("batch-norm quantization target", value, BN_TARGETS)
+
+
+BitWidth = Annotated[int, AfterValidator(check_bits)]
+BnTarget = Annotated[str, AfterValidator(_bn_target)]
 
 
 @register_condition
@@ -36,7 +44,9 @@ class SensorNoiseCondition(Condition):
     """Fixed-pattern sensor noise on the input images, averaged over sensor instances.
 
     ``temporal`` adds fresh per-frame noise, drawn from a generator seeded by the draw, so
-    results are reproducible too.
+    results are reproducible too. ``bn_bits`` < 32 evaluates with batch norm quantized
+    at the same time (``bn_target`` as in ``bn_bits`` conditions): study S0's grid of BN
+    bit-width x noise type x level.
     """
 
     kind: ClassVar[str] = "sensor_noise"
@@ -48,11 +58,20 @@ class SensorNoiseCondition(Condition):
     adc_bits: int | None = Field(8, ge=1, le=16)
     temporal: float = Field(0.0, ge=0)
     seed: int = 0
+    bn_bits: BitWidth = FLOAT_BITS
+    bn_target: BnTarget = "raw"
 
     @field_validator("type")
     @classmethod
     def _known_type(cls, value: str) -> str:
         return get_noise_type(value).name
+
+    def params(self) -> dict[str, Any]:
+        """The fields; float BN (the default) is left out, so ids stay those without it."""
+        params = super().params()
+        if self.bn_bits == FLOAT_BITS:
+            del params["bn_bits"], params["bn_target"]
+        return params
 
     def noise(self) -> SensorNoise:
         """The :class:`SensorNoise` this condition applies."""
@@ -77,7 +96,8 @@ class SensorNoiseCondition(Condition):
                 gen = generators[x.device]
             return noise.apply(x, sensor, gen)
 
-        yield transform
+        with bn_quantized(model, self.bn_bits, self.bn_target):
+            yield transform
 
 
 @register_condition
@@ -149,18 +169,8 @@ class BnBitsCondition(Condition):
 
     kind: ClassVar[str] = "bn_bits"
 
-    bits: int
-    target: str = "raw"
-
-    @field_validator("bits")
-    @classmethod
-    def _valid_bits(cls, value: int) -> int:
-        return check_bits(value)
-
-    @field_validator("target")
-    @classmethod
-    def _known_target(cls, value: str) -> str:
-        return check_choice("batch-norm quantization target", value, BN_TARGETS)
+    bits: BitWidth
+    target: BnTarget = "raw"
 
     @contextmanager
     def applied(self, model: nn.Module, draw: int) -> Iterator[InputTransform | None]:
