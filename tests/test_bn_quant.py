@@ -315,7 +315,7 @@ def test_sensor_noise_condition_with_quantized_bn():
     x = torch.rand(4, 3, 8, 8)
     plain = make_condition("sensor_noise", type="column_offset", level=0.05)
     both = make_condition("sensor_noise", type="column_offset", level=0.05, bn_bits=2)
-    assert "bn_bits" not in plain.params() and both.params()["bn_bits"] == 2
+    assert plain.params()["bn_bits"] == 32 and both.params()["bn_bits"] == 2
     with plain.applied(model, 0) as noisy:
         y_plain = model(noisy(x))
     with both.applied(model, 0) as noisy:

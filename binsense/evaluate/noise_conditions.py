@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from pydantic import AfterValidator, Field, field_validator, model_validator
@@ -65,13 +65,6 @@ class SensorNoiseCondition(Condition):
     @classmethod
     def _known_type(cls, value: str) -> str:
         return get_noise_type(value).name
-
-    def params(self) -> dict[str, Any]:
-        """The fields; float BN (the default) is left out, so ids stay those without it."""
-        params = super().params()
-        if self.bn_bits == FLOAT_BITS:
-            del params["bn_bits"], params["bn_target"]
-        return params
 
     def noise(self) -> SensorNoise:
         """The :class:`SensorNoise` this condition applies."""
