@@ -99,11 +99,11 @@ def _train_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from binsense.data import dataset_info
-    from binsense.models import build_model
+    from binsense.models import check_model
     from binsense.train import train
 
     config = _train_config(args)
-    build_model(config.model, dataset_info(config.dataset), **config.model_options)  # fail fast
+    check_model(config.model, dataset_info(config.dataset), **config.model_options)  # fail fast
     out = Path(args.out) if args.out else Path("runs") / f"{config.model}-{config.config_hash()}"
     t0 = time.perf_counter()
     result = train(config, out, data_dir=args.data_dir, resume=args.resume)

@@ -270,7 +270,9 @@ def bn_quantized(model: nn.Module, bits: int, target: str = "raw") -> Iterator[n
     entry and copied back on exit, also when the body raises.
     """
     _check_target(target)
-    check_bits(bits)
+    if check_bits(bits) == FLOAT_BITS:  # float baseline: nothing to change or restore
+        yield model
+        return
     saved = [
         (bn, bn.eps, [t.detach().clone() for t in _bn_tensors(bn)]) for bn in _batch_norms(model)
     ]

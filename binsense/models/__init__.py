@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from binsense.data import DatasetInfo, dataset_info
@@ -87,6 +88,13 @@ def build_model(name: str, info: DatasetInfo, **options: Any) -> nn.Module:
     return spec.builder(info, **spec.fixed, **options)
 
 
+def check_model(name: str, info: DatasetInfo, **options: Any) -> nn.Module:
+    """Build ``name`` on the meta device: validates name, options and shapes, allocates
+    no weights (for fail-fast checks and parameter counts)."""
+    with torch.device("meta"):
+        return build_model(name, info, **options)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -97,7 +105,7 @@ def describe_models() -> list[dict[str, Any]]:
     rows = []
     for name in model_names():
         spec = _REGISTRY[name]
-        model = build_model(name, dataset_info(spec.default_dataset))
+        model = check_model(name, dataset_info(spec.default_dataset))
         rows.append(
             {
                 "name": name,
@@ -113,6 +121,7 @@ def describe_models() -> list[dict[str, Any]]:
 __all__ = [
     "ModelSpec",
     "build_model",
+    "check_model",
     "count_parameters",
     "describe_models",
     "model_names",

@@ -50,16 +50,21 @@ def load_state_strict(model: nn.Module, state: dict[str, Any], source: str) -> N
     model.load_state_dict(state)
 
 
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, TrainConfig]:
-    """Rebuild the model stored in a checkpoint, in eval mode, with its config."""
-    ckpt = load_checkpoint(path)
+def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike) -> TrainConfig:
+    """The :class:`TrainConfig` a checkpoint was trained with (clear error if invalid)."""
     try:
-        config = TrainConfig(**ckpt["config"])
+        return TrainConfig(**ckpt["config"])
     except Exception:
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds an invalid config; it was written by an "
             "incompatible binsense version — retrain it."
         ) from None
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, TrainConfig]:
+    """Rebuild the model stored in a checkpoint, in eval mode, with its config."""
+    ckpt = load_checkpoint(path)
+    config = checkpoint_config(ckpt, path)
     model = build_model(config.model, dataset_info(config.dataset), **config.model_options)
     load_state_strict(model, ckpt["model"], str(path))
     model.eval()

@@ -35,6 +35,7 @@ from binsense.layers import clip_latent_weights
 from binsense.models import build_model
 from binsense.train.checkpoint import (
     CHECKPOINT_FORMAT,
+    checkpoint_config,
     checkpoint_path,
     load_checkpoint,
     load_state_strict,
@@ -117,13 +118,6 @@ def load_data(
     return train_set, test_set
 
 
-def _same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    ignore = {"device", "threads"}
-    return {k: v for k, v in a.items() if k not in ignore} == {
-        k: v for k, v in b.items() if k not in ignore
-    }
-
-
 def train(
     config: TrainConfig,
     run_dir: str | Path | None = None,
@@ -180,7 +174,7 @@ def train(
                     "it, or choose another output folder."
                 )
             ckpt = load_checkpoint(ckpt_file)
-            if not _same_config(ckpt["config"], config.to_dict()):
+            if checkpoint_config(ckpt, ckpt_file).config_hash() != config.config_hash():
                 raise BinsenseError(
                     f"cannot resume {str(run_path)!r}: it was trained with a different config; "
                     "resume with the same options or use another output folder."
