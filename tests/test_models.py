@@ -92,3 +92,30 @@ def test_resnet_without_bn_blocks_start_as_identity():
     block = BasicBlock(8, 8, stride=1, batch_norm=False)
     x = torch.rand(2, 8, 6, 6)  # non-negative, as after a ReLU
     assert torch.equal(block(x), x)
+
+
+@pytest.mark.parametrize("name", ["mnist_bnn", "vgg_small", "cnv", "vgg_small_float"])
+def test_bnn_without_batch_norm_uses_channel_affine(name):
+    from binsense.models.common import ChannelAffine
+
+    info = dataset_info("mnist" if name == "mnist_bnn" else "cifar10")
+    with_bn = build_model(name, info, width=0.25)
+    without = build_model(name, info, width=0.25, batch_norm=False)
+    bns = [m for m in with_bn.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    affines = [m for m in without.modules() if isinstance(m, ChannelAffine)]
+    assert len(affines) == len(bns) > 0
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in without.modules())
+    # After a binary layer the affine starts at 1/sqrt(fan-in): its output is unit-scale.
+    second = [m for m in without.modules() if isinstance(m, nn.Conv2d)][1]
+    fan_in = second.in_channels * 9
+    expected = fan_in**-0.5 if is_binary_layer(second) else 1.0
+    assert affines[1].scale.detach() == pytest.approx(torch.full_like(affines[1].scale, expected))
+
+
+def test_bnn_without_batch_norm_trains(tiny_data):
+    from binsense.train import TrainConfig, train
+
+    config = TrainConfig(dataset=tiny_data, model="mnist_bnn", epochs=4, batch_size=16,
+                         lr=0.01, model_options={"width": 0.5, "batch_norm": False})  # fmt: skip
+    result = train(config)
+    assert result.metrics[-1]["test_acc"] > 0.6  # 3 classes: chance is 1/3

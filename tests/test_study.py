@@ -208,6 +208,16 @@ def store_rows(db: Path) -> list[tuple]:
         ("max_draws = 1", "max_draw = 1",
          "[presets.smoke.eval] unknown key 'max_draw' — did you mean 'max_draws'?"),
         ("[eval]", "[evals]", "unknown section [evals] — did you mean [eval]?"),
+        ("seed = [0, 1]", 'variant = [{ name = "a", lrr = 0.1 }]',
+         "[train.grid] variant 'a': unknown key 'lrr' — did you mean 'lr'?"),
+        ("seed = [0, 1]", 'seed = [0]\nvariant = [{ name = "a", seed = 1 }]',
+         "[train.grid] variant 'a' sets 'seed', which the grid also varies"),
+        ("seed = [0, 1]", "variant = [{ lr = 0.1 }]",
+         "[train.grid] variant 1 must be a table with a 'name' string"),
+        ("[eval]", '[report]\nfacet = { sensor_noise = "type" }\n[eval]',
+         "[report] no [[evaluate]] block of kind 'sensor_noise'"),
+        ("[eval]", "[report]\nheatmp = {}\n[eval]",
+         "[report] unknown key 'heatmp' — did you mean 'heatmap'?"),
     ],
 )  # fmt: skip
 def test_schema_errors_are_one_clear_line(tmp_path, data_root, old, new, message):
@@ -283,6 +293,40 @@ def test_grid_expansion_and_presets(tmp_path, data_root):
     dup = path.read_text() + '\n[[evaluate]]\nkind = "clean"\n'
     path.write_text(dup)
     assert len(load_study(path).evaluations) == 6
+
+
+def test_variants_link_settings_and_merge_model_options(tmp_path, data_root):
+    grid = (
+        "seed = [0, 1]\nvariant = [\n"
+        '  { name = "wide", model_options = { width = 0.25 } },\n'
+        '  { name = "slow", lr = 0.005 },\n]'
+    )
+    study = load_study(write_study(tmp_path / "s.toml", data_root, grid=grid))
+    assert len(study.trainings) == 4 and study.varied == ("seed", "variant")
+    by_label = {t.label(): t.config for t in study.trainings}
+    wide, slow = by_label["seed=0, variant=wide"], by_label["seed=1, variant=slow"]
+    assert wide.model_options == {"width": 0.25} and wide.lr == TrainConfig().lr
+    assert slow.model_options == {"width": 0.125} and slow.lr == 0.005
+
+
+def test_report_options_filter_heatmap_and_facet(finished, tmp_path):
+    from binsense.study.report import write_report
+
+    text = finished.read_text().replace(
+        "[eval]", '[report]\nheatmap = { kind = ["clean", "study_bits"], bits = [2, 8] }\n'
+        'facet = { study_bits = "bits" }\nsweep = { study_probe = [] }\n[eval]', 1,
+    )  # fmt: skip
+    path = finished.with_name("tiny_report.toml")
+    path.write_text(text)
+    study = load_study(path, out=finished.with_suffix(""))
+    assert [ev.label() for ev in study.evaluations if study.report.in_heatmap(
+        ev.kind, ev.condition.params())] == ["clean", "study_bits(bits=2)", "study_bits(bits=8)"]  # fmt: skip
+    files = write_report(study, tmp_path / "report")
+    names = sorted(p.name for p in (tmp_path / "report" / "figures").glob("*.png"))
+    assert names == ["heatmap_training_x_condition.png", "study_bits_vs_bits.png"]
+    md = files.markdown.read_text()
+    assert "## Averages over each noise grid" in md
+    assert "| lr=0.003 | study_bits |  | bits | 3/3 |" in md
 
 
 def test_run_ids_are_stable_and_content_derived(tmp_path, data_root):
@@ -490,3 +534,14 @@ def test_quickstart_smoke_runs_on_real_mnist(tmp_path):
     rows = study_rows(study)
     clean = next(r["accuracy"] for r in rows if r["kind"] == "clean")
     assert clean > 0.25  # 300 training images, 1 epoch, tiny model: above chance (0.1)
+
+
+@pytest.mark.parametrize(
+    ("name", "trainings"), [("s0_fpn_bn", {"smoke": 2, "cpu": 6, "paper": 6}),
+                            ("s1_bn_analog", {"smoke": 3, "cpu": 8, "paper": 14})],
+)  # fmt: skip
+def test_shipped_study_files_are_valid_in_every_preset(name, trainings):
+    for preset, count in trainings.items():
+        study = load_study(REPO / "studies" / f"{name}.toml", preset)
+        assert len(study.trainings) == count
+        assert study.evaluations[0].kind == "clean"

@@ -15,7 +15,7 @@ from torch import nn
 
 from binsense.data import DatasetInfo
 from binsense.errors import BinsenseError
-from binsense.models.common import Normalize, activation, conv, linear, scaled
+from binsense.models.common import Normalize, activation, conv, linear, norm, scaled
 
 Plan = list[int | str]  # channel counts, "M" = 2x2 max-pool after the previous conv
 
@@ -37,11 +37,14 @@ def _network(
     binary_classifier: bool,
     activation_quantizer: str,
     padding: int,
+    batch_norm: bool = True,
 ) -> nn.Sequential:
     """``Normalize``, conv blocks from ``plan``, FC blocks of widths ``fcs``, classifier.
 
     Conv block: ``conv -> [max-pool] -> BN -> act``; FC block: ``linear -> BN -> act``;
-    ``flat_side`` is the spatial size after the last conv block.
+    ``flat_side`` is the spatial size after the last conv block. Without ``batch_norm``
+    every BN is a :class:`~binsense.models.common.ChannelAffine` (learned scale and
+    shift, no statistics).
     """
     first_binary = binary and _check_first_layer(first_layer)
     layers: list[nn.Module] = [Normalize(info.mean, info.std)]
@@ -49,19 +52,24 @@ def _network(
     for i, c in enumerate(plan):
         if c == "M":
             continue
-        layers.append(conv(first_binary if i == 0 else binary, cin, c, padding=padding))
+        layer_binary = first_binary if i == 0 else binary
+        layers.append(conv(layer_binary, cin, c, padding=padding))
         if i + 1 < len(plan) and plan[i + 1] == "M":
             layers.append(nn.MaxPool2d(2))
-        layers += [nn.BatchNorm2d(c), activation(binary, activation_quantizer)]
+        layers += [
+            norm(batch_norm, c, 9 * cin, layer_binary),
+            activation(binary, activation_quantizer),
+        ]
         cin = c
     layers.append(nn.Flatten())
     cin *= flat_side[0] * flat_side[1]
     for f in fcs:
-        layers += [linear(binary, cin, f), nn.BatchNorm1d(f)]
+        layers += [linear(binary, cin, f), norm(batch_norm, f, cin, binary, dims=1)]
         layers.append(activation(binary, activation_quantizer))
         cin = f
     if binary_classifier:  # BinaryNet: binary weights then BN (float twin: same layout)
-        layers += [linear(binary, cin, info.num_classes), nn.BatchNorm1d(info.num_classes)]
+        classes = info.num_classes
+        layers += [linear(binary, cin, classes), norm(batch_norm, classes, cin, binary, dims=1)]
     else:
         layers.append(nn.Linear(cin, info.num_classes))
     return nn.Sequential(*layers)
@@ -76,6 +84,7 @@ def vgg_small(
     first_layer: str = "float",
     binary_classifier: bool = True,
     activation_quantizer: str = "ste_sign",
+    batch_norm: bool = True,
 ) -> nn.Sequential:
     """VGG-small / BinaryNet for 32x32 images (Courbariaux, Hubara et al. 2016).
 
@@ -97,6 +106,7 @@ def vgg_small(
         first_layer=first_layer,
         binary_classifier=binary_classifier,
         activation_quantizer=activation_quantizer,
+        batch_norm=batch_norm,
         padding=1,
     )
 
@@ -109,6 +119,7 @@ def cnv(
     first_layer: str = "float",
     binary_classifier: bool = True,
     activation_quantizer: str = "ste_sign",
+    batch_norm: bool = True,
 ) -> nn.Sequential:
     """The FINN / Brevitas "CNV" network (Umuroglu et al., FPGA 2017).
 
@@ -130,6 +141,7 @@ def cnv(
         first_layer=first_layer,
         binary_classifier=binary_classifier,
         activation_quantizer=activation_quantizer,
+        batch_norm=batch_norm,
         padding=0,
     )
 
@@ -142,6 +154,7 @@ def mnist_bnn(
     first_layer: str = "float",
     binary_classifier: bool = True,
     activation_quantizer: str = "ste_sign",
+    batch_norm: bool = True,
 ) -> nn.Sequential:
     """A small convolutional BNN for 28x28 grayscale digits.
 
@@ -161,5 +174,6 @@ def mnist_bnn(
         first_layer=first_layer,
         binary_classifier=binary_classifier,
         activation_quantizer=activation_quantizer,
+        batch_norm=batch_norm,
         padding=1,
     )

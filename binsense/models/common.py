@@ -27,6 +27,40 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class ChannelAffine(nn.Module):
+    r"""A learned per-channel affine map :math:`y_c = a_c x_c + b_c` without statistics.
+
+    The stand-in for batch norm in the BN-free BNNs of study S1's extension: followed by
+    a sign it is still a per-channel threshold (:math:`x_c \ge -b_c/a_c` for
+    :math:`a_c > 0`), but nothing is normalised by batch or running statistics. ``a``
+    starts at ``init_scale`` — :math:`1/\sqrt{\text{fan-in}}` after a binary layer, whose
+    popcount output has a standard deviation of about :math:`\sqrt{\text{fan-in}}`, so
+    that the sign's straight-through window sees unit-scale inputs — and ``b`` at 0.
+    The parameters are named ``scale`` and ``shift`` (not ``weight``/``bias``), so weight
+    noise treats them like BN parameters: untouched unless asked.
+    """
+
+    def __init__(self, channels: int, init_scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((channels,), float(init_scale)))
+        self.shift = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.scale.view(shape) + self.shift.view(shape)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.scale.numel()}"
+
+
+def norm(batch_norm: bool, channels: int, fan_in: int, binary: bool, dims: int = 2) -> nn.Module:
+    r"""Batch norm (1d or 2d) after a layer, or a :class:`ChannelAffine` when ``batch_norm``
+    is off (initial scale :math:`1/\sqrt{\text{fan-in}}` after a binary layer, else 1)."""
+    if batch_norm:
+        return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+    return ChannelAffine(channels, fan_in**-0.5 if binary else 1.0)
+
+
 def activation(binary: bool, quantizer: str = "ste_sign") -> nn.Module:
     """The block activation: a sign quantizer in a BNN, ReLU in its float twin."""
     return get_quantizer(quantizer) if binary else nn.ReLU(inplace=False)

@@ -67,6 +67,7 @@ AXIS_LABELS = {
 }
 
 _DPI = 120
+_STYLES = ("-", "--", ":", "-.")
 
 
 @dataclass(frozen=True)
@@ -187,25 +188,45 @@ def sweep_params(evaluations: Sequence[Evaluation]) -> list[str]:
 
 
 def _sweep_figure(data: _Data, kind: str, param: str) -> _Figure:
-    """Accuracy (and normalised accuracy) vs ``param`` for one condition kind."""
+    """Accuracy (and normalised accuracy) vs ``param`` for one condition kind.
+
+    With a ``[report] facet`` for the kind: one accuracy panel per value of the facet
+    parameter instead (same y range, one legend).
+    """
     evs = [ev for ev in data.study.evaluations if ev.kind == kind]
-    series_keys = varying_keys([ev.condition.params() for ev in evs], skip=[param])
+    facet = data.study.report.facet.get(kind)
+    skip = [param] if facet is None else [param, facet]
+    series_keys = varying_keys([ev.condition.params() for ev in evs], skip=skip)
     series: dict[tuple[str, str], list[Evaluation]] = defaultdict(list)
     for group in data.groups:
         for ev in sorted(evs, key=lambda ev: ev.condition.params()[param]):
             params = ev.condition.params()
             series[group, ", ".join(f"{k}={params[k]}" for k in series_keys)].append(ev)
-    panels = [("accuracy", "test accuracy (%)")]
-    if data.reference is not None:
-        panels.append(("normalised", "normalised accuracy (% of clean)"))
-    fig = Figure(figsize=(6.4 * len(panels), 4.6), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    if facet is None:
+        panels = [("accuracy", "test accuracy (%)", None)]
+        if data.reference is not None:
+            panels.append(("normalised", "normalised accuracy (% of clean)", None))
+        cols = len(panels)
+    else:
+        values = list(dict.fromkeys(ev.condition.params().get(facet) for ev in evs))
+        panels = [("accuracy", "test accuracy (%)", v) for v in values]
+        cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(6.4 * cols, 4.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=facet is not None).ravel()
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
     xs_all = sorted({ev.condition.params()[param] for ev in evs})
-    for ax, (stat, ylabel) in zip(axes, panels, strict=True):
+    keys = list(dict.fromkeys(key for _, key in series))
+    for ax, (stat, ylabel, facet_value) in zip(axes, panels, strict=False):
+        if facet is not None:
+            ax.set_title(f"{facet}={facet_value}", fontsize="medium")
         colours: dict[str, str] = {}
         for (group, key), members in series.items():
             points = []
             for ev in members:
+                if facet is not None and ev.condition.params().get(facet) != facet_value:
+                    continue
                 stats = data.pooled.get((group, ev.condition_id))
                 mean, std = getattr(stats, stat)() if stats else (math.nan, math.nan)
                 if not math.isnan(mean):
@@ -214,8 +235,12 @@ def _sweep_figure(data: _Data, kind: str, param: str) -> _Figure:
                 continue
             xs, means, stds = zip(*points, strict=True)
             label = " · ".join(p for p in (group if len(data.groups) > 1 else "", key) if p)
-            (line,) = ax.plot(xs, means, marker="o", label=label or kind)
-            colours.setdefault(group, line.get_color())
+            if len(data.groups) > 1:  # colour = training, line style = condition series
+                colour, style = f"C{data.groups.index(group) % 10}", _STYLES[keys.index(key) % 4]
+            else:
+                colour, style = f"C{keys.index(key) % 10}", "-"
+            (line,) = ax.plot(xs, means, marker="o", color=colour, ls=style, label=label or kind)
+            colours.setdefault(group, colour)
             lo = [m - s for m, s in zip(means, stds, strict=True)]
             hi = [m + s for m, s in zip(means, stds, strict=True)]
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0)
@@ -244,7 +269,12 @@ def _heatmap(data: _Data) -> _Figure | None:
     """Mean accuracy of every training group x test condition (grid varies training)."""
     if len(data.groups) < 2:
         return None
-    cols = list(data.study.evaluations)
+    options = data.study.report
+    cols = [
+        ev for ev in data.study.evaluations if options.in_heatmap(ev.kind, ev.condition.params())
+    ]
+    if not cols:
+        return None
     grid = [
         [
             100 * data.pooled[g, ev.condition_id].accuracy()[0]
@@ -270,6 +300,9 @@ def _heatmap(data: _Data) -> _Figure | None:
     ax.set_xlabel("test condition")
     ax.set_ylabel("training (" + ", ".join(data.group_keys) + ")")
     title = "accuracy: training x test condition"
+    if options.heatmap:
+        shown = ", ".join(f"{k}={v}" for k, v in options.heatmap.items())
+        title += f" ({shown})"
     ax.set_title(f"{title}\n{_subtitle(data.study)}", fontsize="medium")
     fig.colorbar(image, ax=ax, label="test accuracy (%)")
     return _Figure("heatmap_training_x_condition", title, _png(fig))
@@ -287,6 +320,42 @@ def _subtitle(study: Study) -> str:
     datasets = sorted({_short_dataset(t.config.dataset) for t in study.trainings})
     seeds = len({t.config.seed for t in study.trainings})
     return f"{', '.join(models)} on {', '.join(datasets)}, {seeds} seed(s)"
+
+
+def _averages_table(data: _Data) -> _Table | None:
+    """Per training group: mean (normalised) accuracy over each kind's numeric sweep."""
+    grids: dict[tuple[str, str], list[Evaluation]] = defaultdict(list)
+    swept: dict[str, list[str]] = {}
+    for kind in dict.fromkeys(ev.kind for ev in data.study.evaluations):
+        if kind == REFERENCE_KIND:
+            continue
+        evs = [ev for ev in data.study.evaluations if ev.kind == kind]
+        swept[kind] = sweep_params(evs)
+        if not swept[kind]:
+            continue
+        others = varying_keys([ev.condition.params() for ev in evs], skip=swept[kind])
+        for ev in evs:
+            params = ev.condition.params()
+            grids[kind, ", ".join(f"{k}={params[k]}" for k in others)].append(ev)
+    if not grids:
+        return None
+    rows = []
+    for group in data.groups:
+        for (kind, key), evs in grids.items():
+            stats = [data.pooled.get((group, ev.condition_id)) for ev in evs]
+            acc = [s.accuracy()[0] for s in stats if s is not None and s.acc]
+            norm = [s.normalised()[0] for s in stats if s is not None and s.norm]
+            if not acc:
+                continue
+            row = [group, kind, key, ", ".join(swept[kind]), f"{len(acc)}/{len(evs)}",
+                   f"{100 * statistics.fmean(acc):.2f}"]  # fmt: skip
+            if data.reference is not None:
+                row.append(f"{100 * statistics.fmean(norm):.2f}" if norm else "")
+            rows.append(row)
+    header = ["training", "kind", "grid", "averaged over", "conditions", "mean accuracy (%)"]
+    if data.reference is not None:
+        header.append("mean normalised (% of clean)")
+    return _Table(header, rows)
 
 
 # ---------------------------------------------------------------- blocks
@@ -329,7 +398,11 @@ def _blocks(study: Study, rows: list[dict[str, Any]], runs: list[dict[str, Any]]
     figures: list[_Figure] = []
     for kind in dict.fromkeys(ev.kind for ev in study.evaluations):
         evs = [ev for ev in study.evaluations if ev.kind == kind]
-        figures += [_sweep_figure(data, kind, param) for param in sweep_params(evs)]
+        params = sweep_params(evs)
+        chosen = study.report.sweep.get(kind)
+        if chosen is not None:
+            params = [p for p in params if p in chosen]
+        figures += [_sweep_figure(data, kind, param) for param in params]
     heatmap = _heatmap(data)
     if heatmap is not None:
         figures.append(heatmap)
@@ -353,6 +426,16 @@ def _blocks(study: Study, rows: list[dict[str, Any]], runs: list[dict[str, Any]]
                 row.insert(3, _pct(stats.normalised()))
             table.append(row)
     blocks.append(_Table(header, table))
+
+    averages = _averages_table(data)
+    if averages is not None:
+        blocks.append(_Heading("Averages over each noise grid"))
+        blocks.append(_Text(
+            "Mean over the conditions of one kind that share their non-numeric parameters "
+            "(each condition weighted equally, e.g. S1's average normalised accuracy over "
+            "its noise levels); the numeric parameters averaged over are listed."
+        ))  # fmt: skip
+        blocks.append(averages)
 
     blocks.append(_Heading("Every run x condition"))
     table = []

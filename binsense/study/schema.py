@@ -5,8 +5,10 @@ A study file describes a grid of trainings and a grid of evaluation conditions::
     [study]                  # name, description, default_preset
     [train]                  # base TrainConfig fields
     [train.grid]             # TrainConfig field -> list of values (cartesian product)
+                             # variant = [{name = ..., <fields>}, ...]: linked settings
     [[evaluate]]             # one condition block: kind + parameters; list values expand
     [eval]                   # evaluation options (batch size, test subset, draw cap)
+    [report]                 # what the report draws: heatmap filter, facets (never what runs)
     [presets.NAME]           # tables deep-merged over the file (scale: smoke, cpu, paper)
 
 Loading is strict: every key is checked against the schema of its section (TrainConfig
@@ -55,9 +57,11 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 #: Prefix of data-set names that point at a local image folder (``imagefolder:PATH``).
 IMAGEFOLDER_PREFIX = "imagefolder:"
 
-_SECTIONS = ("study", "train", "evaluate", "eval", "presets")
-_PRESET_SECTIONS = ("study", "train", "evaluate", "eval")
+_SECTIONS = ("study", "train", "evaluate", "eval", "report", "presets")
+_PRESET_SECTIONS = ("study", "train", "evaluate", "eval", "report")
 _GRID = "grid"
+#: Grid key whose values are tables of linked TrainConfig fields (one named variant each).
+_VARIANT = "variant"
 
 
 class StudyFileError(BinsenseError):
@@ -86,6 +90,40 @@ class EvalOptions(BaseModel):
         None, ge=1, description="evaluate at most this many draws of each condition"
     )
     device: str | None = Field(None, description="device (default: the training device)")
+
+
+class ReportOptions(BaseModel):
+    """The ``[report]`` table: how the report presents results (never what is run).
+
+    ``heatmap`` keeps, in the training x condition heatmap, only the conditions whose
+    parameters match — ``{bn_bits = 32, level = [0.05, 0.1]}``; the key ``kind`` matches
+    the condition kind; a condition without the parameter (e.g. ``clean``) is kept.
+    ``facet`` maps a condition kind to one of its parameters: that kind's sweep figures
+    get one panel per value of it (e.g. ``{sensor_noise = "type"}``). ``sweep`` limits,
+    per kind, the numeric parameters that get an accuracy-vs-parameter figure (default:
+    every parameter that takes several values).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    heatmap: dict[str, Any] = Field(default_factory=dict, description="condition filter")
+    facet: dict[str, str] = Field(default_factory=dict, description="kind -> parameter")
+    sweep: dict[str, list[str]] = Field(
+        default_factory=dict, description="kind -> the parameters that get sweep figures"
+    )
+
+    def in_heatmap(self, kind: str, params: Mapping[str, Any]) -> bool:
+        """Whether a condition passes the ``heatmap`` filter."""
+        for key, wanted in self.heatmap.items():
+            value = kind if key == "kind" else params.get(key, _MISSING)
+            if value is _MISSING:
+                continue
+            if value not in (wanted if isinstance(wanted, list) else [wanted]):
+                return False
+        return True
+
+
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -131,6 +169,7 @@ class Study:
     evaluations: tuple[Evaluation, ...]
     eval: EvalOptions
     out_dir: Path
+    report: ReportOptions = ReportOptions()
 
     @property
     def store_path(self) -> Path:
@@ -378,10 +417,12 @@ def _expand_trainings(
             )
     for key, values in grid.items():
         where = _where(place, overlay, ("train", _GRID, key), "train.grid")
-        if key not in TrainConfig.model_fields:
-            raise place.error(where, f"unknown key {key!r}{_did_you_mean(key, fields)}")
+        if key not in TrainConfig.model_fields and key != _VARIANT:
+            hint = _did_you_mean(key, [*fields, _VARIANT])
+            raise place.error(where, f"unknown key {key!r}{hint}")
         if not isinstance(values, list) or not values:
             raise place.error(where, f"{key!r} must be a non-empty list of values, got {values!r}")
+    variants = _variants(grid, place, overlay, fields)
 
     def origin(key: str) -> str:
         if key in grid:
@@ -392,8 +433,13 @@ def _expand_trainings(
     keys = list(grid)
     for combo in itertools.product(*(grid[k] for k in keys)):
         point = dict(zip(keys, combo, strict=True))
+        values = {**base, **point}
+        if _VARIANT in point:
+            name = point[_VARIANT]["name"]
+            values = _merge_variant({**base, **point}, variants[name])
+            point[_VARIANT] = name
         try:
-            config = TrainConfig(**{**base, **point})
+            config = TrainConfig(**values)
         except ValidationError as e:
             key = str(e.errors()[0]["loc"][0]) if e.errors()[0]["loc"] else "train"
             raise place.error(origin(key), _pydantic_problem(e, fields)) from None
@@ -403,6 +449,44 @@ def _expand_trainings(
         run_id = run_id_for(config)
         trainings.setdefault(run_id, Training(run_id=run_id, config=config, grid=point))
     return list(trainings.values())
+
+
+def _variants(
+    grid: Mapping[str, Any], place: _Place, overlay: Mapping[str, Any], fields: list[str]
+) -> dict[str, dict[str, Any]]:
+    """``grid.variant``: named tables of linked TrainConfig fields, checked; name -> fields."""
+    if _VARIANT not in grid:
+        return {}
+    where = _where(place, overlay, ("train", _GRID, _VARIANT), "train.grid")
+    variants: dict[str, dict[str, Any]] = {}
+    for i, table in enumerate(grid[_VARIANT], 1):
+        if not isinstance(table, Mapping) or not isinstance(table.get("name"), str):
+            raise place.error(
+                where, f"variant {i} must be a table with a 'name' string, got {table!r}"
+            )
+        name, values = table["name"], {k: v for k, v in table.items() if k != "name"}
+        for key in values:
+            if key not in TrainConfig.model_fields:
+                hint = _did_you_mean(key, [*fields, "name"])
+                raise place.error(where, f"variant {name!r}: unknown key {key!r}{hint}")
+            if key in grid:
+                raise place.error(
+                    where, f"variant {name!r} sets {key!r}, which the grid also varies"
+                )
+        if name in variants:
+            raise place.error(where, f"two variants are named {name!r}")
+        variants[name] = values
+    return variants
+
+
+def _merge_variant(values: dict[str, Any], variant: Mapping[str, Any]) -> dict[str, Any]:
+    """The base values with a variant's fields over them (``model_options`` merged by key)."""
+    merged = {k: v for k, v in values.items() if k != _VARIANT}
+    for key, value in variant.items():
+        if key == "model_options" and isinstance(merged.get(key), Mapping):
+            value = {**merged[key], **value}
+        merged[key] = value
+    return merged
 
 
 def _where(place: _Place, overlay: Mapping[str, Any], keys: tuple[str, ...], table: str) -> str:
@@ -470,7 +554,7 @@ def _expand_block(block: Any, index: int, place: _Place, options: EvalOptions) -
 
 def _expand(
     doc: Mapping[str, Any], place: _Place, overlay: Mapping[str, Any]
-) -> tuple[StudyInfo, list[Training], list[Evaluation], EvalOptions]:
+) -> tuple[StudyInfo, list[Training], list[Evaluation], EvalOptions, ReportOptions]:
     for key in doc:
         if key not in _SECTIONS:
             close = _nearest(key, _SECTIONS)
@@ -486,6 +570,10 @@ def _expand(
         EvalOptions, _table(doc, "eval", place, "[eval]"), place,
         _where(place, overlay, ("eval",), "eval"),
     )  # fmt: skip
+    report = _validated(
+        ReportOptions, _table(doc, "report", place, "[report]"), place,
+        _where(place, overlay, ("report",), "report"),
+    )  # fmt: skip
     trainings = _expand_trainings(_table(doc, "train", place, "[train]"), place, overlay)
     blocks = doc.get("evaluate", [{"kind": "clean"}])
     if not isinstance(blocks, list):
@@ -495,7 +583,14 @@ def _expand(
     for i, block in enumerate(blocks):
         for ev in _expand_block(block, i, block_place, options):
             evaluations.setdefault(ev.condition_id, ev)
-    return info, trainings, list(evaluations.values()), options
+    kinds = {ev.kind for ev in evaluations.values()}
+    for kind in {**report.facet, **report.sweep}:
+        if kind not in kinds:
+            raise place.error(
+                _where(place, overlay, ("report",), "report"),
+                f"no [[evaluate]] block of kind {kind!r}{_did_you_mean(kind, kinds)}",
+            )
+    return info, trainings, list(evaluations.values()), options, report
 
 
 def load_study(
@@ -519,7 +614,7 @@ def load_study(
     presets = doc.get("presets", {})
     if not isinstance(presets, Mapping):
         raise StudyFileError(f"{file}: [presets] must be a table of [presets.NAME] tables")
-    info, trainings, evaluations, options = _expand(doc, _Place(file), {})
+    info, trainings, evaluations, options, report = _expand(doc, _Place(file), {})
     for name, overlay in presets.items():
         if not isinstance(overlay, Mapping):
             raise StudyFileError(f"{file}: [presets.{name}] must be a table, got {overlay!r}")
@@ -541,7 +636,7 @@ def load_study(
             raise StudyFileError(
                 f"{file}: unknown preset {chosen!r}{source} (presets: {listed}){hint}"
             )
-        info, trainings, evaluations, options = _expand(
+        info, trainings, evaluations, options, report = _expand(
             deep_merge(doc, presets[chosen]), _Place(file, chosen), presets[chosen]
         )
     return Study(
@@ -554,12 +649,14 @@ def load_study(
         evaluations=tuple(evaluations),
         eval=options,
         out_dir=Path(out) if out is not None else path.with_suffix(""),
+        report=report,
     )
 
 
 __all__ = [
     "EvalOptions",
     "Evaluation",
+    "ReportOptions",
     "Study",
     "StudyFileError",
     "StudyInfo",
