@@ -184,6 +184,73 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kernel_text(kernel) -> str:
+    return "[" + ", ".join("[" + ", ".join(str(v) for v in row) + "]" for row in kernel) + "]"
+
+
+def cmd_design_kernel(args: argparse.Namespace) -> int:
+    from binsense.design_kernel import (
+        REFERENCE_KERNEL,
+        equivalent_kernels,
+        load_gray_images,
+        plot_design_demo,
+        plot_kernel_scores,
+        score_kernels,
+    )
+
+    if args.top < 0:
+        raise BinsenseError(f"--top must be >= 0, got {args.top}.")
+    gray = load_gray_images(args.dataset, args.images, args.data_dir)
+    t0 = time.perf_counter()
+    ranking = score_kernels(
+        gray, size=args.size, conv_kernels=args.conv_kernels, seed=args.seed, progress=True
+    )
+    wall = time.perf_counter() - t0
+    top = ranking.records(args.criterion, args.top)
+    has_ref = tuple(ranking.kernels.shape[1:]) == (2, 2)
+    refs = [ranking.record(k) for k in equivalent_kernels(REFERENCE_KERNEL)] if has_ref else []
+    if args.json:
+        row = {
+            "dataset": args.dataset,
+            "images": ranking.images,
+            "conv_kernels": ranking.conv_kernels,
+            "seed": args.seed,
+            "size": args.size,
+            "candidates": len(ranking),
+            "criterion": args.criterion,
+            "top": [r.as_dict() for r in top],
+            "reference": [r.as_dict() for r in refs],
+            "wall_s": wall,
+        }
+        print(json.dumps(row))
+    else:
+        print(
+            f"{len(ranking)} kernels ({args.size}x{args.size}) on {ranking.images} {args.dataset} "
+            f"test images x {ranking.conv_kernels} random binary convs (seed {args.seed}), "
+            f"{wall:.1f} s; ranked by {args.criterion}"
+        )
+        print(f"{'rank':>5}  {'kernel':<22} {'tv':>8} {'psnr':>8} {'mse':>8}  ranks tv/psnr/mse")
+        for r in top:
+            rank = getattr(r, f"rank_{args.criterion}")
+            print(
+                f"{rank:>5}  {_kernel_text(r.kernel):<22} {r.tv:>8.4f} {r.psnr:>8.3f} "
+                f"{r.mse:>8.4f}  {r.rank_tv}/{r.rank_psnr}/{r.rank_mse}"
+            )
+        for i, r in enumerate(refs):
+            what = "reference (paper)" if i == 0 else "  equivalent"
+            print(
+                f"{what:<18} {_kernel_text(r.kernel):<22} rank tv {r.rank_tv}, "
+                f"psnr {r.rank_psnr}, mse {r.rank_mse} of {len(ranking)}"
+            )
+    if args.plot:
+        path = plot_kernel_scores(ranking, args.plot, REFERENCE_KERNEL if has_ref else None)
+        print(f"wrote {path}", file=sys.stderr)
+    if args.demo:
+        path = plot_design_demo(gray[0], args.demo, REFERENCE_KERNEL, seed=args.seed)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="binsense",
@@ -252,6 +319,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--download", action="store_true", default=None, help="allow torchvision downloads"
     )
     q.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser(
+        "design-kernel",
+        help="rank DeSign dither kernels on real images",
+        description="Score every integer DeSign kernel (6^(m n) of them) by the binary-layer "
+        "simulation of Monroy et al. 2024 (TV, PSNR, MSE) and print the best ones and the "
+        "rank of the paper's [[1, 1], [3, 3]].",
+    )
+    p.add_argument("--dataset", default="cifar10", help="data set (test split; default cifar10)")
+    p.add_argument("--data-dir", help="data-set folder (default: $BINSENSE_DATA)")
+    p.add_argument("--images", type=int, default=200, help="first n test images (default 200)")
+    p.add_argument("--size", type=int, default=2, help="kernel size m (m x m; default 2)")
+    p.add_argument("--conv-kernels", type=int, default=8, help="random binary convs (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random binary convs")
+    p.add_argument("--top", type=int, default=10, help="kernels to list (default 10)")
+    p.add_argument("--criterion", choices=("tv", "psnr", "mse"), default="tv", help="rank by")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of the sorted score curves")
+    p.add_argument("--demo", metavar="PATH", help="write a PNG: image, feature map, sign, DeSign")
+    p.set_defaults(func=cmd_design_kernel)
 
     add_study_commands(sub)
     return parser

@@ -119,3 +119,42 @@ def test_bnn_without_batch_norm_trains(tiny_data):
                          lr=0.01, model_options={"width": 0.5, "batch_norm": False})  # fmt: skip
     result = train(config)
     assert result.metrics[-1]["test_acc"] > 0.6  # 3 classes: chance is 1/3
+
+
+def test_design_replaces_the_sign_after_binary_convs_only():
+    from binsense.layers import DeSign
+
+    info = dataset_info("cifar10")
+    model = build_model("vgg_small", info, width=0.25, design="2x2x4_shift", bn_affine=False)
+    kids = list(model.children())
+    designs = [i for i, m in enumerate(kids) if isinstance(m, DeSign)]
+    assert len(designs) == 5  # the 5 binary convs; not the float first conv, not the FCs
+    for i in designs:
+        assert isinstance(kids[i - 1], nn.BatchNorm2d) and not kids[i - 1].affine
+    assert isinstance(kids[3], SignQuantizer)  # after the float first conv: a plain sign
+    assert sum(isinstance(m, SignQuantizer) for m in kids) == 1 + 2  # + the two FC blocks
+    out = []
+    for i in designs:
+        kids[i].register_forward_hook(lambda mod, i, o: out.append(o))
+    model.eval()(torch.rand(2, 3, 32, 32))
+    assert all(set(o.unique().tolist()) <= {-1.0, 1.0} for o in out)
+
+
+@pytest.mark.parametrize("design", [None, "2x2"])
+def test_resnet18_bnn_layout_and_design_placement(design):
+    from binsense.layers import DeSign
+    from binsense.models.resnet_bnn import BinaryBasicBlock
+
+    model = build_model("resnet18_bnn", dataset_info("cifar10"), width=0.125, design=design)
+    blocks = [m for m in model.modules() if isinstance(m, BinaryBasicBlock)]
+    assert len(blocks) == 8
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert not is_binary_layer(convs[0]) and all(is_binary_layer(c) for c in convs[1:])
+    assert sum(isinstance(m, DeSign) for m in model.modules()) == (0 if design is None else 16)
+    # DeSign shifts before the residual add; every binary conv binarises its input
+    assert all(b.conv2.input_quantizer is not None for b in blocks)
+    if design is not None:
+        assert blocks[0].act1.quantizer is None
+    y = model(torch.rand(3, 3, 32, 32))
+    y.sum().backward()
+    assert y.shape == (3, 10) and blocks[0].conv1.weight.grad.abs().sum() > 0

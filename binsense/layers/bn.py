@@ -118,16 +118,36 @@ def fold_bn_sign(bn: _BatchNorm, integer_input: bool = False) -> tuple[Tensor, T
     rounding of ``tau``. ``tau`` is float64 (±inf for :math:`\gamma = 0`), ``flip`` holds
     ±1 in the BN's dtype; both have one entry per channel.
     """
+    gamma, beta, mu, sigma = _bn_params64(bn)
+    tau, flip = fold_sign_threshold(gamma, beta, mu, sigma, integer_input)
+    return tau, flip.to(bn.running_mean.dtype)
+
+
+def _bn_params64(bn: _BatchNorm) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""``(gamma, beta, mu, sigma)`` per channel in float64, detached (inference BN)."""
     _check_stats(bn)
     gamma, beta = (t.double() for t in _gamma_beta(bn))
     mu = bn.running_mean.detach().double()
     sigma = torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    return gamma, beta, mu, sigma
+
+
+def fold_sign_threshold(
+    gamma: Tensor, beta: Tensor, mu: Tensor, sigma: Tensor, integer_input: bool = False
+) -> tuple[Tensor, Tensor]:
+    r"""Elementwise core of :func:`fold_bn_sign`: ``sign(gamma (x - mu) / sigma + beta)``.
+
+    Broadcasts its float64 arguments (so ``beta`` may carry extra dimensions, e.g. one
+    shift per position class for :func:`binsense.layers.design.fold_bn_design`) and
+    returns ``(tau, flip)`` in float64 with the rules of :func:`fold_bn_sign`; ``flip``
+    has ``gamma``'s shape.
+    """
     tau = mu - beta * sigma / gamma
     constant = torch.where(beta >= 0, -torch.inf, torch.inf).to(tau)
     tau = torch.where(gamma == 0, constant, tau)
     if integer_input:
         tau = torch.where(gamma > 0, torch.ceil(tau), torch.floor(tau))
-    flip = torch.where(gamma < 0, -1.0, 1.0).to(bn.running_mean.dtype)
+    flip = torch.where(gamma < 0, -1.0, 1.0).to(gamma)
     return tau, flip
 
 
@@ -161,6 +181,20 @@ def _sign_fed(model: nn.Module) -> set[int]:
                 if isinstance(a, _BatchNorm) and isinstance(b, SignQuantizer)
             )
     return fed
+
+
+def _coupled(model: nn.Module) -> dict[int, list[nn.Module]]:
+    """id(BN) -> the modules of ``model`` that read that BN's gamma (``coupled_bn``).
+
+    A :class:`binsense.layers.design.DeSign` with ``bn=...`` scales its thresholds by its
+    BN's *current* ``weight``, so that weight must keep its meaning (gamma).
+    """
+    users: dict[int, list[nn.Module]] = {}
+    for m in model.modules():
+        bn = getattr(m, "coupled_bn", None)
+        if isinstance(bn, _BatchNorm):
+            users.setdefault(id(bn), []).append(m)
+    return users
 
 
 def _fixed(x: Tensor, bits: int) -> Tensor:
@@ -210,10 +244,17 @@ def _quantize_threshold(bn: _BatchNorm, bits: int) -> None:
 def _plan(model: nn.Module, target: str) -> list[tuple[_BatchNorm, str]]:
     """(layer, form) for every float BN, validated before anything is changed."""
     fed = _sign_fed(model) if target == "threshold" else set()
+    coupled = _coupled(model)
     plan = []
     for bn in _batch_norms(model):
         _check_stats(bn)
         form = "raw" if target == "raw" else "threshold" if id(bn) in fed else "affine"
+        if form != "raw" and id(bn) in coupled:
+            raise BinsenseError(
+                f"{bn} is coupled to a DeSign activation (its gamma scales the dither "
+                f"thresholds), so its {form} form cannot be written back; use target 'raw' "
+                "or an uncoupled DeSign."
+            )
         if form == "affine" and not bn.affine:
             raise BinsenseError(
                 f"{bn} has no affine parameters, so its folded affine form cannot be written "
@@ -239,7 +280,11 @@ def quantize_bn(model: nn.Module, bits: int, target: str = "raw") -> nn.Module:
         bits: fixed-point width 2..24; 32 leaves the model untouched (float baseline).
         target: ``"raw"``, ``"affine"`` or ``"threshold"`` (module docstring). A BN "is
             followed by a sign" when the next module of the same :class:`torch.nn.Sequential`
-            is a :class:`binsense.quant.SignQuantizer`.
+            is a :class:`binsense.quant.SignQuantizer`. A BN followed by a
+            :class:`~binsense.layers.design.DeSign` (not a sign quantizer: its threshold
+            varies with the position) gets the ``"affine"`` form; a BN whose gamma a DeSign
+            reads (``DeSign(bn=...)``) accepts only ``"raw"`` (a :class:`BinsenseError`
+            otherwise), since the other forms rewrite gamma.
 
     Details (binsense's choices): in ``"raw"`` a :math:`\sigma` rounding to 0 becomes one
     quantization step; in ``"threshold"`` the thresholds of constant channels
@@ -371,13 +416,18 @@ def replace_batchnorm(model: nn.Module, bits: int, qat: bool = True) -> nn.Modul
     """Replace every float BN of ``model`` by a :class:`QuantizedBatchNorm` (in place).
 
     Returns ``model``; the new layers carry the old parameters and statistics, ready for
-    quantization-aware fine-tuning.
+    quantization-aware fine-tuning. Modules coupled to a replaced BN (a
+    :class:`~binsense.layers.design.DeSign` with ``bn=...``) are pointed at its successor.
     """
     check_bits(bits)
+    coupled = _coupled(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, _BatchNorm) and not isinstance(child, QuantizedBatchNorm):
-                setattr(parent, name, QuantizedBatchNorm.from_batchnorm(child, bits, qat))
+                new = QuantizedBatchNorm.from_batchnorm(child, bits, qat)
+                setattr(parent, name, new)
+                for user in coupled.get(id(child), []):  # e.g. a DeSign reading gamma
+                    user.coupled_bn = new
     return model
 
 
@@ -388,6 +438,7 @@ __all__ = [
     "bn_sigma",
     "fold_bn_affine",
     "fold_bn_sign",
+    "fold_sign_threshold",
     "quantize_bn",
     "replace_batchnorm",
     "threshold_sign",

@@ -20,7 +20,7 @@ from torch import nn
 
 from binsense.data import DatasetInfo, dataset_info
 from binsense.errors import BinsenseError, unknown_name
-from binsense.models import bnn, cifar
+from binsense.models import bnn, cifar, resnet_bnn
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ def _register_twins(name: str, builder: Callable[..., nn.Module], what: str, ds:
 _register_twins("mnist_bnn", bnn.mnist_bnn, "MNIST conv", "mnist")
 _register_twins("vgg_small", bnn.vgg_small, "VGG-small / BinaryNet", "cifar10")
 _register_twins("cnv", bnn.cnv, "FINN CNV", "cifar10")
+_RESNET18 = "ResNet-18-style BNN (ReCU/DeSign layout, design on/off)"
+register(ModelSpec("resnet18_bnn", resnet_bnn.resnet18_bnn, _RESNET18, "cifar10"))
 for _name, _build in {**cifar.RESNETS, **cifar.VGGS}.items():
     register(ModelSpec(_name, _build, f"CIFAR {_name} (float, batch_norm on/off)", "cifar10"))
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from binsense.data import DatasetInfo
 from binsense.errors import BinsenseError
+from binsense.layers.design import DeSign
 from binsense.models.common import Normalize, activation, conv, linear, norm, scaled
 
 Plan = list[int | str]  # channel counts, "M" = 2x2 max-pool after the previous conv
@@ -38,13 +39,18 @@ def _network(
     activation_quantizer: str,
     padding: int,
     batch_norm: bool = True,
+    design: str | None = None,
+    design_coupled: bool = False,
+    bn_affine: bool = True,
 ) -> nn.Sequential:
-    """``Normalize``, conv blocks from ``plan``, FC blocks of widths ``fcs``, classifier.
+    r"""``Normalize``, conv blocks from ``plan``, FC blocks of widths ``fcs``, classifier.
 
     Conv block: ``conv -> [max-pool] -> BN -> act``; FC block: ``linear -> BN -> act``;
     ``flat_side`` is the spatial size after the last conv block. Without ``batch_norm``
     every BN is a :class:`~binsense.models.common.ChannelAffine` (learned scale and
-    shift, no statistics).
+    shift, no statistics). ``design`` (a :class:`~binsense.layers.DeSign` kernel) replaces
+    the sign after every BN that follows a *binary* conv; ``bn_affine=False`` freezes those
+    BNs at :math:`\gamma = 1, \beta = 0` (the DeSign authors' default).
     """
     first_binary = binary and _check_first_layer(first_layer)
     layers: list[nn.Module] = [Normalize(info.mean, info.std)]
@@ -56,10 +62,11 @@ def _network(
         layers.append(conv(layer_binary, cin, c, padding=padding))
         if i + 1 < len(plan) and plan[i + 1] == "M":
             layers.append(nn.MaxPool2d(2))
-        layers += [
-            norm(batch_norm, c, 9 * cin, layer_binary),
-            activation(binary, activation_quantizer),
-        ]
+        if layer_binary and (design is not None or not bn_affine):
+            layers += _design_block(c, design, design_coupled, bn_affine, activation_quantizer)
+        else:
+            layers += [norm(batch_norm, c, 9 * cin, layer_binary)]
+            layers.append(activation(binary, activation_quantizer))
         cin = c
     layers.append(nn.Flatten())
     cin *= flat_side[0] * flat_side[1]
@@ -75,6 +82,16 @@ def _network(
     return nn.Sequential(*layers)
 
 
+def _design_block(
+    channels: int, design: str | None, coupled: bool, affine: bool, quantizer: str
+) -> list[nn.Module]:
+    """``BN -> DeSign`` (or ``BN -> sign`` when ``design`` is None) after a binary conv."""
+    bn = nn.BatchNorm2d(channels, affine=affine)
+    if design is None:
+        return [bn, activation(True, quantizer)]
+    return [bn, DeSign(design, quantizer, bn=bn if coupled else None)]
+
+
 def vgg_small(
     info: DatasetInfo,
     *,
@@ -85,6 +102,9 @@ def vgg_small(
     binary_classifier: bool = True,
     activation_quantizer: str = "ste_sign",
     batch_norm: bool = True,
+    design: str | None = None,
+    design_coupled: bool = False,
+    bn_affine: bool = True,
 ) -> nn.Sequential:
     """VGG-small / BinaryNet for 32x32 images (Courbariaux, Hubara et al. 2016).
 
@@ -107,6 +127,9 @@ def vgg_small(
         binary_classifier=binary_classifier,
         activation_quantizer=activation_quantizer,
         batch_norm=batch_norm,
+        design=design,
+        design_coupled=design_coupled,
+        bn_affine=bn_affine,
         padding=1,
     )
 
@@ -120,6 +143,9 @@ def cnv(
     binary_classifier: bool = True,
     activation_quantizer: str = "ste_sign",
     batch_norm: bool = True,
+    design: str | None = None,
+    design_coupled: bool = False,
+    bn_affine: bool = True,
 ) -> nn.Sequential:
     """The FINN / Brevitas "CNV" network (Umuroglu et al., FPGA 2017).
 
@@ -142,6 +168,9 @@ def cnv(
         binary_classifier=binary_classifier,
         activation_quantizer=activation_quantizer,
         batch_norm=batch_norm,
+        design=design,
+        design_coupled=design_coupled,
+        bn_affine=bn_affine,
         padding=0,
     )
 
@@ -155,6 +184,9 @@ def mnist_bnn(
     binary_classifier: bool = True,
     activation_quantizer: str = "ste_sign",
     batch_norm: bool = True,
+    design: str | None = None,
+    design_coupled: bool = False,
+    bn_affine: bool = True,
 ) -> nn.Sequential:
     """A small convolutional BNN for 28x28 grayscale digits.
 
@@ -175,5 +207,8 @@ def mnist_bnn(
         binary_classifier=binary_classifier,
         activation_quantizer=activation_quantizer,
         batch_norm=batch_norm,
+        design=design,
+        design_coupled=design_coupled,
+        bn_affine=bn_affine,
         padding=1,
     )
