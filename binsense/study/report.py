@@ -265,6 +265,31 @@ def _sweep_figure(data: _Data, kind: str, param: str) -> _Figure:
     return _Figure(f"{kind}_vs_{param}", title, _png(fig))
 
 
+def _reference_bars(data: _Data) -> _Figure | None:
+    """Clean accuracy per training group: mean ± std over seeds, one dot per run."""
+    ref = data.reference
+    if ref is None or len(data.groups) < 2:
+        return None
+    fig = Figure(figsize=(max(5.0, 0.9 * len(data.groups) + 2), 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    for i, group in enumerate(data.groups):
+        runs = [t.run_id for t in data.study.trainings if data.group_of[t.run_id] == group]
+        per_run = [data.per_run.get((r, ref.condition_id)) for r in runs]
+        accs = [100 * statistics.fmean(v) for v in per_run if v]
+        if not accs:
+            continue
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        ax.bar(i, statistics.fmean(accs), yerr=std, color=f"C{i % 10}", alpha=0.6, capsize=4)
+        ax.plot([i] * len(accs), accs, "k.", ms=5)
+    ax.set_xticks(range(len(data.groups)), data.groups, rotation=30, ha="right",
+                  fontsize="small")  # fmt: skip
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    title = "clean accuracy per training (bars: mean ± std over seeds; dots: runs)"
+    ax.set_title(f"{title}\n{_subtitle(data.study)}", fontsize="medium")
+    return _Figure("clean_accuracy_per_training", "clean accuracy per training", _png(fig))
+
+
 def _heatmap(data: _Data) -> _Figure | None:
     """Mean accuracy of every training group x test condition (grid varies training)."""
     if len(data.groups) < 2:
@@ -273,7 +298,7 @@ def _heatmap(data: _Data) -> _Figure | None:
     cols = [
         ev for ev in data.study.evaluations if options.in_heatmap(ev.kind, ev.condition.params())
     ]
-    if not cols:
+    if len(cols) < 2:  # one column says nothing that the clean-accuracy bars do not
         return None
     grid = [
         [
@@ -403,9 +428,7 @@ def _blocks(study: Study, rows: list[dict[str, Any]], runs: list[dict[str, Any]]
         if chosen is not None:
             params = [p for p in params if p in chosen]
         figures += [_sweep_figure(data, kind, param) for param in params]
-    heatmap = _heatmap(data)
-    if heatmap is not None:
-        figures.append(heatmap)
+    figures += [f for f in (_reference_bars(data), _heatmap(data)) if f is not None]
     if figures:
         blocks.append(_Heading("Figures"))
         blocks += figures
