@@ -423,3 +423,32 @@ def test_cli_design_kernel(tiny_data, tmp_path, capsys):
     assert plot.stat().st_size > 1000 and demo.stat().st_size > 1000
     assert main([*args, "--size", "3"]) == 2
     assert "error: 6^9 = 10,077,696" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("design", ["2x2", "2x2x4_shift"])
+def test_deployed_model_thresholds_equal_bn_then_design(design):
+    """Zero cost, model level: in a VGG-small BNN with DeSign, each BN + DeSign pair is an
+    integer compare per channel and position class on the popcount it receives."""
+    from binsense.data import dataset_info
+    from binsense.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vgg_small", dataset_info("cifar10"), width=0.125, design=design)
+    kids = list(model.children())
+    pairs = [(kids[i - 1], m) for i, m in enumerate(kids) if isinstance(m, DeSign)]
+    for bn, _ in pairs:  # trained-looking statistics, some negative gammas
+        bn.running_mean.uniform_(-20, 20)
+        bn.running_var.uniform_(5, 200)
+        bn.weight.data.uniform_(-2, 2)
+        bn.bias.data.uniform_(-1, 1)
+    inputs, outputs = {}, {}
+    for bn, d in pairs:
+        bn.register_forward_hook(lambda m, i, o: inputs.update({id(m): i[0]}))
+        d.register_forward_hook(lambda m, i, o: outputs.update({id(m): o}))
+    model.eval()(torch.rand(4, 3, 32, 32))
+    for bn, d in pairs:
+        popcount, out = inputs[id(bn)], outputs[id(d)]
+        assert torch.equal(popcount, popcount.round())  # integer popcounts (max-pooled)
+        tau, flip = fold_bn_design(bn, d, integer_input=True)
+        assert torch.equal(tau, tau.round())
+        assert torch.equal(threshold_design(popcount, tau, flip), out)
