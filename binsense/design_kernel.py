@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from binsense.errors import BinsenseError, unknown_name
+from binsense.io import atomic_write
 
 RELU_LEVELS = (0, 1, 3, 5, 7, 9)
 """Values of ReLU(3x3 binary conv of ±1 inputs): the integer design levels."""
@@ -414,9 +415,16 @@ def plot_kernel_scores(
         fontsize=9,
     )
     fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def _save_png(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file + rename) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
     return path
 
@@ -453,11 +461,7 @@ def plot_design_demo(
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 __all__ = [
