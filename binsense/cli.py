@@ -184,14 +184,11 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kernel_text(kernel) -> str:
-    return "[" + ", ".join("[" + ", ".join(str(v) for v in row) + "]" for row in kernel) + "]"
-
-
 def cmd_design_kernel(args: argparse.Namespace) -> int:
     from binsense.design_kernel import (
         REFERENCE_KERNEL,
         equivalent_kernels,
+        kernel_text,
         load_gray_images,
         plot_design_demo,
         plot_kernel_scores,
@@ -233,13 +230,13 @@ def cmd_design_kernel(args: argparse.Namespace) -> int:
         for r in top:
             rank = getattr(r, f"rank_{args.criterion}")
             print(
-                f"{rank:>5}  {_kernel_text(r.kernel):<22} {r.tv:>8.4f} {r.psnr:>8.3f} "
+                f"{rank:>5}  {kernel_text(r.kernel):<22} {r.tv:>8.4f} {r.psnr:>8.3f} "
                 f"{r.mse:>8.4f}  {r.rank_tv}/{r.rank_psnr}/{r.rank_mse}"
             )
         for i, r in enumerate(refs):
             what = "reference (paper)" if i == 0 else "  equivalent"
             print(
-                f"{what:<18} {_kernel_text(r.kernel):<22} rank tv {r.rank_tv}, "
+                f"{what:<18} {kernel_text(r.kernel):<22} rank tv {r.rank_tv}, "
                 f"psnr {r.rank_psnr}, mse {r.rank_mse} of {len(ranking)}"
             )
     if args.plot:

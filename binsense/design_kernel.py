@@ -50,6 +50,7 @@ from torch import Tensor
 
 from binsense.errors import BinsenseError, unknown_name
 from binsense.io import atomic_write
+from binsense.layers.design import design_thresholds
 
 RELU_LEVELS = (0, 1, 3, 5, 7, 9)
 """Values of ReLU(3x3 binary conv of ±1 inputs): the integer design levels."""
@@ -117,17 +118,10 @@ def simulate_feature_maps(images: Tensor, conv_kernels: int | Tensor = 8, seed: 
     return F.conv2d(padded, k.unsqueeze(1)).clamp_min(0.0)
 
 
-def _tile(kernel: Tensor, height: int, width: int) -> Tensor:
-    m, n = kernel.shape[-2:]
-    i = torch.arange(height) % m
-    j = torch.arange(width) % n
-    return kernel[..., i.view(-1, 1), j.view(1, -1)]
-
-
 def dither_binarize(features: Tensor, kernel: Tensor | Sequence) -> Tensor:
     """The authors' rule: +1 where ``features - tiled kernel > 0``, else -1 (``(..., H, W)``)."""
     k = torch.as_tensor(kernel, dtype=features.dtype)
-    t = _tile(k, *features.shape[-2:])
+    t = design_thresholds(k.unsqueeze(0), 1, *features.shape[-2:])[0]
     return torch.where(features - t > 0, 1.0, -1.0).to(features.dtype)
 
 
@@ -173,8 +167,9 @@ def _key(k: Tensor) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(_num(v) for v in row) for row in k.tolist())
 
 
-def _text(k: Tensor) -> str:
-    return str([list(row) for row in _key(k)])
+def kernel_text(kernel: Tensor | Sequence) -> str:
+    """``[[1, 1], [3, 3]]``: a 2-D kernel as text, integral values without decimals."""
+    return str([list(row) for row in _key(torch.as_tensor(kernel, dtype=torch.float64))])
 
 
 def _num(v: float) -> float:
@@ -404,7 +399,7 @@ def plot_kernel_scores(
         ax.plot(range(1, len(s) + 1), ordered.numpy(), lw=1)
         if ref is not None:
             rank = int(ranking.ranks(name)[ref])
-            label = f"{_text(ranking.kernels[ref])}: #{rank}"
+            label = f"{kernel_text(ranking.kernels[ref])}: #{rank}"
             ax.scatter([rank], [float(s[ref])], color="C3", zorder=3, label=label)
             ax.legend(fontsize=7)
         ax.set_title(f"{name} ({'higher' if higher else 'lower'} is better)")
@@ -453,7 +448,7 @@ def plot_design_demo(
         ("input (gray)", gray[0], (0, 1)),
         ("binary conv + ReLU", feat, (0, 9)),
         ("sign", dither_binarize(feat, torch.zeros_like(k)), (-1, 1)),
-        (f"DeSign {_text(k)}", dither_binarize(feat, k), (-1, 1)),
+        (f"DeSign {kernel_text(k)}", dither_binarize(feat, k), (-1, 1)),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
     for ax, (title, img, (lo, hi)) in zip(axes, panels, strict=True):
@@ -473,6 +468,7 @@ __all__ = [
     "candidate_kernels",
     "dither_binarize",
     "equivalent_kernels",
+    "kernel_text",
     "load_gray_images",
     "plot_design_demo",
     "plot_kernel_scores",

@@ -435,9 +435,8 @@ def _expand_trainings(
         point = dict(zip(keys, combo, strict=True))
         values = {**base, **point}
         if _VARIANT in point:
-            name = point[_VARIANT]["name"]
-            values = _merge_variant({**base, **point}, variants[name])
-            point[_VARIANT] = name
+            point[_VARIANT] = point[_VARIANT]["name"]
+            values = _merge_variant(values, variants[point[_VARIANT]])
         try:
             config = TrainConfig(**values)
         except ValidationError as e:
