@@ -31,9 +31,25 @@ class CheckpointError(BinsenseError):
     """A checkpoint is missing, corrupt, or does not match the model."""
 
 
-def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameError:
-    """Build an :class:`UnknownNameError` that suggests the closest valid name."""
+def sentence(text: str) -> str:
+    """``text`` ending in one full stop (none added after a question mark)."""
+    return text if text.endswith((".", "?")) else text + "."
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` — did you mean 'x'?`` for the closest choice, else `` (valid: a, b, ...)``."""
     choices = sorted(choices)
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return UnknownNameError(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(choices)}.")
+    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
+    if close:
+        return f" — did you mean {close[0]!r}?"
+    return f" (valid: {', '.join(choices)})"
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameError:
+    """The one wording of an unknown name: ``unknown model 'vgg_smal' — did you mean
+    'vgg_small'? (valid: ...)``, listing every valid name."""
+    choices = sorted(choices)
+    hint = did_you_mean(name, choices)
+    listing = f" (valid: {', '.join(choices)})" if hint.startswith(" —") else hint
+    close = hint if hint.startswith(" —") else ""
+    return UnknownNameError(sentence(f"unknown {kind} {name!r}{close}{listing}"))

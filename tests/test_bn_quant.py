@@ -4,23 +4,24 @@ import pytest
 import torch
 from torch import nn
 
+from binsense.deploy import fold_bn_sign, threshold_sign
 from binsense.errors import BinsenseError, UnknownNameError
 from binsense.evaluate.conditions import make_condition
 from binsense.evaluate.noise_conditions import BnBitsCondition
 from binsense.layers import BinaryConv2d, BinaryLinear
+from binsense.layers.block import BinaryBlock
 from binsense.layers.bn import (
     QuantizedBatchNorm,
     bn_quantized,
     fold_bn_affine,
-    fold_bn_sign,
     quantize_bn,
     replace_batchnorm,
-    threshold_sign,
 )
 from binsense.quant import SteSign
 from binsense.quant.fixed import (
     FixedQuantizer,
     auto_frac_bits,
+    auto_frac_bits_tensor,
     quantize_fixed,
     quantize_fixed_ste,
 )
@@ -44,9 +45,11 @@ def random_bn(bn, seed=0):
 def small_bnn():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), SteSign(),
-        BinaryConv2d(8, 16, 3, padding=1), nn.MaxPool2d(2), nn.BatchNorm2d(16), SteSign(),
-        nn.Flatten(), BinaryLinear(16 * 4 * 4, 10), nn.BatchNorm1d(10),
+        BinaryBlock(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), SteSign()),
+        BinaryBlock(BinaryConv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), SteSign(),
+                    nn.MaxPool2d(2)),
+        nn.Flatten(),
+        BinaryBlock(BinaryLinear(16 * 4 * 4, 10), nn.BatchNorm1d(10), nn.Identity()),
     )  # fmt: skip
     for i, m in enumerate(model.modules()):
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -99,6 +102,50 @@ def test_ste_gradient_passes_straight_and_optionally_stops_outside():
     q.sum().backward()
     assert torch.equal(q.detach(), quantize_fixed(x.detach(), 4, 2))
     assert torch.equal(x.grad, torch.tensor([0.0, 1, 1, 1, 0]))
+
+
+def test_non_finite_values_do_not_poison_the_automatic_step():
+    nan, inf = float("nan"), float("inf")
+    q = quantize_fixed(torch.tensor([0.30, 0.70, nan, -1.20]), 8)
+    # f from the finite values only: floor(log2(127 / 1.2)) = 6, step 1/64 (was step 1)
+    assert torch.equal(q[[0, 1, 3]], torch.tensor([19.0, 45.0, -77.0]) / 64)
+    assert torch.isnan(q[2])
+    x = torch.tensor([0.30, 0.70, inf, -inf, -1.20])
+    assert auto_frac_bits(x, 8) == 6
+    expected = torch.tensor([19.0, 45.0, 127.0, -128.0, -77.0]) / 64  # +-inf saturate
+    assert torch.equal(quantize_fixed(x, 8), expected)
+    assert torch.equal(quantize_fixed_ste(x, 8), expected)
+    xg = x.clone().requires_grad_(True)
+    q = FixedQuantizer(8, zero_outside=True)(xg)
+    q.sum().backward()
+    assert torch.equal(q.detach(), expected)
+    assert torch.equal(xg.grad, torch.tensor([1.0, 1, 0, 0, 1]))  # no gradient at +-inf
+    assert torch.equal(quantize_fixed(x, 4, frac_bits=2)[2:4], torch.tensor([1.75, -2.0]))
+
+
+def test_auto_frac_bits_never_overflows():
+    inf = float("inf")
+    assert auto_frac_bits(torch.tensor([inf, -inf, float("nan")]), 8) == 0  # nothing finite
+    assert auto_frac_bits(torch.tensor([1e-40]), 8) == 126  # subnormal max: step 2**-126
+    assert auto_frac_bits(torch.tensor([3e38]), 2) == 1 - 127  # range end stays finite
+    assert torch.isfinite(quantize_fixed(torch.tensor([3e38, 1e-40, 0.0]), 8)).all()
+
+
+def test_per_channel_automatic_frac_bits():
+    x = torch.tensor([[1.0, 0.1], [100.0, 0.01]])
+    assert torch.equal(auto_frac_bits_tensor(x, 4, axis=0), torch.tensor([[2.0], [-4.0]]))
+    for axis in (0, 1, -1):
+        q = quantize_fixed(x, 4, axis=axis)
+        for i in range(2):
+            row = x.select(axis, i)
+            assert torch.equal(q.select(axis, i), quantize_fixed(row, 4))
+    tau = torch.tensor([1.0, 1000.0, 0.013])  # 1-D: every entry its own scale
+    assert torch.equal(quantize_fixed(tau, 4, axis=0), torch.tensor([1.0, 1024.0, 0.013671875]))
+    assert torch.equal(quantize_fixed(tau, 4), torch.tensor([0.0, 1024.0, 0.0]))
+    with pytest.raises(BinsenseError, match="frac_bits='auto'"):
+        quantize_fixed(x, 4, frac_bits=2, axis=0)
+    with pytest.raises(BinsenseError, match="axis"):
+        quantize_fixed(x, 4, axis=2)
 
 
 # --- folding BN + sign into thresholds ------------------------------------------------
@@ -199,7 +246,7 @@ def test_32_bits_changes_nothing_and_16_bits_almost_nothing(target):
 
 def test_raw_target_puts_each_tensor_on_its_own_grid():
     model = small_bnn()
-    bn = model[5]
+    bn = model[1].norm
     gamma, mean = bn.weight.detach().clone(), bn.running_mean.clone()
     sigma = torch.sqrt(bn.running_var + bn.eps)
     assert auto_frac_bits(gamma, 4) != auto_frac_bits(mean, 4)  # a shared grid would differ
@@ -222,7 +269,7 @@ def test_affine_target_computes_quantized_a_x_plus_b():
 
 def test_threshold_target_quantizes_tau_and_keeps_sign_of_gamma():
     model = small_bnn()
-    bn, head = model[5], model[9]
+    bn, head = model[1].norm, model[3].norm
     with torch.no_grad():
         bn.weight[:4] = -bn.weight[:4].abs()
     tau, flip = fold_bn_sign(bn)
@@ -235,6 +282,90 @@ def test_threshold_target_quantizes_tau_and_keeps_sign_of_gamma():
     z = torch.randn(5, 10)  # the classifier BN feeds no sign: affine target
     expected = quantize_fixed(a_head, 4) * z + quantize_fixed(b_head, 4)
     torch.testing.assert_close(head(z), expected, rtol=1e-6, atol=1e-6)
+
+
+def dead_channel_block(c=16):
+    """BN + sign with channel 0 nearly dead (gamma = 1e-4: |tau_0| = |mu - beta sigma/gamma|)."""
+    bn = random_bn(nn.BatchNorm2d(c), seed=0)
+    with torch.no_grad():
+        bn.weight[0] = 1e-4
+    return BinaryBlock(nn.Identity(), bn, SteSign()).eval()
+
+
+def test_per_channel_thresholds_survive_a_nearly_dead_channel():
+    block = dead_channel_block()
+    bn = block.norm
+    tau, _ = fold_bn_sign(bn)
+    assert tau[0].abs() > 1e4 and tau[1:].abs().max() < 50
+    sigma = torch.sqrt(bn.running_var + bn.eps).view(1, -1, 1, 1)
+    noise = torch.randn(64, 16, 8, 8, generator=torch.Generator().manual_seed(1))
+    x = bn.running_mean.view(1, -1, 1, 1) + 2 * sigma * noise  # around each threshold
+    ref = block(x)
+    step = torch.exp2(-auto_frac_bits_tensor(tau.float(), 8, axis=0)).double().view(1, -1, 1, 1)
+    far = (x.double() - tau.view(1, -1, 1, 1)).abs() > step  # more than a step from tau_c
+    with bn_quantized(block, 8, "threshold", scale="channel"):
+        flips_channel = block(x) != ref
+    with bn_quantized(block, 8, "threshold"):  # default: one scale for the layer
+        flips_tensor = block(x) != ref
+    # per channel: flips only within one quantization step of each channel's threshold
+    assert not (flips_channel & far).any()
+    assert flips_channel.float().mean() < 1e-3  # measured 0.05 %
+    # per tensor: tau_0 ~ 3.3e4 sets the step to 2**9 = 512, every other tau rounds to 0
+    assert (flips_tensor[:, 1:] & far[:, 1:]).float().mean() > 0.1  # measured 28 %
+    assert torch.equal(ref, block(x))  # restored
+
+
+@pytest.mark.parametrize("target", ["raw", "affine"])
+def test_channel_scale_puts_each_channel_on_its_own_grid(target):
+    bn = random_bn(nn.BatchNorm2d(12))
+    with torch.no_grad():
+        bn.weight[0] = 1e-4
+    gamma, beta, mean = bn.weight.detach().clone(), bn.bias.detach().clone(), bn.running_mean
+    mean, sigma = mean.clone(), torch.sqrt(bn.running_var + bn.eps)
+    a, b = fold_bn_affine(bn)
+    quantize_bn(nn.Sequential(bn), 6, target, scale="channel")
+    if target == "affine":
+        expected = [(bn.weight, a), (bn.bias, b)]
+    else:
+        expected = [(bn.weight, gamma), (bn.bias, beta), (bn.running_mean, mean)]
+        sigma_q = quantize_fixed(sigma, 6, axis=0)
+        assert sigma_q.min() > 0  # each sigma on its own grid never rounds to 0
+        assert torch.equal(bn.running_var.sqrt(), sigma_q)
+    for got, t in expected:
+        for c in range(12):  # each channel quantized alone (its own fractional bits)
+            assert torch.equal(got.detach()[c : c + 1], quantize_fixed(t[c : c + 1], 6))
+
+
+def test_bn_scale_option_and_conditions_keep_old_condition_ids():
+    with pytest.raises(UnknownNameError, match="channel"):
+        quantize_bn(nn.Sequential(), 4, "raw", scale="chanel")
+    old = make_condition("bn_bits", bits=8, target="threshold")
+    assert old.scale == "tensor" and "scale" not in old.params()  # hash of old studies kept
+    new = make_condition("bn_bits", bits=8, target="threshold", scale="channel")
+    assert new.params()["scale"] == "channel"
+    with pytest.raises(BinsenseError, match="channel"):
+        make_condition("bn_bits", bits=8, scale="chanel")
+    plain = make_condition("sensor_noise", type="column_offset", level=0.05, bn_bits=8)
+    assert "bn_scale" not in plain.params()
+    sensor = make_condition(
+        "sensor_noise",
+        type="column_offset",
+        level=0.05,
+        bn_bits=8,
+        bn_target="threshold",
+        bn_scale="channel",
+    )
+    assert sensor.params()["bn_scale"] == "channel"
+    block = dead_channel_block()
+    x = torch.randn(4, 16, 5, 5, generator=torch.Generator().manual_seed(0)) * 5
+    with bn_quantized(block, 8, "threshold", "channel"):
+        expected = block(x)
+    with bn_quantized(block, 8, "threshold"):
+        assert not torch.equal(block(x), expected)  # the scale makes a difference here
+    for cond in (new, sensor):
+        with cond.applied(block, 0) as transform:
+            assert torch.equal(block(x), expected)
+            assert (transform is None) == (cond is new)
 
 
 def test_error_shrinks_with_bits():
@@ -254,7 +385,7 @@ def test_bn_quantized_restores_bit_exactly_also_after_exception():
     eps = [m.eps for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for target in ("raw", "affine", "threshold"):
         with pytest.raises(RuntimeError, match="boom"), bn_quantized(model, 3, target):
-            assert model[1].eps == 0.0
+            assert model[0].norm.eps == 0.0
             raise RuntimeError("boom")
         for k, v in model.state_dict().items():
             assert torch.equal(v, saved[k]), (target, k)
@@ -326,15 +457,19 @@ def test_sensor_noise_condition_with_quantized_bn():
 
 
 def test_bn_without_affine_params():
-    model = nn.Sequential(random_bn(nn.BatchNorm2d(4)), nn.BatchNorm2d(4, affine=False), SteSign())
+    first = random_bn(nn.BatchNorm2d(4))
+    block = BinaryBlock(nn.Identity(), nn.BatchNorm2d(4, affine=False), SteSign())
+    model = nn.Sequential(first, block)
     model.eval()
     with torch.no_grad():
-        model[1].running_mean.uniform_(-2, 2)
+        model[1].norm.running_mean.uniform_(-2, 2)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(BinsenseError, match="affine"):
         quantize_bn(model, 4, "affine")
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())  # untouched
     x = torch.randn(2, 4, 3, 3) * 3
-    expected = threshold_sign(x, quantize_fixed(model[1].running_mean, 4).double(), torch.ones(4))
+    expected = threshold_sign(
+        x, quantize_fixed(model[1].norm.running_mean, 4).double(), torch.ones(4)
+    )
     quantize_bn(model, 4, "threshold")  # the first BN feeds no sign, but it has affine params
-    assert torch.equal(sign(model[1](x)), expected)
+    assert torch.equal(sign(model[1].norm(x)), expected)

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from binsense.cli import main
+from binsense.deploy import fold_bn_design, threshold_design
 from binsense.design_kernel import (
     REFERENCE_KERNEL,
     candidate_kernels,
@@ -27,13 +28,12 @@ from binsense.layers import (
     DeSign,
     design_kernel_names,
     design_thresholds,
-    fold_bn_design,
     get_design_kernel,
     levels_to_thresholds,
     quantize_bn,
     replace_batchnorm,
-    threshold_design,
 )
+from binsense.layers.block import BinaryBlock
 from binsense.layers.bn import bn_quantized
 from binsense.quant import SignQuantizer, SteSign, get_quantizer, quantizer_names
 from binsense.quant.fixed import quantize_fixed
@@ -78,7 +78,7 @@ CUSTOM_3D = [[[0.1, -0.2, 0.3]], [[1.0, 2.0, -1.5]], [[0.0, 0.5, 0.25]]]  # F=3,
 
 
 def test_presets_equal_the_level_table():
-    assert design_kernel_names() == ["2x2", "2x2x4_shift", "3x3_sym"]
+    assert design_kernel_names() == ["2x2", "2x2_v1", "2x2_v2", "2x2x4_shift", "3x3_sym"]
     t = LEVEL_TO_THRESHOLD
     assert t == {0: 0.3118, 1: 0.6310, 3: 0.9671, 5: 1.3352, 7: 1.7656, 9: 2.3419}
     expected = torch.tensor([[[0.6310, 0.6310], [0.9671, 0.9671]]])
@@ -95,10 +95,24 @@ def test_presets_equal_the_level_table():
     assert torch.equal(levels_to_thresholds([[9, 0]]), torch.tensor([[2.3419, 0.3118]]))
 
 
+def test_the_authors_two_2x2_kernels_and_the_default_alias():
+    # bemc22/DeSign thresholds/threshold_2x2_v1.mat and threshold_2x2_v2.mat, in levels
+    v1 = get_design_kernel("2x2_v1")
+    v2 = get_design_kernel("2x2_v2")
+    assert torch.equal(v1, levels_to_thresholds([[[1, 1], [0, 3]]]))
+    assert torch.equal(v1, torch.tensor([[[0.6310, 0.6310], [0.3118, 0.9671]]]))
+    assert torch.equal(v2, levels_to_thresholds([[[1, 1], [3, 3]]]))
+    assert torch.equal(v2, torch.tensor([[[0.6310, 0.6310], [0.9671, 0.9671]]]))
+    # "2x2" keeps the kernel binsense always used (v2), so old studies do not change
+    assert torch.equal(get_design_kernel("2x2"), v2)
+    assert torch.equal(DeSign().kernel, v2)
+    assert torch.equal(get_design_kernel("2x2x4_shift")[0], v1[0])  # the 3-D kernel's slice 0
+
+
 def test_unknown_preset_and_invalid_levels_and_shapes():
     with pytest.raises(UnknownNameError, match="2x2x4_shift") as e:
         get_design_kernel("2x3")
-    assert "3x3_sym" in str(e.value) and "Did you mean" in str(e.value)
+    assert "3x3_sym" in str(e.value) and "did you mean" in str(e.value)
     with pytest.raises(BinsenseError, match="unknown DeSign kernel"):
         DeSign("nope")
     with pytest.raises(BinsenseError, match=r"invalid DeSign level\(s\) 2, 4"):
@@ -290,13 +304,13 @@ def test_fold_accepts_a_kernel_spec_and_rejects_a_foreign_coupling():
 
 
 def test_quantize_bn_threshold_target_treats_a_design_fed_bn_as_affine():
-    sign_model = nn.Sequential(nn.Conv2d(2, 4, 3), random_bn(4), SteSign())
-    design_model = nn.Sequential(nn.Conv2d(2, 4, 3), random_bn(4), DeSign("2x2"))
+    sign_model = BinaryBlock(nn.Conv2d(2, 4, 3), random_bn(4), SteSign())
+    design_model = BinaryBlock(nn.Conv2d(2, 4, 3), random_bn(4), DeSign("2x2"))
     quantize_bn(sign_model, 6, "threshold")
-    bn = design_model[1]
+    bn = design_model.norm
     a = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
     quantize_bn(design_model, 6, "threshold")
-    assert torch.equal(sign_model[1].weight.abs(), torch.ones(4))  # threshold form: flip
+    assert torch.equal(sign_model.norm.weight.abs(), torch.ones(4))  # threshold form: flip
     assert torch.equal(bn.weight.detach(), quantize_fixed(a, 6))  # affine form
     assert torch.equal(bn.running_var, torch.ones(4))
 

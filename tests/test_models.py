@@ -6,7 +6,7 @@ from torch import nn
 
 from binsense.data import dataset_info
 from binsense.errors import BinsenseError, UnknownNameError
-from binsense.layers import is_binary_layer
+from binsense.layers import blocks_of, is_binary_layer
 from binsense.models import build_model, count_parameters, describe_models, model_names
 from binsense.quant import SignQuantizer
 
@@ -45,9 +45,9 @@ def test_vgg_small_width_quarter_is_32_64_128():
 def test_bnn_hidden_activations_are_binary():
     model = build_model("vgg_small", dataset_info("cifar10"), width=0.25).eval()
     seen = []
-    for m in model.children():  # block activations (weight quantizers live in layers)
-        if isinstance(m, SignQuantizer):
-            m.register_forward_hook(lambda mod, i, o: seen.append(o))
+    for block in blocks_of(model):  # block activations (weight quantizers live in layers)
+        if isinstance(block.act, SignQuantizer):
+            block.act.register_forward_hook(lambda mod, i, o: seen.append(o))
     model(torch.rand(2, 3, 32, 32))
     assert len(seen) == 8
     assert all(set(o.unique().tolist()) <= {-1.0, 1.0} for o in seen)
@@ -61,7 +61,7 @@ def test_width_changes_parameter_count():
 
 
 def test_unknown_model_and_option_errors():
-    with pytest.raises(UnknownNameError, match="Did you mean 'vgg_small'"):
+    with pytest.raises(UnknownNameError, match="did you mean 'vgg_small'"):
         build_model("vgg_smal", dataset_info("cifar10"))
     with pytest.raises(BinsenseError, match="no option 'widht'"):
         build_model("vgg_small", dataset_info("cifar10"), widht=0.5)
@@ -80,27 +80,28 @@ def test_cifar_resnet_sizes_match_he_et_al(name, params):
 def test_batch_norm_switch(name, bn_layers):
     info = dataset_info("cifar10")
     with_bn = build_model(name, info, width=0.25)
-    without = build_model(name, info, width=0.25, batch_norm=False).eval()
+    without = build_model(name, info, width=0.25, norm="none").eval()
     assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules()) == bn_layers
     assert not any(isinstance(m, nn.BatchNorm2d) for m in without.modules())
     assert torch.isfinite(without(torch.rand(2, 3, 32, 32))).all()
 
 
 def test_resnet_without_bn_blocks_start_as_identity():
-    from binsense.models.cifar import BasicBlock
+    from binsense.layers import ResidualUnit
 
-    block = BasicBlock(8, 8, stride=1, batch_norm=False)
+    model = build_model("resnet20", dataset_info("cifar10"), width=0.5, norm="none")
+    unit = next(m for m in model.modules() if isinstance(m, ResidualUnit))
     x = torch.rand(2, 8, 6, 6)  # non-negative, as after a ReLU
-    assert torch.equal(block(x), x)
+    assert torch.equal(unit(x), x)
 
 
 @pytest.mark.parametrize("name", ["mnist_bnn", "vgg_small", "cnv", "vgg_small_float"])
 def test_bnn_without_batch_norm_uses_channel_affine(name):
-    from binsense.models.common import ChannelAffine
+    from binsense.layers import ChannelAffine
 
     info = dataset_info("mnist" if name == "mnist_bnn" else "cifar10")
     with_bn = build_model(name, info, width=0.25)
-    without = build_model(name, info, width=0.25, batch_norm=False)
+    without = build_model(name, info, width=0.25, norm="channel_affine")
     bns = [m for m in with_bn.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     affines = [m for m in without.modules() if isinstance(m, ChannelAffine)]
     assert len(affines) == len(bns) > 0
@@ -115,8 +116,9 @@ def test_bnn_without_batch_norm_uses_channel_affine(name):
 def test_bnn_without_batch_norm_trains(tiny_data):
     from binsense.train import TrainConfig, train
 
+    options = {"width": 0.5, "norm": "channel_affine"}
     config = TrainConfig(dataset=tiny_data, model="mnist_bnn", epochs=4, batch_size=16,
-                         lr=0.01, model_options={"width": 0.5, "batch_norm": False})  # fmt: skip
+                         lr=0.01, model_options=options)  # fmt: skip
     result = train(config)
     assert result.metrics[-1]["test_acc"] > 0.6  # 3 classes: chance is 1/3
 
@@ -126,35 +128,40 @@ def test_design_replaces_the_sign_after_binary_convs_only():
 
     info = dataset_info("cifar10")
     model = build_model("vgg_small", info, width=0.25, design="2x2x4_shift", bn_affine=False)
-    kids = list(model.children())
-    designs = [i for i, m in enumerate(kids) if isinstance(m, DeSign)]
+    blocks = blocks_of(model.blocks)
+    designs = [b for b in blocks if isinstance(b.act, DeSign)]
     assert len(designs) == 5  # the 5 binary convs; not the float first conv, not the FCs
-    for i in designs:
-        assert isinstance(kids[i - 1], nn.BatchNorm2d) and not kids[i - 1].affine
-    assert isinstance(kids[3], SignQuantizer)  # after the float first conv: a plain sign
-    assert sum(isinstance(m, SignQuantizer) for m in kids) == 1 + 2  # + the two FC blocks
+    for b in designs:
+        assert isinstance(b.norm, nn.BatchNorm2d) and not b.norm.affine
+    assert isinstance(blocks[0].act, SignQuantizer)  # after the float first conv: a sign
+    assert sum(isinstance(b.act, SignQuantizer) for b in blocks) == 1 + 2  # + the two FCs
     out = []
-    for i in designs:
-        kids[i].register_forward_hook(lambda mod, i, o: out.append(o))
+    for b in designs:
+        b.act.register_forward_hook(lambda mod, i, o: out.append(o))
     model.eval()(torch.rand(2, 3, 32, 32))
     assert all(set(o.unique().tolist()) <= {-1.0, 1.0} for o in out)
 
 
 @pytest.mark.parametrize("design", [None, "2x2"])
 def test_resnet18_bnn_layout_and_design_placement(design):
-    from binsense.layers import DeSign
-    from binsense.models.resnet_bnn import BinaryBasicBlock
+    from binsense.layers import DeSign, ResidualUnit
 
     model = build_model("resnet18_bnn", dataset_info("cifar10"), width=0.125, design=design)
-    blocks = [m for m in model.modules() if isinstance(m, BinaryBasicBlock)]
+    blocks = [m for m in model.modules() if isinstance(m, ResidualUnit)]
     assert len(blocks) == 8
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert not is_binary_layer(convs[0]) and all(is_binary_layer(c) for c in convs[1:])
     assert sum(isinstance(m, DeSign) for m in model.modules()) == (0 if design is None else 16)
-    # DeSign shifts before the residual add; every binary conv binarises its input
-    assert all(b.conv2.input_quantizer is not None for b in blocks)
-    if design is not None:
-        assert blocks[0].act1.quantizer is None
+    # binarisation has one home: the unit's input sign and block 1's act feed the binary
+    # convs; block 2's act is the identity or the DeSign shift before the residual add
+    assert all(isinstance(b.binarize, SignQuantizer) for b in blocks)
+    assert not any(is_binary_layer(c) and c.input_quantizer is not None for c in convs)
+    if design is None:
+        assert all(isinstance(b.block1.act, SignQuantizer) for b in blocks)
+        assert all(isinstance(b.block2.act, nn.Identity) for b in blocks)
+    else:
+        assert all(b.block1.act.quantizer is not None for b in blocks)
+        assert all(b.block2.act.quantizer is None for b in blocks)
     y = model(torch.rand(3, 3, 32, 32))
     y.sum().backward()
-    assert y.shape == (3, 10) and blocks[0].conv1.weight.grad.abs().sum() > 0
+    assert y.shape == (3, 10) and blocks[0].block1.conv.weight.grad.abs().sum() > 0

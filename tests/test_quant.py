@@ -28,6 +28,14 @@ def test_ste_sign_gradient_is_clipped_identity():
     assert torch.equal(g, torch.tensor([0.0, 0, 0, 1, 1, 1, 1, 0, 0]))
 
 
+def test_ste_sign_clip_value_none_is_unclipped():
+    # Larq: clip_value=None means "gradients are not clipped" (plain STE, gradient 1)
+    for q in (SteSign(clip_value=None), get_quantizer("ste_sign", clip_value=None)):
+        assert q.clip_value is None and "clip_value=None" in repr(q)
+        assert torch.equal(grad_of(q, X * 100), torch.ones_like(X))
+        assert torch.equal(q(X), get_quantizer("ste_sign")(X))
+
+
 def test_approx_sign_gradient_is_bireal_triangle():
     g = grad_of(get_quantizer("approx_sign"), X)
     expected = (2 - 2 * X.abs()).clamp_min(0)  # Bi-Real: d/dx (2x -+ x^2)
@@ -53,8 +61,21 @@ def test_swish_sign_gradient_matches_autograd_of_smooth_function():
     assert g[50].item() == pytest.approx(beta)
 
 
+@pytest.mark.parametrize("beta", [1.0, 5.0])
+def test_swish_sign_negative_lobe_as_documented(beta):
+    # zero crossing at |x| = 2.3994/beta (beta x tanh(beta x / 2) = 2), minimum
+    # -0.0738 beta at |x| = 3.4358/beta (the SwishSign docstring)
+    x = torch.linspace(0, 10 / beta, 200_001, dtype=torch.float64)
+    g = grad_of(SwishSign(beta), x)
+    first_negative = x[(g < 0).nonzero()[0, 0]].item()
+    assert first_negative * beta == pytest.approx(2.3994, abs=1e-3)
+    assert x[g.argmin()].item() * beta == pytest.approx(3.4358, abs=1e-3)
+    assert g.min().item() / beta == pytest.approx(-0.0738, abs=1e-4)
+    assert torch.equal(grad_of(SwishSign(beta), -x), g)  # symmetric lobes
+
+
 def test_unknown_quantizer_suggests_name():
-    with pytest.raises(UnknownNameError, match="Did you mean 'ste_sign'"):
+    with pytest.raises(UnknownNameError, match="did you mean 'ste_sign'"):
         get_quantizer("ste_sgn")
 
 

@@ -106,6 +106,18 @@ def test_clip_and_adc_give_8_bit_grid():
     assert four.unique().numel() <= 16
 
 
+def test_clipping_near_black_and_white_shrinks_the_spread_and_shifts_the_mean():
+    # documented in binsense.noise.sensor: a 30 % offset at s = 0 has, after clip to
+    # [0, 1], mean sigma/sqrt(2 pi) = 0.1196 and std sigma sqrt(1/2 - 1/(2 pi)) = 0.1749
+    noise = SensorNoise("pixel_offset", 0.3)  # clip + 8-bit ADC, the defaults
+    black = noise.apply(torch.zeros(1, 256, 256), seed=0)
+    white = noise.apply(torch.ones(1, 256, 256), seed=0)
+    assert black.mean().item() == pytest.approx(0.1196, abs=0.004)  # not 0
+    assert black.std().item() == pytest.approx(0.1749, abs=0.004)  # not 0.3
+    assert white.mean().item() - 1 == pytest.approx(-0.1196, abs=0.004)
+    assert white.std().item() == pytest.approx(0.1749, abs=0.004)
+
+
 def test_emva_decomposition_recovers_injected_components():
     noise = SensorNoise.combined(
         [("column_offset", 0.03), ("row_offset", 0.02), ("pixel_offset", 0.01)]

@@ -201,8 +201,8 @@ def store_rows(db: Path) -> list[tuple]:
          "[[evaluate]] #2 (kind \"study_probe\") unknown parameter 'instance' — did you mean "
          "'instances'?"),
         ("delay = 0.0", 'delay = 0.0\npattern = "gaus"',
-         "[[evaluate]] #2 (kind \"study_probe\") unknown noise pattern 'gaus'. Did you mean "
-         "'gauss'? Valid noise patterns: gauss."),
+         "[[evaluate]] #2 (kind \"study_probe\") unknown noise pattern 'gaus' — did you mean "
+         "'gauss'? (valid: gauss)."),
         ("seed = [0, 1]", "sed = [0, 1]", "[train.grid] unknown key 'sed' — did you mean 'seed'?"),
         ("seed = [0, 1]", "seed = 3", "[train.grid] 'seed' must be a non-empty list of values"),
         ("max_draws = 1", "max_draw = 1",
@@ -242,8 +242,8 @@ def test_unknown_sensor_noise_type(tmp_path, data_root):
     with pytest.raises(StudyFileError) as err:
         load_study(path)
     assert str(err.value).startswith(
-        f"{path}: [[evaluate]] #3 (kind \"sensor_noise\") unknown noise type 'pixl_gain'. "
-        "Did you mean 'pixel_gain'?"
+        f"{path}: [[evaluate]] #3 (kind \"sensor_noise\") unknown noise type 'pixl_gain' — "
+        "did you mean 'pixel_gain'?"
     )
 
 

@@ -65,7 +65,7 @@ def test_noise_aware_training_resumes_exactly_and_changes_training(tiny_data, tm
 
 
 def test_unknown_training_noise_type_suggests_the_closest(tiny_data):
-    with pytest.raises(BinsenseError, match="Did you mean 'column_offset'"):
+    with pytest.raises(BinsenseError, match="did you mean 'column_offset'"):
         config(tiny_data, train_noise={"type": "colum_offset", "level": 0.05})
 
 
@@ -128,8 +128,8 @@ def test_cli_corrupt_and_missing_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--model", "vgg_smal"], "Did you mean 'vgg_small'"),
-        (["--dataset", "cifar1O"], "Did you mean 'cifar10'"),
+        (["--model", "vgg_smal"], "did you mean 'vgg_small'"),
+        (["--dataset", "cifar1O"], "did you mean 'cifar10'"),
         (["--set", "epoch=2"], "unknown option 'epoch'"),
         (["--optimizer", "adamw"], "optimizer"),
         (["--model-option", "widht=0.5"], "no option 'widht'"),

@@ -8,7 +8,8 @@ Importing this module registers three condition kinds (:mod:`binsense.evaluate.c
 - ``weight_noise``: Monte-Carlo trial *d* of :class:`binsense.noise.WeightNoise` (draw
   ``seed + d``), weights restored bit-exactly afterwards;
 - ``bn_bits``: batch norm quantized to ``bits`` (:func:`binsense.layers.bn.bn_quantized`),
-  restored afterwards; deterministic (one draw).
+  restored afterwards; deterministic (one draw). ``scale = "channel"`` gives every channel
+  its own fixed-point scale (default ``"tensor"``, one per layer, as in the S0 results).
 
 Field values are validated when the condition is built; a misspelt name gets an error
 that suggests the closest valid one.
@@ -18,14 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import AfterValidator, Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from binsense.evaluate.conditions import Condition, InputTransform, register_condition
-from binsense.layers.bn import BN_TARGETS, bn_quantized
+from binsense.layers.bn import BN_SCALES, BN_TARGETS, bn_quantized
 from binsense.noise.sensor import SensorNoise, get_noise_type
 from binsense.noise.weights import BN_FORMS, NOISE_MODES, REFERENCES, WeightNoise, check_choice
 from binsense.quant.fixed import FLOAT_BITS, check_bits
@@ -35,8 +36,22 @@ def _bn_target(value: str) -> str:
     return check_choice("batch-norm quantization target", value, BN_TARGETS)
 
 
+def _bn_scale(value: str) -> str:
+    return check_choice("batch-norm quantization scale", value, BN_SCALES)
+
+
 BitWidth = Annotated[int, AfterValidator(check_bits)]
 BnTarget = Annotated[str, AfterValidator(_bn_target)]
+BnScale = Annotated[str, AfterValidator(_bn_scale)]
+
+
+def _drop_default(params: dict[str, Any], key: str, default: Any) -> dict[str, Any]:
+    """``params`` without ``key`` when it has its default: a field added after studies were
+    run stays out of the condition id (a hash of the params), so stored results still match.
+    """
+    if params.get(key) == default:
+        del params[key]
+    return params
 
 
 @register_condition
@@ -45,8 +60,8 @@ class SensorNoiseCondition(Condition):
 
     ``temporal`` adds fresh per-frame noise, drawn from a generator seeded by the draw, so
     results are reproducible too. ``bn_bits`` < 32 evaluates with batch norm quantized
-    at the same time (``bn_target`` as in ``bn_bits`` conditions): study S0's grid of BN
-    bit-width x noise type x level.
+    at the same time (``bn_target`` and ``bn_scale`` as ``target`` and ``scale`` in
+    ``bn_bits`` conditions): study S0's grid of BN bit-width x noise type x level.
     """
 
     kind: ClassVar[str] = "sensor_noise"
@@ -60,11 +75,15 @@ class SensorNoiseCondition(Condition):
     seed: int = 0
     bn_bits: BitWidth = FLOAT_BITS
     bn_target: BnTarget = "raw"
+    bn_scale: BnScale = "tensor"
 
     @field_validator("type")
     @classmethod
     def _known_type(cls, value: str) -> str:
         return get_noise_type(value).name
+
+    def params(self) -> dict[str, Any]:
+        return _drop_default(super().params(), "bn_scale", "tensor")
 
     def noise(self) -> SensorNoise:
         """The :class:`SensorNoise` this condition applies."""
@@ -89,7 +108,7 @@ class SensorNoiseCondition(Condition):
                 gen = generators[x.device]
             return noise.apply(x, sensor, gen)
 
-        with bn_quantized(model, self.bn_bits, self.bn_target):
+        with bn_quantized(model, self.bn_bits, self.bn_target, self.bn_scale):
             yield transform
 
 
@@ -158,16 +177,25 @@ class WeightNoiseCondition(Condition):
 
 @register_condition
 class BnBitsCondition(Condition):
-    """Batch norm quantized to ``bits``-bit fixed point (``target`` raw/affine/threshold)."""
+    """Batch norm quantized to ``bits``-bit fixed point (``target`` raw/affine/threshold).
+
+    ``scale``: ``"tensor"`` (default, one fixed-point scale per quantized tensor, as in the
+    S0 results) or ``"channel"`` (one per channel: robust to a nearly dead channel); see
+    :func:`binsense.layers.bn.quantize_bn`.
+    """
 
     kind: ClassVar[str] = "bn_bits"
 
     bits: BitWidth
     target: BnTarget = "raw"
+    scale: BnScale = "tensor"
+
+    def params(self) -> dict[str, Any]:
+        return _drop_default(super().params(), "scale", "tensor")
 
     @contextmanager
     def applied(self, model: nn.Module, draw: int) -> Iterator[InputTransform | None]:
-        with bn_quantized(model, self.bits, self.target):
+        with bn_quantized(model, self.bits, self.target, self.scale):
             yield None
 
 

@@ -1,5 +1,8 @@
-"""Layers: binary convolution / linear with injected quantizers; batch-norm quantization;
-the DeSign dithered-sign activation."""
+"""Training-time layers: binary convolution / linear with injected quantizers, the binary
+block and residual unit, block norms, batch-norm quantization, the DeSign activation.
+
+Folding into the deployed integer form lives in :mod:`binsense.deploy`.
+"""
 
 from binsense.layers.binary import (
     BinaryConv2d,
@@ -7,48 +10,48 @@ from binsense.layers.binary import (
     clip_latent_weights,
     is_binary_layer,
 )
+from binsense.layers.block import BinaryBlock, ResidualUnit, Shortcut, blocks_of
 from binsense.layers.bn import (
     BN_TARGETS,
     QuantizedBatchNorm,
     bn_quantized,
-    bn_sigma,
     fold_bn_affine,
-    fold_bn_sign,
     quantize_bn,
     replace_batchnorm,
-    threshold_sign,
 )
 from binsense.layers.design import (
     LEVEL_TO_THRESHOLD,
     DeSign,
     design_kernel_names,
     design_thresholds,
-    fold_bn_design,
     get_design_kernel,
     levels_to_thresholds,
-    threshold_design,
 )
+from binsense.layers.norm import NORMS, ChannelAffine, bn_sigma, make_norm
 
 __all__ = [
     "BN_TARGETS",
     "LEVEL_TO_THRESHOLD",
+    "NORMS",
+    "BinaryBlock",
     "BinaryConv2d",
     "BinaryLinear",
+    "ChannelAffine",
     "DeSign",
     "QuantizedBatchNorm",
+    "ResidualUnit",
+    "Shortcut",
+    "blocks_of",
     "bn_quantized",
     "bn_sigma",
     "clip_latent_weights",
     "design_kernel_names",
     "design_thresholds",
     "fold_bn_affine",
-    "fold_bn_design",
-    "fold_bn_sign",
     "get_design_kernel",
     "is_binary_layer",
     "levels_to_thresholds",
+    "make_norm",
     "quantize_bn",
     "replace_batchnorm",
-    "threshold_design",
-    "threshold_sign",
 ]

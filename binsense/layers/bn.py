@@ -12,8 +12,28 @@ tensor with its own automatic fractional bits) in one of three *targets*:
 - ``"raw"``: :math:`\gamma, \beta, \mu, \sigma` each quantized;
 - ``"affine"``: the folded :math:`a` and :math:`b` quantized;
 - ``"threshold"``: for a BN followed by a sign, the folded threshold :math:`\tau`
-  quantized (see :func:`fold_bn_sign`); a BN *not* followed by a sign (e.g. the
+  quantized (see :func:`binsense.deploy.fold_bn_sign`); a BN *not* followed by a sign (e.g. the
   classifier's) gets the ``"affine"`` treatment.
+
+*Scale* (``scale=``, :data:`BN_SCALES`): the automatic fractional bits
+:math:`f = \lfloor\log_2((2^{k-1}-1)/\max|t|)\rfloor` of a quantized per-channel tensor
+:math:`t` (:math:`\gamma`, :math:`\beta`, :math:`a`, :math:`\tau`, ...) are chosen
+
+- ``"tensor"`` (the default): once for the whole tensor, one binary point per layer. This
+  is what binsense has always done, and the S0 study results depend on it, so it stays the
+  default. Its weakness: one channel with a huge value sets the step of all the others.
+  A nearly dead channel (:math:`\gamma \approx 10^{-4}`) has
+  :math:`|\tau| = |\mu - \beta\sigma/\gamma|` of order :math:`10^4` (3.3e4 in
+  ``tests/test_bn_quant.py``), which sets the step to :math:`2^9 = 512` at 8 bits
+  (:math:`2^{13}` at 4 bits): every other channel's threshold (:math:`|\tau| < 50`
+  there) rounds to 0, and its sign decisions flip wherever the input lies between the
+  true and the rounded threshold (there, with inputs
+  :math:`x \sim \mathcal{N}(\mu, (2\sigma)^2)`: 28 % of them at 4 and at 8 bits; per
+  channel: 0.06 % at 8 bits, all within one step of the threshold);
+- ``"channel"``: each channel its own :math:`f_c` from :math:`|t_c|` (per-channel
+  scaling, as in per-channel weight quantization, Krishnamoorthi 2018), so every channel
+  keeps :math:`k` significant bits: the fix for dead or outlier channels. A deployment
+  then needs one binary point (a shift) per channel.
 
 The S0 paper (Andreo-Oliver et al., Sci. Rep. 2025) quantizes "the batch-norm parameters"
 without saying which or in which format; the three targets and the fixed-point format are
@@ -30,16 +50,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from binsense.errors import BinsenseError, unknown_name
+from binsense.layers.block import blocks_of
+from binsense.layers.norm import bn_sigma, check_stats, gamma_beta
 from binsense.quant.fixed import (
     FLOAT_BITS,
     auto_frac_bits,
+    auto_frac_bits_tensor,
     check_bits,
     quantize_fixed,
     quantize_fixed_ste,
@@ -49,6 +71,9 @@ from binsense.quant.sign import SignQuantizer
 BN_TARGETS = ("raw", "affine", "threshold")
 """Quantization targets accepted by :func:`quantize_bn`."""
 
+BN_SCALES = ("tensor", "channel")
+"""Fixed-point scalings accepted by :func:`quantize_bn` (module docstring)."""
+
 
 def _check_target(target: str) -> str:
     if target not in BN_TARGETS:
@@ -56,109 +81,17 @@ def _check_target(target: str) -> str:
     return target
 
 
-def _check_stats(bn: _BatchNorm) -> None:
-    if bn.running_mean is None or bn.running_var is None:
-        raise BinsenseError(
-            f"{bn} has no running statistics (track_running_stats=False); batch-norm "
-            "quantization and folding need them."
-        )
-
-
-def _channel_view(t: Tensor, x: Tensor) -> Tensor:
-    return t.view(1, -1, *([1] * (x.dim() - 2)))
-
-
-def _gamma_beta(bn: _BatchNorm) -> tuple[Tensor, Tensor]:
-    """(gamma, beta) detached; (1, 0) for a BN without affine parameters."""
-    if bn.affine:
-        return bn.weight.detach(), bn.bias.detach()
-    ones = torch.ones_like(bn.running_mean)
-    return ones, torch.zeros_like(ones)
-
-
-def bn_sigma(bn: _BatchNorm) -> Tensor:
-    r""":math:`\sigma = \sqrt{\mathrm{running\_var} + \epsilon}` per channel."""
-    _check_stats(bn)
-    return torch.sqrt(bn.running_var.detach() + bn.eps)
+def _check_scale(scale: str) -> str:
+    if scale not in BN_SCALES:
+        raise unknown_name("batch-norm quantization scale", scale, BN_SCALES)
+    return scale
 
 
 def fold_bn_affine(bn: _BatchNorm) -> tuple[Tensor, Tensor]:
     r"""The inference BN as ``(a, b)`` with :math:`\mathrm{BN}(x) = a x + b`."""
-    gamma, beta = _gamma_beta(bn)
+    gamma, beta = gamma_beta(bn)
     a = gamma / bn_sigma(bn)
     return a, beta - a * bn.running_mean.detach()
-
-
-def fold_bn_sign(bn: _BatchNorm, integer_input: bool = False) -> tuple[Tensor, Tensor]:
-    r"""Fold ``sign(BN(x))`` into a per-channel threshold: ``(tau, flip)``.
-
-    With the sign convention :math:`\operatorname{sign}(0) = +1` and :math:`\sigma > 0`,
-    :math:`\operatorname{sign}(\mathrm{BN}(x)) = +1 \iff \gamma (x - \mu)/\sigma + \beta \ge 0`:
-
-    - :math:`\gamma > 0`: :math:`\iff x \ge \tau`, with
-      :math:`\tau = \mu - \beta\sigma/\gamma`; ``flip = +1``;
-    - :math:`\gamma < 0`: :math:`\iff x \le \tau` (the inequality turns); ``flip = -1``;
-    - :math:`\gamma = 0`: BN is the constant :math:`\beta`: always :math:`+1` if
-      :math:`\beta \ge 0` (``tau = -inf``), always :math:`-1` otherwise (``tau = +inf``);
-      ``flip = +1``.
-
-    All three cases are :math:`\operatorname{sign}(\mathrm{BN}(x)) =
-    \operatorname{sign}(\mathit{flip}\cdot(x - \tau))` (:func:`threshold_sign`). Note that
-    :math:`\mathit{flip}\cdot\operatorname{sign}(x - \tau)` would be wrong for
-    :math:`\gamma < 0` at :math:`x = \tau`, where BN is 0 and its sign is +1.
-
-    For integer inputs (``integer_input=True``; the popcount output of a binary layer fed
-    with ±1, possibly max-pooled) the threshold is rounded to an integer without changing
-    any output: :math:`x \ge \tau \iff x \ge \lceil\tau\rceil` for :math:`\gamma > 0` and
-    :math:`x \le \tau \iff x \le \lfloor\tau\rfloor` for :math:`\gamma < 0`; the compare is
-    then exact in integer arithmetic (the deployed form).
-
-    Computed in float64 from the stored parameters, so the rule equals BN + sign in exact
-    arithmetic; PyTorch's float32 BN can disagree only for an ``x`` within float32
-    rounding of ``tau``. ``tau`` is float64 (±inf for :math:`\gamma = 0`), ``flip`` holds
-    ±1 in the BN's dtype; both have one entry per channel.
-    """
-    gamma, beta, mu, sigma = _bn_params64(bn)
-    tau, flip = fold_sign_threshold(gamma, beta, mu, sigma, integer_input)
-    return tau, flip.to(bn.running_mean.dtype)
-
-
-def _bn_params64(bn: _BatchNorm) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""``(gamma, beta, mu, sigma)`` per channel in float64, detached (inference BN)."""
-    _check_stats(bn)
-    gamma, beta = (t.double() for t in _gamma_beta(bn))
-    mu = bn.running_mean.detach().double()
-    sigma = torch.sqrt(bn.running_var.detach().double() + bn.eps)
-    return gamma, beta, mu, sigma
-
-
-def fold_sign_threshold(
-    gamma: Tensor, beta: Tensor, mu: Tensor, sigma: Tensor, integer_input: bool = False
-) -> tuple[Tensor, Tensor]:
-    r"""Elementwise core of :func:`fold_bn_sign`: ``sign(gamma (x - mu) / sigma + beta)``.
-
-    Broadcasts its float64 arguments (so ``beta`` may carry extra dimensions, e.g. one
-    shift per position class for :func:`binsense.layers.design.fold_bn_design`) and
-    returns ``(tau, flip)`` in float64 with the rules of :func:`fold_bn_sign`; ``flip``
-    has ``gamma``'s shape.
-    """
-    tau = mu - beta * sigma / gamma
-    constant = torch.where(beta >= 0, -torch.inf, torch.inf).to(tau)
-    tau = torch.where(gamma == 0, constant, tau)
-    if integer_input:
-        tau = torch.where(gamma > 0, torch.ceil(tau), torch.floor(tau))
-    flip = torch.where(gamma < 0, -1.0, 1.0).to(gamma)
-    return tau, flip
-
-
-def threshold_sign(x: Tensor, tau: Tensor, flip: Tensor) -> Tensor:
-    r""":math:`\operatorname{sign}(\mathit{flip}\cdot(x - \tau))` per channel (dim 1), in {-1, +1}.
-
-    ``sign(0) = +1``; with ``(tau, flip)`` from :func:`fold_bn_sign` this equals
-    ``sign(bn(x))`` in eval mode. Output dtype is ``x``'s.
-    """
-    t, f = _channel_view(tau, x), _channel_view(flip, x)
-    return torch.where(f * (x - t) >= 0, 1.0, -1.0).to(x.dtype)
 
 
 def _batch_norms(model: nn.Module) -> list[_BatchNorm]:
@@ -171,16 +104,13 @@ def _batch_norms(model: nn.Module) -> list[_BatchNorm]:
 
 
 def _sign_fed(model: nn.Module) -> set[int]:
-    """ids of BN layers whose next sibling in an nn.Sequential is a sign quantizer."""
-    fed: set[int] = set()
-    for m in model.modules():
-        if isinstance(m, nn.Sequential):
-            fed.update(
-                id(a)
-                for a, b in pairwise(m.children())
-                if isinstance(a, _BatchNorm) and isinstance(b, SignQuantizer)
-            )
-    return fed
+    """ids of BN layers that are the norm of a block whose activation is a sign quantizer
+    (the explicit (norm, act) pair of :class:`~binsense.layers.BinaryBlock`)."""
+    return {
+        id(b.norm)
+        for b in blocks_of(model)
+        if isinstance(b.norm, _BatchNorm) and isinstance(b.act, SignQuantizer)
+    }
 
 
 def _coupled(model: nn.Module) -> dict[int, list[nn.Module]]:
@@ -197,8 +127,17 @@ def _coupled(model: nn.Module) -> dict[int, list[nn.Module]]:
     return users
 
 
-def _fixed(x: Tensor, bits: int) -> Tensor:
-    return quantize_fixed(x.float(), bits).to(x.dtype)
+def _channel_view(t: Tensor, x: Tensor) -> Tensor:
+    return t.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _axis(scale: str) -> int | None:
+    """``quantize_fixed`` axis of a per-channel parameter vector: one ``f`` per channel or not."""
+    return 0 if scale == "channel" else None
+
+
+def _fixed(x: Tensor, bits: int, scale: str = "tensor") -> Tensor:
+    return quantize_fixed(x.float(), bits, axis=_axis(scale)).to(x.dtype)
 
 
 @torch.no_grad()
@@ -212,29 +151,33 @@ def _write_back(bn: _BatchNorm, gamma: Tensor, beta: Tensor, mu: Tensor, var: Te
     bn.eps = 0.0
 
 
-def _quantize_raw(bn: _BatchNorm, bits: int) -> None:
-    gamma, beta = _gamma_beta(bn)
+def _quantize_raw(bn: _BatchNorm, bits: int, scale: str = "tensor") -> None:
+    gamma, beta = gamma_beta(bn)
     sigma = bn_sigma(bn)
     # A sigma that rounds to 0 is set to one step (a division by zero is not a format).
-    lsb = 2.0 ** -auto_frac_bits(sigma, bits)
-    sigma_q = _fixed(sigma, bits).clamp_min(lsb)
-    _write_back(
-        bn, _fixed(gamma, bits), _fixed(beta, bits), _fixed(bn.running_mean, bits), sigma_q**2
-    )
+    if scale == "channel":
+        lsb = torch.exp2(-auto_frac_bits_tensor(sigma.float(), bits, axis=0)).to(sigma.dtype)
+    else:
+        lsb = 2.0 ** -auto_frac_bits(sigma, bits)
+    sigma_q = _fixed(sigma, bits, scale).clamp_min(lsb)
+    q = [_fixed(t, bits, scale) for t in (gamma, beta, bn.running_mean)]
+    _write_back(bn, *q, sigma_q**2)
 
 
-def _quantize_affine(bn: _BatchNorm, bits: int) -> None:
+def _quantize_affine(bn: _BatchNorm, bits: int, scale: str = "tensor") -> None:
     a, b = fold_bn_affine(bn)
     ones = torch.ones_like(a)
-    _write_back(bn, _fixed(a, bits), _fixed(b, bits), torch.zeros_like(a), ones)
+    _write_back(bn, _fixed(a, bits, scale), _fixed(b, bits, scale), torch.zeros_like(a), ones)
 
 
-def _quantize_threshold(bn: _BatchNorm, bits: int) -> None:
+def _quantize_threshold(bn: _BatchNorm, bits: int, scale: str = "tensor") -> None:
+    from binsense.deploy.folding import fold_bn_sign  # the deploy rule (deploy imports layers)
+
     tau, flip = fold_bn_sign(bn)
     finite = torch.isfinite(tau)
     tau_q = tau.clone()
     if finite.any():
-        tau_q[finite] = quantize_fixed(tau[finite].float(), bits).double()
+        tau_q[finite] = quantize_fixed(tau[finite].float(), bits, axis=_axis(scale)).double()
     dtype = bn.running_mean.dtype
     ones = torch.ones_like(flip)
     # BN(x) = flip * (x - tau_q): same sign as the quantized threshold compare.
@@ -247,7 +190,7 @@ def _plan(model: nn.Module, target: str) -> list[tuple[_BatchNorm, str]]:
     coupled = _coupled(model)
     plan = []
     for bn in _batch_norms(model):
-        _check_stats(bn)
+        check_stats(bn)
         form = "raw" if target == "raw" else "threshold" if id(bn) in fed else "affine"
         if form != "raw" and id(bn) in coupled:
             raise BinsenseError(
@@ -271,7 +214,9 @@ _QUANTIZE_FORMS = {
 }
 
 
-def quantize_bn(model: nn.Module, bits: int, target: str = "raw") -> nn.Module:
+def quantize_bn(
+    model: nn.Module, bits: int, target: str = "raw", scale: str = "tensor"
+) -> nn.Module:
     r"""Quantize every batch-norm layer of ``model`` in place (post-training); returns it.
 
     Args:
@@ -279,12 +224,19 @@ def quantize_bn(model: nn.Module, bits: int, target: str = "raw") -> nn.Module:
             running statistics) are quantized, :class:`QuantizedBatchNorm` layers skipped.
         bits: fixed-point width 2..24; 32 leaves the model untouched (float baseline).
         target: ``"raw"``, ``"affine"`` or ``"threshold"`` (module docstring). A BN "is
-            followed by a sign" when the next module of the same :class:`torch.nn.Sequential`
-            is a :class:`binsense.quant.SignQuantizer`. A BN followed by a
+            followed by a sign" when it is the ``norm`` of a
+            :class:`~binsense.layers.BinaryBlock` whose ``act`` is a
+            :class:`binsense.quant.SignQuantizer` (the explicit pair, never guessed from
+            module order). A BN followed by a
             :class:`~binsense.layers.design.DeSign` (not a sign quantizer: its threshold
             varies with the position) gets the ``"affine"`` form; a BN whose gamma a DeSign
             reads (``DeSign(bn=...)``) accepts only ``"raw"`` (a :class:`BinsenseError`
             otherwise), since the other forms rewrite gamma.
+        scale: ``"tensor"`` (default: one set of automatic fractional bits per quantized
+            tensor, as binsense has always done, so the S0 results are unchanged) or
+            ``"channel"`` (each channel its own fractional bits: the fix for a nearly dead
+            channel whose huge threshold or parameter would otherwise coarsen every other
+            channel's grid); module docstring. Applies to all three targets.
 
     Details (binsense's choices): in ``"raw"`` a :math:`\sigma` rounding to 0 becomes one
     quantization step; in ``"threshold"`` the thresholds of constant channels
@@ -295,10 +247,11 @@ def quantize_bn(model: nn.Module, bits: int, target: str = "raw") -> nn.Module:
     temporarily.
     """
     _check_target(target)
+    _check_scale(scale)
     if check_bits(bits) == FLOAT_BITS:
         return model
     for bn, form in _plan(model, target):
-        _QUANTIZE_FORMS[form](bn, bits)
+        _QUANTIZE_FORMS[form](bn, bits, scale)
     return model
 
 
@@ -308,13 +261,16 @@ def _bn_tensors(bn: _BatchNorm) -> list[Tensor]:
 
 
 @contextmanager
-def bn_quantized(model: nn.Module, bits: int, target: str = "raw") -> Iterator[nn.Module]:
+def bn_quantized(
+    model: nn.Module, bits: int, target: str = "raw", scale: str = "tensor"
+) -> Iterator[nn.Module]:
     """Context manager: :func:`quantize_bn` on entry, bit-exact restore on exit.
 
     Every parameter, running statistic and ``eps`` of the affected layers is copied on
     entry and copied back on exit, also when the body raises.
     """
     _check_target(target)
+    _check_scale(scale)
     if check_bits(bits) == FLOAT_BITS:  # float baseline: nothing to change or restore
         yield model
         return
@@ -322,7 +278,7 @@ def bn_quantized(model: nn.Module, bits: int, target: str = "raw") -> Iterator[n
         (bn, bn.eps, [t.detach().clone() for t in _bn_tensors(bn)]) for bn in _batch_norms(model)
     ]
     try:
-        yield quantize_bn(model, bits, target)
+        yield quantize_bn(model, bits, target, scale)
     finally:
         with torch.no_grad():
             for bn, eps, copies in saved:
@@ -432,14 +388,12 @@ def replace_batchnorm(model: nn.Module, bits: int, qat: bool = True) -> nn.Modul
 
 
 __all__ = [
+    "BN_SCALES",
     "BN_TARGETS",
     "QuantizedBatchNorm",
     "bn_quantized",
     "bn_sigma",
     "fold_bn_affine",
-    "fold_bn_sign",
-    "fold_sign_threshold",
     "quantize_bn",
     "replace_batchnorm",
-    "threshold_sign",
 ]

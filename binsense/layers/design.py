@@ -42,16 +42,26 @@ level  threshold
 9      2.3419
 =====  =========
 
-Presets (:func:`design_kernel_names`, :func:`get_design_kernel`), in levels:
+Presets (:func:`design_kernel_names`, :func:`get_design_kernel`), in levels, each named
+after the file of the authors' code it reproduces (``thresholds/*.mat`` of
+``bemc22/DeSign``, whose BN-domain values are exactly this table's):
 
-- ``"2x2"`` (the paper's 2-D kernel): ``[[1, 1], [3, 3]]``;
-- ``"2x2x4_shift"`` (3-D, :math:`F = 4`): slices ``[[1, 1], [0, 3]]``,
-  ``[[3, 3], [1, 5]]``, ``[[5, 5], [3, 7]]``, ``[[7, 7], [5, 9]]``;
-- ``"3x3_sym"``: ``[[3, 1, 3], [1, 0, 1], [3, 1, 3]]``.
+- ``"2x2_v1"``: ``[[1, 1], [0, 3]]`` (``threshold_2x2_v1.mat``: the default of the
+  authors' PyTorch ``Threshold2D`` and of their ``demo_activation`` notebooks);
+- ``"2x2_v2"``: ``[[1, 1], [3, 3]]`` (``threshold_2x2_v2.mat``);
+- ``"2x2"``: binsense's default 2-D kernel, an alias of ``"2x2_v2"``. It is the kernel
+  binsense has used under this name from the start (it was described as "the paper's"
+  kernel, but the authors' code ships both and defaults to ``v1``); the alias keeps
+  that kernel so that existing study files (``design = "2x2"``) and their results do
+  not change. Name ``"2x2_v1"`` or ``"2x2_v2"`` to be explicit;
+- ``"2x2x4_shift"`` (3-D, :math:`F = 4`; ``threshold_2x2x4_shifting_n1_right_v1.mat``,
+  the kernel of the authors' ``Threshold3D`` and of their trained networks): slices
+  ``[[1, 1], [0, 3]]``, ``[[3, 3], [1, 5]]``, ``[[5, 5], [3, 7]]``, ``[[7, 7], [5, 9]]``;
+- ``"3x3_sym"`` (``threshold_3x3_symmetric_v1.mat``): ``[[3, 1, 3], [1, 0, 1], [3, 1, 3]]``.
 
-**Deployment at zero cost** (:func:`fold_bn_design`, :func:`threshold_design`): BN then
+**Deployment at zero cost** (:func:`binsense.deploy.fold_bn_design`): BN then
 DeSign is a BN with a per-position shift :math:`\beta' = \beta - g\,T_p`, so it folds like
-BN + sign (:func:`binsense.layers.bn.fold_bn_sign`) into one threshold per channel *and
+BN + sign (:func:`binsense.deploy.fold_bn_sign`) into one threshold per channel *and
 position class* :math:`p = (i \bmod m, j \bmod n)`: an integer compare per pixel on
 popcount inputs, exactly as without dithering.
 """
@@ -65,7 +75,6 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from binsense.errors import BinsenseError, unknown_name
-from binsense.layers.bn import _bn_params64, _channel_view, fold_sign_threshold
 from binsense.quant import SignQuantizer, get_quantizer
 
 LEVEL_TO_THRESHOLD: dict[int, float] = {
@@ -79,7 +88,9 @@ LEVEL_TO_THRESHOLD: dict[int, float] = {
 """Integer design level -> BN-domain threshold (Monroy et al. 2024)."""
 
 _PRESET_LEVELS: dict[str, list] = {
-    "2x2": [[1, 1], [3, 3]],
+    "2x2_v1": [[1, 1], [0, 3]],  # authors' threshold_2x2_v1.mat (their Threshold2D default)
+    "2x2_v2": [[1, 1], [3, 3]],  # authors' threshold_2x2_v2.mat
+    "2x2": [[1, 1], [3, 3]],  # binsense's default name: = "2x2_v2" (kept for old studies)
     "2x2x4_shift": [
         [[1, 1], [0, 3]],
         [[3, 3], [1, 5]],
@@ -142,8 +153,10 @@ def get_design_kernel(name_or_values: KernelSpec) -> Tensor:
     """A DeSign kernel as an ``(F, m, n)`` tensor of BN-domain thresholds.
 
     ``name_or_values`` is a preset name (:func:`design_kernel_names`; mapped through
-    :data:`LEVEL_TO_THRESHOLD`) or BN-domain values: a tensor or nested list, 2-D
-    ``[m][n]`` or 3-D ``[F][m][n]`` (``F`` slices, channel ``c`` uses slice ``c mod F``).
+    :data:`LEVEL_TO_THRESHOLD`; ``"2x2"`` is binsense's default, the authors'
+    ``"2x2_v2"``, and ``"2x2_v1"`` is their ``Threshold2D`` default) or BN-domain
+    values: a tensor or nested list, 2-D ``[m][n]`` or 3-D ``[F][m][n]`` (``F`` slices,
+    channel ``c`` uses slice ``c mod F``).
     Use :func:`levels_to_thresholds` for a custom kernel given in integer levels. Returns
     a new float32 tensor (a float64 tensor stays float64).
     """
@@ -175,8 +188,9 @@ class DeSign(nn.Module):
     r"""Designed dithering sign: ``q(x - g * T)`` with a tiled fixed kernel ``T``.
 
     Args:
-        kernel: preset name (``"2x2"``, ``"2x2x4_shift"``, ``"3x3_sym"``) or BN-domain
-            values, 2-D ``m x n`` or 3-D ``F x m x n`` (module docstring). Stored as the
+        kernel: preset name (``"2x2"`` = ``"2x2_v2"``, the default; ``"2x2_v1"``,
+            ``"2x2x4_shift"``, ``"3x3_sym"``; module docstring) or BN-domain values,
+            2-D ``m x n`` or 3-D ``F x m x n``. Stored as the
             buffer ``kernel`` of shape ``(F, m, n)`` (in the state dict; no gradient).
         quantizer: the sign quantizer whose surrogate gradient is used, by name or
             instance (:func:`binsense.quant.get_quantizer`); default ``"approx_sign"``.
@@ -194,7 +208,8 @@ class DeSign(nn.Module):
     Input ``(B, C, H, W)`` of any size, device and floating dtype; output in {-1, +1}.
     Not a :class:`~binsense.quant.SignQuantizer`: BN + DeSign does not fold to one
     threshold per channel, so :func:`~binsense.layers.bn.quantize_bn` treats the BN
-    before it as an ordinary (``"affine"``) BN; use :func:`fold_bn_design` to deploy.
+    before it as an ordinary (``"affine"``) BN; :func:`binsense.deploy.fold_bn_design`
+    deploys it.
     """
 
     kernel: Tensor
@@ -261,70 +276,11 @@ class DeSign(nn.Module):
         return f"kernel={self.kernel_name!r} ({f}x{m}x{n}){coupled}"
 
 
-def fold_bn_design(
-    bn: _BatchNorm, design: DeSign | KernelSpec, integer_input: bool = False
-) -> tuple[Tensor, Tensor]:
-    r"""Fold ``DeSign(BN(x))`` into thresholds per channel and position class.
-
-    :math:`\operatorname{sign}(\mathrm{BN}(x) - g\,T_p) = \operatorname{sign}(\gamma
-    (x - \mu)/\sigma + \beta')` with :math:`\beta' = \beta - g\,T_p` (:math:`g = \gamma`
-    when ``design`` is coupled to ``bn``, else 1), which :func:`fold_sign_threshold` (the
-    core of :func:`~binsense.layers.bn.fold_bn_sign`: same ``sign(0) = +1``, negative and
-    zero :math:`\gamma`, integer rounding rules) turns into ``(tau, flip)``:
-    ``tau[c, i, j]`` for position class :math:`(i, j)` of channel :math:`c` (which uses
-    kernel slice :math:`c \bmod F`), shape ``(C, m, n)``, float64; ``flip`` ±1 per channel
-    in the BN's dtype. :func:`threshold_design` applies it.
-
-    ``design`` is a :class:`DeSign` (its kernel and coupling) or a kernel spec
-    (uncoupled). With ``integer_input=True`` the thresholds are rounded to integers
-    without changing any output on integer inputs (popcounts). Computed in float64: equal
-    to BN + DeSign in exact arithmetic; PyTorch's float32 forward can disagree only for an
-    ``x`` within float32 rounding of a threshold.
-    """
-    coupled = False
-    if isinstance(design, DeSign):
-        if design.coupled_bn is not None and design.coupled_bn is not bn:
-            raise BinsenseError("this DeSign is coupled to a different batch-norm layer.")
-        coupled = design.coupled_bn is bn
-        kernel = design.kernel
-    else:
-        kernel = get_design_kernel(design)
-    gamma, beta, mu, sigma = (t.view(-1, 1, 1) for t in _bn_params64(bn))
-    _, m, n = kernel.shape
-    t = design_thresholds(kernel.detach().cpu().double(), gamma.shape[0], m, n)
-    g = gamma if coupled else 1.0
-    tau, flip = fold_sign_threshold(gamma, beta - g * t.to(gamma.device), mu, sigma, integer_input)
-    return tau, flip.view(-1).to(bn.running_mean.dtype)
-
-
-def threshold_design(x: Tensor, tau: Tensor, flip: Tensor) -> Tensor:
-    r"""Apply folded DeSign thresholds: the deployed form of BN + DeSign.
-
-    .. math:: y_{b,c,i,j} = \operatorname{sign}\big(\mathit{flip}_c\,
-              (x_{b,c,i,j} - \tau_{c,\ i \bmod m,\ j \bmod n})\big)
-
-    ``x`` is ``(B, C, H, W)`` of any size; ``(tau, flip)`` from :func:`fold_bn_design`
-    (``tau`` of shape ``(C, m, n)``). Output in {-1, +1}, ``x``'s dtype; with integer
-    ``tau`` on integer ``x`` this is an exact integer compare (the deployed form).
-    """
-    if x.dim() != 4 or tau.dim() != 3 or tau.shape[0] != x.shape[1]:
-        raise BinsenseError(
-            f"threshold_design expects x [B, C, H, W] and tau [C, m, n] with the same C, "
-            f"got {tuple(x.shape)} and {tuple(tau.shape)}."
-        )
-    _, c, h, w = x.shape
-    t = design_thresholds(tau.to(x.device), c, h, w).unsqueeze(0)
-    f = _channel_view(flip.to(x.device), x)
-    return torch.where(f * (x - t) >= 0, 1.0, -1.0).to(x.dtype)
-
-
 __all__ = [
     "LEVEL_TO_THRESHOLD",
     "DeSign",
     "design_kernel_names",
     "design_thresholds",
-    "fold_bn_design",
     "get_design_kernel",
     "levels_to_thresholds",
-    "threshold_design",
 ]

@@ -1,8 +1,9 @@
 """Float CIFAR baselines for the analog-noise study (S1): ResNet-20/32/44/56, VGG-11/16.
 
-Each takes ``batch_norm`` (default ``True``). Study S1 compares the same network trained
-with and without batch normalisation; without BN a deep network needs help to train at
-all, and the choices here are binsense's (the paper's recipe is unknown):
+Each takes ``norm``: ``"batch_norm"`` (default) or ``"none"``. Study S1 compares the
+same network trained with and without batch normalisation; without BN a deep network
+needs help to train at all, and the choices here are binsense's (the paper's recipe is
+unknown):
 
 - **ResNet without BN**: convolutions get biases and the last convolution of every
   residual branch starts at zero, so each block starts as the identity (the core of
@@ -12,75 +13,64 @@ all, and the choices here are binsense's (the paper's recipe is unknown):
   ICCV 2015); train with a lower learning rate as well.
 
 ResNets follow He et al., CVPR 2016, section 4.2: a 3x3 stem with 16 channels, three
-stages of ``n`` basic blocks (16, 32, 64 channels, scaled by ``width``), ``depth = 6n+2``,
-option-A shortcuts (strided identity, zero-padded channels: no extra parameters, no BN
-outside the branches), global average pooling and a linear classifier. VGG follows
-Simonyan & Zisserman (ICLR 2015) configurations A (11) and D (16) for 32x32 inputs with
-one linear classifier, as is usual on CIFAR.
+stages of ``n`` residual units (16, 32, 64 channels, scaled by ``width``),
+``depth = 6n+2``, option-A shortcuts (strided identity, zero-padded channels: no extra
+parameters, no BN outside the branches), global average pooling and a linear classifier.
+VGG follows Simonyan & Zisserman (ICLR 2015) configurations A (11) and D (16) for 32x32
+inputs with one linear classifier, as is usual on CIFAR. Both are recipes of the same
+block as the BNNs (:class:`~binsense.layers.BinaryBlock`), with float convs and ReLU.
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor, nn
+from collections.abc import Callable
+
+from torch import nn
 
 from binsense.data import DatasetInfo
 from binsense.errors import BinsenseError
-from binsense.models.common import Normalize, scaled
+from binsense.layers.block import BinaryBlock, ResidualUnit, Shortcut
+from binsense.models.recipe import Components, PlainRecipe, RecipeModel, Width, build_plain, scaled
 
 
-def _norm(batch_norm: bool, channels: int) -> nn.Module:
-    return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+def _check_norm(comp: Components) -> bool:
+    if comp.norm not in ("batch_norm", "none"):
+        raise BinsenseError(
+            f"float CIFAR models take norm 'batch_norm' or 'none', got {comp.norm!r}."
+        )
+    return comp.norm == "batch_norm"
 
 
-class BasicBlock(nn.Module):
-    """``relu(x' + BN(conv(relu(BN(conv(x))))))`` with an option-A shortcut ``x'``."""
-
-    def __init__(self, cin: int, cout: int, stride: int, batch_norm: bool) -> None:
-        super().__init__()
-        bias = not batch_norm
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=bias)
-        self.bn1 = _norm(batch_norm, cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=bias)
-        self.bn2 = _norm(batch_norm, cout)
-        self.stride, self.pad = stride, cout - cin
-        if not batch_norm:  # start as the identity (Fixup's zero-initialised branch end)
-            nn.init.zeros_(self.conv2.weight)
-            nn.init.zeros_(self.conv2.bias)
-
-    def shortcut(self, x: Tensor) -> Tensor:
-        if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
-        if self.pad > 0:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.pad))
-        return x
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.shortcut(x) + self.bn2(self.conv2(y)))
+def _float_block(comp: Components, cin: int, cout: int, stride: int, act: nn.Module):
+    bn = _check_norm(comp)
+    conv = comp.conv(False, cin, cout, stride=stride, bias=not bn)
+    return BinaryBlock(conv, comp.norm_for(cout, 9 * cin, False), act)
 
 
 def resnet_cifar(
-    info: DatasetInfo, *, depth: int, width: float = 1.0, batch_norm: bool = True
-) -> nn.Sequential:
+    info: DatasetInfo, comp: Components, *, depth: int, width: Width = 1.0
+) -> nn.Module:
     """CIFAR ResNet of ``depth = 6n + 2`` layers (He et al., CVPR 2016)."""
     if (depth - 2) % 6:
         raise BinsenseError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56), got {depth}.")
     n = (depth - 2) // 6
     c = [scaled(k, width) for k in (16, 32, 64)]
-    layers: list[nn.Module] = [
-        Normalize(info.mean, info.std),
-        nn.Conv2d(info.in_channels, c[0], 3, 1, 1, bias=not batch_norm),
-        _norm(batch_norm, c[0]),
-        nn.ReLU(),
-    ]
+    encoder = comp.encoder_for(info)
+    units: list[nn.Module] = [_float_block(comp, encoder.out_channels, c[0], 1, nn.ReLU())]
     cin = c[0]
     for stage, cout in enumerate(c):
         for i in range(n):
-            layers.append(BasicBlock(cin, cout, 2 if stage > 0 and i == 0 else 1, batch_norm))
+            stride = 2 if stage > 0 and i == 0 else 1
+            block1 = _float_block(comp, cin, cout, stride, nn.ReLU())
+            block2 = _float_block(comp, cout, cout, 1, nn.Identity())
+            if not _check_norm(comp):  # start as the identity (Fixup's zero-initialised end)
+                nn.init.zeros_(block2.conv.weight)
+                nn.init.zeros_(block2.conv.bias)
+            shortcut = Shortcut(cin, cout, stride, "slice")
+            units.append(ResidualUnit(block1, block2, shortcut, nn.ReLU()))
             cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, info.num_classes)]
-    return nn.Sequential(*layers)
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, info.num_classes))
+    return RecipeModel(encoder, nn.Sequential(*units), head)
 
 
 _VGG_PLANS: dict[int, list[int | str]] = {
@@ -89,35 +79,30 @@ _VGG_PLANS: dict[int, list[int | str]] = {
 }
 
 
-def vgg_cifar(
-    info: DatasetInfo, *, depth: int, width: float = 1.0, batch_norm: bool = True
-) -> nn.Sequential:
+def _kaiming(conv: nn.Module) -> None:
+    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+    nn.init.zeros_(conv.bias)
+
+
+def vgg_cifar(info: DatasetInfo, comp: Components, *, depth: int, width: Width = 1.0) -> nn.Module:
     """VGG-11 / VGG-16 for 32x32 images, ``conv -> [BN] -> ReLU`` blocks, one classifier."""
     h, w = info.image_size
     if h % 32 or w % 32:
         raise BinsenseError(f"vgg{depth} needs image sides divisible by 32, got {h}x{w}.")
-    layers: list[nn.Module] = [Normalize(info.mean, info.std)]
-    cin = info.in_channels
-    for v in _VGG_PLANS[depth]:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2))
-            continue
-        cout = scaled(int(v), width)
-        conv = nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)
-        if not batch_norm:
-            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
-        layers += [conv, _norm(batch_norm, cout), nn.ReLU()]
-        cin = cout
-    layers += [nn.Flatten(), nn.Linear(cin * (h // 32) * (w // 32), info.num_classes)]
-    return nn.Sequential(*layers)
+    bn = _check_norm(comp)
+    plan = [v if v == "M" else scaled(int(v), width) for v in _VGG_PLANS[depth]]
+    recipe = PlainRecipe(
+        plan, [], (h // 32, w // 32), pool="after_block", conv_bias=not bn,
+        conv_init=None if bn else _kaiming,
+    )  # fmt: skip
+    return build_plain(info, recipe, comp)
 
 
-def _depth_builder(builder, depth: int):
+def _depth_builder(builder: Callable[..., nn.Module], depth: int) -> Callable[..., nn.Module]:
     """A registry builder with ``depth`` fixed (keeps the option signature introspectable)."""
 
-    def build(info: DatasetInfo, *, width: float = 1.0, batch_norm: bool = True) -> nn.Sequential:
-        return builder(info, depth=depth, width=width, batch_norm=batch_norm)
+    def build(info: DatasetInfo, comp: Components, *, width: Width = 1.0) -> nn.Module:
+        return builder(info, comp, depth=depth, width=width)
 
     build.__doc__ = f"{builder.__doc__.splitlines()[0]} Depth {depth}."
     return build

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from binsense.errors import unknown_name
+from binsense.registry import ComponentSpec, Registry, split_spec
 
 
 def _sign(x: Tensor) -> Tensor:
@@ -55,17 +55,21 @@ class SteSign(SignQuantizer):
 
     .. math:: \frac{\partial q}{\partial x} = \mathbb{1}_{|x| \le c}
 
-    with clip value :math:`c` (default 1). Reference: Hubara, Courbariaux et al.,
-    "Binarized Neural Networks", NeurIPS 2016; Larq ``larq.quantizers.SteSign``.
+    with clip value :math:`c` (default 1). ``clip_value=None`` means no clipping, the plain
+    straight-through estimator :math:`\partial q/\partial x = 1` everywhere, as in Larq
+    (``clip_value=None``: "gradients are not clipped"). Reference: Hubara, Courbariaux et
+    al., "Binarized Neural Networks", NeurIPS 2016; Larq ``larq.quantizers.SteSign``.
     """
 
-    def __init__(self, clip_value: float = 1.0) -> None:
+    def __init__(self, clip_value: float | None = 1.0) -> None:
         super().__init__()
-        if clip_value <= 0:
-            raise ValueError(f"clip_value must be > 0, got {clip_value}")
-        self.clip_value = float(clip_value)
+        if clip_value is not None and clip_value <= 0:
+            raise ValueError(f"clip_value must be > 0 or None (no clipping), got {clip_value}")
+        self.clip_value = None if clip_value is None else float(clip_value)
 
     def surrogate_grad(self, x: Tensor) -> Tensor:
+        if self.clip_value is None:
+            return torch.ones_like(x)
         return (x.abs() <= self.clip_value).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -107,8 +111,12 @@ class SwishSign(SignQuantizer):
     .. math:: \frac{\partial q}{\partial x} =
         \frac{\beta\,\big(2 - \beta x \tanh(\beta x / 2)\big)}{1 + \cosh(\beta x)}
 
-    which peaks at :math:`\beta` for :math:`x=0` and has small negative lobes around
-    :math:`|x| \approx 2.4/\beta`. Default :math:`\beta = 5`.
+    which peaks at :math:`\beta` for :math:`x=0`, crosses zero where
+    :math:`\beta x \tanh(\beta x/2) = 2`, i.e. at :math:`|x| \approx 2.3994/\beta`, and is
+    negative beyond: two small negative lobes whose minimum, about :math:`-0.0738\,\beta`
+    (7.4 % of the peak), lies at :math:`|x| \approx 3.4358/\beta`; the gradient then decays
+    to 0. Default :math:`\beta = 5` (zero crossing at :math:`|x| \approx 0.48`, minimum
+    :math:`\approx -0.37` at :math:`|x| \approx 0.69`).
     """
 
     def __init__(self, beta: float = 5.0) -> None:
@@ -125,34 +133,41 @@ class SwishSign(SignQuantizer):
         return f"beta={self.beta}"
 
 
-_QUANTIZERS: dict[str, Callable[..., SignQuantizer]] = {
-    "ste_sign": SteSign,
-    "approx_sign": lambda: TriangleSign(width=1.0),
-    "triangle": TriangleSign,
-    "swish_sign": SwishSign,
-}
+def _approx_sign() -> TriangleSign:
+    """Bi-Real Net's ApproxSign: the triangle of half-width 1."""
+    return TriangleSign(width=1.0)
+
+
+QUANTIZERS: Registry = Registry("quantizer")
+QUANTIZERS.add("ste_sign", SteSign)
+QUANTIZERS.add("approx_sign", _approx_sign)
+QUANTIZERS.add("triangle", TriangleSign)
+QUANTIZERS.add("swish_sign", SwishSign)
 
 
 def quantizer_names() -> list[str]:
     """Names accepted by :func:`get_quantizer`."""
-    return sorted(_QUANTIZERS)
+    return QUANTIZERS.names()
 
 
-def get_quantizer(spec: str | SignQuantizer | None, **kwargs) -> SignQuantizer | None:
+def get_quantizer(spec: ComponentSpec | SignQuantizer | None, **kwargs) -> SignQuantizer | None:
     """Return a sign quantizer from a name (``"ste_sign"``, ``"approx_sign"``, ...).
 
     ``None`` passes through (no quantization); a :class:`SignQuantizer` instance is
-    returned as is; keyword arguments configure the named quantizer (``clip_value``,
-    ``width``, ``beta``).
+    returned as is; a name, or a table ``{name = "ste_sign", clip_value = 1.5}``, builds
+    one; keyword arguments add options (``clip_value``, ``width``, ``beta``), checked by
+    name and type.
     """
     if spec is None or isinstance(spec, SignQuantizer):
         return spec
-    if spec not in _QUANTIZERS:
-        raise unknown_name("quantizer", spec, _QUANTIZERS)
-    return _QUANTIZERS[spec](**kwargs)
+    if kwargs:
+        name, options = split_spec(spec, "quantizer")
+        spec = {"name": name, **options, **kwargs}
+    return QUANTIZERS.build(spec)
 
 
 __all__ = [
+    "QUANTIZERS",
     "SignQuantizer",
     "SteSign",
     "TriangleSign",

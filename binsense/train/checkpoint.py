@@ -11,16 +11,19 @@ from torch import nn
 from binsense.data import dataset_info
 from binsense.errors import CheckpointError
 from binsense.io import safe_torch_load
-from binsense.models import build_model
+from binsense.models import build_model, upgrade_options
 from binsense.train.config import TrainConfig
 
-CHECKPOINT_FORMAT = 1
+#: 2: recipe models (``encoder.* / blocks.* / head.*`` state-dict keys). 1: the
+#: hand-wired ``nn.Sequential`` models before; still read (:func:`upgrade_state`).
+CHECKPOINT_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a binsense checkpoint (no code is executed) and check its format."""
     ckpt = safe_torch_load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in _READABLE_FORMATS:
         raise CheckpointError(
             f"{str(path)!r} is not a binsense checkpoint (format {CHECKPOINT_FORMAT}); "
             "point --checkpoint at a run's checkpoint.pt."
@@ -28,9 +31,46 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def load_state_strict(model: nn.Module, state: dict[str, Any], source: str) -> None:
-    """``model.load_state_dict`` with a clear error when the checkpoint does not fit."""
+def upgrade_state(model: nn.Module, state: dict[str, Any], source: str) -> dict[str, Any]:
+    """A format-1 state dict (hand-wired ``nn.Sequential`` keys such as ``3.weight``)
+    under ``model``'s recipe keys (``blocks.1.conv.weight``).
+
+    The recipes create every tensor in the order the old builders did, so the entries
+    match in order; each new key takes the first unused old entry with the same leaf name
+    (``weight``, ``running_mean``, ``kernel``...) and shape. A checkpoint that does not
+    match that way gets one line saying to retrain.
+    """
     own = model.state_dict()
+    pool = list(state.items())
+    used = [False] * len(pool)
+    out: dict[str, Any] = {}
+    for key, tensor in own.items():
+        leaf = key.rsplit(".", 1)[-1]
+        for i, (old_key, value) in enumerate(pool):
+            if used[i] or old_key.rsplit(".", 1)[-1] != leaf:
+                continue
+            if tuple(getattr(value, "shape", ())) == tuple(tensor.shape):
+                used[i] = True
+                out[key] = value
+                break
+        else:
+            break
+    if len(out) != len(own) or not all(used):
+        raise CheckpointError(
+            f"checkpoint {source!r} was written by binsense before model recipes (format 1) "
+            "and does not map onto today's model; retrain it (binsense train / study run)."
+        )
+    return out
+
+
+def load_state_strict(
+    model: nn.Module, state: dict[str, Any], source: str, fmt: int | None = CHECKPOINT_FORMAT
+) -> None:
+    """``model.load_state_dict`` with a clear error when the checkpoint does not fit
+    (a format-1 state dict is first renamed by :func:`upgrade_state`)."""
+    own = model.state_dict()
+    if fmt == 1 and set(state) != set(own):
+        state = upgrade_state(model, state, source)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
@@ -53,7 +93,12 @@ def load_state_strict(model: nn.Module, state: dict[str, Any], source: str) -> N
 def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike) -> TrainConfig:
     """The :class:`TrainConfig` a checkpoint was trained with (clear error if invalid)."""
     try:
-        return TrainConfig(**ckpt["config"])
+        config = dict(ckpt["config"])
+        if ckpt.get("format") == 1:  # model options renamed by the recipe architecture
+            config["model_options"] = upgrade_options(
+                config["model"], config.get("model_options", {})
+            )
+        return TrainConfig(**config)
     except Exception:
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds an invalid config; it was written by an "
@@ -66,7 +111,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, TrainConfig]:
     ckpt = load_checkpoint(path)
     config = checkpoint_config(ckpt, path)
     model = build_model(config.model, dataset_info(config.dataset), **config.model_options)
-    load_state_strict(model, ckpt["model"], str(path))
+    load_state_strict(model, ckpt["model"], str(path), ckpt.get("format"))
     model.eval()
     return model, config
 

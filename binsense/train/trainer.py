@@ -2,7 +2,9 @@
 
 A run folder holds ``config.json`` (the config plus provenance: versions, data
 fingerprints, device), ``metrics.jsonl`` (one line per epoch) and ``checkpoint.pt``
-(model, optimizer and scheduler state after the last finished epoch). Batch order and
+(model, optimizer and scheduler state after the last finished epoch). The loop is
+:class:`Trainer`, in small parts with seams (:class:`Hooks`: the loss, after-step hooks
+such as latent clipping, the input transform). Batch order and
 augmentation of epoch *e* depend only on ``(seed, e)`` (see :class:`DeviceLoader`), and
 the model is initialised from ``seed``, so a run interrupted at any point and resumed
 from its last checkpoint ends with exactly the weights and metrics of an uninterrupted
@@ -16,7 +18,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,15 +47,61 @@ from binsense.train.config import TrainConfig
 InputTransform = Callable[[Tensor], Tensor]
 
 
+#: ``loss(logits, targets, inputs) -> scalar``: the training objective of one batch.
+LossHook = Callable[[Tensor, Tensor, Tensor], Tensor]
+#: ``hook(model, step)``: runs after every optimizer step (``step`` counts from 1).
+StepHook = Callable[[nn.Module, int], None]
+
+
+def cross_entropy(label_smoothing: float = 0.0) -> LossHook:
+    """The default loss hook: cross-entropy on the logits, optional label smoothing."""
+
+    def loss(logits: Tensor, targets: Tensor, inputs: Tensor) -> Tensor:
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
+    return loss
+
+
+def latent_clipping(model: nn.Module, step: int) -> None:
+    """After-step hook: clamp the latent weights of every binary layer
+    (:func:`~binsense.layers.clip_latent_weights`, BinaryNet's clipping)."""
+    clip_latent_weights(model)
+
+
+@dataclass
+class Hooks:
+    """The trainer's seams.
+
+    - ``loss``: the objective (default: :func:`cross_entropy` with the config's label
+      smoothing); knowledge distillation replaces it.
+    - ``after_step``: run in order after each optimizer step (default:
+      :func:`latent_clipping`); pruning masks join here.
+    - ``input_transform``: applied to each training batch in [0, 1] before the model
+      (noise-aware training composes its sensor noise in front of it).
+
+    Hooks are code, not configuration: they are not part of the run's config hash, so a
+    run resumed with other hooks is the caller's responsibility.
+    """
+
+    loss: LossHook | None = None
+    after_step: list[StepHook] = field(default_factory=lambda: [latent_clipping])
+    input_transform: InputTransform | None = None
+
+
 @dataclass
 class TrainResult:
-    """The trained model (eval mode), its config and per-epoch metrics."""
+    """The trained model (eval mode), its config, per-epoch metrics and provenance.
+
+    ``provenance`` is what the run folder's ``config.json`` records: config and its hash,
+    data fingerprints (``data.train`` / ``data.test``), environment, start time.
+    """
 
     model: nn.Module
     config: TrainConfig
     metrics: list[dict[str, Any]] = field(default_factory=list)
     run_dir: Path | None = None
     complete: bool = True
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def test_accuracy(self) -> float:
@@ -118,6 +166,214 @@ def load_data(
     return train_set, test_set
 
 
+class Trainer:
+    """One training run, in small parts: :meth:`setup`, :meth:`restore`,
+    :meth:`record_provenance`, then per epoch :meth:`train_epoch`, :meth:`evaluate_epoch`,
+    :meth:`save`; :meth:`run` does them in order. See :func:`train` for the arguments."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | Path | None = None,
+        *,
+        data_dir: str | Path | None = None,
+        hooks: Hooks | None = None,
+        progress: bool | None = None,
+        log: Callable[[str], None] = tqdm.write,
+    ) -> None:
+        self.config = config
+        self.run_path = Path(run_dir) if run_dir is not None else None
+        self.data_dir = data_dir
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.loss = self.hooks.loss or cross_entropy(config.label_smoothing)
+        self.progress = progress
+        self.log = log
+        self.metrics: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.step = 0
+        self.provenance: dict[str, Any] = {}
+
+    def setup(self) -> None:
+        """Data, model (initialised from the seed), loaders, optimizer and schedule."""
+        config = self.config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = torch.device(config.device)
+        self.train_set, self.test_set = load_data(config, self.data_dir)
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model, self.train_set.info, **config.model_options)
+        self.model.to(self.device)
+        augment = Augment(crop_padding=config.crop_padding, flip=config.flip)
+        self.train_loader = DeviceLoader(
+            self.train_set, config.batch_size, shuffle=True, augment=augment,
+            device=self.device, seed=config.seed,
+        )  # fmt: skip
+        self.test_loader = DeviceLoader(self.test_set, 512, shuffle=False, device=self.device)
+        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.scheduler = make_scheduler(
+            config, self.optimizer, config.epochs * len(self.train_loader)
+        )
+
+    def restore(self, resume: bool) -> None:
+        """Continue from the run folder's checkpoint (``resume``), or refuse to overwrite it."""
+        if self.run_path is None:
+            return
+        ckpt_file = checkpoint_path(self.run_path)
+        if not ckpt_file.exists():
+            return
+        if not resume:
+            raise BinsenseError(
+                f"{str(self.run_path)!r} already holds a checkpoint; pass --resume to continue "
+                "it, or choose another output folder."
+            )
+        ckpt = load_checkpoint(ckpt_file)
+        if checkpoint_config(ckpt, ckpt_file).config_hash() != self.config.config_hash():
+            raise BinsenseError(
+                f"cannot resume {str(self.run_path)!r}: it was trained with a different "
+                "config; resume with the same options or use another output folder."
+            )
+        load_state_strict(self.model, ckpt["model"], str(ckpt_file), ckpt.get("format"))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.start_epoch, self.metrics = ckpt["epoch"], list(ckpt["metrics"])
+        self.step = self.start_epoch * len(self.train_loader)
+        self.log(f"resuming {self.run_path} after epoch {self.start_epoch}/{self.config.epochs}")
+
+    def record_provenance(self) -> None:
+        """What produced this run: config, data fingerprints, environment (``config.json``)."""
+        self.provenance = {
+            "config": self.config.to_dict(),
+            "config_hash": self.config.config_hash(),
+            "data": {"train": self.train_set.fingerprint, "test": self.test_set.fingerprint},
+            "environment": environment_info(self.device),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if self.run_path is not None:
+            atomic_write_json(self.run_path / "config.json", self.provenance)
+
+    def input_transform(self) -> InputTransform | None:
+        """The batch transform: noise-aware training's sensor noise, then the hook's."""
+        config, transform = self.config, self.hooks.input_transform
+        if config.train_noise is None:
+            return transform
+        # one augmentation call per batch, so the stream position after e epochs is known
+        noise = config.train_noise.augment(config.seed)
+        noise.load_state_dict(
+            {"step": self.start_epoch * len(self.train_loader), "seed": config.seed}
+        )
+        return _compose(noise, transform)
+
+    def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """One optimizer step; returns the (detached) loss and logits."""
+        logits = self.model(x)
+        loss = self.loss(logits, y, x)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        for hook in self.hooks.after_step:
+            hook(self.model, self.step)
+        self.scheduler.step()
+        return loss.detach(), logits.detach()
+
+    def train_epoch(self, epoch: int, transform: InputTransform | None) -> dict[str, Any]:
+        """One pass over the training set; returns the epoch's training metrics."""
+        model, loader, config = self.model, self.train_loader, self.config
+        model.train()
+        loader.set_epoch(epoch)
+        total_loss = torch.zeros((), device=loader.device)
+        correct = torch.zeros((), dtype=torch.long, device=loader.device)
+        n = 0
+        t0 = time.perf_counter()
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+            disable=None if self.progress is None else not self.progress, unit="batch",
+        )  # fmt: skip
+        for step, (x, y) in enumerate(bar):
+            if transform is not None:
+                x = transform(x)
+            loss, logits = self.train_step(x, y)
+            total_loss += loss * y.numel()
+            correct += (logits.argmax(1) == y).sum()
+            n += y.numel()
+            if step % 20 == 0 or step == len(loader) - 1:
+                mean_loss = total_loss.item() / n  # one device sync every 20 steps
+                if not math.isfinite(mean_loss):
+                    raise BinsenseError(
+                        f"the training loss became {mean_loss} in epoch {epoch + 1} (step "
+                        f"{step}); lower the learning rate (--lr). Finished epochs are kept "
+                        "in the checkpoint."
+                    )
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(
+                    loss=f"{mean_loss:.3f}", acc=f"{correct.item() / n:.1%}",
+                    img_s=f"{n / max(elapsed, 1e-9):.0f}",
+                )  # fmt: skip
+        elapsed = time.perf_counter() - t0
+        return {
+            "epoch": epoch + 1,
+            "lr": self.scheduler.get_last_lr()[0],
+            "train_loss": total_loss.item() / n,
+            "train_acc": correct.item() / n,
+            "epoch_time_s": elapsed,
+            "train_images_per_s": n / elapsed,
+        }
+
+    def evaluate_epoch(self, row: dict[str, Any]) -> None:
+        """Test loss and accuracy into the epoch's metrics row."""
+        result = evaluate(self.model, self.test_loader)
+        row.update(test_loss=result.loss, test_acc=result.accuracy)
+
+    def save(self, epoch: int) -> None:
+        """Atomic checkpoint and metrics after a finished epoch."""
+        if self.run_path is None:
+            return
+        atomic_torch_save(
+            checkpoint_path(self.run_path),
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": self.config.to_dict(),
+                "epoch": epoch + 1,
+                "complete": epoch + 1 == self.config.epochs,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "metrics": self.metrics,
+            },
+        )
+        atomic_write_text(
+            self.run_path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics)
+        )
+
+    def run(self, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+        """Set up, restore, train the remaining epochs, return the result."""
+        self.setup()
+        self.restore(resume)
+        self.record_provenance()
+        transform = self.input_transform()
+        config = self.config
+        last_epoch = config.epochs if stop_after is None else min(stop_after, config.epochs)
+        for epoch in range(self.start_epoch, last_epoch):
+            row = self.train_epoch(epoch, transform)
+            self.evaluate_epoch(row)
+            self.metrics.append(row)
+            self.log(
+                f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
+                f"train {row['train_acc']:.2%}  test {row['test_acc']:.2%}  "
+                f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f} s"
+            )
+            self.save(epoch)
+        self.model.eval()
+        return TrainResult(
+            model=self.model,
+            config=config,
+            metrics=self.metrics,
+            run_dir=self.run_path,
+            complete=len(self.metrics) == config.epochs,
+            provenance=self.provenance,
+        )
+
+
 def train(
     config: TrainConfig,
     run_dir: str | Path | None = None,
@@ -126,6 +382,7 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     input_transform: InputTransform | None = None,
+    hooks: Hooks | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = tqdm.write,
 ) -> TrainResult:
@@ -139,167 +396,17 @@ def train(
             is an error, so finished work is never overwritten.
         stop_after: stop once this many epochs are done (the schedule still spans
             ``config.epochs``; resume later to finish).
-        input_transform: applied to each training batch in [0, 1] before the model
-            (noise-aware training).
+        input_transform: shorthand for ``hooks.input_transform``.
+        hooks: loss and after-step hooks (:class:`Hooks`; default: cross-entropy and
+            latent clipping).
         progress: show a progress bar (``None``: only on a terminal).
     """
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
-    train_set, test_set = load_data(config, data_dir)
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, train_set.info, **config.model_options).to(device)
-    augment = Augment(crop_padding=config.crop_padding, flip=config.flip)
-    train_loader = DeviceLoader(
-        train_set,
-        config.batch_size,
-        shuffle=True,
-        augment=augment,
-        device=device,
-        seed=config.seed,
-    )
-    test_loader = DeviceLoader(test_set, 512, shuffle=False, device=device)
-    optimizer = make_optimizer(config, model.parameters())
-    scheduler = make_scheduler(config, optimizer, config.epochs * len(train_loader))
-
-    metrics: list[dict[str, Any]] = []
-    start_epoch = 0
-    run_path = Path(run_dir) if run_dir is not None else None
-    if run_path is not None:
-        ckpt_file = checkpoint_path(run_path)
-        if ckpt_file.exists():
-            if not resume:
-                raise BinsenseError(
-                    f"{str(run_path)!r} already holds a checkpoint; pass --resume to continue "
-                    "it, or choose another output folder."
-                )
-            ckpt = load_checkpoint(ckpt_file)
-            if checkpoint_config(ckpt, ckpt_file).config_hash() != config.config_hash():
-                raise BinsenseError(
-                    f"cannot resume {str(run_path)!r}: it was trained with a different config; "
-                    "resume with the same options or use another output folder."
-                )
-            load_state_strict(model, ckpt["model"], str(ckpt_file))
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            start_epoch, metrics = ckpt["epoch"], list(ckpt["metrics"])
-            log(f"resuming {run_path} after epoch {start_epoch}/{config.epochs}")
-        atomic_write_json(
-            run_path / "config.json",
-            {
-                "config": config.to_dict(),
-                "config_hash": config.config_hash(),
-                "data": {"train": train_set.fingerprint, "test": test_set.fingerprint},
-                "environment": environment_info(device),
-                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            },
-        )
-
-    if config.train_noise is not None:
-        # one augmentation call per batch, so the stream position after e epochs is known
-        noise = config.train_noise.augment(config.seed)
-        noise.load_state_dict({"step": start_epoch * len(train_loader), "seed": config.seed})
-        input_transform = _compose(noise, input_transform)
-
-    last_epoch = config.epochs if stop_after is None else min(stop_after, config.epochs)
-    for epoch in range(start_epoch, last_epoch):
-        row = _train_epoch(
-            model, train_loader, optimizer, scheduler, config, epoch, input_transform, progress
-        )
-        result = evaluate(model, test_loader)
-        row.update(test_loss=result.loss, test_acc=result.accuracy)
-        metrics.append(row)
-        log(
-            f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
-            f"train {row['train_acc']:.2%}  test {row['test_acc']:.2%}  "
-            f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f} s"
-        )
-        if run_path is not None:
-            atomic_torch_save(
-                checkpoint_path(run_path),
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "config": config.to_dict(),
-                    "epoch": epoch + 1,
-                    "complete": epoch + 1 == config.epochs,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "metrics": metrics,
-                },
-            )
-            atomic_write_text(
-                run_path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics)
-            )
-    model.eval()
-    return TrainResult(
-        model=model,
-        config=config,
-        metrics=metrics,
-        run_dir=run_path,
-        complete=len(metrics) == config.epochs,
-    )
+    hooks = hooks if hooks is not None else Hooks()
+    if input_transform is not None:
+        hooks = replace(hooks, input_transform=_compose(input_transform, hooks.input_transform))
+    trainer = Trainer(config, run_dir, data_dir=data_dir, hooks=hooks, progress=progress, log=log)
+    return trainer.run(resume=resume, stop_after=stop_after)
 
 
 def _compose(first: InputTransform, then: InputTransform | None) -> InputTransform:
     return first if then is None else lambda x: then(first(x))
-
-
-def _train_epoch(
-    model: nn.Module,
-    loader: DeviceLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    config: TrainConfig,
-    epoch: int,
-    input_transform: InputTransform | None,
-    progress: bool | None,
-) -> dict[str, Any]:
-    model.train()
-    loader.set_epoch(epoch)
-    total_loss = torch.zeros((), device=loader.device)
-    correct = torch.zeros((), dtype=torch.long, device=loader.device)
-    n = 0
-    t0 = time.perf_counter()
-    bar = tqdm(
-        loader,
-        desc=f"epoch {epoch + 1}/{config.epochs}",
-        leave=False,
-        disable=None if progress is None else not progress,
-        unit="batch",
-    )
-    for step, (x, y) in enumerate(bar):
-        if input_transform is not None:
-            x = input_transform(x)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        clip_latent_weights(model)
-        scheduler.step()
-        total_loss += loss.detach() * y.numel()
-        correct += (logits.argmax(1) == y).sum()
-        n += y.numel()
-        if step % 20 == 0 or step == len(loader) - 1:
-            mean_loss = total_loss.item() / n  # one device sync every 20 steps
-            if not math.isfinite(mean_loss):
-                raise BinsenseError(
-                    f"the training loss became {mean_loss} in epoch {epoch + 1} (step {step}); "
-                    "lower the learning rate (--lr). Finished epochs are kept in the checkpoint."
-                )
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(
-                loss=f"{mean_loss:.3f}",
-                acc=f"{correct.item() / n:.1%}",
-                img_s=f"{n / max(elapsed, 1e-9):.0f}",
-            )
-    elapsed = time.perf_counter() - t0
-    return {
-        "epoch": epoch + 1,
-        "lr": scheduler.get_last_lr()[0],
-        "train_loss": total_loss.item() / n,
-        "train_acc": correct.item() / n,
-        "epoch_time_s": elapsed,
-        "train_images_per_s": n / elapsed,
-    }
