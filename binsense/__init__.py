@@ -1,6 +1,6 @@
 """binsense: binary neural networks that survive real hardware.
 
-The package is organised by concept (see ``DESIGN.md``):
+The package is organised by concept (see ``docs/architecture.md``):
 
 - :mod:`binsense.quant`    sign / straight-through estimators and fixed-point quantizers
 - :mod:`binsense.layers`   binary convolution / linear layers and friends

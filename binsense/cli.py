@@ -2,15 +2,33 @@
 
 User mistakes raise :class:`binsense.errors.BinsenseError`; :func:`main` prints their
 one-line message (``error: ...``) and exits with status 2 — no traceback.
+
+Before a command starts, *pre-flight checks* catch what would otherwise fail late or
+obscurely: a device this machine does not have, an output path that is a file (or a
+folder where a file is meant), a folder that cannot be written, an image folder with
+empty files, symbolic-link loops or test images of another size than the training
+images, a results store that is not binsense's, a ``.lock`` that is a folder, a model
+that cannot fit in memory (:mod:`binsense.resources`; ``--allow-large`` skips that).
+
+Everything else meets the safety net in :func:`main`: an :class:`OSError` becomes one
+line saying what happened (disk full, permission denied, read-only file system, a
+symbolic-link loop, ...) and any other exception one line naming its type; both exit
+with status 1 and write the full traceback to ``last-error.log`` (in ``$BINSENSE_CACHE``,
+else ``~/.cache/binsense/``). ``binsense --debug COMMAND ...`` (or ``BINSENSE_DEBUG=1``)
+prints the traceback as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import errno
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,27 +79,74 @@ def _key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
     return out
 
 
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a table",
+    "list_type": "a list",
+    "tuple_type": "a list",
+}
+
+
+_BOUNDS = {
+    "greater_than": ">",
+    "greater_than_equal": ">=",
+    "less_than": "<",
+    "less_than_equal": "<=",
+}
+
+
 def validation_message(err: ValidationError, what: str) -> str:
     """One line from a pydantic error: the first problem, naming the field."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or what
-    if first["type"] == "extra_forbidden":
+    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or what
+    kind, given = first["type"], first.get("input")
+    if kind == "extra_forbidden":
         return f"{what}: unknown option {loc!r}."
-    return f"{what}: {loc}: {first['msg']} (got {first.get('input')!r})."
+    if kind == "value_error":  # a validator's own message
+        msg = first["msg"].removeprefix("Value error, ")
+        return f"{what}: {loc}: {msg if msg.endswith(('.', '?')) else msg + '.'}"
+    if kind == "finite_number":
+        return f"{what}: {loc} must be a finite number, got {given!r}."
+    if kind in _BOUNDS:
+        bound = next(iter(first.get("ctx", {}).values()), "?")
+        return f"{what}: {loc} must be {_BOUNDS[kind]} {bound}, got {given!r}."
+    if kind in _EXPECTED:
+        return (
+            f"{what}: {loc} must be {_EXPECTED[kind]}, got {given!r} (values are not "
+            'converted: write 32, not "32"; true/false only for yes-or-no options).'
+        )
+    return f"{what}: {loc}: {first['msg']} (got {given!r})."
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """A TOML file of training options; every problem is one line naming the file."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BinsenseError(f"config file {str(path)!r} does not exist.") from None
+    except UnicodeDecodeError as e:
+        raise BinsenseError(
+            f"config file {str(path)!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+            f"offset {e.start}); save it as UTF-8 (TOML files must be)."
+        ) from None
+    except OSError as e:
+        raise BinsenseError(
+            f"cannot read config file {str(path)!r}: {e.strerror or e}; check the path."
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise BinsenseError(f"{path}: invalid TOML: {e}.") from None
 
 
 def _train_config(args: argparse.Namespace):
     from binsense.train import TrainConfig
+    from binsense.train.config import CHECK_DEVICE
 
     fields: dict[str, Any] = {}
     if args.config:
-        path = Path(args.config)
-        try:
-            fields.update(tomllib.loads(path.read_text()))
-        except FileNotFoundError:
-            raise BinsenseError(f"config file {str(path)!r} does not exist.") from None
-        except tomllib.TOMLDecodeError as e:
-            raise BinsenseError(f"{path}: invalid TOML: {e}.") from None
+        fields.update(_read_config_file(Path(args.config)))
     fields.update({k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None})
     if args.flip:
         fields["flip"] = True
@@ -91,20 +156,300 @@ def _train_config(args: argparse.Namespace):
     if args.width is not None:
         options["width"] = args.width
     fields["model_options"] = options
-    try:
-        return TrainConfig(**fields)
+    try:  # CHECK_DEVICE: the device must also exist on this machine
+        return TrainConfig.model_validate(fields, context=CHECK_DEVICE)
     except ValidationError as e:
         raise BinsenseError(validation_message(e, "training config")) from None
 
 
+# ---------------------------------------------------------------- pre-flight checks
+
+
+def _allow_large(args: argparse.Namespace) -> bool | None:
+    """``--allow-large`` given: True; else None (then $BINSENSE_ALLOW_LARGE decides)."""
+    return True if getattr(args, "allow_large", False) else None
+
+
+def _positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise BinsenseError(f"{flag} must be at least 1, got {value}.")
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """A clear error when ``folder`` (an existing folder) cannot be written."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        read_only = False
+    why = "is on a read-only file system" if read_only else "is not writable for you"
+    raise BinsenseError(
+        f"cannot write {what}: {str(folder)!r} {why}; choose a folder you can write to"
+        f"{'' if read_only else ' (or fix its permissions)'}."
+    )
+
+
+def _check_out_dir(path: Path, flag: str) -> None:
+    """``path`` is (or can become) a folder this user can write."""
+    if path.exists() and not path.is_dir():
+        raise BinsenseError(
+            f"{flag} {str(path)!r} is a file, not a folder; name a folder (it is created "
+            "if missing)."
+        )
+    base = _existing_ancestor(path)
+    if not base.is_dir():
+        raise BinsenseError(
+            f"{flag} {str(path)!r} cannot be created: {str(base)!r} is a file, not a folder."
+        )
+    _check_writable(base, f"{flag} {str(path)!r}")
+
+
+def _check_output_file(path: Path, flag: str) -> None:
+    """``path`` names a file (not a folder) that this user can create or replace."""
+    if path.is_dir():
+        raise BinsenseError(
+            f"{flag} {str(path)!r} is a folder; name a file, e.g. {str(path / 'out')!r}."
+        )
+    base = _existing_ancestor(path.parent if path.parent != Path("") else Path("."))
+    if not base.is_dir():
+        raise BinsenseError(
+            f"{flag} {str(path)!r} cannot be created: {str(base)!r} is a file, not a folder."
+        )
+    _check_writable(base, f"{flag} {str(path)!r}")
+
+
+def _check_data_dir(data_dir: str | None) -> None:
+    """An existing data folder (``--data-dir`` or ``$BINSENSE_DATA``) must be readable."""
+    folder = data_dir or os.environ.get("BINSENSE_DATA")
+    if folder and os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
+        raise BinsenseError(
+            f"data folder {folder!r} is not readable for you (permission denied); fix its "
+            "permissions or point --data-dir (BINSENSE_DATA) at a readable copy."
+        )
+
+
+_IMAGEFOLDER = "imagefolder:"
+
+
+def _image_folder(name: str) -> Path | None:
+    if not name.lower().startswith(_IMAGEFOLDER) or not name[len(_IMAGEFOLDER) :]:
+        return None
+    return Path(name[len(_IMAGEFOLDER) :]).expanduser()
+
+
+def _scan_image_tree(folder: Path, extensions: frozenset[str]) -> None:
+    """Walk an image folder as the loader will: symbolic-link loops, folders that cannot
+    be read and empty (0-byte) image files are errors naming the path."""
+    stack: list[tuple[str, tuple[tuple[int, int], ...], tuple[str, ...]]] = []
+    st = os.stat(folder)
+    stack.append((os.fspath(folder), ((st.st_dev, st.st_ino),), (os.fspath(folder),)))
+    while stack:
+        path, seen, names = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except PermissionError:
+            raise BinsenseError(
+                f"image folder {path!r} is not readable for you (permission denied); fix its "
+                "permissions (chmod/chown) or remove it."
+            ) from None
+        for entry in entries:
+            if entry.name.startswith("."):  # as the loader: hidden entries are skipped
+                continue
+            try:
+                is_dir = entry.is_dir()
+                st = entry.stat()
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise BinsenseError(
+                        f"{entry.path!r} is a symbolic link that points to itself (a link "
+                        "loop); remove or fix the link."
+                    ) from None
+                if e.errno == errno.ENOENT:  # a dangling link: the loader skips it too
+                    continue
+                raise
+            if is_dir:
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    target = names[seen.index(key)]
+                    raise BinsenseError(
+                        f"symbolic link loop in an image folder: {entry.path!r} leads back to "
+                        f"{target!r}; remove the link."
+                    )
+                stack.append((entry.path, (*seen, key), (*names, entry.path)))
+            elif st.st_size == 0 and os.path.splitext(entry.name)[1].lower() in extensions:
+                raise BinsenseError(
+                    f"image {entry.path!r} is empty (0 bytes); remove it or replace it with "
+                    "the real image."
+                )
+
+
+def _check_image_folder(name: str) -> None:
+    """Pre-flight scan of an ``imagefolder:PATH`` data set (nothing for built-in ones)."""
+    folder = _image_folder(name)
+    if folder is None:
+        return
+    from binsense.data.imagefolder import IMAGE_EXTENSIONS
+
+    for split in ("train", "test"):
+        if (folder / split).is_dir():
+            _scan_image_tree(folder / split, IMAGE_EXTENSIONS)
+
+
+def _check_split_shape(data: Any, name: str) -> None:
+    """The test images must have the size and channels of the training images."""
+    info = data.info
+    want = (info.in_channels, *info.image_size)
+    got = tuple(data.images.shape[1:])
+    if got != want:
+        raise BinsenseError(
+            f"the {data.split} images of {name!r} are {got[2]}x{got[1]} pixels with {got[0]} "
+            f"channel(s), the training images {want[2]}x{want[1]} with {want[0]}; a model "
+            "works on one image size: resize the test images to the training size."
+        )
+
+
+def _check_test_split(name: str, data_dir: str | None) -> None:
+    """Load (or fetch from the cache) an image folder's test split and check its shape."""
+    if _image_folder(name) is None:
+        return  # built-in data sets have fixed shapes
+    from binsense.data import load_dataset
+
+    _check_split_shape(load_dataset(name, "test", data_dir=data_dir), name)
+
+
+def _check_memory(
+    config: Any, info: Any, *, training: bool, device: str, allow: bool | None
+) -> None:
+    """Build the model on the meta device (validating its options) and refuse one that
+    cannot fit (:mod:`binsense.resources`)."""
+    from binsense.models import check_model
+    from binsense.resources import check_fits, large_allowed, model_bytes
+
+    model = check_model(config.model, info, **config.model_options)  # fail fast
+    if large_allowed(allow):
+        return
+    needed = model_bytes(
+        model, training=training, optimizer=config.optimizer, momentum=config.momentum
+    )
+    width = config.model_options.get("width")
+    shown = f" (width {width:g})" if isinstance(width, (int, float)) else ""
+    what = f"{'training' if training else 'evaluating'} {config.model!r}{shown}"
+    check_fits(needed, device=device, what=what, allow=allow)
+
+
+def _check_store(path: Path) -> None:
+    """An existing ``results.sqlite`` must be a binsense results store (never touched)."""
+    import sqlite3
+
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir():
+        raise BinsenseError(
+            f"{str(path)!r} is a folder where the study's results store (an SQLite file) "
+            "belongs; move it away or pass another --out folder."
+        )
+    if not os.access(path, os.R_OK):
+        raise BinsenseError(
+            f"results store {str(path)!r} is not readable for you (permission denied); fix "
+            "its permissions or pass another --out folder."
+        )
+    if path.stat().st_size == 0:
+        return
+    try:  # immutable: no lock, no journal, nothing written
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            tables = {
+                row[0]
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            meta = [r[1] for r in conn.execute("PRAGMA table_info(meta)")] if tables else []
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise BinsenseError(
+            f"{str(path)!r} is not a binsense results store (not an SQLite database: {e}); "
+            "move it away or pass another --out folder."
+        ) from None
+    if tables and meta != ["key", "value"]:
+        listing = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise BinsenseError(
+            f"{str(path)!r} is an SQLite database but not a binsense results store (tables: "
+            f"{listing}); binsense leaves it alone: move it away or pass another --out folder."
+        )
+
+
+def _check_study(args: argparse.Namespace) -> None:
+    """Pre-flight checks of ``binsense study ...`` (the chosen preset only)."""
+    from binsense.resources import resolve_device
+    from binsense.study.schema import load_study
+
+    study = load_study(args.file, args.preset, out=args.out)
+    out = study.out_dir
+    if out.exists() and not out.is_dir():
+        raise BinsenseError(
+            f"study folder {str(out)!r} is a file, not a folder; pass another --out folder."
+        )
+    _check_store(study.store_path)
+    if args.study_command == "results" and args.output:
+        _check_output_file(Path(args.output), "-o/--output")
+    if args.study_command != "run":
+        return
+    lock = out / ".lock"
+    if lock.is_dir():
+        raise BinsenseError(
+            f"{str(lock)!r} is a folder, but binsense keeps the study's lock file there; "
+            "remove it (rmdir) and run again."
+        )
+    _check_out_dir(out, "study folder")
+    _check_data_dir(args.data_dir)
+    where = f"{study.path}" + (f" (preset {study.preset})" if study.preset else "")
+    devices = {t.config.device for t in study.trainings}
+    if study.eval.device:
+        devices.add(study.eval.device)
+    for device in sorted(devices):
+        try:
+            resolve_device(device, check_available=True)
+        except BinsenseError as e:
+            raise BinsenseError(f"{where}: {e}") from None
+    for name in sorted({t.config.dataset for t in study.trainings}):
+        _check_image_folder(name)
+    from binsense.data import dataset_info
+
+    checked: set[str] = set()
+    for t in study.trainings:
+        c = t.config
+        key = json.dumps([c.model, c.dataset, c.model_options, c.optimizer, c.momentum, c.device])
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            info = dataset_info(c.dataset)
+            _check_memory(c, info, training=True, device=c.device, allow=_allow_large(args))
+        except BinsenseError as e:
+            raise BinsenseError(f"{where}: training {t.label()}: {e}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from binsense.data import dataset_info
-    from binsense.models import check_model
     from binsense.train import train
 
     config = _train_config(args)
-    check_model(config.model, dataset_info(config.dataset), **config.model_options)  # fail fast
     out = Path(args.out) if args.out else Path("runs") / f"{config.model}-{config.config_hash()}"
+    _check_out_dir(out, "--out")
+    _check_data_dir(args.data_dir)
+    _check_image_folder(config.dataset)
+    info = dataset_info(config.dataset)
+    _check_memory(config, info, training=True, device=config.device, allow=_allow_large(args))
+    _check_test_split(config.dataset, args.data_dir)
     t0 = time.perf_counter()
     result = train(config, out, data_dir=args.data_dir, resume=args.resume)
     wall = time.perf_counter() - t0
@@ -117,16 +462,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from binsense.data import DeviceLoader, load_dataset
+    from binsense.data import DeviceLoader, dataset_info, load_dataset
     from binsense.evaluate import evaluate
+    from binsense.resources import resolve_device
     from binsense.train import load_model
+    from binsense.train.checkpoint import checkpoint_config, load_checkpoint
 
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.test_subset, "--test-subset")
+    device = resolve_device(args.device or "cpu", check_available=True)
+    _check_data_dir(args.data_dir)
+    config = checkpoint_config(load_checkpoint(args.checkpoint), args.checkpoint)
+    _check_image_folder(config.dataset)
+    info = dataset_info(config.dataset)
+    _check_memory(config, info, training=False, device=str(device), allow=_allow_large(args))
     model, config = load_model(args.checkpoint)
-    device = torch.device(args.device or "cpu")
     data = load_dataset(config.dataset, "test", data_dir=args.data_dir)
-    if args.test_subset:
+    _check_split_shape(data, config.dataset)
+    if args.test_subset is not None:
         data = data.subset(args.test_subset, seed=config.seed)
     loader = DeviceLoader(data, args.batch_size, shuffle=False, device=device)
     result = evaluate(model.to(device), loader)
@@ -143,7 +496,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from binsense.models import describe_models
+    from binsense.models import component_choices, describe_models
 
     rows = describe_models()
     print(f"{'name':<18} {'for':<9} {'params':>11}  description")
@@ -153,6 +506,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     for options in sorted({tuple(r["options"]) for r in rows}):
         names = [r["name"] for r in rows if tuple(r["options"]) == options]
         print(f"  {', '.join(names)}: {', '.join(options)}")
+    print("\ncomponents by name (a name, or a table {name = ..., <options>}):")
+    for kind, names in component_choices().items():
+        print(f"  {kind}: {', '.join(names)}")
     return 0
 
 
@@ -172,11 +528,14 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from binsense.data import load_dataset
 
+    _check_data_dir(args.data_dir)
     for name in args.names:
+        _check_image_folder(name)
         for split in ("train", "test"):
             t0 = time.perf_counter()
             d = load_dataset(name, split, data_dir=args.data_dir, download=args.download)
             dt = time.perf_counter() - t0
+            _check_split_shape(d, name)
             print(
                 f"{name:<12} {split:<5} {len(d):>6} images {tuple(d.images.shape[1:])} "
                 f"{d.info.num_classes} classes  sha256 {d.fingerprint[:12]}  {dt:.2f} s"
@@ -185,7 +544,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_design_kernel(args: argparse.Namespace) -> int:
-    from binsense.design_kernel import (
+    from binsense.layers.design_search import (
         REFERENCE_KERNEL,
         equivalent_kernels,
         kernel_text,
@@ -197,6 +556,12 @@ def cmd_design_kernel(args: argparse.Namespace) -> int:
 
     if args.top < 0:
         raise BinsenseError(f"--top must be >= 0, got {args.top}.")
+    _positive(args.images, "--images")
+    _positive(args.conv_kernels, "--conv-kernels")
+    for flag, path in (("--plot", args.plot), ("--demo", args.demo)):
+        if path:
+            _check_output_file(Path(path), flag)
+    _check_data_dir(args.data_dir)
     gray = load_gray_images(args.dataset, args.images, args.data_dir)
     t0 = time.perf_counter()
     ranking = score_kernels(
@@ -253,6 +618,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="binsense",
         description="Binary neural networks that survive real hardware.",
         epilog="Data: --data-dir or BINSENSE_DATA points at local data sets (offline use).",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an unexpected error, print the full traceback (also: BINSENSE_DEBUG=1)",
+    )
+    parser.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="skip the memory check of train, eval and study run (also: BINSENSE_ALLOW_LARGE=1)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -338,15 +713,152 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_design_kernel)
 
     add_study_commands(sub)
+    for path, leaf in _leaf_parsers(parser):
+        # also accepted after the command; SUPPRESS keeps the value given before it
+        leaf.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+        if path in (("train",), ("eval",), ("study", "run")):
+            leaf.add_argument(
+                "--allow-large",
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help="run even if the model's memory estimate exceeds the available memory",
+            )
     return parser
 
 
+def _leaf_parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every (sub-)command parser without sub-commands of its own, with its path."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _leaf_parsers(child, (*path, name))
+            return
+    yield path, parser
+
+
+# ---------------------------------------------------------------- the safety net
+
+
+def _log_path() -> Path:
+    cache = os.environ.get("BINSENSE_CACHE")
+    if cache:
+        return Path(cache).expanduser() / "last-error.log"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "binsense" / "last-error.log"
+
+
+def _write_log(e: BaseException, argv: Sequence[str]) -> Path | None:
+    """The full traceback in the error log; ``None`` if it cannot be written (disk full)."""
+    path = _log_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
+            f.write(f"binsense {' '.join(argv)}\n\n")
+            f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    except OSError:
+        return None
+    return path
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "no space left on the device (the disk is full); free some space, or point "
+    "--out / BINSENSE_CACHE at another disk, and run again (finished work is kept)",
+    errno.EDQUOT: "your disk quota is used up; free some space and run again (finished work "
+    "is kept)",
+    errno.EACCES: "permission denied; make it readable (or writable) for you (chmod/chown), "
+    "or choose another path",
+    errno.EPERM: "operation not permitted; check the permissions, or choose another path",
+    errno.EROFS: "the file system is read-only; choose a writable folder (e.g. --out)",
+    errno.ELOOP: "a symbolic link loop (a link that points back to itself or a parent "
+    "folder); remove the link",
+    errno.EISDIR: "it is a folder where a file is expected; name a file, or move the folder",
+    errno.ENOTDIR: "a part of the path is a file where a folder is expected",
+    errno.ENOENT: "it does not exist; check the path",
+    errno.EEXIST: "it already exists; remove it or choose another path",
+    errno.ENAMETOOLONG: "the path is too long; use a shorter one",
+    errno.EIO: "an input/output error (a failing disk or network file system); check the disk",
+    errno.EMFILE: "too many open files; raise the limit (ulimit -n) or close other programs",
+    errno.ENOMEM: "out of memory; use a smaller model or batch, or a machine with more memory",
+}
+
+_SQLITE_HINTS = {
+    "database or disk is full": errno.ENOSPC,
+    "attempt to write a readonly database": errno.EROFS,
+    "disk i/o error": errno.EIO,
+}
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _failure_line(e: BaseException) -> str | None:
+    """What an environment error means, in one line; ``None`` if it is not one."""
+    import sqlite3
+
+    if isinstance(e, OSError) and e.errno in _OS_HINTS:
+        names = [str(n) for n in (e.filename, e.filename2) if n is not None]
+        where = f"{' -> '.join(repr(n) for n in names)}: " if names else ""
+        return f"{where}{_OS_HINTS[e.errno]}."
+    if isinstance(e, sqlite3.OperationalError):
+        for text, code in _SQLITE_HINTS.items():
+            if text in str(e).lower():
+                return f"results store: {_OS_HINTS[code]}."
+    if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+        return (
+            "out of memory; use a smaller width, model or batch size, or a machine with more "
+            "memory (the estimate of binsense.resources counts weights only)."
+        )
+    if isinstance(e, OSError):
+        return f"{_first_line(e) or type(e).__name__}."
+    return None
+
+
+def _report_failure(e: Exception, argv: Sequence[str], debug: bool) -> int:
+    """One line for an error that is not a :class:`BinsenseError`; status 1."""
+    log = _write_log(e, argv)
+    if debug:
+        traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    line = _failure_line(e)
+    if line is None:
+        where = f"the traceback is in {log}" if log else "the traceback could not be logged"
+        line = (
+            f"unexpected {type(e).__name__}: {_first_line(e) or '(no message)'} — a binsense "
+            f"bug or an input it does not check yet; {where} (rerun with --debug to print it)."
+        )
+    print(f"error: {line}", file=sys.stderr)
+    return 1
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Checks that do not belong to one handler (those of train and eval are in theirs)."""
+    if args.command == "study":
+        _check_study(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; every failure is one ``error: ...`` line, never a traceback.
+
+    Exit status: 0 success, 2 a user mistake (:class:`BinsenseError`), 1 an error of the
+    environment (disk full, permissions, ...) or an unexpected one (the traceback goes to
+    the log file, and to stderr with ``--debug``), 130 interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("BINSENSE_DEBUG", "") not in ("", "0")
     try:
+        _preflight(args)
         return int(args.func(args) or 0)
     except BinsenseError as e:
+        if debug:
+            traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `binsense study results ... | head`
@@ -355,6 +867,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished epochs/results are saved — rerun to resume.", file=sys.stderr)
         return 130
+    except Exception as e:  # the safety net: one line, traceback to the log
+        return _report_failure(e, argv, debug)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def _signature(factory: Callable[..., Any]) -> dict[str, tuple[Any, Any]]:
     """Keyword options of a factory: name -> (annotation, default)."""
     target = factory.__init__ if inspect.isclass(factory) else factory
     try:
-        hints = typing.get_type_hints(target)
+        hints = typing.get_type_hints(target, include_extras=True)
     except Exception:  # unresolvable annotations: options are checked by name only
         hints = {}
     params = inspect.signature(factory).parameters
@@ -82,11 +82,19 @@ class Registry(Generic[T]):
         kind: what the names are, for messages (``"model"``, ``"noise type"``).
         normalize: maps a user spelling to the registered one before lookup (e.g.
             ``"CIFAR-10" -> "cifar10"``); default: the name as given.
+        also_valid: further accepted forms handled outside the registry, listed in
+            messages (``"imagefolder:PATH"``).
     """
 
-    def __init__(self, kind: str, normalize: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        normalize: Callable[[str], str] | None = None,
+        also_valid: tuple[str, ...] = (),
+    ) -> None:
         self.kind = kind
         self._normalize = normalize
+        self._also_valid = also_valid  # listed in messages (e.g. "imagefolder:PATH")
         self._items: dict[str, T] = {}
 
     def add(self, name: str, item: T) -> T:
@@ -102,11 +110,12 @@ class Registry(Generic[T]):
 
     def resolve(self, name: str) -> str:
         """The registered spelling of ``name`` (clear error, with a suggestion, if none)."""
+        valid = [*self._items, *self._also_valid]
         if not isinstance(name, str):
-            raise unknown_name(self.kind, repr(name), self._items)
+            raise unknown_name(self.kind, repr(name), valid)
         key = self._normalize(name) if self._normalize else name
         if key not in self._items:
-            raise unknown_name(self.kind, name, self._items)
+            raise unknown_name(self.kind, name, valid)
         return key
 
     def get(self, name: str) -> T:
@@ -118,6 +127,11 @@ class Registry(Generic[T]):
         name, options = split_spec(spec, self.kind)
         key = self.resolve(name)
         factory: Any = self._items[key]
+        clash = [k for k in options if k in context]
+        if clash:
+            raise BinsenseError(
+                f"{self.kind} {key!r}: {clash[0]!r} is set by binsense, not an option."
+            )
         return factory(**check_options(self.kind, key, factory, options), **context)
 
     def options(self, name: str) -> dict[str, Any]:

@@ -432,7 +432,7 @@ def test_bn_bits_condition_quantizes_then_restores():
     x = torch.rand(4, 3, 8, 8)
     clean = model(x)
     cond = make_condition("bn_bits", bits=2, target="affine")
-    assert isinstance(cond, BnBitsCondition) and cond.draws() == 1
+    assert isinstance(cond, BnBitsCondition) and cond.draw_count() == 1
     with cond.applied(model, 0) as transform:
         assert transform is None
         assert not torch.equal(model(x), clean)

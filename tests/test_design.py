@@ -13,7 +13,7 @@ from torch import nn
 
 from binsense.cli import main
 from binsense.deploy import fold_bn_design, threshold_design
-from binsense.design_kernel import (
+from binsense.layers.design_search import (
     REFERENCE_KERNEL,
     candidate_kernels,
     dither_binarize,

@@ -194,8 +194,8 @@ def test_noise_augment_p_clean_and_level_range():
 
 
 def test_sensor_noise_condition_uses_instance_per_draw():
-    cond = make_condition("sensor_noise", type="column_offset", level=0.05, instances=3)
-    assert isinstance(cond, SensorNoiseCondition) and cond.draws() == 3
+    cond = make_condition("sensor_noise", type="column_offset", level=0.05, draws=3)
+    assert isinstance(cond, SensorNoiseCondition) and cond.draw_count() == 3
     x = torch.rand(2, 3, 8, 8)
     model = torch.nn.Identity()
     with cond.applied(model, 2) as transform:

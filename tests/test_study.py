@@ -2,7 +2,7 @@
 resume, results export and reports — on a generated image folder and a tiny model.
 
 Two test-only condition kinds are registered here (``study_probe``: seeded Gaussian input
-noise with ``level`` and ``instances`` draws, optionally slow; ``study_bits``: input
+noise with ``level`` and ``draws`` draws, optionally slow; ``study_bits``: input
 quantised to ``bits`` bits). The kill test's subprocess imports this module to get them.
 """
 
@@ -44,7 +44,7 @@ class Probe(Condition):
 
     kind: ClassVar[str] = "study_probe"
     level: float = Field(0.0, ge=0, description="noise σ (fraction of full scale)")
-    instances: int = Field(2, ge=1)
+    draws: int = Field(2, ge=1)
     delay: float = 0.0
     pattern: str = "gauss"
 
@@ -55,8 +55,8 @@ class Probe(Condition):
             raise unknown_name("noise pattern", value, ["gauss"])
         return value
 
-    def draws(self) -> int:
-        return self.instances
+    def draw_count(self) -> int:
+        return self.draws
 
     @contextmanager
     def applied(self, model: nn.Module, draw: int) -> Iterator:
@@ -112,21 +112,21 @@ batch_size = 8
 [train.grid]
 {grid}
 
-[[evaluate]]
+[[condition]]
 kind = "clean"
 
-[[evaluate]]
+[[condition]]
 kind = "study_probe"
 level = [0.2, 0.5]
-instances = {instances}
+draws = {draws}
 delay = {delay}
 {evaluate}
-[eval]
+[evaluation]
 batch_size = 16
 
 [presets.smoke]
 train = {{ epochs = 1 }}
-eval = {{ max_draws = 1 }}
+evaluation = {{ max_draws = 1 }}
 """
 
 
@@ -137,7 +137,7 @@ def write_study(
     description: str = "tiny test study",
     train: str = "",
     grid: str = "seed = [0, 1]",
-    instances: int = 2,
+    draws: int = 2,
     delay: float = 0.0,
     evaluate: str = "",
 ) -> Path:
@@ -148,7 +148,7 @@ def write_study(
             data=data,
             train=train,
             grid=grid,
-            instances=instances,
+            draws=draws,
             delay=delay,
             evaluate=evaluate,
         )  # fmt: skip
@@ -164,7 +164,7 @@ def finished(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         data_root,
         description="<script>alert('x')</script> & more",
         grid="seed = [0, 1]\nlr = [0.003, 0.03]",
-        evaluate='\n[[evaluate]]\nkind = "study_bits"\nbits = [2, 4, 8]\n',
+        evaluate='\n[[condition]]\nkind = "study_bits"\nbits = [2, 4, 8]\n',
     )
     run_study(path, progress=False)
     return path
@@ -194,29 +194,29 @@ def store_rows(db: Path) -> list[tuple]:
         ("width = 0.125", "widht = 0.125",
          "[train] model 'mnist_bnn' has no option 'widht' — did you mean 'width'?"),
         ('kind = "clean"', 'kind = "claen"',
-         "[[evaluate]] #1 unknown condition kind 'claen' — did you mean 'clean'?"),
+         "[[condition]] #1 unknown condition kind 'claen' — did you mean 'clean'?"),
         ("level = [0.2, 0.5]", 'level = [0.2, "high"]',
-         "[[evaluate]] #2 (kind \"study_probe\") 'level' must be a number, got 'high'"),
-        ("instances = 2", "instance = 2",
-         "[[evaluate]] #2 (kind \"study_probe\") unknown parameter 'instance' — did you mean "
-         "'instances'?"),
+         "[[condition]] #2 (kind \"study_probe\") 'level' must be a number, got 'high'"),
+        ("draws = 2", "draw = 2",
+         "[[condition]] #2 (kind \"study_probe\") unknown parameter 'draw' — did you mean "
+         "'draws'?"),
         ("delay = 0.0", 'delay = 0.0\npattern = "gaus"',
-         "[[evaluate]] #2 (kind \"study_probe\") unknown noise pattern 'gaus' — did you mean "
+         "[[condition]] #2 (kind \"study_probe\") unknown noise pattern 'gaus' — did you mean "
          "'gauss'? (valid: gauss)."),
         ("seed = [0, 1]", "sed = [0, 1]", "[train.grid] unknown key 'sed' — did you mean 'seed'?"),
         ("seed = [0, 1]", "seed = 3", "[train.grid] 'seed' must be a non-empty list of values"),
         ("max_draws = 1", "max_draw = 1",
-         "[presets.smoke.eval] unknown key 'max_draw' — did you mean 'max_draws'?"),
-        ("[eval]", "[evals]", "unknown section [evals] — did you mean [eval]?"),
+         "[presets.smoke.evaluation] unknown key 'max_draw' — did you mean 'max_draws'?"),
+        ("[evaluation]", "[evals]", "unknown section [evals] — did you mean [evaluation]?"),
         ("seed = [0, 1]", 'variant = [{ name = "a", lrr = 0.1 }]',
          "[train.grid] variant 'a': unknown key 'lrr' — did you mean 'lr'?"),
         ("seed = [0, 1]", 'seed = [0]\nvariant = [{ name = "a", seed = 1 }]',
          "[train.grid] variant 'a' sets 'seed', which the grid also varies"),
         ("seed = [0, 1]", "variant = [{ lr = 0.1 }]",
          "[train.grid] variant 1 must be a table with a 'name' string"),
-        ("[eval]", '[report]\nfacet = { sensor_noise = "type" }\n[eval]',
-         "[report] no [[evaluate]] block of kind 'sensor_noise'"),
-        ("[eval]", "[report]\nheatmp = {}\n[eval]",
+        ("[evaluation]", '[report]\nfacet = { sensor_noise = "type" }\n[evaluation]',
+         "[report] no [[condition]] block of kind 'sensor_noise'"),
+        ("[evaluation]", "[report]\nheatmp = {}\n[evaluation]",
          "[report] unknown key 'heatmp' — did you mean 'heatmap'?"),
     ],
 )  # fmt: skip
@@ -236,13 +236,13 @@ def test_unknown_sensor_noise_type(tmp_path, data_root):
     pytest.importorskip("binsense.evaluate.noise_conditions")  # registers sensor_noise
     path = write_study(
         tmp_path / "s.toml", data_root,
-        evaluate='\n[[evaluate]]\nkind = "sensor_noise"\ntype = ["column_offset", "pixl_gain"]\n'
+        evaluate='\n[[condition]]\nkind = "sensor_noise"\ntype = ["column_offset", "pixl_gain"]\n'
         "level = 0.1\n",
     )  # fmt: skip
     with pytest.raises(StudyFileError) as err:
         load_study(path)
     assert str(err.value).startswith(
-        f"{path}: [[evaluate]] #3 (kind \"sensor_noise\") unknown noise type 'pixl_gain' — "
+        f"{path}: [[condition]] #3 (kind \"sensor_noise\") unknown noise type 'pixl_gain' — "
         "did you mean 'pixel_gain'?"
     )
 
@@ -274,8 +274,8 @@ def test_cli_prints_schema_error_as_one_line(tmp_path, data_root, capsys):
 
 def test_grid_expansion_and_presets(tmp_path, data_root):
     path = write_study(
-        tmp_path / "s.toml", data_root, grid="seed = [0, 1, 2]\nlr = [0.001, 0.01]", instances=4,
-        evaluate='\n[[evaluate]]\nkind = "study_bits"\nbits = [2, 4, 8]\n',
+        tmp_path / "s.toml", data_root, grid="seed = [0, 1, 2]\nlr = [0.001, 0.01]", draws=4,
+        evaluate='\n[[condition]]\nkind = "study_bits"\nbits = [2, 4, 8]\n',
     )  # fmt: skip
     study = load_study(path)
     assert len(study.trainings) == 6
@@ -290,7 +290,7 @@ def test_grid_expansion_and_presets(tmp_path, data_root):
     smoke = load_study(path, "smoke")
     assert smoke.draws_per_run == 6 and smoke.report_dir == tmp_path / "s" / "report-smoke"
     # a condition listed twice is evaluated once
-    dup = path.read_text() + '\n[[evaluate]]\nkind = "clean"\n'
+    dup = path.read_text() + '\n[[condition]]\nkind = "clean"\n'
     path.write_text(dup)
     assert len(load_study(path).evaluations) == 6
 
@@ -313,8 +313,8 @@ def test_report_options_filter_heatmap_and_facet(finished, tmp_path):
     from binsense.study.report import write_report
 
     text = finished.read_text().replace(
-        "[eval]", '[report]\nheatmap = { kind = ["clean", "study_bits"], bits = [2, 8] }\n'
-        'facet = { study_bits = "bits" }\nsweep = { study_probe = [] }\n[eval]', 1,
+        "[evaluation]", '[report]\nheatmap = { kind = ["clean", "study_bits"], bits = [2, 8] }\n'
+        'facet = { study_bits = "bits" }\nsweep = { study_probe = [] }\n[evaluation]', 1,
     )  # fmt: skip
     path = finished.with_name("tiny_report.toml")
     path.write_text(text)
@@ -426,7 +426,7 @@ def _count(db: Path) -> int:
 def test_kill_9_and_restart_gives_the_rows_of_an_uninterrupted_run(tmp_path, data_root):
     """SIGKILL during training (best effort: training is short), then during evaluation;
     the resumed study must store exactly the rows of an uninterrupted run."""
-    path = write_study(tmp_path / "kill.toml", data_root, instances=3, delay=0.15)
+    path = write_study(tmp_path / "kill.toml", data_root, draws=3, delay=0.15)
     study = load_study(path)
     total = len(study.trainings) * study.draws_per_run
     reference = _start(path, tmp_path / "reference")  # runs alongside, uninterrupted

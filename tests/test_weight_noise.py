@@ -203,8 +203,8 @@ def test_weight_noise_condition_perturbs_and_restores():
     saved = snapshot(model)
     x = torch.rand(4, 3, 8, 8)
     clean = model(x)
-    cond = make_condition("weight_noise", eta=0.3, trials=4)
-    assert isinstance(cond, WeightNoiseCondition) and cond.draws() == 4
+    cond = make_condition("weight_noise", eta=0.3, draws=4)
+    assert isinstance(cond, WeightNoiseCondition) and cond.draw_count() == 4
     outs = []
     for draw in range(2):
         with cond.applied(model, draw) as transform:

@@ -22,7 +22,13 @@ Design:
 
 from binsense.data.loader import Augment, AugmentParams, DeviceLoader
 from binsense.data.paths import resolve_cache_dir, resolve_data_dir
-from binsense.data.registry import dataset_info, list_datasets, load_dataset
+from binsense.data.registry import (
+    DATASETS,
+    dataset_info,
+    list_datasets,
+    load_dataset,
+    resolve_dataset_name,
+)
 from binsense.data.tensors import DatasetInfo, ImageTensors
 
 __all__ = [
@@ -31,9 +37,11 @@ __all__ = [
     "DatasetInfo",
     "DeviceLoader",
     "ImageTensors",
+    "DATASETS",
     "dataset_info",
     "list_datasets",
     "load_dataset",
+    "resolve_dataset_name",
     "resolve_cache_dir",
     "resolve_data_dir",
 ]

@@ -28,6 +28,7 @@ from binsense.data.imagefolder import class_folders, decode_images, labelled_ima
 from binsense.data.paths import DATA_ENV, resolve_cache_dir, resolve_data_dir
 from binsense.data.tensors import DatasetInfo, ImageTensors
 from binsense.errors import BinsenseError, DataNotFoundError, unknown_name
+from binsense.registry import Registry
 
 SPLITS = ("train", "test")
 IMAGEFOLDER_PREFIX = "imagefolder:"
@@ -189,13 +190,31 @@ def _squash(name: str) -> str:
 
 _ALIASES = {_squash(key): key for key in _BUILTINS}
 
+#: The built-in data sets by name; any spelling that squashes to a name resolves
+#: (``CIFAR-10``, ``FashionMNIST``).
+DATASETS: Registry = Registry(
+    "data set",
+    normalize=lambda name: _ALIASES.get(_squash(name), name),
+    also_valid=(f"{IMAGEFOLDER_PREFIX}PATH",),
+)
+for _key, _spec in _BUILTINS.items():
+    DATASETS.add(_key, _spec)
+
+
+def resolve_dataset_name(name: str) -> str:
+    """The canonical name of data set ``name`` (``"CIFAR-10"`` -> ``"cifar10"``;
+    ``imagefolder:PATH`` is returned as given); a clear error for an unknown name."""
+    if isinstance(name, str) and name.lower().startswith(IMAGEFOLDER_PREFIX):
+        return name
+    return DATASETS.resolve(name)
+
 #: ``cifar10`` is read from this ImageFolder of JPEGs under the data folder when it exists.
 CIFAR10_JPEG_FOLDER = "cifar10-jpeg"
 
 
 def list_datasets() -> list[str]:
     """Names of the built-in data sets (``imagefolder:PATH`` reads any other folder)."""
-    return sorted(_BUILTINS)
+    return DATASETS.names()
 
 
 def _check_split(split: str) -> None:
@@ -213,10 +232,7 @@ def _parse_name(name: str) -> tuple[str, Path | None]:
                 "with train/ and test/ sub-folders of class folders)."
             )
         return "imagefolder", Path(folder).expanduser().resolve()
-    key = _ALIASES.get(_squash(name))
-    if key is None:
-        raise unknown_name("data set", name, [*_BUILTINS, f"{IMAGEFOLDER_PREFIX}PATH"])
-    return key, None
+    return DATASETS.resolve(name), None
 
 
 def dataset_info(name: str, *, cache_dir: PathLike | None = None) -> DatasetInfo:

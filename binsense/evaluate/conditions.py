@@ -3,7 +3,7 @@
 A condition is a validated record (pydantic, unknown fields rejected) with
 
 - :attr:`Condition.kind`: its registry name (the ``kind = "..."`` of a study file);
-- :meth:`Condition.draws`: how many Monte-Carlo draws it has (sensor instances, weight
+- :meth:`Condition.draw_count`: how many Monte-Carlo draws it has (sensor instances, weight
   noise draws; 1 for deterministic conditions);
 - :meth:`Condition.applied`: a context manager that, for draw *d*, changes the model in
   place if needed (restoring it exactly on exit) and yields an input transform for the
@@ -23,19 +23,24 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from binsense.errors import unknown_name
+from binsense.registry import Registry
 
 InputTransform = Callable[[Tensor], Tensor]
 
 
 class Condition(BaseModel):
-    """Base class of evaluation conditions (subclass, set ``kind``, register)."""
+    """Base class of evaluation conditions (subclass, set ``kind``, register).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Validation is strict, for every subclass: values are never coerced (``level =
+    "0.05"`` or ``draws = true`` are errors; an integer is accepted where a number
+    is expected, ``level = 0``), and numbers must be finite.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     kind: ClassVar[str] = ""
 
-    def draws(self) -> int:
+    def draw_count(self) -> int:
         """Number of Monte-Carlo draws (1 for deterministic conditions)."""
         return 1
 
@@ -54,29 +59,26 @@ class Condition(BaseModel):
         return f"{self.kind}({inner})" if inner else self.kind
 
 
-_CONDITIONS: dict[str, type[Condition]] = {}
+CONDITIONS: Registry = Registry("condition kind")
 
 
 def register_condition(cls: type[Condition]) -> type[Condition]:
     """Class decorator adding a condition kind to the registry."""
     if not cls.kind:
         raise ValueError(f"{cls.__name__} must set a non-empty `kind`")
-    if cls.kind in _CONDITIONS and _CONDITIONS[cls.kind] is not cls:
-        raise ValueError(f"condition kind {cls.kind!r} is already registered")
-    _CONDITIONS[cls.kind] = cls
-    return cls
+    if cls.kind in CONDITIONS and CONDITIONS.get(cls.kind) is cls:
+        return cls
+    return CONDITIONS.add(cls.kind, cls)
 
 
 def condition_kinds() -> list[str]:
     """Registered condition kinds."""
-    return sorted(_CONDITIONS)
+    return CONDITIONS.names()
 
 
 def condition_class(kind: str) -> type[Condition]:
     """The class registered for ``kind`` (clear error with a suggestion if unknown)."""
-    if kind not in _CONDITIONS:
-        raise unknown_name("condition kind", kind, _CONDITIONS)
-    return _CONDITIONS[kind]
+    return CONDITIONS.get(kind)
 
 
 def make_condition(kind: str, **params: Any) -> Condition:

@@ -68,7 +68,7 @@ class SensorNoiseCondition(Condition):
 
     type: str
     level: float = Field(ge=0)
-    instances: int = Field(5, ge=1)
+    draws: int = Field(5, ge=1, description="sensor instances, one per draw")
     per_channel: bool = False
     adc_bits: int | None = Field(8, ge=1, le=16)
     temporal: float = Field(0.0, ge=0)
@@ -91,8 +91,8 @@ class SensorNoiseCondition(Condition):
             self.type, self.level, self.per_channel, self.temporal, self.adc_bits, clip=True
         )
 
-    def draws(self) -> int:
-        return self.instances
+    def draw_count(self) -> int:
+        return self.draws
 
     @contextmanager
     def applied(self, model: nn.Module, draw: int) -> Iterator[InputTransform | None]:
@@ -114,7 +114,7 @@ class SensorNoiseCondition(Condition):
 
 @register_condition
 class WeightNoiseCondition(Condition):
-    """Analog Gaussian noise on the weights, ``trials`` Monte-Carlo draws.
+    """Analog Gaussian noise on the weights, ``draws`` Monte-Carlo draws.
 
     Give ``eta`` or ``snr_db`` (see :class:`binsense.noise.WeightNoise`).
     """
@@ -129,7 +129,7 @@ class WeightNoiseCondition(Condition):
     bn_form: str = "params"
     include_bias: bool = False
     binarized: bool = False
-    trials: int = Field(10, ge=1)
+    draws: int = Field(10, ge=1)
     seed: int = 0
 
     @field_validator("mode")
@@ -166,8 +166,8 @@ class WeightNoiseCondition(Condition):
             include_bias=self.include_bias,
         )
 
-    def draws(self) -> int:
-        return self.trials
+    def draw_count(self) -> int:
+        return self.draws
 
     @contextmanager
     def applied(self, model: nn.Module, draw: int) -> Iterator[InputTransform | None]:

@@ -37,7 +37,7 @@ tensor with its own automatic fractional bits) in one of three *targets*:
 
 The S0 paper (Andreo-Oliver et al., Sci. Rep. 2025) quantizes "the batch-norm parameters"
 without saying which or in which format; the three targets and the fixed-point format are
-binsense's choices (``research/STUDIES.md``). Quantized parameters are written back into
+binsense's choices (``docs/studies.md``). Quantized parameters are written back into
 the ordinary :class:`torch.nn.BatchNorm2d` (with ``eps`` set to 0 and the running
 statistics rewritten so that PyTorch's BN computes exactly the quantized form), so every
 model keeps working unchanged; the results are meant for inference (eval mode).

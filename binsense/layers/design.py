@@ -28,7 +28,7 @@ code, where ``gamma`` is not detached.
 
 **Kernels** are stored in BN-output units. The paper designs them on integer *levels*
 (the possible values of a ReLU'd 3x3 binary convolution of ±1 inputs, see
-:mod:`binsense.design_kernel`), mapped to BN-domain thresholds by this table
+:mod:`binsense.layers.design_search`), mapped to BN-domain thresholds by this table
 (:data:`LEVEL_TO_THRESHOLD`, :func:`levels_to_thresholds`):
 
 =====  =========
@@ -74,8 +74,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from binsense.errors import BinsenseError, unknown_name
+from binsense.errors import BinsenseError
 from binsense.quant import SignQuantizer, get_quantizer
+from binsense.registry import Registry
 
 LEVEL_TO_THRESHOLD: dict[int, float] = {
     0: 0.3118,
@@ -87,7 +88,9 @@ LEVEL_TO_THRESHOLD: dict[int, float] = {
 }
 """Integer design level -> BN-domain threshold (Monroy et al. 2024)."""
 
-_PRESET_LEVELS: dict[str, list] = {
+DESIGN_KERNELS: Registry = Registry("DeSign kernel")
+"""Preset kernels in integer design levels, by name (module docstring)."""
+for _name, _levels in {
     "2x2_v1": [[1, 1], [0, 3]],  # authors' threshold_2x2_v1.mat (their Threshold2D default)
     "2x2_v2": [[1, 1], [3, 3]],  # authors' threshold_2x2_v2.mat
     "2x2": [[1, 1], [3, 3]],  # binsense's default name: = "2x2_v2" (kept for old studies)
@@ -98,14 +101,15 @@ _PRESET_LEVELS: dict[str, list] = {
         [[7, 7], [5, 9]],
     ],
     "3x3_sym": [[3, 1, 3], [1, 0, 1], [3, 1, 3]],
-}
+}.items():
+    DESIGN_KERNELS.add(_name, _levels)
 
 KernelSpec = str | Tensor | Sequence
 
 
 def design_kernel_names() -> list[str]:
     """Names of the preset kernels accepted by :func:`get_design_kernel`."""
-    return sorted(_PRESET_LEVELS)
+    return DESIGN_KERNELS.names()
 
 
 def levels_to_thresholds(levels: Tensor | Sequence) -> Tensor:
@@ -161,9 +165,7 @@ def get_design_kernel(name_or_values: KernelSpec) -> Tensor:
     a new float32 tensor (a float64 tensor stays float64).
     """
     if isinstance(name_or_values, str):
-        if name_or_values not in _PRESET_LEVELS:
-            raise unknown_name("DeSign kernel", name_or_values, _PRESET_LEVELS)
-        return _as_kernel(levels_to_thresholds(_PRESET_LEVELS[name_or_values]))
+        return _as_kernel(levels_to_thresholds(DESIGN_KERNELS.get(name_or_values)))
     t = _as_kernel(name_or_values)
     return t.clone() if t.dtype == torch.float64 else t.float().clone()
 
@@ -277,6 +279,7 @@ class DeSign(nn.Module):
 
 
 __all__ = [
+    "DESIGN_KERNELS",
     "LEVEL_TO_THRESHOLD",
     "DeSign",
     "design_kernel_names",

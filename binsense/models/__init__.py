@@ -68,6 +68,13 @@ class ModelSpec:
 
     def build(self, info: DatasetInfo, **options: Any) -> nn.Module:
         """Validate ``options`` (names, types, values) and build the model."""
+        components, shape = self.validate(**options)
+        return self.builder(info, components, **shape)
+
+    def validate(self, **options: Any) -> tuple[Components, dict[str, Any]]:
+        """``options`` checked by name, type and value, without building: the validated
+        components and shape options (the checks that need the data set's image size
+        happen in :meth:`build`)."""
         shape = {k: v for k, v in options.items() if k in self.shape_options()}
         comps = {k: v for k, v in options.items() if k in self.components}
         bad = [k for k in options if k not in shape and k not in comps]
@@ -90,7 +97,7 @@ class ModelSpec:
             raise BinsenseError(
                 f"model {self.name!r}: option {key!r} = {first.get('input')!r} is invalid ({msg})."
             ) from None
-        return self.builder(info, components, **shape)
+        return components, shape
 
 
 def _BUILDER_OPTIONS(builder: Callable[..., nn.Module]) -> dict[str, Any]:
@@ -180,6 +187,31 @@ def upgrade_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def component_choices() -> dict[str, list[str]]:
+    """The names each component option accepts (with the options of each quantizer)."""
+    from binsense.encoders import ENCODERS
+    from binsense.layers.design import DESIGN_KERNELS
+    from binsense.layers.norm import NORMS
+    from binsense.quant.sign import QUANTIZERS
+
+    def with_options(registry: Registry) -> list[str]:
+        out = []
+        for name in registry.names():
+            opts = registry.options(name)
+            inner = ", ".join(f"{k}={v!r}" for k, v in opts.items() if k != "info")
+            out.append(f"{name}({inner})" if inner else name)
+        return out
+
+    return {
+        "encoder": with_options(ENCODERS),
+        "weight_quantizer / activation_quantizer": with_options(QUANTIZERS),
+        "norm": NORMS.names(),
+        "design": DESIGN_KERNELS.names(),
+        "first_layer": ["float", "binary"],
+        "head": ["binary", "float"],
+    }
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -211,6 +243,7 @@ __all__ = [
     "RecipeModel",
     "build_model",
     "check_model",
+    "component_choices",
     "count_parameters",
     "describe_models",
     "model_names",

@@ -18,7 +18,7 @@ with :math:`n \sim \mathcal{N}(0, 1)` of shape :math:`H \times W` (pixel),
 \operatorname{round}(y\,(2^b - 1))/(2^b - 1)`.
 
 Conventions that are binsense's choices (the S0 paper's equations and its definition of
-"%" are not known, ``research/STUDIES.md``): ``level`` is :math:`\sigma` as a fraction of
+"%" are not known, ``docs/studies.md``): ``level`` is :math:`\sigma` as a fraction of
 full scale ("5 % column FPN" is ``level=0.05``); Gaussian draws; noise, then clip, then an
 8-bit ADC by default.
 
@@ -53,7 +53,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from binsense.errors import BinsenseError, unknown_name
+from binsense.errors import BinsenseError
+from binsense.registry import Registry
 
 Kind = Literal["offset", "gain"]
 Axis = Literal["pixel", "column", "row"]
@@ -83,24 +84,22 @@ class NoiseType:
         return channels, h, w
 
 
-_NOISE_TYPES: dict[str, NoiseType] = {
-    f"{axis}_{kind}": NoiseType(f"{axis}_{kind}", kind, axis, i)
-    for i, (axis, kind) in enumerate(
-        (a, k) for a in ("pixel", "column", "row") for k in ("offset", "gain")
-    )
-}
+NOISE_TYPES: Registry = Registry("noise type")
+"""The six fixed-pattern noise types by name (``pixel_offset``, ``column_gain``, ...)."""
+for _i, (_axis, _kind) in enumerate(
+    (a, k) for a in ("pixel", "column", "row") for k in ("offset", "gain")
+):
+    NOISE_TYPES.add(f"{_axis}_{_kind}", NoiseType(f"{_axis}_{_kind}", _kind, _axis, _i))
 
 
 def noise_type_names() -> list[str]:
     """Names of the fixed-pattern noise types (``pixel_offset``, ``column_gain``, ...)."""
-    return sorted(_NOISE_TYPES)
+    return NOISE_TYPES.names()
 
 
 def get_noise_type(name: str) -> NoiseType:
     """The :class:`NoiseType` called ``name`` (clear error with a suggestion if unknown)."""
-    if name not in _NOISE_TYPES:
-        raise unknown_name("noise type", name, _NOISE_TYPES)
-    return _NOISE_TYPES[name]
+    return NOISE_TYPES.get(name)
 
 
 def _check_level(level: float, what: str = "level") -> float:

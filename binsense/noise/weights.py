@@ -25,7 +25,7 @@ SNR; in multiplicative mode it is the per-weight SNR :math:`|W| / \sigma_{noise}
 
 The S1 study (Fagbohungbe & Qian, IEEE Access 10:127728, 2022; additive Gaussian weight
 noise as in their arXiv 2011.11840) does not say which scale, grid or trial count it used
-(``research/STUDIES.md``): the reference, the default ``"max"``, the handling of biases,
+(``docs/studies.md``): the reference, the default ``"max"``, the handling of biases,
 BN and binary weights below are binsense's choices.
 
 Binary layers (:func:`binsense.layers.is_binary_layer`): by default the noise goes on the

@@ -17,7 +17,7 @@ saturate. :math:`f` may be negative (a step larger than 1) or larger than :math:
 
 (:math:`f = 0` for a tensor with no finite non-zero value). This is the usual power-of-two
 "dynamic fixed point" choice (e.g. Gysel et al., *Ristretto*, 2016); the S0 paper's exact
-format is not known (see ``research/STUDIES.md``), so this is binsense's choice. With
+format is not known (see ``docs/studies.md``), so this is binsense's choice. With
 ``axis=d`` each index along dimension ``d`` (e.g. each channel) gets its own automatic
 :math:`f`, the maximum running over that slice only (per-channel scaling, as in per-channel
 weight quantization, Krishnamoorthi, 2018); the default ``axis=None`` is one :math:`f` for

@@ -6,20 +6,20 @@ A study file describes a grid of trainings and a grid of evaluation conditions::
     [train]                  # base TrainConfig fields
     [train.grid]             # TrainConfig field -> list of values (cartesian product)
                              # variant = [{name = ..., <fields>}, ...]: linked settings
-    [[evaluate]]             # one condition block: kind + parameters; list values expand
-    [eval]                   # evaluation options (batch size, test subset, draw cap)
+    [[condition]]            # one test condition: kind + parameters; list values expand
+    [evaluation]             # how conditions are evaluated (batch size, test subset, draw cap)
     [report]                 # what the report draws: heatmap filter, facets (never what runs)
     [presets.NAME]           # tables deep-merged over the file (scale: smoke, cpu, paper)
 
 Loading is strict: every key is checked against the schema of its section (TrainConfig
-for ``[train]``, the registered condition class for an ``[[evaluate]]`` block), names of
+for ``[train]``, the registered condition class for a ``[[condition]]`` block), names of
 data sets, models and condition kinds against their registries, and every problem
 becomes one :class:`StudyFileError` line that names the file, the place in it (section,
 block number, preset) and — for a misspelt name — the nearest valid one. The base file
 and *every* preset are validated, so a typo in the ``paper`` preset is found by a
 ``smoke`` run.
 
-Presets merge recursively into tables; any other value (including the ``evaluate``
+Presets merge recursively into tables; any other value (including the ``condition``
 array) is replaced. Expansion turns the merged document into a :class:`Study`: one
 :class:`Training` per distinct training config (its ``run_id`` is the config's content
 hash, so the same config always maps to the same run folder and store rows) and one
@@ -46,6 +46,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from binsense.errors import BinsenseError
+from binsense.errors import did_you_mean as _did_you_mean
 from binsense.evaluate.conditions import Condition, condition_class, condition_kinds
 from binsense.train import TrainConfig
 
@@ -57,8 +58,15 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 #: Prefix of data-set names that point at a local image folder (``imagefolder:PATH``).
 IMAGEFOLDER_PREFIX = "imagefolder:"
 
-_SECTIONS = ("study", "train", "evaluate", "eval", "report", "presets")
-_PRESET_SECTIONS = ("study", "train", "evaluate", "eval", "report")
+_SECTIONS = ("study", "train", "condition", "evaluation", "report", "presets")
+_PRESET_SECTIONS = ("study", "train", "condition", "evaluation", "report")
+#: Names changed for one vocabulary; a file using them gets a line saying what to write.
+_RENAMED_SECTIONS = {
+    "eval": "the [eval] table is now [evaluation]",
+    "evaluate": "the [[evaluate]] blocks are now [[condition]] blocks",
+}
+#: Condition parameters renamed: one word, "draws", for one Monte-Carlo draw.
+_RENAMED_PARAMETERS = {"instances": "draws", "trials": "draws"}
 _GRID = "grid"
 #: Grid key whose values are tables of linked TrainConfig fields (one named variant each).
 _VARIANT = "variant"
@@ -79,7 +87,7 @@ class StudyInfo(BaseModel):
 
 
 class EvalOptions(BaseModel):
-    """The ``[eval]`` table: how every condition is evaluated."""
+    """The ``[evaluation]`` table: how every condition is evaluated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -249,14 +257,6 @@ def _nearest(name: str, choices: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
-def _did_you_mean(name: str, choices: Iterable[str]) -> str:
-    choices = sorted(choices)
-    close = _nearest(name, choices)
-    if close:
-        return f" — did you mean {close!r}?"
-    return f" (valid: {', '.join(choices)})"
-
-
 _EXPECTED = {
     "int_type": "an integer",
     "int_parsing": "an integer",
@@ -307,7 +307,7 @@ class _Place:
         return f"[presets.{self.preset}.{name}]" if self.preset else f"[{name}]"
 
     def block(self, index: int, kind: Any = None) -> str:
-        base = f"[[presets.{self.preset}.evaluate]]" if self.preset else "[[evaluate]]"
+        base = f"[[presets.{self.preset}.condition]]" if self.preset else "[[condition]]"
         return f"{base} #{index + 1}" + (f" (kind {json.dumps(kind)})" if kind else "")
 
     def error(self, where: str, problem: str) -> StudyFileError:
@@ -377,28 +377,28 @@ def _validated(cls: type[BaseModel], data: Mapping[str, Any], place: _Place, whe
 
 
 def _check_training(config: TrainConfig, place: _Place, where: Mapping[str, str]) -> None:
-    """Registry checks pydantic cannot do: data set, model and model-option names."""
-    from binsense.data import list_datasets
-    from binsense.models import model_names, model_spec
+    """Registry checks pydantic cannot do, by value: the data set through the data
+    registry (every spelling ``load_dataset`` accepts), the model, and its options —
+    built on the meta device, so ``design = "2x3"`` or ``width = "wide"`` fails here,
+    before any training starts."""
+    from binsense.data import dataset_info, resolve_dataset_name
+    from binsense.models import check_model, model_spec
 
-    datasets = list_datasets()
-    name = config.dataset.strip().lower()
-    if not name.startswith(IMAGEFOLDER_PREFIX) and name.replace("-", "_") not in datasets:
-        hint = _did_you_mean(config.dataset, datasets)
-        raise place.error(
-            where["dataset"],
-            f"unknown data set {config.dataset!r}{hint} (or {IMAGEFOLDER_PREFIX}PATH)",
-        )
-    if config.model not in model_names():
-        hint = _did_you_mean(config.model, model_names())
-        raise place.error(where["model"], f"unknown model {config.model!r}{hint}")
-    valid = model_spec(config.model).options()
-    for option in config.model_options:
-        if option not in valid:
-            raise place.error(
-                where["model_options"],
-                f"model {config.model!r} has no option {option!r}{_did_you_mean(option, valid)}",
-            )
+    try:
+        dataset = resolve_dataset_name(config.dataset)
+    except BinsenseError as e:
+        raise place.error(where["dataset"], str(e)) from None
+    try:
+        model_spec(config.model)
+    except BinsenseError as e:
+        raise place.error(where["model"], str(e)) from None
+    try:
+        if dataset.lower().startswith(IMAGEFOLDER_PREFIX):  # its shape is known only on disk
+            model_spec(config.model).validate(**config.model_options)
+        else:
+            check_model(config.model, dataset_info(dataset), **config.model_options)
+    except BinsenseError as e:
+        raise place.error(where["model_options"], str(e)) from None
 
 
 def _expand_trainings(
@@ -529,6 +529,10 @@ def _expand_block(block: Any, index: int, place: _Place, options: EvalOptions) -
     params = {k: v for k, v in block.items() if k != "kind"}
     for key in params:
         if key not in cls.model_fields:
+            if _RENAMED_PARAMETERS.get(key) in cls.model_fields:
+                raise place.error(
+                    where, f"{key!r} is now {_RENAMED_PARAMETERS[key]!r} (one Monte-Carlo draw)"
+                )
             hint = _did_you_mean(key, cls.model_fields) if cls.model_fields else " (it has none)"
             raise place.error(where, f"unknown parameter {key!r}{hint}")
     axes = {
@@ -543,7 +547,7 @@ def _expand_block(block: Any, index: int, place: _Place, options: EvalOptions) -
     out = []
     for combo in itertools.product(*axes.values()):
         condition = _validated(cls, {**params, **dict(zip(axes, combo, strict=True))}, place, where)
-        draws = condition.draws()
+        draws = condition.draw_count()
         if options.max_draws is not None:
             draws = min(draws, options.max_draws)
         cid = condition_id_for(condition, options)
@@ -555,6 +559,8 @@ def _expand(
     doc: Mapping[str, Any], place: _Place, overlay: Mapping[str, Any]
 ) -> tuple[StudyInfo, list[Training], list[Evaluation], EvalOptions, ReportOptions]:
     for key in doc:
+        if key in _RENAMED_SECTIONS:
+            raise StudyFileError(f"{place.file}: {_RENAMED_SECTIONS[key]}; rename it")
         if key not in _SECTIONS:
             close = _nearest(key, _SECTIONS)
             hint = (
@@ -566,18 +572,18 @@ def _expand(
         _where(place, overlay, ("study",), "study"),
     )  # fmt: skip
     options = _validated(
-        EvalOptions, _table(doc, "eval", place, "[eval]"), place,
-        _where(place, overlay, ("eval",), "eval"),
+        EvalOptions, _table(doc, "evaluation", place, "[evaluation]"), place,
+        _where(place, overlay, ("evaluation",), "evaluation"),
     )  # fmt: skip
     report = _validated(
         ReportOptions, _table(doc, "report", place, "[report]"), place,
         _where(place, overlay, ("report",), "report"),
     )  # fmt: skip
     trainings = _expand_trainings(_table(doc, "train", place, "[train]"), place, overlay)
-    blocks = doc.get("evaluate", [{"kind": "clean"}])
+    blocks = doc.get("condition", [{"kind": "clean"}])
     if not isinstance(blocks, list):
-        raise place.error("[[evaluate]]", "must be an array of tables ([[evaluate]] blocks)")
-    block_place = place if _has(overlay, "evaluate") else _Place(place.file)
+        raise place.error("[[condition]]", "must be an array of tables ([[condition]] blocks)")
+    block_place = place if _has(overlay, "condition") else _Place(place.file)
     evaluations: dict[str, Evaluation] = {}
     for i, block in enumerate(blocks):
         for ev in _expand_block(block, i, block_place, options):
@@ -587,7 +593,7 @@ def _expand(
         if kind not in kinds:
             raise place.error(
                 _where(place, overlay, ("report",), "report"),
-                f"no [[evaluate]] block of kind {kind!r}{_did_you_mean(kind, kinds)}",
+                f"no [[condition]] block of kind {kind!r}{_did_you_mean(kind, kinds)}",
             )
     return info, trainings, list(evaluations.values()), options, report
 
@@ -610,6 +616,11 @@ def load_study(
     path = Path(path)
     doc = read_toml(path)
     file = str(path)
+    if not doc:  # not a silent default run of 3 epochs
+        raise StudyFileError(
+            f"{file}: the study file is empty; give at least a [train] table (see "
+            "studies/quickstart.toml for a complete example)."
+        )
     presets = doc.get("presets", {})
     if not isinstance(presets, Mapping):
         raise StudyFileError(f"{file}: [presets] must be a table of [presets.NAME] tables")
@@ -618,6 +629,10 @@ def load_study(
         if not isinstance(overlay, Mapping):
             raise StudyFileError(f"{file}: [presets.{name}] must be a table, got {overlay!r}")
         for key in overlay:
+            if key in _RENAMED_SECTIONS:
+                raise StudyFileError(
+                    f"{file}: [presets.{name}]: {_RENAMED_SECTIONS[key]}; rename it"
+                )
             if key not in _PRESET_SECTIONS:
                 raise StudyFileError(
                     f"{file}: [presets.{name}] unknown section {key!r}"

@@ -56,7 +56,8 @@ RELU_LEVELS = (0, 1, 3, 5, 7, 9)
 """Values of ReLU(3x3 binary conv of ±1 inputs): the integer design levels."""
 
 REFERENCE_KERNEL = ((1, 1), (3, 3))
-"""The paper's chosen 2x2 kernel (integer levels)."""
+"""The reference 2x2 kernel (integer levels): binsense's ``"2x2"``, the authors'
+``threshold_2x2_v2`` (see :mod:`binsense.layers.design` for ``2x2_v1``)."""
 
 CRITERIA: dict[str, bool] = {"tv": False, "psnr": True, "mse": False}
 """Criterion -> whether higher is better (rank 1 = best). TV: lower is better (see
@@ -125,11 +126,24 @@ def dither_binarize(features: Tensor, kernel: Tensor | Sequence) -> Tensor:
     return torch.where(features - t > 0, 1.0, -1.0).to(features.dtype)
 
 
+def _kernel_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """``(m, n)`` of a kernel size ``m`` or ``(m, n)``; each an integer >= 1."""
+    if isinstance(size, int):
+        pair: tuple = (size, size)
+    else:
+        pair = tuple(size) if isinstance(size, (tuple, list)) else ()
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
+        raise BinsenseError(
+            f"kernel size must be an integer >= 1 (e.g. --size 2 for 2x2), got {size!r}."
+        )
+    return pair
+
+
 def candidate_kernels(
     size: int | tuple[int, int] = 2, levels: Sequence[float] = RELU_LEVELS
 ) -> Tensor:
     """Every ``m x n`` kernel over ``levels`` (row-major, in ``itertools.product`` order)."""
-    m, n = (size, size) if isinstance(size, int) else size
+    m, n = _kernel_size(size)
     count = len(levels) ** (m * n)
     if count > MAX_CANDIDATES:
         raise BinsenseError(
@@ -294,10 +308,10 @@ def score_kernels(
         chunk: candidates per vectorised step; ``progress`` shows a bar over the steps.
 
     Rank direction (:data:`CRITERIA`): PSNR higher, MSE lower and TV *lower* is better
-    (of the two TV directions, the one that ranks the paper's kernel higher; the extremes
+    (of the two TV directions, the one that ranks the reference kernel higher; the extremes
     of both are degenerate: all-9 kernels give a constant output, checkerboards the
     largest TV). Measured on the first 200 CIFAR-10 test images (8 convs, seed 0) the
-    paper's ``[[1, 1], [3, 3]]`` ranks 265 (TV), 155 (PSNR) and 353 (MSE) of 1296 (1032
+    reference ``[[1, 1], [3, 3]]`` ranks 265 (TV), 155 (PSNR) and 353 (MSE) of 1296 (1032
     by high TV), and its ranks move by about ±100 with the seed of the random
     convolutions: this simulation does not single it out.
     """
@@ -309,8 +323,6 @@ def score_kernels(
     )
     if cand.dim() == 2:
         cand = cand.unsqueeze(0)
-    if candidates is None and min((size,) if isinstance(size, int) else size) < 1:
-        raise BinsenseError(f"kernel size must be >= 1, got {size}.")
     if cand.dim() != 3 or cand.shape[0] == 0:
         raise BinsenseError(f"candidates must be (K, m, n), got {tuple(cand.shape)}.")
     n_img, h, w = gray.shape
