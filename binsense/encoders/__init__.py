@@ -21,17 +21,28 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from binsense.data import DatasetInfo
+from binsense.data import DatasetInfo, ImageTensors
 from binsense.registry import ComponentSpec, Registry
 
 
 class InputEncoder(nn.Module):
-    """Base class: maps ``(B, C, H, W)`` images in [0, 1] to the first layer's input."""
+    """Base class: maps ``(B, C, H, W)`` images in [0, 1] to the first layer's input.
+
+    An encoder whose parameters depend on the training data (thresholds at data
+    quantiles) sets ``needs_fit`` and implements :meth:`fit`; the trainer calls it once,
+    on the training split, after building the model and before the first step. What it
+    fits must live in buffers or parameters, so checkpoints carry it.
+    """
 
     #: Whether the output is ±1 planes (a binary first layer can read them).
     binary: ClassVar[bool] = False
+    #: Whether :meth:`fit` must run on the training data before training.
+    needs_fit: ClassVar[bool] = False
     #: Channels of the output.
     out_channels: int
+
+    def fit(self, data: ImageTensors) -> None:
+        """Fit data-dependent parameters on the training split (uint8 images)."""
 
 
 class FloatEncoder(InputEncoder):

@@ -17,7 +17,8 @@ option                    meaning
 ``design``                DeSign kernel replacing the sign after binary convs (``None``: sign)
 ``design_coupled``        DeSign thresholds scaled by the BN's :math:`\gamma`
 ``groups``                groups of every binary 3x3 conv after the first
-``first_layer``           ``"float"`` or ``"binary"`` weights in the first conv
+``first_layer``           ``"float"`` or ``"binary"`` weights in the first conv (always
+                          binary after a binary encoder: it reads ±1 planes)
 ``head``                  ``"binary"`` (binary linear + norm, BinaryNet) or ``"float"``
 ``latent_clip``           bound of the latent weights after each step (``None``: off)
 ========================  ==================================================================
@@ -228,7 +229,7 @@ def build_plain(info: DatasetInfo, recipe: PlainRecipe, comp: Components) -> Rec
                 blocks.append(nn.MaxPool2d(2))
             continue
         c = int(c)
-        layer_binary = binary and (not first or comp.first_layer == "binary")
+        layer_binary = binary and (not first or comp.first_layer == "binary" or encoder.binary)
         groups = comp.groups if binary and not first else 1
         conv = comp.conv(layer_binary, cin, c, padding=recipe.padding, groups=groups,
                          bias=recipe.conv_bias)  # fmt: skip

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 import binsense
 from binsense.data import Augment, DeviceLoader, ImageTensors, load_dataset
+from binsense.encoders import InputEncoder
 from binsense.errors import BinsenseError
 from binsense.evaluate import evaluate
 from binsense.io import atomic_torch_save, atomic_write_json, atomic_write_text
@@ -202,6 +203,9 @@ class Trainer:
         self.train_set, self.test_set = load_data(config, self.data_dir)
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, self.train_set.info, **config.model_options)
+        encoder = getattr(self.model, "encoder", None)
+        if isinstance(encoder, InputEncoder) and encoder.needs_fit:
+            encoder.fit(self.train_set)  # e.g. quantile thresholds; saved in the checkpoint
         self.model.to(self.device)
         augment = Augment(crop_padding=config.crop_padding, flip=config.flip)
         self.train_loader = DeviceLoader(
