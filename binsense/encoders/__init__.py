@@ -9,6 +9,23 @@ too). Encoders are chosen by name from :data:`ENCODERS` (model option ``encoder`
 - ``"float"`` (default): per-channel standardisation :math:`(s - \mu_c)/\sigma_c` with the
   data set's statistics; real-valued, as many channels as the image.
 
+The binary encoders read the code of an 8-bit ADC,
+:math:`c = \mathrm{clamp}(\mathrm{round}(255 s), 0, 255)` (:func:`adc_code`), and output
+``K`` ±1 planes per channel, ``(B, C*K, H, W)`` channel-major (study S3):
+
+- ``"nbc"``: the natural binary code, the 8 bit-planes of the code, MSB first (a
+  conventional ADC; ``K = 8``) (:class:`NBCEncoder`);
+- ``"uniform"``: a ``levels``-plane thermometer,
+  :math:`t_k = \lfloor 255k/(K+1) \rfloor + 1` (:class:`UniformThermometer`);
+- ``"quantile"``: thresholds at the training-set quantiles, histogram equalisation,
+  per channel or shared (:class:`QuantileThermometer`, fitted by the trainer);
+- ``"glt"``: learned thresholds, monotone by construction, initialised uniform or at the
+  quantiles, trained with a logistic surrogate gradient, frozen to integer codes in eval
+  mode (:class:`LearnedThermometer`; binsense's parameterisation).
+
+Thermometers give their integer thresholds (``thresholds_codes()``, ``(C, K)``) to the
+deploy step; :func:`binsense.encoders.plot.plot_tone_curves` draws their tone curves.
+
 To add one, subclass :class:`InputEncoder` with a constructor
 ``(info: DatasetInfo, **options)`` and register it: ``ENCODERS.add("name", cls)``
 (``docs/architecture.md``).
@@ -16,63 +33,26 @@ To add one, subclass :class:`InputEncoder` with a constructor
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import torch
-from torch import Tensor, nn
-
-from binsense.data import DatasetInfo, ImageTensors
+from binsense.data import DatasetInfo
+from binsense.encoders.base import ADC_MAX, FloatEncoder, InputEncoder, adc_code
+from binsense.encoders.glt import LearnedThermometer
+from binsense.encoders.thermometer import (
+    NBCEncoder,
+    PlaneEncoder,
+    QuantileThermometer,
+    ThermometerEncoder,
+    UniformThermometer,
+    quantile_thresholds,
+    uniform_thresholds,
+)
 from binsense.registry import ComponentSpec, Registry
-
-
-class InputEncoder(nn.Module):
-    """Base class: maps ``(B, C, H, W)`` images in [0, 1] to the first layer's input.
-
-    An encoder whose parameters depend on the training data (thresholds at data
-    quantiles) sets ``needs_fit`` and implements :meth:`fit`; the trainer calls it once,
-    on the training split, after building the model and before the first step. What it
-    fits must live in buffers or parameters, so checkpoints carry it.
-    """
-
-    #: Whether the output is ±1 planes (a binary first layer can read them).
-    binary: ClassVar[bool] = False
-    #: Whether :meth:`fit` must run on the training data before training.
-    needs_fit: ClassVar[bool] = False
-    #: Channels of the output.
-    out_channels: int
-
-    def fit(self, data: ImageTensors) -> None:
-        """Fit data-dependent parameters on the training split (uint8 images)."""
-
-
-class FloatEncoder(InputEncoder):
-    r"""Per-channel standardisation of a [0, 1] sensor signal: :math:`(s - \mu_c)/\sigma_c`.
-
-    ``mean`` and ``std`` default to the data set's (:class:`~binsense.data.DatasetInfo`).
-    Kept as buffers named ``mean`` and ``std``.
-    """
-
-    binary: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        info: DatasetInfo,
-        mean: list[float] | None = None,
-        std: list[float] | None = None,
-    ) -> None:
-        super().__init__()
-        mean = list(info.mean) if mean is None else mean
-        std = list(info.std) if std is None else std
-        self.out_channels = info.in_channels
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
-
 
 ENCODERS: Registry = Registry("encoder")
 ENCODERS.add("float", FloatEncoder)
+ENCODERS.add("nbc", NBCEncoder)
+ENCODERS.add("uniform", UniformThermometer)
+ENCODERS.add("quantile", QuantileThermometer)
+ENCODERS.add("glt", LearnedThermometer)
 
 
 def build_encoder(spec: ComponentSpec, info: DatasetInfo) -> InputEncoder:
@@ -80,4 +60,19 @@ def build_encoder(spec: ComponentSpec, info: DatasetInfo) -> InputEncoder:
     return ENCODERS.build(spec, info=info)
 
 
-__all__ = ["ENCODERS", "FloatEncoder", "InputEncoder", "build_encoder"]
+__all__ = [
+    "ADC_MAX",
+    "ENCODERS",
+    "FloatEncoder",
+    "InputEncoder",
+    "LearnedThermometer",
+    "NBCEncoder",
+    "PlaneEncoder",
+    "QuantileThermometer",
+    "ThermometerEncoder",
+    "UniformThermometer",
+    "adc_code",
+    "build_encoder",
+    "quantile_thresholds",
+    "uniform_thresholds",
+]
