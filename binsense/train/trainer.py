@@ -125,6 +125,17 @@ def environment_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """The model's parameters, with the input encoder's (learned thermometer thresholds)
+    in a group without weight decay: decay would pull thresholds towards code 0."""
+    encoder = getattr(model, "encoder", None)
+    skip = {id(p) for p in encoder.parameters()} if isinstance(encoder, nn.Module) else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in skip]}]
+    if skip:
+        groups.append({"params": list(encoder.parameters()), "weight_decay": 0.0})
+    return groups
+
+
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -213,7 +224,7 @@ class Trainer:
             device=self.device, seed=config.seed,
         )  # fmt: skip
         self.test_loader = DeviceLoader(self.test_set, 512, shuffle=False, device=self.device)
-        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.optimizer = make_optimizer(config, parameter_groups(self.model))
         self.scheduler = make_scheduler(
             config, self.optimizer, config.epochs * len(self.train_loader)
         )
