@@ -107,7 +107,9 @@ def validation_message(err: ValidationError, what: str) -> str:
         return f"{what}: unknown option {loc!r}."
     if kind == "value_error":  # a validator's own message
         msg = first["msg"].removeprefix("Value error, ")
-        return f"{what}: {loc}: {msg if msg.endswith(('.', '?')) else msg + '.'}"
+        msg = msg if msg.endswith((".", "?")) else msg + "."
+        named = msg.split(" ", 1)[0] == loc  # "device 'cuda' is ...": no "device: " first
+        return f"{what}: {msg}" if named else f"{what}: {loc}: {msg}"
     if kind == "finite_number":
         return f"{what}: {loc} must be a finite number, got {given!r}."
     if kind in _BOUNDS:
@@ -270,7 +272,7 @@ def _scan_image_tree(folder: Path, extensions: frozenset[str]) -> None:
             except OSError as e:
                 if e.errno == errno.ELOOP:
                     raise BinsenseError(
-                        f"{entry.path!r} is a symbolic link that points to itself (a link "
+                        f"{entry.path!r} is a symbolic link that leads back to itself (a link "
                         "loop); remove or fix the link."
                     ) from None
                 if e.errno == errno.ENOENT:  # a dangling link: the loader skips it too
@@ -346,6 +348,29 @@ def _check_memory(
     check_fits(needed, device=device, what=what, allow=allow)
 
 
+def _sqlite_tables(path: Path) -> tuple[set[str], list[str]]:
+    """The table names of an SQLite file and the columns of its ``meta`` table, read
+    without writing: read-only (sees a running study's WAL), else immutable (a read-only
+    folder without the WAL index)."""
+    import sqlite3
+
+    error: sqlite3.DatabaseError | None = None
+    for query in ("mode=ro", "mode=ro&immutable=1"):
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True, timeout=5)
+            try:
+                rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                tables = {row[0] for row in rows}
+                meta = [r[1] for r in conn.execute("PRAGMA table_info(meta)")]
+                return tables, meta
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as e:
+            error = e
+    assert error is not None
+    raise error
+
+
 def _check_store(path: Path) -> None:
     """An existing ``results.sqlite`` must be a binsense results store (never touched)."""
     import sqlite3
@@ -364,17 +389,11 @@ def _check_store(path: Path) -> None:
         )
     if path.stat().st_size == 0:
         return
-    try:  # immutable: no lock, no journal, nothing written
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
-        try:
-            tables = {
-                row[0]
-                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            meta = [r[1] for r in conn.execute("PRAGMA table_info(meta)")] if tables else []
-        finally:
-            conn.close()
+    try:
+        tables, meta = _sqlite_tables(path)
     except sqlite3.DatabaseError as e:
+        if getattr(e, "sqlite_errorname", "") != "SQLITE_NOTADB" and "not a database" not in str(e):
+            return  # busy, locked, ...: not ours to judge; the store reports it
         raise BinsenseError(
             f"{str(path)!r} is not a binsense results store (not an SQLite database: {e}); "
             "move it away or pass another --out folder."
@@ -401,6 +420,8 @@ def _check_study(args: argparse.Namespace) -> None:
     _check_store(study.store_path)
     if args.study_command == "results" and args.output:
         _check_output_file(Path(args.output), "-o/--output")
+    if getattr(args, "report_dir", None):
+        _check_out_dir(Path(args.report_dir), "--report-dir")
     if args.study_command != "run":
         return
     lock = out / ".lock"
@@ -435,7 +456,8 @@ def _check_study(args: argparse.Namespace) -> None:
             info = dataset_info(c.dataset)
             _check_memory(c, info, training=True, device=c.device, allow=_allow_large(args))
         except BinsenseError as e:
-            raise BinsenseError(f"{where}: training {t.label()}: {e}") from None
+            which = f"training {t.label()}: " if t.grid else ""
+            raise BinsenseError(f"{where}: {which}{e}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -715,10 +737,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_commands(sub)
     for path, leaf in _leaf_parsers(parser):
         # also accepted after the command; SUPPRESS keeps the value given before it
-        leaf.add_argument(
-            "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
-        if path in (("train",), ("eval",), ("study", "run")):
+        own = leaf._option_string_actions  # never clash with a flag a command defines
+        if "--debug" not in own:
+            leaf.add_argument(
+                "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
+        if path in (("train",), ("eval",), ("study", "run")) and "--allow-large" not in own:
             leaf.add_argument(
                 "--allow-large",
                 action="store_true",

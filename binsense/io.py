@@ -1,39 +1,176 @@
-"""Atomic file writes and safe loading.
+"""Atomic file writes, safe loading, safe output names and clean-up after a crash.
 
 A crash (or ``kill -9``) in the middle of a write must never leave a half-written
-checkpoint or result: every write goes to a temporary file in the same directory, is
-flushed and fsync'ed, then renamed over the destination (``os.replace`` is atomic on
-POSIX and Windows). Loading never executes code from a file: checkpoints are read with
-``torch.load(..., weights_only=True)``.
+checkpoint or result: every write goes to a temporary file ``.NAME.<random>.tmp`` in the
+same directory, is flushed and fsync'ed, then renamed over the destination
+(``os.replace`` is atomic on POSIX and Windows). The finished file gets the mode the
+user's umask gives a new file (``0o666 & ~umask``, e.g. ``0644``), not the ``0600`` of a
+temporary file, so outputs can be shared like any other file. A temporary file left by a
+killed process is removed by :func:`clean_stale_temps`; a writer holds an advisory lock
+on its temporary file while it writes, so a live writer's file is never removed.
+
+Loading never executes code from a file: checkpoints are read with
+``torch.load(..., weights_only=True)``. A file that cannot be parsed is reported as
+corrupt (:class:`~binsense.errors.CheckpointError`); running out of memory or an I/O
+error while reading is reported as what it is (:class:`ReadError`), never as "corrupt".
+Errors while writing (disk full, permission denied, read-only file system) become one
+:class:`WriteError` line that says what happened.
+
+Names that become parts of paths (preset names, run ids, figure names) go through
+:func:`safe_child`, so an output always stays inside the folder the user chose.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import pickle
+import re
+import struct
 import tempfile
+import threading
+import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-from binsense.errors import CheckpointError
+from binsense.errors import BinsenseError, CheckpointError
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+#: Temporary files of :func:`atomic_write` are named ``.<name>.<random>.tmp``.
+TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+#: A temporary file younger than this (seconds since its last write) is never removed:
+#: it may belong to a writer that has created it and not yet locked it.
+MIN_TEMP_AGE_S = 1.0
+#: Without advisory locks (Windows) only temporary files this old are removed.
+UNLOCKED_TEMP_AGE_S = 600.0
+
+
+class ReadError(BinsenseError):
+    """A file could not be read for a reason other than its content (I/O, memory).
+
+    ``out_of_memory`` says which: ``True`` when memory ran out, ``False`` for an I/O error.
+    """
+
+    def __init__(self, message: str, *, out_of_memory: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+
+
+class WriteError(BinsenseError, OSError):
+    """A file could not be written (disk full, permission denied, read-only folder).
+
+    Also an :class:`OSError` (with the original ``errno``), so code that handles write
+    failures as ``OSError`` keeps working.
+    """
+
+    def __str__(self) -> str:  # OSError would prefix "[Errno N]" and append the file name
+        return str(self.args[0]) if self.args else ""
+
+
+# ---------------------------------------------------------------- errors in words
+
+
+def os_error_text(e: OSError) -> str:
+    """What an :class:`OSError` means, in words: ``'No space left on device (disk full)'``."""
+    text = e.strerror or str(e) or type(e).__name__
+    if e.errno == errno.ENOSPC:
+        return f"{text} (the disk is full)"
+    if e.errno == errno.EDQUOT:
+        return f"{text} (your disk quota is used up)"
+    if e.errno == errno.EROFS:
+        return f"{text} (the file system is mounted read-only)"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"{text} (no permission)"
+    return text
+
+
+def write_error(e: OSError, path: str | os.PathLike, what: str = "write") -> WriteError:
+    """A :class:`WriteError` for an ``OSError`` raised while writing ``path``."""
+    hint = {
+        errno.ENOSPC: "free some space and run again; files written so far are intact",
+        errno.EDQUOT: "free some space and run again; files written so far are intact",
+        errno.EROFS: "choose a writable folder",
+        errno.EACCES: "choose a folder you can write to (or fix its permissions)",
+        errno.EPERM: "choose a folder you can write to (or fix its permissions)",
+        errno.EISDIR: "name a file, not a folder",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+    }.get(e.errno or 0, "check the path and the disk")
+    out = WriteError(f"cannot {what} {str(path)!r}: {os_error_text(e)}; {hint}.")
+    out.errno, out.strerror, out.filename = e.errno, e.strerror, str(path)
+    return out
+
+
+# ---------------------------------------------------------------- umask and atomic writes
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (``/proc``) where possible.
+
+    Elsewhere it is read by setting and restoring it, under a lock (other threads that
+    create files at that instant could see ``0o022`` for a moment).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _lock_temp(fd: int) -> None:
+    """Hold an advisory lock on a temporary file while it is written (POSIX)."""
+    if fcntl is not None:  # (file systems without flock: the age rule still protects it)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -> Path:
-    """Write ``path`` atomically: ``writer(fileobj)`` fills a temp file that is renamed."""
+    """Write ``path`` atomically: ``writer(fileobj)`` fills a temp file that is renamed.
+
+    The file ends up with mode ``0o666 & ~umask``. An ``OSError`` while creating,
+    writing or renaming becomes a :class:`WriteError` that says what happened.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        _lock_temp(fd)
         with os.fdopen(fd, "wb") as f:
             writer(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~current_umask())
+            if os.name != "nt":  # rename while the lock is held: no cleaner can take it
+                os.replace(tmp, path)
+        if os.name == "nt":  # pragma: no cover - Windows cannot rename an open file
+            os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise write_error(e, path) from None
         raise
     return path
 
@@ -53,19 +190,174 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def clean_stale_temps(
+    folder: str | os.PathLike, *, recursive: bool = False, min_age_s: float | None = None
+) -> list[Path]:
+    """Remove temporary files (``.NAME.*.tmp``) that a killed writer left in ``folder``.
+
+    A file is removed only when no process holds its advisory lock (a live
+    :func:`atomic_write` does) and it was last written more than ``min_age_s`` seconds
+    ago (default :data:`MIN_TEMP_AGE_S`; :data:`UNLOCKED_TEMP_AGE_S` where advisory locks
+    do not exist). Hidden folders are not entered. Returns the removed paths; files that
+    cannot be removed are left alone.
+    """
+    if min_age_s is None:
+        min_age_s = MIN_TEMP_AGE_S if fcntl is not None else UNLOCKED_TEMP_AGE_S
+    removed: list[Path] = []
+    stack = [os.fspath(folder)]
+    now = time.time()
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if recursive and not entry.name.startswith("."):
+                        stack.append(entry.path)
+                    continue
+                if not entry.is_file(follow_symlinks=False) or not TEMP_PATTERN.match(entry.name):
+                    continue
+                if now - entry.stat(follow_symlinks=False).st_mtime < min_age_s:
+                    continue
+                if _remove_if_unlocked(entry.path):
+                    removed.append(Path(entry.path))
+            except OSError:
+                continue
+    return removed
+
+
+def _remove_if_unlocked(path: str) -> bool:
+    if fcntl is None:  # pragma: no cover - Windows: the age rule alone
+        os.unlink(path)
+        return True
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer holds it
+        except OSError:
+            pass  # no flock on this file system: the age rule alone
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- safe names
+
+
+_WINDOWS_BAD = set('<>:"|?*')
+
+
+def safe_child(root: str | os.PathLike, name: str, *, what: str = "name") -> Path:
+    """``root / name``, after checking that ``name`` is one plain path component.
+
+    Refused (:class:`~binsense.errors.BinsenseError`, one line naming ``what``): an empty
+    name, ``.`` or ``..``, a path separator, a NUL or other control character, a name
+    longer than 255 bytes, and (on Windows) a drive or reserved character. So the result
+    is always a direct child of ``root``: nothing the user did not choose is written.
+    """
+    problem = None
+    if not isinstance(name, str) or not name:
+        problem = "it is empty"
+    elif name in (".", ".."):
+        problem = f"{name!r} is not a file name"
+    elif "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        problem = "it contains a path separator ('/' or '\\')"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "it contains a control character"
+    elif len(name.encode("utf-8", "surrogateescape")) > 255:
+        problem = "it is longer than 255 bytes"
+    elif os.name == "nt" and (set(name) & _WINDOWS_BAD or name.rstrip(" .") != name):
+        problem = "it contains a character Windows does not allow in file names"
+    if problem is not None:
+        raise BinsenseError(
+            f"{what} {name!r} cannot be used as a file or folder name ({problem}); "
+            "use letters, digits, spaces, '-', '_' and '.'."
+        )
+    root = Path(root)
+    child = root / name
+    if child.parent != root:  # pragma: no cover - guarded by the checks above
+        raise BinsenseError(f"{what} {name!r} would leave the folder {str(root)!r}.")
+    return child
+
+
+# ---------------------------------------------------------------- safe loading
+
+#: What ``torch.load`` raises for a file whose content is not a valid checkpoint.
+_CORRUPT = (
+    RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError,
+    TypeError, AttributeError, ImportError, struct.error, zipfile.BadZipFile,
+)  # fmt: skip
+
+_OUT_OF_MEMORY = ("out of memory", "not enough memory", "can't allocate memory", "bad_alloc")
+
+
+def _size_text(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size / 1e9:.2f} GB"
+    except OSError:
+        return "unknown size"
+
+
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Load a checkpoint without executing code (``weights_only=True``).
 
-    Raises :class:`CheckpointError` with a clear message if the file is missing, truncated
-    or not a checkpoint.
+    Raises:
+        CheckpointError: the file is missing, truncated, or not a checkpoint.
+        ReadError: the file could not be read (an I/O error such as permission denied,
+            or not enough memory); the file itself may be fine.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt files
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or not a binsense checkpoint "
-            f"({type(e).__name__}); re-create it (train again, or resume from an earlier copy)."
+    except MemoryError:
+        raise _out_of_memory(path) from None
+    except OSError as e:
+        if e.errno is None:  # raised by a parser, not by the system: bad content
+            raise _corrupt(path, e) from None
+        raise ReadError(
+            f"cannot read {str(path)!r}: {os_error_text(e)}; the file itself may be fine."
         ) from None
+    except _CORRUPT as e:
+        message = str(e).lower()
+        if isinstance(e, RuntimeError) and any(s in message for s in _OUT_OF_MEMORY):
+            raise _out_of_memory(path) from None
+        raise _corrupt(path, e) from None
+
+
+def _out_of_memory(path: Path) -> ReadError:
+    return ReadError(
+        f"not enough memory to load {str(path)!r} ({_size_text(path)} on disk); free memory "
+        "or use a machine with more — the file itself may be fine.",
+        out_of_memory=True,
+    )
+
+
+def _corrupt(path: Path, e: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {str(path)!r} is corrupt or not a binsense checkpoint "
+        f"({type(e).__name__}); re-create it (train again, or resume from an earlier copy)."
+    )
+
+
+__all__ = [
+    "ReadError",
+    "WriteError",
+    "atomic_torch_save",
+    "atomic_write",
+    "atomic_write_json",
+    "atomic_write_text",
+    "clean_stale_temps",
+    "current_umask",
+    "os_error_text",
+    "safe_child",
+    "safe_torch_load",
+    "write_error",
+]

@@ -137,6 +137,13 @@ class DeviceLoader:
     Each iteration runs the epoch set by :meth:`set_epoch` and then advances it by one, so
     a plain ``for epoch in ...: for x, y in loader:`` loop sees a fresh order each epoch and
     a resumed run calls ``set_epoch(e)`` to replay epoch ``e`` exactly.
+
+    ``drop_last`` drops an incomplete last batch. A shuffling (training) loader also drops
+    a last batch of a *single* image on its own: batch norm cannot normalise one sample in
+    training mode (its variance is undefined), so ``n_train % batch_size == 1`` would
+    otherwise crash in the last step of every epoch. The dropped image is a different
+    one each epoch (the order is reshuffled). A loader without ``shuffle`` (evaluation)
+    always serves every image.
     """
 
     def __init__(
@@ -173,7 +180,9 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         n, b = len(self.labels), self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        if self.drop_last or (self.shuffle and n > 1 and n % b == 1):
+            return n // b  # in training, a last batch of one image is dropped (docstring)
+        return -(-n // b)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.labels)

@@ -117,7 +117,8 @@ def levels_to_thresholds(levels: Tensor | Sequence) -> Tensor:
 
     Raises :class:`BinsenseError` for a level not in {0, 1, 3, 5, 7, 9}.
     """
-    t = torch.as_tensor(levels, dtype=torch.float64)
+    # on the CPU also inside ``torch.device("meta")`` (model checks): the values are data
+    t = torch.as_tensor(levels, dtype=torch.float64, device="cpu")
     out = torch.empty_like(t)
     done = torch.zeros_like(t, dtype=torch.bool)
     for level, value in LEVEL_TO_THRESHOLD.items():
@@ -136,7 +137,7 @@ def levels_to_thresholds(levels: Tensor | Sequence) -> Tensor:
 def _as_kernel(values: Tensor | Sequence) -> Tensor:
     """A 2-D ``m x n`` or 3-D ``F x m x n`` kernel as an ``(F, m, n)`` tensor (dtype kept)."""
     try:
-        t = torch.as_tensor(values)
+        t = values if isinstance(values, Tensor) else torch.as_tensor(values, device="cpu")
     except (TypeError, ValueError) as e:
         raise BinsenseError(f"a DeSign kernel must be a nested list of numbers: {e}") from None
     if not t.is_floating_point():

@@ -24,7 +24,7 @@ from torch import nn
 
 from binsense.data import DatasetInfo, dataset_info
 from binsense.errors import BinsenseError, did_you_mean, sentence
-from binsense.models import bnn, cifar, resnet_bnn
+from binsense.models import bnn, cifar, compact, resnet_bnn
 from binsense.models.recipe import Components, RecipeModel
 from binsense.registry import Registry, check_options
 
@@ -133,6 +133,10 @@ register(
         "ResNet-18-style BNN (ReCU/DeSign layout, design on/off)", "cifar10",
         _RESNET_BNN_COMPONENTS, {"activation_quantizer": "approx_sign"},
     )
+)  # fmt: skip
+register(
+    ModelSpec("compact_bnn", compact.compact_bnn, "compact grouped BNN (binsense's S3 topology)",
+              "cifar10", _BNN_COMPONENTS, {"groups": 4})
 )  # fmt: skip
 for _name, _build in {**cifar.RESNETS, **cifar.VGGS}.items():
     register(

@@ -2,7 +2,10 @@
 
 Each handler takes the parsed arguments, calls the library and returns an exit code;
 user mistakes raise :class:`~binsense.errors.BinsenseError`, which the main CLI prints as
-one line. Library modules are imported inside the handlers, so that building the
+one line. ``study run`` exits with status 1 when some grid points failed (the rest of the
+study ran; the report lists them). ``results``, ``report`` and ``show`` only read the
+store (read-only), so they work on a study in a read-only folder (``report`` then needs
+``--report-dir``). Library modules are imported inside the handlers, so that building the
 parser (every ``binsense`` command does) does not import torch.
 """
 
@@ -15,6 +18,7 @@ from binsense.study.export import FORMATS
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Run the study, write its report; exit status 1 if any grid point failed."""
     from binsense.study.runner import run_study
 
     summary = run_study(
@@ -22,7 +26,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
     )  # fmt: skip
     print(summary.line())
-    return cmd_report(args)
+    status = cmd_report(args)
+    if summary.failures:
+        first = summary.failures[0].line().rstrip(".")
+        more = f" (and {summary.failed - 1} more)" if summary.failed > 1 else ""
+        print(
+            f"error: {summary.failed} grid point(s) failed, the rest of the study ran: "
+            f"{first}{more}; the report lists them, `binsense study run` tries them again.",
+            file=sys.stderr,
+        )
+        return 1
+    return status
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -39,10 +53,22 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from binsense.errors import BinsenseError
+    from binsense.io import WriteError
     from binsense.study.report import write_report
     from binsense.study.schema import load_study
 
-    files = write_report(load_study(args.file, args.preset, out=args.out))
+    study = load_study(args.file, args.preset, out=args.out)
+    chosen = getattr(args, "report_dir", None)
+    try:
+        files = write_report(study, chosen)
+    except WriteError as e:
+        if chosen is not None:
+            raise
+        raise BinsenseError(
+            f"{str(e).rstrip('.')}; to report on a study in a read-only folder, pass "
+            "--report-dir DIR (a writable folder)."
+        ) from None
     print(f"report: {files.markdown}, {files.html} ({len(files.figures)} figures)")
     return 0
 
@@ -73,6 +99,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"{c.epochs} epoch(s)  {p.status or 'not started'}, "
             f"{p.draws_done}/{p.draws_total} draws"
         )
+        for reason in p.failures:
+            print(f"      failed: {reason}")
     print("conditions:")
     for ev in study.evaluations:
         print(f"  {ev.condition_id}  {ev.label()}  {ev.draws} draw(s)")
@@ -109,6 +137,12 @@ def add_study_commands(subparsers: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("report", help="write the Markdown/HTML report with figures")
     _common(q)
+    q.add_argument(
+        "--report-dir",
+        metavar="DIR",
+        help="write the report here (default: report[-PRESET]/ in the study folder; use it "
+        "when the study folder is read-only)",
+    )
     q.set_defaults(func=cmd_report)
 
     q = sub.add_parser("show", help="print the expanded plan and what is done")

@@ -7,6 +7,16 @@ training-grid values as ``train.<key>`` columns and the condition parameters as
 ``param.<key>`` columns, so a table or a pandas frame needs no JSON decoding::
 
     df = pandas.DataFrame(study_rows(load_study("studies/quickstart.toml")))
+
+Exports carry no code: in CSV, a text cell that a spreadsheet would run as a formula
+(starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) gets a leading
+single quote (OWASP's advice; numbers, negative ones included, stay numbers); in
+Markdown, user text is escaped (:func:`md_inline`, :func:`md_block`) so it cannot become a
+link, an image, raw HTML, a heading or a list — it renders as the text it is.
+
+:func:`report_dir` and :func:`run_dir` are the study's output folders, checked with
+:func:`binsense.io.safe_child` so a preset name or run id cannot point outside the study
+folder.
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from binsense.errors import BinsenseError
@@ -32,9 +44,31 @@ _COLUMNS = (
 )  # fmt: skip
 
 
+def report_dir(study: Study) -> Path:
+    """Where ``study report`` writes: ``<study folder>/report[-<preset>]``.
+
+    Raises:
+        BinsenseError: the preset name cannot be a folder name (it would escape).
+    """
+    from binsense.io import safe_child  # (binsense.io imports torch; the CLI parser not)
+
+    name = "report" if study.preset is None else f"report-{study.preset}"
+    return safe_child(study.out_dir, name, what=f"preset name {study.preset!r} (folder name)")
+
+
+def run_dir(study: Study, run_id: str) -> Path:
+    """The run folder ``<study folder>/runs/<run_id>`` (the id checked as a name)."""
+    from binsense.io import safe_child
+
+    return safe_child(study.out_dir / "runs", run_id, what="run id")
+
+
 def study_rows(study: Study) -> list[dict[str, Any]]:
-    """The stored results of ``study``'s plan as flat dicts, in plan order."""
-    with ResultStore(study.store_path, create=False) as store:
+    """The stored results of ``study``'s plan as flat dicts, in plan order.
+
+    Opens the store read-only (it works in a read-only folder).
+    """
+    with ResultStore(study.store_path, readonly=True) as store:
         stored = store.results(
             run_ids=[t.run_id for t in study.trainings],
             condition_ids=[e.condition_id for e in study.evaluations],
@@ -87,17 +121,53 @@ def _cell(value: Any, float_format: str = "") -> str:
     return str(value)
 
 
+#: Line breaks of any kind (user text is kept on one line).
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+")
+#: Characters that start Markdown inline syntax: code, emphasis, links and images,
+#: strikethrough, table cells, headings.
+_MD_SPECIAL = re.compile(r"([\\`*\[\]~|#])")
+#: What makes a line a block (list item, thematic break, setext underline, ordered list).
+_MD_BLOCK_START = re.compile(r"^(?:([-+=_])|(\d+)([.)]))")
+
+
+def md_inline(text: Any) -> str:
+    """``text`` as literal Markdown text on one line: no link, image, raw HTML, code,
+    emphasis or table cell can come out of it (``<``, ``>`` and ``&`` become entities,
+    ``\\ ` * [ ] ~ | #`` are backslash-escaped)."""
+    text = _LINE_BREAKS.sub(" ", str(text))
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def md_block(text: Any) -> str:
+    """:func:`md_inline`, and no block syntax at its start (list item, rule, heading)."""
+    text = md_inline(text).lstrip()  # (4 leading spaces would make a code block)
+    return _MD_BLOCK_START.sub(
+        lambda m: "\\" + m.group(1) if m.group(1) else m.group(2) + "\\" + m.group(3), text
+    )
+
+
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A GitHub-flavoured Markdown table (pipes and angle brackets escaped)."""
+    """A GitHub-flavoured Markdown table; every cell is literal text (:func:`md_inline`)."""
 
     def esc(value: Any) -> str:
-        text = _cell(value, ".4g").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-        return text.replace("\n", " ")
+        return md_inline(_cell(value, ".4g"))
 
     lines = ["| " + " | ".join(esc(h) for h in header) + " |"]
     lines.append("|" + "|".join("---" for _ in header) + "|")
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+#: First characters that make a spreadsheet treat a cell as a formula (OWASP).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A text cell that starts like a formula, prefixed with ``'``; anything else as is."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
@@ -111,9 +181,19 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
         return markdown_table(columns, [[row.get(c) for c in columns] for row in rows])
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows([[_cell(row.get(c)) for c in columns] for row in rows])
+    writer.writerow([csv_safe(c) for c in columns])
+    writer.writerows([[_cell(csv_safe(row.get(c))) for c in columns] for row in rows])
     return buf.getvalue()
 
 
-__all__ = ["FORMATS", "format_rows", "markdown_table", "study_rows"]
+__all__ = [
+    "FORMATS",
+    "csv_safe",
+    "format_rows",
+    "markdown_table",
+    "md_block",
+    "md_inline",
+    "report_dir",
+    "run_dir",
+    "study_rows",
+]

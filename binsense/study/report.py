@@ -1,9 +1,19 @@
 """Study reports: Markdown and a self-contained HTML page, with tables and figures.
 
-Everything comes from the results store (never from logs). The report is built as a list
-of blocks (headings, paragraphs, tables, figures) rendered twice: to ``report.md``
-(figures linked as ``figures/*.png``) and to ``report.html`` (figures embedded as base64,
-every user-provided string passed through :func:`html.escape`, no external resources).
+Everything comes from the results store (never from logs), opened read-only. The report
+is built as a list of blocks (headings, paragraphs, tables, figures) rendered twice: to
+``report.md`` (figures linked as ``figures/*.png``; every string escaped by
+:func:`~binsense.study.export.md_inline` / :func:`~binsense.study.export.md_block`, so
+user text cannot become a link, raw HTML or a heading) and to ``report.html`` (figures
+embedded as base64, every string passed through :func:`html.escape`, no external
+resources). The report is written to ``<study folder>/report[-<preset>]`` (a preset name
+that is not a plain folder name is refused) or to a folder of the caller's choice — the
+way to report on a study in a read-only folder.
+
+Grid points that failed (a diverged training, a draw whose evaluation failed) are listed
+in a *Failures* section with their reasons. Results of one run on different test data
+(another fingerprint) are never pooled: the report refuses them with one line naming both
+fingerprints.
 
 Which figures appear depends only on what the plan contains — no condition kind is
 special-cased except ``clean``, the reference condition of the registry:
@@ -30,6 +40,7 @@ import html
 import io
 import math
 import os
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -42,8 +53,15 @@ from matplotlib.figure import Figure
 
 import binsense
 from binsense.errors import BinsenseError
-from binsense.io import atomic_write, atomic_write_text
-from binsense.study.export import markdown_table, study_rows
+from binsense.io import atomic_write, atomic_write_text, safe_child
+from binsense.study.export import (
+    markdown_table,
+    md_block,
+    md_inline,
+    report_dir,
+    run_dir,
+    study_rows,
+)
 from binsense.study.schema import (
     IMAGEFOLDER_PREFIX,
     Evaluation,
@@ -52,7 +70,7 @@ from binsense.study.schema import (
     load_study,
     varying_keys,
 )
-from binsense.study.store import ResultStore, utc_now
+from binsense.study.store import DataMismatchError, ResultStore, mismatch_message, utc_now
 
 #: The registry's reference condition: normalised accuracy divides by its accuracy.
 REFERENCE_KIND = "clean"
@@ -386,7 +404,12 @@ def _averages_table(data: _Data) -> _Table | None:
 # ---------------------------------------------------------------- blocks
 
 
-def _blocks(study: Study, rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[Any]:
+def _blocks(
+    study: Study,
+    rows: list[dict[str, Any]],
+    runs: list[dict[str, Any]],
+    failures: Sequence[dict[str, Any]] = (),
+) -> list[Any]:
     data = _Data(study, rows)
     expected = len(study.trainings) * study.draws_per_run
     preset = study.preset or "none"
@@ -394,6 +417,8 @@ def _blocks(study: Study, rows: list[dict[str, Any]], runs: list[dict[str, Any]]
     if study.description:
         blocks.append(_Text(study.description))
     status = "complete" if len(rows) == expected else f"partial: {len(rows)} of {expected} draws"
+    if failures:
+        status += f"; {len(failures)} grid point(s) FAILED (see Failures)"
     blocks.append(
         _Text(
             f"Preset: {preset}. {len(study.trainings)} training(s) x "
@@ -476,28 +501,63 @@ def _blocks(study: Study, rows: list[dict[str, Any]], runs: list[dict[str, Any]]
                     ]
                 )
     blocks.append(_Table(["run", "training", "condition", "accuracy (%)", "draws"], table))
+
+    if failures:
+        blocks.append(_Heading("Failures"))
+        blocks.append(_Text(
+            "Grid points that failed in the last run that reached them; the rest of the grid "
+            "was run. The next binsense study run tries them again."
+        ))  # fmt: skip
+        label_of = {t.run_id: t.label() for t in study.trainings}
+        table = [
+            [
+                f["run_id"], label_of.get(f["run_id"], ""),
+                "training" if f["draw"] < 0
+                else f"{data.labels.get(f['condition_id'], f['condition_id'])}, draw {f['draw']}",
+                f["reason"], f["at"],
+            ]
+            for f in failures
+        ]  # fmt: skip
+        blocks.append(_Table(["run", "training", "failed", "reason", "when"], table))
     return blocks
+
+
+def check_one_dataset_per_run(study: Study, rows: list[dict[str, Any]]) -> None:
+    """Refuse rows of one run measured on different test data (never pooled)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for r in rows:
+        first = seen.setdefault(r["run_id"], (r["condition_id"], r["data_fingerprint"]))
+        if r["data_fingerprint"] != first[1]:
+            raise DataMismatchError(
+                mismatch_message(r["run_id"], r["condition_id"], first[1], r["data_fingerprint"])
+                + " (this store already mixes them: the report will not pool them)"
+            )
 
 
 # ---------------------------------------------------------------- rendering
 
 
-def _md_text(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _figure_file(name: str) -> str:
+    """A figure's file name: only letters, digits, ``._-`` (kinds and parameters are code)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") + ".png"
 
 
 def render_markdown(blocks: list[Any]) -> str:
-    """The report as Markdown; figures link to ``figures/<name>.png``."""
+    """The report as Markdown; figures link to ``figures/<name>.png``.
+
+    Every string is literal text: user strings (study name, description, labels) cannot
+    create links, images, raw HTML or headings.
+    """
     parts = []
     for b in blocks:
         if isinstance(b, _Heading):
-            parts.append(f"{'#' * b.level} {_md_text(b.text)}\n")
+            parts.append(f"{'#' * b.level} {md_inline(b.text)}\n")
         elif isinstance(b, _Text):
-            parts.append(_md_text(b.text) + "\n")
+            parts.append(md_block(b.text) + "\n")
         elif isinstance(b, _Table):
             parts.append(markdown_table(b.header, b.rows) if b.rows else "(no rows yet)\n")
         else:
-            parts.append(f"![{_md_text(b.title)}](figures/{b.name}.png)\n")
+            parts.append(f"![{md_inline(b.title)}](figures/{_figure_file(b.name)})\n")
     return "\n".join(parts)
 
 
@@ -560,25 +620,34 @@ def write_report(study: Study, out_dir: str | os.PathLike | None = None) -> Repo
 
     Args:
         study: a loaded study (:func:`~binsense.study.schema.load_study`).
-        out_dir: report folder (default: ``study.report_dir``).
+        out_dir: report folder (default: ``<study folder>/report[-<preset>]``); give a
+            writable one to report on a study in a read-only folder.
 
     Raises:
-        BinsenseError: the store holds no result of this study's plan yet.
+        BinsenseError: the store holds no result and no failure of this study's plan yet;
+            the preset name cannot be a folder name; rows of one run are on different
+            test data; the report folder cannot be written (the message says why).
     """
+    out = Path(out_dir) if out_dir is not None else report_dir(study)
+    for t in study.trainings:
+        run_dir(study, t.run_id)
     rows = study_rows(study)
-    if not rows:
+    check_one_dataset_per_run(study, rows)
+    with ResultStore(study.store_path, readonly=True) as store:
+        runs = store.runs([t.run_id for t in study.trainings])
+        failures = store.failures(
+            [t.run_id for t in study.trainings], [e.condition_id for e in study.evaluations]
+        )
+    if not rows and not failures:
         raise BinsenseError(
             f"no results of study {study.name!r} in {str(study.store_path)!r} yet; "
             f"run `binsense study run {study.path}` first."
         )
-    with ResultStore(study.store_path, create=False) as store:
-        runs = store.runs([t.run_id for t in study.trainings])
-    blocks = _blocks(study, rows, runs)
-    out = Path(out_dir) if out_dir is not None else study.report_dir
+    blocks = _blocks(study, rows, runs, failures)
     figures = []
     for b in blocks:
         if isinstance(b, _Figure):
-            path = out / "figures" / f"{b.name}.png"
+            path = safe_child(out / "figures", _figure_file(b.name), what="figure name")
             atomic_write(path, lambda f, png=b.png: f.write(png))
             figures.append(path)
     md = atomic_write_text(out / "report.md", render_markdown(blocks))

@@ -10,22 +10,43 @@ killed (even with ``kill -9``) continues where it stopped:
   in its run folder ``<study dir>/runs/<run_id>/``, which continues from the last
   per-epoch checkpoint (and returns at once if all epochs are there);
 - each draw is evaluated and inserted in its own transaction, so a kill loses at most the
-  draw in flight; the store's primary key makes duplicates impossible.
+  draw in flight; the store's primary key makes duplicates impossible;
+- temporary files that a kill left in the study folder (``.NAME.*.tmp``) are removed at
+  the start (:func:`binsense.io.clean_stale_temps`; the study lock is held).
 
 Evaluation results are deterministic (fixed test images, conditions seeded by draw), so
 an interrupted-and-resumed study stores exactly the rows of an uninterrupted one. One
 runner at a time may work on a study folder (an advisory lock, released by the OS when
-the process dies); readers (results, report) need no lock.
+the process dies); readers (results, report, show) need no lock and open the store
+read-only.
+
+Nothing is mixed silently:
+
+- results of one run and condition on other test data (another fingerprint) are refused
+  with one line naming both fingerprints (:class:`~binsense.study.store.DataMismatchError`);
+- a partly trained run is resumed only with the data fingerprints, the torch thread count
+  and the device it was started with (threads and device are not part of the run id but
+  change the trained weights); otherwise the study is refused with one line that says how
+  to resume it exactly (:class:`SettingsMismatchError`).
+
+One grid point cannot block a study: a training that fails (the loss diverges, the
+weights or batch-norm statistics become inf/NaN, a grid point's options are invalid) or
+one draw whose evaluation fails is recorded in the store's ``failures`` table with its
+reason, and the study goes on with the rest of the grid; :class:`StudySummary` lists the
+failures (``binsense study run`` then exits non-zero and the report lists them). A failed
+grid point is tried again by the next run. A full disk, a read-only folder, mixed data or
+a store error stop the study (they would stop every grid point).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,10 +56,55 @@ from tqdm.auto import tqdm
 from binsense.data import DeviceLoader, load_dataset
 from binsense.errors import BinsenseError
 from binsense.evaluate import evaluate
+from binsense.io import clean_stale_temps, write_error
+from binsense.study.export import report_dir, run_dir
 from binsense.study.schema import Evaluation, Study, Training, condition_labels, load_study
-from binsense.study.store import ResultStore, utc_now
+from binsense.study.store import (
+    DataMismatchError,
+    ResultStore,
+    StoreError,
+    mismatch_message,
+    utc_now,
+)
 from binsense.train import environment_info, load_model, train
 from binsense.train.checkpoint import checkpoint_path
+from binsense.train.trainer import load_data
+
+
+class SettingsMismatchError(BinsenseError):
+    """A partly trained run would be resumed with settings that change its weights."""
+
+
+#: Errors that stop the whole study: they would stop every grid point (or mix data).
+_FATAL: tuple[type[BaseException], ...] = (
+    DataMismatchError,
+    SettingsMismatchError,
+    StoreError,
+    OSError,
+    MemoryError,
+)
+#: Errors of one grid point (a diverged training, a condition that fails on a model).
+_GRID_POINT: tuple[type[BaseException], ...] = (
+    BinsenseError,
+    ArithmeticError,
+    ValueError,
+    RuntimeError,
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One grid point that failed: a training (``draw`` -1) or one draw of a condition."""
+
+    run_id: str
+    training: str
+    condition: str
+    draw: int
+    reason: str
+
+    def line(self) -> str:
+        where = "training" if self.draw < 0 else f"{self.condition}, draw {self.draw}"
+        return f"run {self.run_id} ({self.training}) {where}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -50,12 +116,18 @@ class StudySummary:
     evaluated: int
     skipped: int
     wall_s: float
+    failures: tuple[Failure, ...] = ()
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
 
     def line(self) -> str:
         preset = f" (preset {self.study.preset})" if self.study.preset else ""
+        failed = f", FAILED {self.failed} grid point(s)" if self.failures else ""
         return (
             f"study {self.study.name}{preset}: trained {self.trained}, evaluated "
-            f"{self.evaluated} draws, skipped {self.skipped} steps already done, "
+            f"{self.evaluated} draws, skipped {self.skipped} steps already done{failed}, "
             f"wall {self.wall_s:.0f} s; results in {self.study.store_path}"
         )
 
@@ -68,6 +140,7 @@ class TrainingProgress:
     status: str | None
     draws_done: int
     draws_total: int
+    failures: tuple[str, ...] = field(default=())
 
 
 @contextmanager
@@ -78,8 +151,18 @@ def study_lock(out_dir: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "w") as handle:
+    lock = out_dir / ".lock"
+    if lock.is_dir():
+        raise BinsenseError(
+            f"{str(lock)!r} is a folder, but binsense keeps its lock file there; remove that "
+            "folder (or use another --out folder)."
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a")  # noqa: SIM115 - held until the block ends
+    except OSError as e:
+        raise write_error(e, lock, "lock the study folder by writing") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -90,21 +173,80 @@ def study_lock(out_dir: Path) -> Iterator[None]:
         yield
 
 
+def check_output_names(study: Study) -> None:
+    """Refuse names that would put outputs outside the study folder (preset, run ids)."""
+    report_dir(study)
+    for t in study.trainings:
+        run_dir(study, t.run_id)
+
+
 def study_progress(study: Study) -> list[TrainingProgress]:
-    """Per training of the plan: its store status and how many draws are stored."""
+    """Per training of the plan: its store status and how many draws are stored.
+
+    Opens the store read-only (it works in a read-only folder).
+    """
     if not study.store_path.is_file():
         return [TrainingProgress(t, None, 0, study.draws_per_run) for t in study.trainings]
     wanted = {(e.condition_id, d) for e in study.evaluations for d in range(e.draws)}
-    with ResultStore(study.store_path) as store:
-        return [
-            TrainingProgress(
-                t,
-                store.run_status(t.run_id),
-                len(wanted & store.done_draws(t.run_id)),
-                study.draws_per_run,
+    labels = condition_labels(study.evaluations)
+    with ResultStore(study.store_path, readonly=True) as store:
+        failures = store.failures(
+            [t.run_id for t in study.trainings], [e.condition_id for e in study.evaluations]
+        )
+        out = []
+        for t in study.trainings:
+            reasons = tuple(
+                f["reason"]
+                if f["draw"] < 0
+                else f"{labels.get(f['condition_id'], f['condition_id'])} draw {f['draw']}: "
+                f"{f['reason']}"
+                for f in failures
+                if f["run_id"] == t.run_id
             )
-            for t in study.trainings
-        ]
+            out.append(
+                TrainingProgress(
+                    t,
+                    store.run_status(t.run_id),
+                    len(wanted & store.done_draws(t.run_id)),
+                    study.draws_per_run,
+                    reasons,
+                )
+            )
+        return out
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one short line (its type when it is not a binsense error)."""
+    text = " ".join(str(e).split())
+    if not isinstance(e, BinsenseError):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def nonfinite_state(model: nn.Module) -> list[str]:
+    """Names of parameters and batch-norm statistics that hold inf or NaN."""
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+    bad += [
+        n
+        for n, b in model.named_buffers()
+        if n.endswith(("running_mean", "running_var"))
+        and b.is_floating_point()
+        and not torch.isfinite(b).all()
+    ]
+    return bad
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(count)`` for the block (restored afterwards)."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 class _Runner:
@@ -124,6 +266,8 @@ class _Runner:
         self.loaders: dict[tuple[str, str], tuple[DeviceLoader, str]] = {}
         self.labels = condition_labels(study.evaluations)
         self.trained = self.evaluated = self.skipped = 0
+        self.failures: list[Failure] = []
+        self.plan_conditions = {e.condition_id for e in study.evaluations}
 
     def run(self, training: Training) -> None:
         study = self.study
@@ -140,27 +284,115 @@ class _Runner:
         self.bar.update(already)
         if status == "trained" and not pending:
             return
-        model = self.model(training, status)
-        for ev, draw in pending:
-            self.evaluate(training, model, ev, draw)
+        with _threads(training.config.threads):
+            try:
+                if pending:
+                    self.check_test_data(training)
+                model = self.model(training, status)
+            except _FATAL:
+                raise
+            except _GRID_POINT as e:
+                self.fail_training(training, e, status, len(pending))
+                return
+            for ev, draw in pending:
+                self.evaluate(training, model, ev, draw)
+
+    def fail_training(
+        self, training: Training, error: BaseException, status: str | None, pending: int
+    ) -> None:
+        reason = one_line(error)
+        if status is None:  # never recorded (failed before the store row was written)
+            config = training.config
+            self.store.start_run(training.run_id, config.to_dict(), config.config_hash())
+        self.store.fail_run(training.run_id, reason)
+        failure = Failure(training.run_id, training.label(), "", -1, reason)
+        self.failures.append(failure)
+        self.log(f"FAILED {failure.line()} — going on with the rest of the grid")
+        self.bar.update(pending + (status != "trained"))
+
+    # ------------------------------------------------------------ checks
+
+    def check_test_data(self, training: Training) -> None:
+        """Refuse to add rows on other test data than the stored rows of this run."""
+        device = torch.device(self.study.eval.device or training.config.device)
+        _, fingerprint = self.loader(training, device)
+        for cid, stored in self.store.data_fingerprints(training.run_id).items():
+            if cid not in self.plan_conditions:
+                continue
+            for other in sorted(stored - {fingerprint}):
+                raise DataMismatchError(mismatch_message(training.run_id, cid, other, fingerprint))
+
+    def check_resume(self, training: Training, folder: Path) -> None:
+        """A partly trained run continues only with the settings it was started with."""
+        try:
+            recorded = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            environment, recorded_data = recorded["environment"], recorded["data"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # no record to check against (it is written again by the training)
+        config, run_id = training.config, training.run_id
+        epochs = self._epochs_done(folder)
+        now = {
+            "threads": config.threads or torch.get_num_threads(),
+            "device": str(torch.device(config.device)),
+        }
+        for key, value in now.items():
+            was = environment.get(key)
+            if was is not None and str(was) != str(value):
+                raise SettingsMismatchError(
+                    f"run {run_id} ({training.label()}) has {epochs} epoch(s) trained with "
+                    f"{key} = {was!r} and would continue with {key} = {value!r}; {key} changes "
+                    f"the trained weights but is not part of the run id. Set {key} = "
+                    f"{json.dumps(was)} in [train] to resume it exactly, or delete "
+                    f"{folder} to train it again."
+                )
+        if not isinstance(recorded_data, dict):
+            return
+        train_set, test_set = load_data(config, self.data_dir)
+        for split, current in (("train", train_set), ("test", test_set)):
+            was = recorded_data.get(split)
+            if was and was != current.fingerprint:
+                raise DataMismatchError(
+                    f"run {run_id} ({training.label()}) has {epochs} epoch(s) trained on "
+                    f"{split} data with fingerprint {was[:16]}…, but the {split} data now has "
+                    f"{current.fingerprint[:16]}…; a training never mixes data — restore the "
+                    f"original data, or delete {folder} to train it again."
+                )
+
+    @staticmethod
+    def _epochs_done(folder: Path) -> int | str:
+        try:
+            with (folder / "metrics.jsonl").open(encoding="utf-8") as f:
+                return sum(1 for line in f if line.strip())
+        except OSError:
+            return "some"
+
+    # ------------------------------------------------------------ training
 
     def model(self, training: Training, status: str | None) -> nn.Module:
         """The trained model: from its checkpoint if trained, else trained (resuming)."""
-        config, run_dir = training.config, self.study.run_dir(training.run_id)
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        ckpt = checkpoint_path(run_dir)
+        config = training.config
+        folder = run_dir(self.study, training.run_id)
+        ckpt = checkpoint_path(folder)
         if status == "trained":
             if ckpt.is_file():
-                return load_model(ckpt)[0]
+                model = load_model(ckpt)[0]
+                self.check_finite(model)
+                return model
             self.log(f"run {training.run_id}: checkpoint {ckpt} is missing; training again")
         self.bar.set_postfix_str(f"train {training.label()} (run {training.run_id})")
+        if folder.is_dir():
+            clean_stale_temps(folder)
+            if ckpt.is_file():
+                self.check_resume(training, folder)
         self.store.start_run(training.run_id, config.to_dict(), config.config_hash())
         result = train(
-            config, run_dir, data_dir=self.data_dir, resume=True, progress=self.progress,
+            config, folder, data_dir=self.data_dir, resume=True, progress=self.progress,
             log=self.log,
         )  # fmt: skip
-        provenance = json.loads((run_dir / "config.json").read_text())
+        self.check_finite(result.model)
+        provenance = getattr(result, "provenance", None) or json.loads(
+            (folder / "config.json").read_text(encoding="utf-8")
+        )
         self.store.finish_run(
             training.run_id,
             metrics=result.metrics,
@@ -172,6 +404,18 @@ class _Runner:
             self.trained += 1
             self.bar.update(1)
         return result.model
+
+    @staticmethod
+    def check_finite(model: nn.Module) -> None:
+        bad = nonfinite_state(model)
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise BinsenseError(
+                f"the trained model holds inf or NaN values ({shown}): the training "
+                "diverged; lower the learning rate."
+            )
+
+    # ------------------------------------------------------------ evaluation
 
     def loader(self, training: Training, device: torch.device) -> tuple[DeviceLoader, str]:
         """The test-set loader of a training and the images' fingerprint (built once)."""
@@ -186,14 +430,32 @@ class _Runner:
 
     def evaluate(self, training: Training, model: nn.Module, ev: Evaluation, draw: int) -> None:
         device = torch.device(self.study.eval.device or training.config.device)
-        loader, fingerprint = self.loader(training, device)
-        model.to(device)
         self.bar.set_postfix_str(
             f"eval {training.label()} · {self.labels[ev.condition_id]} · draw {draw + 1}/{ev.draws}"
         )
         started, t0 = utc_now(), time.perf_counter()
-        with ev.condition.applied(model, draw) as transform:
-            result = evaluate(model, loader, transform)
+        try:
+            loader, fingerprint = self.loader(training, device)
+            model.to(device)
+            with ev.condition.applied(model, draw) as transform:
+                result = evaluate(model, loader, transform)
+            if math.isnan(result.loss) or not math.isfinite(result.accuracy):
+                raise BinsenseError(
+                    f"the model's outputs are not finite under this condition (loss "
+                    f"{result.loss}); the accuracy would be meaningless"
+                )
+        except _FATAL:
+            raise
+        except _GRID_POINT as e:
+            reason = one_line(e)
+            self.store.fail_draw(training.run_id, ev.condition_id, draw, reason)
+            failure = Failure(
+                training.run_id, training.label(), self.labels[ev.condition_id], draw, reason
+            )
+            self.failures.append(failure)
+            self.log(f"FAILED {failure.line()} — going on with the rest of the grid")
+            self.bar.update(1)
+            return
         self.store.add_result(
             {
                 "run_id": training.run_id,
@@ -202,9 +464,9 @@ class _Runner:
                 "kind": ev.kind,
                 "params": ev.condition.params(),
                 "label": ev.label(),
-                "accuracy": result.accuracy,
-                "loss": result.loss,
-                "n": result.n,
+                "accuracy": float(result.accuracy),
+                "loss": float(result.loss),
+                "n": int(result.n),
                 "data_fingerprint": fingerprint,
                 "versions": environment_info(device),
                 "device": str(device),
@@ -231,18 +493,27 @@ def run_study(
     Args:
         path: the study file (TOML).
         preset: a preset of the file (default: its ``study.default_preset``).
-        data_dir: data-set folder (default ``$BINSENSE_DATA`` or the user cache).
+        data_dir: data-set folder (default: ``$BINSENSE_DATA`` or the user cache).
         out: study folder (default: next to the file, named after it).
         progress: show progress bars — the whole study and the current epoch
             (``None``: only on a terminal).
         log: where per-epoch lines and notices go.
 
     Returns:
-        Counts of what was trained, evaluated and skipped, and the wall time.
+        Counts of what was trained, evaluated and skipped, the wall time and the grid
+        points that failed (recorded in the store; the rest of the grid was run).
+
+    Raises:
+        BinsenseError: the study cannot run at all (a bad file or name, another runner in
+            the folder, results on other data, a full disk, a read-only folder).
     """
     t0 = time.perf_counter()
     study = load_study(path, preset, out=out)
+    check_output_names(study)
     with study_lock(study.out_dir), ResultStore(study.store_path) as store:
+        removed = clean_stale_temps(study.out_dir, recursive=True)
+        if removed:
+            log(f"removed {len(removed)} temporary file(s) left by an interrupted run")
         total = len(study.trainings) * (1 + study.draws_per_run)
         with tqdm(
             total=total,
@@ -260,7 +531,18 @@ def run_study(
         evaluated=runner.evaluated,
         skipped=runner.skipped,
         wall_s=time.perf_counter() - t0,
+        failures=tuple(runner.failures),
     )
 
 
-__all__ = ["StudySummary", "TrainingProgress", "run_study", "study_lock", "study_progress"]
+__all__ = [
+    "Failure",
+    "SettingsMismatchError",
+    "StudySummary",
+    "TrainingProgress",
+    "check_output_names",
+    "nonfinite_state",
+    "run_study",
+    "study_lock",
+    "study_progress",
+]
