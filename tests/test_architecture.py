@@ -218,10 +218,10 @@ def test_format_1_checkpoint_loads_into_the_recipe_model(tmp_path):
     info = dataset_info("mnist")
     torch.manual_seed(0)
     model = build_model("mnist_bnn", info, width=0.25, norm="channel_affine").eval()
-    old_state, index = {}, 0
-    for key, value in model.state_dict().items():  # the Sequential layout: index.leaf
-        old_state[f"{index}.{key.rsplit('.', 1)[-1]}"] = value
-        index += 1
+    old_state = {  # the Sequential layout: index.leaf
+        f"{i}.{key.rsplit('.', 1)[-1]}": value
+        for i, (key, value) in enumerate(model.state_dict().items())
+    }
     config = TrainConfig(model="mnist_bnn", dataset="mnist").to_dict()
     config["model_options"] = {"width": 0.25, "batch_norm": False}
     ckpt = {"format": 1, "config": config, "epoch": 1, "metrics": [], "model": old_state}

@@ -13,15 +13,6 @@ from torch import nn
 
 from binsense.cli import main
 from binsense.deploy import fold_bn_design, threshold_design
-from binsense.layers.design_search import (
-    REFERENCE_KERNEL,
-    candidate_kernels,
-    dither_binarize,
-    equivalent_kernels,
-    score_kernels,
-    simulate_feature_maps,
-    to_grayscale,
-)
 from binsense.errors import BinsenseError, UnknownNameError
 from binsense.layers import (
     LEVEL_TO_THRESHOLD,
@@ -35,6 +26,15 @@ from binsense.layers import (
 )
 from binsense.layers.block import BinaryBlock
 from binsense.layers.bn import bn_quantized
+from binsense.layers.design_search import (
+    REFERENCE_KERNEL,
+    candidate_kernels,
+    dither_binarize,
+    equivalent_kernels,
+    score_kernels,
+    simulate_feature_maps,
+    to_grayscale,
+)
 from binsense.quant import SignQuantizer, SteSign, get_quantizer, quantizer_names
 from binsense.quant.fixed import quantize_fixed
 

@@ -208,6 +208,7 @@ def resolve_dataset_name(name: str) -> str:
         return name
     return DATASETS.resolve(name)
 
+
 #: ``cifar10`` is read from this ImageFolder of JPEGs under the data folder when it exists.
 CIFAR10_JPEG_FOLDER = "cifar10-jpeg"
 
