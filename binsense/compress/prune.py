@@ -40,8 +40,9 @@ first, per site):
   thresholds, :math:`\Phi(-|\beta_c - g_c T_{c,p}| / |\gamma_c|)`. After ReLU, the
   identity or another activation, :math:`s_c = |\gamma_c|` (Network Slimming). Needs a
   batch norm with learned :math:`\gamma, \beta` (``bn_affine = true``);
-- ``"weight"``: the mean absolute *latent* weight of the channel's filter (for a binary
-  conv, how settled its signs are; Han et al. 2015 magnitude pruning, per filter).
+- ``"weight"``: the mean absolute *latent* weight of the channel's filter (the filter
+  L1 norm of Li et al., "Pruning filters for efficient ConvNets", ICLR 2017; for a binary
+  conv, whose binary weights all have magnitude 1, how settled its signs are).
 
 **Masks.** Pruning first masks: a masked channel's block output is forced to **zero**
 (a forward hook on the block; the model keeps its shape, the masked channel's conv and
@@ -51,7 +52,10 @@ a different amount at the image border than inside, which no per-channel bias of
 layer can absorb, while a zero channel adds nothing anywhere. The next layer reads the
 masked channel only through a linear conv / linear layer (a binary layer that binarises
 its own input, ``input_quantizer``, or scales its weights by mean |W|, ``scale``, is
-refused), so removing the channel is the same function.
+refused), so removing the channel is the same function. A mask is a non-persistent
+buffer ``prune_mask`` on its block (the state dict does not change): a checkpoint stores
+``masks_to_state(masks_of(model))`` and a resumed run re-attaches it with
+:func:`apply_masks` before its first step.
 
 **Schedules.** One-shot then fine-tune: :func:`prune` masks a target sparsity (fraction
 of each site's units) at once; train on with the masks held (they stay attached), or
@@ -60,7 +64,8 @@ of each site's units) at once; train on with the masks held (they stay attached)
 the sparsity along the cubic ramp of Zhu & Gupta ("To prune, or not to prune", 2017),
 :math:`s_t = s_f + (s_i - s_f)(1 - (t - t_0)/(t_1 - t_0))^3`, every ``every`` steps
 between ``begin_step`` and ``end_step``. Pruned units stay pruned (each update adds the
-lowest-scoring kept units), so the masks only grow.
+lowest-scoring kept units), so the masks only grow (keep one ``block_size`` per model:
+a unit counts as pruned when all its channels are masked).
 
 **Real removal.** :func:`remove_pruned` returns a copy with smaller tensors: the
 block's conv rows (and bias), its norm's parameters and statistics, and the next layer's
@@ -80,13 +85,14 @@ channel indices of the *unpruned* model (JSON-friendly; pruning a pruned model c
 the plans). Store it next to the state dict; :func:`build_pruned` rebuilds the smaller
 shape from the model name, options and plan, and the state dict loads into it.
 
-**Why not torch-pruning.** ``torch-pruning`` 1.6.1 (tested on ``compact_bnn``) removes
-dense and grouped binary channels exactly with respect to zero-masked channels, but with
-a channel shuffle (view/transpose/reshape) it slices the next conv's input at the wrong
-channels (outputs off by about 1000 logits units), it does not re-index a 3-D DeSign
-kernel (wrong outputs again), it has no zero-mask training mode and knows nothing of
-binary-specific limits (input quantizers, XNOR scales). The removal here is small and
-exact for the recipes binsense builds.
+**Why not torch-pruning.** ``torch-pruning`` 1.6.1 was tried on ``compact_bnn`` (width
+0.5, 25 % of channels by L1 magnitude; its removed model compared, in eval mode, with the
+original whose removed channels were zeroed). It is exact for dense and for grouped
+binary convs without a shuffle, but with a channel shuffle (view / transpose / reshape)
+it removes the wrong input channels of the next conv (logits off by up to ~1000), and it
+keeps a 3-D DeSign kernel's channel-to-slice map unchanged (logits off by ~200). It also
+has no zero-mask training mode and does not know the binary layers' limits (input
+quantizers, XNOR scales). So binsense does the removal itself, here.
 """
 
 from __future__ import annotations

@@ -67,11 +67,11 @@ class SensorNoiseCondition(Condition):
     kind: ClassVar[str] = "sensor_noise"
 
     type: str
-    level: float = Field(ge=0)
+    level: float = Field(ge=0, le=1, description="sigma, a fraction of full scale (<= 1)")
     draws: int = Field(5, ge=1, description="sensor instances, one per draw")
     per_channel: bool = False
     adc_bits: int | None = Field(8, ge=1, le=16)
-    temporal: float = Field(0.0, ge=0)
+    temporal: float = Field(0.0, ge=0, le=1)
     seed: int = 0
     bn_bits: BitWidth = FLOAT_BITS
     bn_target: BnTarget = "raw"

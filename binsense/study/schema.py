@@ -79,7 +79,7 @@ class StudyFileError(BinsenseError):
 class StudyInfo(BaseModel):
     """The ``[study]`` table."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     name: str | None = Field(None, description="study name (default: the file name)")
     description: str = ""
@@ -89,11 +89,11 @@ class StudyInfo(BaseModel):
 class EvalOptions(BaseModel):
     """The ``[evaluation]`` table: how every condition is evaluated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     batch_size: int = Field(500, ge=1, description="images per evaluation batch")
     test_subset: int | None = Field(None, ge=1, description="test images per class (all)")
-    seed: int = Field(0, description="seed of the test-subset selection")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="seed of the test-subset selection")
     max_draws: int | None = Field(
         None, ge=1, description="evaluate at most this many draws of each condition"
     )
@@ -112,7 +112,7 @@ class ReportOptions(BaseModel):
     every parameter that takes several values).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     heatmap: dict[str, Any] = Field(default_factory=dict, description="condition filter")
     facet: dict[str, str] = Field(default_factory=dict, description="kind -> parameter")

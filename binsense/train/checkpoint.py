@@ -12,6 +12,7 @@ from binsense.data import dataset_info
 from binsense.errors import CheckpointError
 from binsense.io import safe_torch_load
 from binsense.models import build_model, upgrade_options
+from binsense.resources import check_config_fits
 from binsense.train.config import TrainConfig
 
 #: 2: recipe models (``encoder.* / blocks.* / head.*`` state-dict keys). 1: the
@@ -99,17 +100,28 @@ def checkpoint_config(ckpt: dict[str, Any], path: str | os.PathLike) -> TrainCon
                 config["model"], config.get("model_options", {})
             )
         return TrainConfig(**config)
-    except Exception:
+    except Exception as e:
+        detail = str(e).splitlines()
+        why = next(
+            (line.strip() for line in detail[1:] if line.strip()), detail[0] if detail else ""
+        )
         raise CheckpointError(
-            f"checkpoint {str(path)!r} holds an invalid config; it was written by an "
-            "incompatible binsense version — retrain it."
+            f"checkpoint {str(path)!r} holds an invalid config ({why[:160]}); it was written "
+            "by an incompatible binsense version — retrain it."
         ) from None
 
 
-def load_model(path: str | os.PathLike) -> tuple[nn.Module, TrainConfig]:
-    """Rebuild the model stored in a checkpoint, in eval mode, with its config."""
+def load_model(
+    path: str | os.PathLike, *, allow_large: bool | None = None
+) -> tuple[nn.Module, TrainConfig]:
+    """Rebuild the model stored in a checkpoint, in eval mode, with its config.
+
+    A checkpoint whose config asks for more memory than the machine has is refused
+    before anything is allocated (:func:`binsense.resources.check_config_fits`).
+    """
     ckpt = load_checkpoint(path)
     config = checkpoint_config(ckpt, path)
+    check_config_fits(config, training=False, device="cpu", allow=allow_large)
     model = build_model(config.model, dataset_info(config.dataset), **config.model_options)
     load_state_strict(model, ckpt["model"], str(path), ckpt.get("format"))
     model.eval()

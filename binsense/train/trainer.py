@@ -36,6 +36,7 @@ from binsense.evaluate import evaluate
 from binsense.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from binsense.layers import clip_latent_weights
 from binsense.models import build_model
+from binsense.resources import check_config_fits, resolve_device
 from binsense.train.checkpoint import (
     CHECKPOINT_FORMAT,
     checkpoint_config,
@@ -192,8 +193,10 @@ class Trainer:
         hooks: Hooks | None = None,
         progress: bool | None = None,
         log: Callable[[str], None] = tqdm.write,
+        allow_large: bool | None = None,
     ) -> None:
         self.config = config
+        self.allow_large = allow_large
         self.run_path = Path(run_dir) if run_dir is not None else None
         self.data_dir = data_dir
         self.hooks = hooks if hooks is not None else Hooks()
@@ -210,8 +213,9 @@ class Trainer:
         config = self.config
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.device = torch.device(config.device)
+        self.device = resolve_device(config.device, check_available=True)
         self.train_set, self.test_set = load_data(config, self.data_dir)
+        check_config_fits(config, info=self.train_set.info, training=True, allow=self.allow_large)
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, self.train_set.info, **config.model_options)
         encoder = getattr(self.model, "encoder", None)
@@ -400,6 +404,7 @@ def train(
     hooks: Hooks | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] = tqdm.write,
+    allow_large: bool | None = None,
 ) -> TrainResult:
     """Train ``config`` and return the model; checkpoint into ``run_dir`` each epoch.
 
@@ -415,11 +420,17 @@ def train(
         hooks: loss and after-step hooks (:class:`Hooks`; default: cross-entropy and
             latent clipping).
         progress: show a progress bar (``None``: only on a terminal).
+        allow_large: build a model even when its memory estimate exceeds what the
+            machine has (:func:`binsense.resources.check_config_fits`; ``None``: the
+            ``BINSENSE_ALLOW_LARGE`` environment variable decides).
     """
     hooks = hooks if hooks is not None else Hooks()
     if input_transform is not None:
         hooks = replace(hooks, input_transform=_compose(input_transform, hooks.input_transform))
-    trainer = Trainer(config, run_dir, data_dir=data_dir, hooks=hooks, progress=progress, log=log)
+    trainer = Trainer(
+        config, run_dir, data_dir=data_dir, hooks=hooks, progress=progress, log=log,
+        allow_large=allow_large,
+    )  # fmt: skip
     return trainer.run(resume=resume, stop_after=stop_after)
 
 
