@@ -138,6 +138,11 @@ register(
     ModelSpec("compact_bnn", compact.compact_bnn, "compact grouped BNN (binsense's S3 topology)",
               "cifar10", _BNN_COMPONENTS, {"groups": 4})
 )  # fmt: skip
+register(
+    ModelSpec("compact_bnn_float", compact.compact_bnn, "compact grouped BNN, float twin",
+              "cifar10", tuple(c for c in _BNN_COMPONENTS if c not in ("design", "design_coupled")),
+              {"groups": 4, "binary": False})
+)  # fmt: skip
 for _name, _build in {**cifar.RESNETS, **cifar.VGGS}.items():
     register(
         ModelSpec(_name, _build, f"CIFAR {_name} (float, norm batch_norm/none)", "cifar10",

@@ -123,7 +123,17 @@ def load_model(
     config = checkpoint_config(ckpt, path)
     check_config_fits(config, training=False, device="cpu", allow=allow_large)
     model = build_model(config.model, dataset_info(config.dataset), **config.model_options)
+    plan = ckpt.get("prune_plan")
+    if plan:  # saved after real removal: rebuild the smaller shape first
+        from binsense.compress.prune import masks_from_plan, remove_pruned
+
+        model = remove_pruned(model, masks_from_plan(model, plan))
     load_state_strict(model, ckpt["model"], str(path), ckpt.get("format"))
+    if ckpt.get("prune_masks"):  # saved while pruning (full shape + masks): remove for real
+        from binsense.compress.prune import apply_masks, masks_from_state, remove_pruned
+
+        apply_masks(model, masks_from_state(ckpt["prune_masks"]))
+        model = remove_pruned(model)
     model.eval()
     return model, config
 

@@ -29,6 +29,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import binsense
+from binsense.compress.prune import (
+    apply_masks,
+    masks_from_plan,
+    masks_from_state,
+    masks_of,
+    masks_to_state,
+    remove_pruned,
+)
 from binsense.data import Augment, DeviceLoader, ImageTensors, load_dataset
 from binsense.encoders import InputEncoder
 from binsense.errors import BinsenseError
@@ -251,7 +259,17 @@ class Trainer:
                 f"cannot resume {str(self.run_path)!r}: it was trained with a different "
                 "config; resume with the same options or use another output folder."
             )
+        plan = ckpt.get("prune_plan")
+        if plan:  # a run training an already-removed model
+            self.model = remove_pruned(self.model, masks_from_plan(self.model, plan))
+            self.model.to(self.device)
+            self.optimizer = make_optimizer(self.config, parameter_groups(self.model))
+            self.scheduler = make_scheduler(
+                self.config, self.optimizer, self.config.epochs * len(self.train_loader)
+            )
         load_state_strict(self.model, ckpt["model"], str(ckpt_file), ckpt.get("format"))
+        if ckpt.get("prune_masks"):  # pruning in progress: the masks go on
+            apply_masks(self.model, masks_from_state(ckpt["prune_masks"]))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.start_epoch, self.metrics = ckpt["epoch"], list(ckpt["metrics"])
@@ -358,6 +376,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "metrics": self.metrics,
+                "prune_plan": getattr(self.model, "prune_plan", None),
+                "prune_masks": masks_to_state(masks_of(self.model)),
             },
         )
         atomic_write_text(
