@@ -28,6 +28,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -866,6 +867,10 @@ def _preflight(args: argparse.Namespace) -> None:
         _check_study(args)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; every failure is one ``error: ...`` line, never a traceback.
 
@@ -877,6 +882,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("BINSENSE_DEBUG", "") not in ("", "0")
+    if not debug:  # a warning (e.g. a rebuilt cache entry) is one line, not two
+        warnings.showwarning = _one_line_warning
     try:
         _preflight(args)
         return int(args.func(args) or 0)

@@ -27,6 +27,14 @@ class DataNotFoundError(BinsenseError):
     """A data set is not on disk and could not be downloaded."""
 
 
+class SettingsMismatchError(BinsenseError):
+    """A partly trained run would be resumed with settings that change its weights."""
+
+
+class DataMismatchError(BinsenseError):
+    """Data whose fingerprint differs from the one a run or result was computed on."""
+
+
 class CheckpointError(BinsenseError):
     """A checkpoint is missing, corrupt, or does not match the model."""
 

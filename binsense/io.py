@@ -33,7 +33,8 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -347,8 +348,45 @@ def _corrupt(path: Path, e: BaseException) -> CheckpointError:
     )
 
 
+@contextmanager
+def folder_lock(folder: str | os.PathLike, holder: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``folder`` (``folder/.lock``) while writing it.
+
+    A second writer — another process, ``holder`` names what it is — is refused with one
+    line; the OS releases the lock when the process dies, so a ``kill -9`` never leaves
+    it stale. POSIX ``flock``; a no-op where it does not exist.
+    """
+    folder = Path(folder)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock = folder / ".lock"
+    if lock.is_dir():
+        raise BinsenseError(
+            f"{str(lock)!r} is a folder, but binsense keeps its lock file there; remove that "
+            "folder (or use another output folder)."
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(lock, "a")  # noqa: SIM115 - held until the block ends
+    except OSError as e:
+        raise write_error(e, lock, "lock the folder by writing") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BinsenseError(
+                f"another {holder} is working in {str(folder)!r}; wait for it to finish (or "
+                "stop it) — or use another output folder."
+            ) from None
+        yield
+
+
 __all__ = [
     "ReadError",
+    "folder_lock",
     "WriteError",
     "atomic_torch_save",
     "atomic_write",

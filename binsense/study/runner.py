@@ -27,7 +27,8 @@ Nothing is mixed silently:
 - a partly trained run is resumed only with the data fingerprints, the torch thread count
   and the device it was started with (threads and device are not part of the run id but
   change the trained weights); otherwise the study is refused with one line that says how
-  to resume it exactly (:class:`SettingsMismatchError`).
+  to resume it exactly (:class:`~binsense.errors.SettingsMismatchError`, checked by the
+  trainer when it resumes).
 
 One grid point cannot block a study: a training that fails (the loss diverges, the
 weights or batch-norm statistics become inf/NaN, a grid point's options are invalid) or
@@ -45,7 +46,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,9 +55,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from binsense.data import DeviceLoader, load_dataset
-from binsense.errors import BinsenseError
+from binsense.errors import BinsenseError, SettingsMismatchError
 from binsense.evaluate import evaluate
-from binsense.io import clean_stale_temps, write_error
+from binsense.io import clean_stale_temps, folder_lock
 from binsense.study.export import report_dir, run_dir
 from binsense.study.schema import Evaluation, Study, Training, condition_labels, load_study
 from binsense.study.store import (
@@ -68,12 +69,7 @@ from binsense.study.store import (
 )
 from binsense.train import environment_info, load_model, train
 from binsense.train.checkpoint import checkpoint_path
-from binsense.train.trainer import load_data
-
-
-class SettingsMismatchError(BinsenseError):
-    """A partly trained run would be resumed with settings that change its weights."""
-
+from binsense.train.trainer import nonfinite_state
 
 #: Errors that stop the whole study: they would stop every grid point (or mix data).
 _FATAL: tuple[type[BaseException], ...] = (
@@ -143,34 +139,9 @@ class TrainingProgress:
     failures: tuple[str, ...] = field(default=())
 
 
-@contextmanager
-def study_lock(out_dir: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on a study folder (POSIX; no-op elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    lock = out_dir / ".lock"
-    if lock.is_dir():
-        raise BinsenseError(
-            f"{str(lock)!r} is a folder, but binsense keeps its lock file there; remove that "
-            "folder (or use another --out folder)."
-        )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(lock, "a")  # noqa: SIM115 - held until the block ends
-    except OSError as e:
-        raise write_error(e, lock, "lock the study folder by writing") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BinsenseError(
-                f"another `binsense study run` is working in {str(out_dir)!r}; wait for it "
-                "to finish (or stop it) — or give this run another --out folder."
-            ) from None
-        yield
+def study_lock(out_dir: Path) -> AbstractContextManager[None]:
+    """Hold an exclusive advisory lock on a study folder (:func:`binsense.io.folder_lock`)."""
+    return folder_lock(out_dir, "`binsense study run`")
 
 
 def check_output_names(study: Study) -> None:
@@ -221,19 +192,6 @@ def one_line(e: BaseException) -> str:
     if not isinstance(e, BinsenseError):
         text = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return text if len(text) <= 500 else text[:497] + "..."
-
-
-def nonfinite_state(model: nn.Module) -> list[str]:
-    """Names of parameters and batch-norm statistics that hold inf or NaN."""
-    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
-    bad += [
-        n
-        for n, b in model.named_buffers()
-        if n.endswith(("running_mean", "running_var"))
-        and b.is_floating_point()
-        and not torch.isfinite(b).all()
-    ]
-    return bad
 
 
 @contextmanager
@@ -322,50 +280,6 @@ class _Runner:
             for other in sorted(stored - {fingerprint}):
                 raise DataMismatchError(mismatch_message(training.run_id, cid, other, fingerprint))
 
-    def check_resume(self, training: Training, folder: Path) -> None:
-        """A partly trained run continues only with the settings it was started with."""
-        try:
-            recorded = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-            environment, recorded_data = recorded["environment"], recorded["data"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return  # no record to check against (it is written again by the training)
-        config, run_id = training.config, training.run_id
-        epochs = self._epochs_done(folder)
-        now = {
-            "threads": config.threads or torch.get_num_threads(),
-            "device": str(torch.device(config.device)),
-        }
-        for key, value in now.items():
-            was = environment.get(key)
-            if was is not None and str(was) != str(value):
-                raise SettingsMismatchError(
-                    f"run {run_id} ({training.label()}) has {epochs} epoch(s) trained with "
-                    f"{key} = {was!r} and would continue with {key} = {value!r}; {key} changes "
-                    f"the trained weights but is not part of the run id. Set {key} = "
-                    f"{json.dumps(was)} in [train] to resume it exactly, or delete "
-                    f"{folder} to train it again."
-                )
-        if not isinstance(recorded_data, dict):
-            return
-        train_set, test_set = load_data(config, self.data_dir)
-        for split, current in (("train", train_set), ("test", test_set)):
-            was = recorded_data.get(split)
-            if was and was != current.fingerprint:
-                raise DataMismatchError(
-                    f"run {run_id} ({training.label()}) has {epochs} epoch(s) trained on "
-                    f"{split} data with fingerprint {was[:16]}…, but the {split} data now has "
-                    f"{current.fingerprint[:16]}…; a training never mixes data — restore the "
-                    f"original data, or delete {folder} to train it again."
-                )
-
-    @staticmethod
-    def _epochs_done(folder: Path) -> int | str:
-        try:
-            with (folder / "metrics.jsonl").open(encoding="utf-8") as f:
-                return sum(1 for line in f if line.strip())
-        except OSError:
-            return "some"
-
     # ------------------------------------------------------------ training
 
     def model(self, training: Training, status: str | None) -> nn.Module:
@@ -382,8 +296,6 @@ class _Runner:
         self.bar.set_postfix_str(f"train {training.label()} (run {training.run_id})")
         if folder.is_dir():
             clean_stale_temps(folder)
-            if ckpt.is_file():
-                self.check_resume(training, folder)
         self.store.start_run(training.run_id, config.to_dict(), config.config_hash())
         result = train(
             config, folder, data_dir=self.data_dir, resume=True, progress=self.progress,

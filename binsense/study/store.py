@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from binsense.errors import BinsenseError
+from binsense.errors import BinsenseError, DataMismatchError
 
 #: Bump when the table layout changes incompatibly.
 STORE_FORMAT = 1
@@ -121,10 +121,6 @@ _OWN_TABLES = {"meta", "runs", "results"}
 
 class StoreError(BinsenseError):
     """The results store cannot be opened, read or written (one line saying why)."""
-
-
-class DataMismatchError(BinsenseError):
-    """Results on different test data (fingerprints) for one run and condition."""
 
 
 def _errorname(e: sqlite3.Error) -> str:

@@ -39,9 +39,15 @@ from binsense.compress.prune import (
 )
 from binsense.data import Augment, DeviceLoader, ImageTensors, load_dataset
 from binsense.encoders import InputEncoder
-from binsense.errors import BinsenseError
+from binsense.errors import BinsenseError, DataMismatchError, SettingsMismatchError
 from binsense.evaluate import evaluate
-from binsense.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from binsense.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    clean_stale_temps,
+    folder_lock,
+)
 from binsense.layers import clip_latent_weights
 from binsense.models import build_model
 from binsense.resources import check_config_fits, resolve_device
@@ -253,6 +259,9 @@ class Trainer:
                 f"{str(self.run_path)!r} already holds a checkpoint; pass --resume to continue "
                 "it, or choose another output folder."
             )
+        check_resume_settings(
+            self.run_path, self.config, self.device, self.train_set, self.test_set
+        )
         ckpt = load_checkpoint(ckpt_file)
         if checkpoint_config(ckpt, ckpt_file).config_hash() != self.config.config_hash():
             raise BinsenseError(
@@ -385,7 +394,18 @@ class Trainer:
         )
 
     def run(self, *, resume: bool = False, stop_after: int | None = None) -> TrainResult:
-        """Set up, restore, train the remaining epochs, return the result."""
+        """Set up, restore, train the remaining epochs, return the result.
+
+        A run folder is locked while it is written (a second training into it is refused
+        with one line), and temporary files a killed writer left there are removed first.
+        """
+        if self.run_path is None:
+            return self._run(resume, stop_after)
+        with folder_lock(self.run_path, "`binsense train`"):
+            clean_stale_temps(self.run_path)
+            return self._run(resume, stop_after)
+
+    def _run(self, resume: bool, stop_after: int | None) -> TrainResult:
         self.setup()
         self.restore(resume)
         self.record_provenance()
@@ -395,6 +415,12 @@ class Trainer:
         for epoch in range(self.start_epoch, last_epoch):
             row = self.train_epoch(epoch, transform)
             self.evaluate_epoch(row)
+            bad = nonfinite_state(self.model)
+            if bad:  # e.g. lr = 1e30: the loss can stay finite while BN statistics overflow
+                raise BinsenseError(
+                    f"training diverged in epoch {epoch + 1}: {bad[0]} holds inf or NaN; lower "
+                    "the learning rate (--lr). Finished epochs are kept in the checkpoint."
+                )
             self.metrics.append(row)
             self.log(
                 f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
@@ -452,6 +478,70 @@ def train(
         allow_large=allow_large,
     )  # fmt: skip
     return trainer.run(resume=resume, stop_after=stop_after)
+
+
+def nonfinite_state(model: nn.Module) -> list[str]:
+    """Names of parameters and batch-norm statistics that hold inf or NaN."""
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+    bad += [
+        n
+        for n, b in model.named_buffers()
+        if n.endswith(("running_mean", "running_var"))
+        and b.is_floating_point()
+        and not torch.isfinite(b).all()
+    ]
+    return bad
+
+
+def _epochs_done(folder: Path) -> int | str:
+    try:
+        with (folder / "metrics.jsonl").open(encoding="utf-8") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return "some"
+
+
+def check_resume_settings(
+    folder: Path,
+    config: TrainConfig,
+    device: torch.device,
+    train_set: ImageTensors,
+    test_set: ImageTensors,
+) -> None:
+    """A partly trained run continues only with the settings it was started with.
+
+    The thread count and the device change the trained weights without being part of the
+    run's config hash, and the data must be the data it was trained on: each is compared
+    with what the run folder's ``config.json`` recorded; a difference is one line
+    (:class:`~binsense.errors.SettingsMismatchError` / ``DataMismatchError``).
+    """
+    try:
+        recorded = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        environment, recorded_data = recorded["environment"], recorded["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no record to check against (it is written again by the training)
+    epochs = _epochs_done(folder)
+    now = {"threads": config.threads or torch.get_num_threads(), "device": str(device)}
+    for key, value in now.items():
+        was = environment.get(key)
+        if was is not None and str(was) != str(value):
+            raise SettingsMismatchError(
+                f"run {str(folder)!r} has {epochs} epoch(s) trained with {key} = {was!r} and "
+                f"would continue with {key} = {value!r}; {key} changes the trained weights but "
+                f"is not part of the run id. Set {key} = {json.dumps(was)} (in [train], or "
+                f"--{key}) to resume it exactly, or delete the folder to train it again."
+            )
+    if not isinstance(recorded_data, dict):
+        return
+    for split, current in (("train", train_set), ("test", test_set)):
+        was = recorded_data.get(split)
+        if was and was != current.fingerprint:
+            raise DataMismatchError(
+                f"run {str(folder)!r} has {epochs} epoch(s) trained on {split} data with "
+                f"fingerprint {was[:16]}…, but the {split} data now has "
+                f"{current.fingerprint[:16]}…; a training never mixes data — restore the "
+                "original data, or delete the folder to train it again."
+            )
 
 
 def _compose(first: InputTransform, then: InputTransform | None) -> InputTransform:
