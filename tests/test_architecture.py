@@ -296,3 +296,10 @@ def test_renamed_study_vocabulary_gets_a_pointed_error(tmp_path):
     path.write_text(path.read_text() + text + "instances = 3\n")
     with pytest.raises(StudyFileError, match="'instances' is now 'draws'"):
         load_study(path)
+
+
+def test_a_preset_name_that_would_escape_the_study_folder_is_refused_at_load(tmp_path):
+    path = _study(tmp_path)
+    path.write_text(path.read_text() + '\n[presets."/../../elsewhere"]\ntrain = { epochs = 1 }\n')
+    with pytest.raises(StudyFileError, match="path separator"):
+        load_study(path)

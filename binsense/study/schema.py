@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from binsense.errors import BinsenseError
 from binsense.errors import did_you_mean as _did_you_mean
 from binsense.evaluate.conditions import Condition, condition_class, condition_kinds
+from binsense.io import safe_child
 from binsense.train import TrainConfig
 
 try:  # Python >= 3.11
@@ -626,6 +627,10 @@ def load_study(
         raise StudyFileError(f"{file}: [presets] must be a table of [presets.NAME] tables")
     info, trainings, evaluations, options, report = _expand(doc, _Place(file), {})
     for name, overlay in presets.items():
+        try:  # a preset names the report folder (report-NAME): one plain path component
+            safe_child(path.parent, f"report-{name}", what=f"preset name {name!r} (report folder)")
+        except BinsenseError as e:
+            raise StudyFileError(f"{file}: [presets.{name}] {e}") from None
         if not isinstance(overlay, Mapping):
             raise StudyFileError(f"{file}: [presets.{name}] must be a table, got {overlay!r}")
         for key in overlay:
