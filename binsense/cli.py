@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from binsense.compress.summary import add_summary_command
 from binsense.errors import BinsenseError
 from binsense.study.cli import add_study_commands
 
@@ -736,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_design_kernel)
 
     add_study_commands(sub)
+    add_summary_command(sub)
     for path, leaf in _leaf_parsers(parser):
         # also accepted after the command; SUPPRESS keeps the value given before it
         own = leaf._option_string_actions  # never clash with a flag a command defines
