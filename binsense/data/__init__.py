@@ -28,6 +28,7 @@ from binsense.data.registry import (
     list_datasets,
     load_dataset,
     resolve_dataset_name,
+    split_size_suffix,
 )
 from binsense.data.tensors import DatasetInfo, ImageTensors
 
@@ -44,4 +45,5 @@ __all__ = [
     "resolve_dataset_name",
     "resolve_cache_dir",
     "resolve_data_dir",
+    "split_size_suffix",
 ]

@@ -3,9 +3,10 @@
 JPEGs are decoded a few hundred at a time by :func:`torchvision.io.decode_jpeg`
 (libjpeg-turbo, about 20k CIFAR-size images per second on one core), other files one by
 one by :func:`torchvision.io.decode_image`, with PIL as the fallback for formats
-torchvision cannot decode. All images must have the same height and width.
-The split is grayscale (one channel) when every image is grayscale, RGB otherwise; alpha
-channels are dropped.
+torchvision cannot decode. All images must have the same height and width, unless a
+``size`` is given: then each image is fitted to ``size x size`` as it is decoded
+(:func:`fit_square`). The split is grayscale (one channel) when every image is
+grayscale, RGB otherwise (or always RGB with ``rgb=True``); alpha channels are dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
 from binsense.data.cache import SourceFile
@@ -32,6 +34,7 @@ IMAGE_EXTENSIONS = frozenset(
 
 _JPEG_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 _CHUNK = 512  # files per batched decode call
+_CHUNK_RESIZED = 64  # when resizing: large photos (COCO) are decoded at full size first
 # torchvision 0.29 deprecates its image codecs in favour of torchcodec (not a dependency);
 # they still work, so the warning is silenced while decoding.
 _TORCHVISION_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
@@ -89,10 +92,11 @@ def _read(path: str) -> Tensor:
         return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
 
 
-def _decode_one(data: Tensor, path: str) -> Tensor:
-    """Decode one encoded image to uint8 ``[C, H, W]`` (C in 1..4), PIL as the fallback."""
+def _decode_one(data: Tensor, path: str, rgb: bool) -> Tensor:
+    """Decode one encoded image to uint8 ``[C, H, W]`` (C in 1..4, or 3 with ``rgb``),
+    PIL as the fallback."""
     try:
-        img = decode_image(data, mode=ImageReadMode.UNCHANGED)
+        img = decode_image(data, mode=ImageReadMode.RGB if rgb else ImageReadMode.UNCHANGED)
         if img.dtype == torch.uint16:  # 16-bit PNG: keep the 8 most significant bits
             img = (img.to(torch.int32) >> 8).to(torch.uint8)
         return img
@@ -100,22 +104,45 @@ def _decode_one(data: Tensor, path: str) -> Tensor:
         pass
     try:
         with Image.open(io.BytesIO(data.numpy().tobytes())) as pil:
-            gray = pil.mode in ("1", "L", "LA", "I", "I;16", "F")
+            gray = not rgb and pil.mode in ("1", "L", "LA", "I", "I;16", "F")
             array = np.asarray(pil.convert("L" if gray else "RGB"))
     except (OSError, ValueError) as e:
         raise BinsenseError(f"cannot decode image {path!r} ({e}); remove or fix it.") from None
     return torch.from_numpy(array.reshape(array.shape[0], array.shape[1], -1).transpose(2, 0, 1))
 
 
-def _decode_chunk(paths: list[str]) -> list[Tensor]:
+def _decode_chunk(paths: list[str], rgb: bool) -> list[Tensor]:
     """Decode a few hundred files: JPEGs in one batched call, others one by one."""
     blobs = [_read(p) for p in paths]
     if all(os.path.splitext(p)[1].lower() in _JPEG_EXTENSIONS for p in paths):
         try:
-            return decode_jpeg(blobs, mode=ImageReadMode.UNCHANGED)
+            return decode_jpeg(blobs, mode=ImageReadMode.RGB if rgb else ImageReadMode.UNCHANGED)
         except RuntimeError:  # a corrupt or misnamed file: find it one by one
             pass
-    return [_decode_one(data, path) for data, path in zip(blobs, paths, strict=True)]
+    return [_decode_one(data, path, rgb) for data, path in zip(blobs, paths, strict=True)]
+
+
+def fit_square(images: Tensor, size: int) -> Tensor:
+    """uint8 images ``[..., C, H, W]`` fitted to ``[..., C, size, size]``.
+
+    The shorter side is resized to ``size``, the aspect ratio kept (bilinear with
+    antialiasing: :func:`torchvision.transforms.functional.resize` on the uint8 tensor),
+    then the centre ``size x size`` square is cropped
+    (:func:`torchvision.transforms.functional.center_crop`). A square image is thus only
+    resized; one already ``size x size`` is returned as is.
+    """
+    if min(images.shape[-2:]) != size:
+        images = TF.resize(images, [size], antialias=True)
+    if tuple(images.shape[-2:]) != (size, size):
+        images = TF.center_crop(images, [size, size])
+    return images
+
+
+def _fit_chunk(images: list[Tensor], size: int) -> list[Tensor]:
+    """Each image fitted to ``size x size``; same-size images resized in one call."""
+    if len({tuple(img.shape) for img in images}) == 1:
+        return list(fit_square(torch.stack(images), size))
+    return [fit_square(img, size) for img in images]
 
 
 def _as_channels(x: Tensor, gray: bool) -> Tensor:
@@ -127,28 +154,43 @@ def _as_channels(x: Tensor, gray: bool) -> Tensor:
     return x.narrow(-3, 0, 1).expand(*x.shape[:-3], 3, *x.shape[-2:])
 
 
-def decode_images(paths: list[str], desc: str) -> Tensor:
-    """Decode image files that share one size into a uint8 tensor ``[N, C, H, W]``."""
+def decode_images(
+    paths: list[str], desc: str, *, size: int | None = None, rgb: bool = False
+) -> Tensor:
+    """Decode image files into a uint8 tensor ``[N, C, H, W]``.
+
+    Without ``size`` the files must share one size; with ``size`` each image is fitted
+    to ``size x size`` (:func:`fit_square`) as it is decoded, so sizes may differ. With
+    ``rgb`` every image is decoded as 3-channel RGB (grayscale and CMYK converted), as
+    ``PIL.Image.convert("RGB")`` does.
+    """
     blocks: list[Tensor] = []
+    step = _CHUNK if size is None else _CHUNK_RESIZED
     with (
         warnings.catch_warnings(),
         tqdm(total=len(paths), desc=desc, unit="img", disable=None) as progress,
     ):
         warnings.filterwarnings("ignore", _TORCHVISION_DEPRECATION, DeprecationWarning)
-        for start in range(0, len(paths), _CHUNK):
-            chunk = paths[start : start + _CHUNK]
-            images = _decode_chunk(chunk)
-            first = blocks[0][0] if blocks else images[0]
-            for path, img in zip(chunk, images, strict=True):
-                if img.shape[1:] != first.shape[1:]:
-                    raise BinsenseError(
-                        f"images in one data set must all have the same size: {path!r} is "
-                        f"{img.shape[2]}x{img.shape[1]} (WxH), {paths[0]!r} is "
-                        f"{first.shape[2]}x{first.shape[1]}; resize them first."
-                    )
-            if len({img.shape[0] for img in images}) > 1:
+        for start in range(0, len(paths), step):
+            chunk = paths[start : start + step]
+            images = _decode_chunk(chunk, rgb)
+            if size is None:
+                first = blocks[0][0] if blocks else images[0]
+                for path, img in zip(chunk, images, strict=True):
+                    if img.shape[1:] != first.shape[1:]:
+                        raise BinsenseError(
+                            f"images in one data set must all have the same size: {path!r} "
+                            f"is {img.shape[2]}x{img.shape[1]} (WxH), {paths[0]!r} is "
+                            f"{first.shape[2]}x{first.shape[1]}; resize them first, or load the "
+                            "set at one size with an @SIZE suffix (imagefolder:PATH@64)."
+                        )
+            if rgb:
+                images = [_as_channels(img, gray=False) for img in images]
+            elif len({img.shape[0] for img in images}) > 1:
                 gray = all(img.shape[0] <= 2 for img in images)
                 images = [_as_channels(img, gray) for img in images]
+            if size is not None:
+                images = _fit_chunk(images, size)
             blocks.append(torch.stack(images))
             progress.update(len(chunk))
     gray = all(block.shape[1] <= 2 for block in blocks)  # gray, or gray + alpha

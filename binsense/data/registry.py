@@ -2,21 +2,38 @@
 
 Built-in names are read through their torchvision loaders from ``data_dir`` (see
 :func:`~binsense.data.resolve_data_dir`); ``cifar10`` is read from the ImageFolder of JPEGs
-``<data_dir>/cifar10-jpeg/{train,test}`` when that folder exists. ``imagefolder:PATH``
-reads any folder with ``train/`` and ``test/`` sub-folders of class folders. Whatever the
-source, the decoded uint8 tensors are cached (:mod:`binsense.data.cache`).
+``<data_dir>/cifar10-jpeg/{train,test}`` when that folder exists; ``stl10`` from
+torchvision's binary files ``<data_dir>/stl10_binary/`` (:mod:`binsense.data.stl10`,
+downloaded through torchvision when missing); ``vww`` (Visual Wake Words) from COCO
+images and pyvww's annotation JSON or a ``person``/``no_person`` image folder
+(:mod:`binsense.data.vww`, never downloaded). ``imagefolder:PATH`` reads any folder with
+``train/`` and ``test/`` sub-folders of class folders. Whatever the source, the decoded
+uint8 tensors are cached (:mod:`binsense.data.cache`).
+
+**Image size suffix** ``NAME@SIZE`` (``stl10@32``, ``vww@64``, ``cifar10@16``,
+``imagefolder:PATH@64``): the data set with every image fitted to ``SIZE x SIZE``
+(:func:`~binsense.data.imagefolder.fit_square`: shorter side resized with antialiasing,
+then the centre square cropped; square images are only resized).
+:func:`dataset_info` reports that size. The resizing is done once, when the cache entry
+is built, and each size has its own entry: a built-in set is resized from its decoded
+native-size tensors, an image folder and VWW are fitted to the size as they are decoded
+(so their images may differ in size). The suffix equal to a built-in set's own size is
+dropped (``stl10@96`` is ``stl10``). Mean and std stay the native set's for built-in
+sets; an image folder's are measured on the resized training images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,9 +41,11 @@ import torchvision.datasets as tvd
 from torch import Tensor
 
 from binsense.data.cache import CachedSplit, cached_split, scan_files
-from binsense.data.imagefolder import class_folders, decode_images, labelled_images
+from binsense.data.imagefolder import class_folders, decode_images, fit_square, labelled_images
 from binsense.data.paths import DATA_ENV, resolve_cache_dir, resolve_data_dir
+from binsense.data.stl10 import STL10_FOLDER, read_stl10, stl10_files
 from binsense.data.tensors import DatasetInfo, ImageTensors
+from binsense.data.vww import VWW_INFO, load_vww
 from binsense.errors import BinsenseError, DataNotFoundError, unknown_name
 from binsense.registry import Registry
 
@@ -35,6 +54,12 @@ IMAGEFOLDER_PREFIX = "imagefolder:"
 
 #: Seconds a download may wait on the network before it is given up.
 DOWNLOAD_TIMEOUT_S = 20.0
+
+#: ``NAME@SIZE`` asks for the data set at ``SIZE x SIZE`` pixels; SIZE is 1..MAX_IMAGE_SIZE.
+SIZE_SEPARATOR = "@"
+MAX_IMAGE_SIZE = 1024
+_SIZE_SUFFIX = re.compile(r"@(\d+)$")
+_RESIZE_CHUNK = 1024  # images resized per call (bounds the float copy resize makes)
 
 PathLike = str | os.PathLike
 
@@ -98,9 +123,17 @@ def _extract_cifar(ds: tvd.CIFAR10) -> tuple[Tensor, Tensor]:
     return images, torch.tensor(ds.targets, dtype=torch.int64)
 
 
-def _extract_nchw(ds: tvd.SVHN | tvd.STL10) -> tuple[Tensor, Tensor]:
+def _extract_nchw(ds: tvd.SVHN) -> tuple[Tensor, Tensor]:
     images = torch.from_numpy(np.ascontiguousarray(ds.data))
     return images, torch.from_numpy(ds.labels.astype(np.int64))
+
+
+def _open_stl10(root: Path, split: str, download: bool) -> Any:
+    """Download through torchvision (``download=True``); else read the binary files with
+    numpy (:func:`~binsense.data.stl10.read_stl10`: no md5 check, no unlabeled file)."""
+    if download:
+        return tvd.STL10(str(root), split=split, download=True)
+    return read_stl10(root, split)
 
 
 def _mnist_family(
@@ -136,8 +169,6 @@ def _cifar(
         layout=f"{cls.base_folder}/ (the torchvision layout)",
     )
 
-
-_STL10_DIR = tvd.STL10.base_folder
 
 _BUILTINS: dict[str, _Builtin] = {
     "mnist": _mnist_family("mnist", tvd.MNIST, _DIGITS, 0.1307, 0.3081),
@@ -175,12 +206,24 @@ _BUILTINS: dict[str, _Builtin] = {
             (0.2603, 0.2566, 0.2713),
             _STL10_CLASSES,
         ),
-        open=_with_split_arg(tvd.STL10),
-        extract=_extract_nchw,
-        sources=lambda root, split: [root / _STL10_DIR / f"{split}_{xy}.bin" for xy in "Xy"],
-        layout=f"{_STL10_DIR}/{{train,test}}_{{X,y}}.bin",
+        open=_open_stl10,
+        extract=lambda arrays: arrays,
+        sources=stl10_files,
+        layout=f"{STL10_FOLDER}/{{train,test}}_{{X,y}}.bin (torchvision's STL10 layout)",
     ),
 }
+
+
+@dataclass(frozen=True)
+class _Reader:
+    """A data set read by binsense's own reader and never downloaded:
+    ``load(name, root, split, size, cache_dir)`` returns the cached split at ``size``."""
+
+    info: DatasetInfo
+    load: Callable[[str, Path, str, int, Path], CachedSplit]
+
+
+_READERS: dict[str, _Reader] = {"vww": _Reader(VWW_INFO, load_vww)}
 
 
 def _squash(name: str) -> str:
@@ -188,25 +231,62 @@ def _squash(name: str) -> str:
     return name.strip().lower().replace("-", "").replace("_", "")
 
 
-_ALIASES = {_squash(key): key for key in _BUILTINS}
+_ALIASES = {_squash(key): key for key in [*_BUILTINS, *_READERS]}
 
 #: The built-in data sets by name; any spelling that squashes to a name resolves
-#: (``CIFAR-10``, ``FashionMNIST``).
+#: (``CIFAR-10``, ``FashionMNIST``). ``NAME@SIZE`` gives any of them at another size.
 DATASETS: Registry = Registry(
     "data set",
     normalize=lambda name: _ALIASES.get(_squash(name), name),
-    also_valid=(f"{IMAGEFOLDER_PREFIX}PATH",),
+    also_valid=(f"{IMAGEFOLDER_PREFIX}PATH", f"NAME{SIZE_SEPARATOR}SIZE"),
 )
-for _key, _spec in _BUILTINS.items():
+for _key, _spec in [*_BUILTINS.items(), *_READERS.items()]:
     DATASETS.add(_key, _spec)
 
 
+def _builtin_info(key: str) -> DatasetInfo:
+    return _BUILTINS[key].info if key in _BUILTINS else _READERS[key].info
+
+
+def split_size_suffix(name: str) -> tuple[str, int | None]:
+    """``("stl10", 32)`` for ``"stl10@32"``, ``(name, None)`` without a size suffix.
+
+    Only a trailing ``@`` and digits is a size (``imagefolder:/a@b/c@64`` is the folder
+    ``/a@b/c`` at 64x64). An out-of-range size is an error.
+    """
+    match = _SIZE_SUFFIX.search(name.strip()) if isinstance(name, str) else None
+    if match is None:
+        return name, None
+    size = int(match.group(1))
+    if not 1 <= size <= MAX_IMAGE_SIZE:
+        raise BinsenseError(
+            f"data set {name!r}: the image size after {SIZE_SEPARATOR!r} must be 1 to "
+            f"{MAX_IMAGE_SIZE} pixels, got {size}."
+        )
+    return name.strip()[: match.start()], size
+
+
+class _Parsed(NamedTuple):
+    """A data set name taken apart: a built-in key or an image folder, and the size
+    (``None``: the set's own size)."""
+
+    key: str
+    folder: Path | None
+    size: int | None
+
+    def canonical(self) -> str:
+        base = f"{IMAGEFOLDER_PREFIX}{self.folder}" if self.folder is not None else self.key
+        return base if self.size is None else f"{base}{SIZE_SEPARATOR}{self.size}"
+
+
 def resolve_dataset_name(name: str) -> str:
-    """The canonical name of data set ``name`` (``"CIFAR-10"`` -> ``"cifar10"``;
+    """The canonical name of data set ``name`` (``"CIFAR-10"`` -> ``"cifar10"``,
+    ``"STL-10@32"`` -> ``"stl10@32"``, ``"stl10@96"`` -> ``"stl10"``;
     ``imagefolder:PATH`` is returned as given); a clear error for an unknown name."""
     if isinstance(name, str) and name.lower().startswith(IMAGEFOLDER_PREFIX):
+        split_size_suffix(name)  # checks the size
         return name
-    return DATASETS.resolve(name)
+    return _parse_name(name).canonical()
 
 
 #: ``cifar10`` is read from this ImageFolder of JPEGs under the data folder when it exists.
@@ -223,29 +303,49 @@ def _check_split(split: str) -> None:
         raise unknown_name("split", split, SPLITS)
 
 
-def _parse_name(name: str) -> tuple[str, Path | None]:
-    """``(builtin key, None)`` or ``("imagefolder", resolved folder)``."""
-    if name.lower().startswith(IMAGEFOLDER_PREFIX):
-        folder = name[len(IMAGEFOLDER_PREFIX) :]
+def _parse_name(name: str) -> _Parsed:
+    """A built-in key (size ``None`` when it is the set's own) or an image folder."""
+    if isinstance(name, str) and name.lower().startswith(IMAGEFOLDER_PREFIX):
+        folder, size = split_size_suffix(name[len(IMAGEFOLDER_PREFIX) :])
         if not folder:
             raise BinsenseError(
                 "'imagefolder:' needs a folder, as in 'imagefolder:/data/myset' (a folder "
-                "with train/ and test/ sub-folders of class folders)."
+                "with train/ and test/ sub-folders of class folders), optionally with an "
+                "image size: 'imagefolder:/data/myset@64'."
             )
-        return "imagefolder", Path(folder).expanduser().resolve()
-    return DATASETS.resolve(name), None
+        return _Parsed("imagefolder", Path(folder).expanduser().resolve(), size)
+    base, size = split_size_suffix(name)
+    if isinstance(base, str) and SIZE_SEPARATOR in base:
+        base_name = base.split(SIZE_SEPARATOR)[0]
+        DATASETS.resolve(base_name)  # an unknown name first
+        raise BinsenseError(
+            f"data set {name!r}: {SIZE_SEPARATOR!r} must be followed by the image size in "
+            f"pixels, as in '{base_name}{SIZE_SEPARATOR}32'."
+        )
+    key = DATASETS.resolve(base)
+    if size is not None and _builtin_info(key).image_size == (size, size):
+        size = None
+    return _Parsed(key, None, size)
+
+
+def _sized(info: DatasetInfo, size: int | None) -> DatasetInfo:
+    if size is None:
+        return info
+    name = f"{info.name}{SIZE_SEPARATOR}{size}"
+    return dataclasses.replace(info, name=name, image_size=(size, size))
 
 
 def dataset_info(name: str, *, cache_dir: PathLike | None = None) -> DatasetInfo:
     """Static information about the data set ``name``, without loading it.
 
-    For ``imagefolder:PATH`` the classes, image size and per-channel statistics come from
-    the folder's training split, which is decoded (or read from the cache) for that.
+    ``NAME@SIZE`` reports ``image_size == (SIZE, SIZE)``. For ``imagefolder:PATH`` the
+    classes, image size and per-channel statistics come from the folder's training split,
+    which is decoded (or read from the cache) for that.
     """
-    key, folder = _parse_name(name)
-    if folder is None:
-        return _BUILTINS[key].info
-    return _folder_info(folder, resolve_cache_dir(cache_dir))
+    parsed = _parse_name(name)
+    if parsed.folder is None:
+        return _sized(_builtin_info(parsed.key), parsed.size)
+    return _folder_info(parsed, resolve_cache_dir(cache_dir))
 
 
 def load_dataset(
@@ -261,7 +361,9 @@ def load_dataset(
     Args:
         name: a name from :func:`list_datasets` (case, ``-`` and ``_`` are ignored), or
             ``imagefolder:PATH`` for a folder with ``train/`` and ``test/`` sub-folders that
-            hold one folder of same-size images per class (classes sorted by name).
+            hold one folder of same-size images per class (classes sorted by name); either
+            with an optional ``@SIZE`` suffix for the images fitted to ``SIZE x SIZE``
+            (``stl10@32``; then an image folder's images may differ in size).
         split: ``"train"`` or ``"test"``.
         data_dir: folder holding the raw data; default ``$BINSENSE_DATA`` or
             ``~/.cache/binsense/data`` (ignored for ``imagefolder:``).
@@ -274,23 +376,29 @@ def load_dataset(
         UnknownNameError: unknown data set or split.
         DataNotFoundError: the data is not on disk and could not be downloaded.
     """
-    key, folder = _parse_name(name)
+    parsed = _parse_name(name)
     _check_split(split)
     cache = resolve_cache_dir(cache_dir)
+    key, folder, size = parsed
     if folder is not None:
-        name = f"{IMAGEFOLDER_PREFIX}{folder}"
-        entry = _load_folder(name, folder / split, cache)
-        train = entry if split == "train" else _load_folder(name, folder / "train", cache)
+        name = parsed.canonical()
+        entry = _load_folder(name, folder / split, cache, size=size)
+        train = (
+            entry if split == "train" else _load_folder(name, folder / "train", cache, size=size)
+        )
         info = _info_from_entry(name, train)
         return ImageTensors(entry.images, entry.labels, info, split, entry.fingerprint)
-    spec = _BUILTINS[key]
+    info = _sized(_builtin_info(key), size)
     root = resolve_data_dir(data_dir)
     jpeg_dir = root / CIFAR10_JPEG_FOLDER
-    if key == "cifar10" and jpeg_dir.is_dir():
-        entry = _load_folder(key, jpeg_dir / split, cache, classes=list(spec.info.classes))
+    if key in _READERS:
+        entry = _READERS[key].load(info.name, root, split, info.image_size[0], cache)
+    elif key == "cifar10" and jpeg_dir.is_dir():
+        classes = list(info.classes)
+        entry = _load_folder(info.name, jpeg_dir / split, cache, classes=classes, size=size)
     else:
-        entry = _load_builtin(spec, split, root, download, cache)
-    return ImageTensors(entry.images, entry.labels, spec.info, split, entry.fingerprint)
+        entry = _load_builtin(_BUILTINS[key], split, root, download, cache, size)
+    return ImageTensors(entry.images, entry.labels, info, split, entry.fingerprint)
 
 
 # --- image folders -------------------------------------------------------------------
@@ -311,13 +419,18 @@ def _channel_stats(images: Tensor) -> tuple[list[float], list[float]]:
 
 
 def _load_folder(
-    name: str, split_dir: Path, cache: Path, classes: list[str] | None = None
+    name: str,
+    split_dir: Path,
+    cache: Path,
+    classes: list[str] | None = None,
+    size: int | None = None,
 ) -> CachedSplit:
     """Read (or fetch from the cache) the ImageFolder split ``split_dir``.
 
     ``classes`` fixes the label order; by default it is the sorted class folders of the
-    sibling ``train/`` folder. The cache entry's ``meta`` holds the class names and the
-    per-channel mean/std of the split.
+    sibling ``train/`` folder. With ``size`` every image is fitted to ``size x size`` as
+    it is decoded. The cache entry's ``meta`` holds the class names and the per-channel
+    mean/std of the split.
     """
     if not split_dir.is_dir():
         raise DataNotFoundError(
@@ -330,7 +443,8 @@ def _load_folder(
 
     def build() -> tuple[Tensor, Tensor, dict[str, Any]]:
         paths, labels = labelled_images(split_dir, files, classes)
-        images = decode_images(paths, desc=f"decoding {name} {split_dir.name}")
+        desc = f"decoding {name} {split_dir.name}"
+        images = decode_images(paths, desc=desc, size=size)
         mean, std = _channel_stats(images)
         return images, labels, {"classes": classes, "mean": mean, "std": std}
 
@@ -346,9 +460,12 @@ def _info_from_entry(name: str, entry: CachedSplit) -> DatasetInfo:
     )  # fmt: skip
 
 
-def _folder_info(folder: Path, cache: Path) -> DatasetInfo:
-    name = f"{IMAGEFOLDER_PREFIX}{folder}"
-    return _info_from_entry(name, _load_folder(name, folder / "train", cache))
+def _folder_info(parsed: _Parsed, cache: Path) -> DatasetInfo:
+    assert parsed.folder is not None
+    name = parsed.canonical()
+    return _info_from_entry(
+        name, _load_folder(name, parsed.folder / "train", cache, size=parsed.size)
+    )
 
 
 # --- torchvision data sets -----------------------------------------------------------
@@ -387,8 +504,14 @@ def _download(spec: _Builtin, split: str, root: Path) -> None:
 
 
 def _load_builtin(
-    spec: _Builtin, split: str, root: Path, download: bool | None, cache: Path
+    spec: _Builtin,
+    split: str,
+    root: Path,
+    download: bool | None,
+    cache: Path,
+    size: int | None = None,
 ) -> CachedSplit:
+    """The split at its own size (cached), or resized to ``size`` from it (cached apart)."""
     name = spec.info.name
     if spec.requires and importlib.util.find_spec(spec.requires) is None:
         raise BinsenseError(
@@ -409,4 +532,16 @@ def _load_builtin(
             raise _not_found(spec, split, root, str(e).split(".")[0]) from None
         return images, labels, {}
 
-    return cached_split(name, split, root, files, build, cache)
+    def native() -> CachedSplit:
+        return cached_split(name, split, root, files, build, cache)
+
+    if size is None:
+        return native()
+
+    def build_resized() -> tuple[Tensor, Tensor, dict[str, Any]]:
+        entry = native()
+        chunks = entry.images.split(_RESIZE_CHUNK)
+        images = torch.cat([fit_square(chunk, size) for chunk in chunks]).contiguous()
+        return images, entry.labels, dict(entry.meta)
+
+    return cached_split(f"{name}{SIZE_SEPARATOR}{size}", split, root, files, build_resized, cache)
