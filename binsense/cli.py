@@ -519,6 +519,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from binsense.data import DeviceLoader, load_dataset
+    from binsense.deploy import check_exact, convert
+    from binsense.train import load_model
+
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.test_subset, "--test-subset")
+    _check_data_dir(args.data_dir)
+    model, config = load_model(args.checkpoint, allow_large=_allow_large(args))
+    t0 = time.perf_counter()
+    deployed = convert(model)
+    ops = ", ".join(type(op).__name__ for op in deployed.ops)
+    print(f"{config.model}: converted in {time.perf_counter() - t0:.1f} s — {ops}")
+    if not args.check:
+        return 0
+    data = load_dataset(config.dataset, "test", data_dir=args.data_dir)
+    if args.test_subset is not None:
+        data = data.subset(args.test_subset, seed=config.seed)
+    loader = DeviceLoader(data, args.batch_size, shuffle=False, device="cpu")
+    t0 = time.perf_counter()
+    result = check_exact(model, loader, deployed)
+    wall = time.perf_counter() - t0
+    print(f"engine vs PyTorch on {config.dataset} test, {result.line()} ({wall:.0f} s)")
+    for name, count in result.layer_mismatches.items():
+        if count:
+            print(f"  {name}: integer output differs on {count} images")
+    return 0 if result.exact else 1
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from binsense.models import component_choices, describe_models
 
@@ -699,6 +728,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu (default), cuda, ...")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "deploy",
+        help="convert a checkpoint to the integer program (bit-packed binary layers)",
+        description="Convert a trained BNN into an integer program: integer thresholds, "
+        "64-bit packed weights, exact padding. --check runs it against the PyTorch model on "
+        "the test set and counts disagreements (exit 1 if any).",
+    )
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoint.pt")
+    p.add_argument("--check", action="store_true", help="compare with PyTorch on the test set")
+    p.add_argument("--data-dir", help="data-set folder (default: $BINSENSE_DATA)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--test-subset", type=int, help="n test images per class (default: all)")
+    p.add_argument("--allow-large", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)

@@ -1,5 +1,7 @@
-"""Deployment: trained BNN -> integer form. Today: every folding rule that turns a
-block's (norm, activation) pair into integer thresholds (:mod:`binsense.deploy.folding`).
+"""Deployment: trained BNN -> integer form. Every folding rule that turns a block's
+(norm, activation) pair into integer thresholds (:mod:`binsense.deploy.folding`), and the
+conversion of a recipe model into an integer program with bit-packed binary layers and
+its exactness check (:mod:`binsense.deploy.program`, the reference engine).
 """
 
 from binsense.deploy.folding import (
@@ -15,9 +17,14 @@ from binsense.deploy.folding import (
     threshold_design,
     threshold_sign,
 )
+from binsense.deploy.program import CheckResult, DeployedModel, check_exact, convert
 
 __all__ = [
+    "CheckResult",
+    "DeployedModel",
     "Thresholds",
+    "check_exact",
+    "convert",
     "bn_params64",
     "fold_bn_design",
     "fold_bn_sign",

@@ -1,0 +1,470 @@
+r"""Trained BNN -> integer program, with bit-packed binary layers (reference engine).
+
+:func:`convert` walks a recipe model (:class:`~binsense.models.recipe.RecipeModel`:
+encoder -> blocks -> head) and returns a :class:`DeployedModel`, a list of small ops:
+
+- **input stage**: a binary encoder becomes integer compares on the 8-bit ADC code (its
+  exact code table); a float encoder and a float first block stay float32 modules,
+  computed exactly as in PyTorch, up to their sign;
+- :class:`PackedConv` / :class:`PackedLinear`: a binary layer on ±1 inputs, its weights
+  packed into 64-bit words along the input channels of each group, computed as
+  :math:`y = 2\,\mathrm{popcount}(\overline{x \oplus w}) - K` with :math:`K` the fan-in;
+- :class:`MaxPoolInt`: max-pool on the integer popcount (before the threshold, where the
+  trained block pools);
+- :class:`Threshold`: the block's (norm, act) pair as integer thresholds, one per
+  channel (sign) or per channel and position class (DeSign);
+- the head: the classifier's norm on the integer output (a per-class scale and shift) or
+  a float linear layer.
+
+**Padding.** The trained model pads its ±1 activations with 0, a value no bit can hold.
+The packed layer pads with bit 0 (that is, −1) and adds back, at every output position,
+the contribution of the padded taps: :math:`+\sum_{\text{padded taps}} w` (a fixed
+integer map per output channel and position, :attr:`PackedConv.border`), as Larq Compute
+Engine corrects its zero padding. Channel padding of the last 64-bit word uses bit 0 in
+the input and bit 1 in the weights, so :math:`\overline{0 \oplus 1} = 0` adds nothing.
+
+**Thresholds by enumeration.** PyTorch evaluates batch norm in float32; folding it in
+float64 (:mod:`binsense.deploy.folding`) equals exact arithmetic but can disagree with
+float32 for an integer within rounding of a threshold. So the deployed thresholds are
+found by evaluating the trained (norm, act) modules themselves on every integer the
+layer can output (:math:`-K..K`, per position class for DeSign): the engine then agrees
+with the PyTorch model on every input, bit for bit, by construction; the float64 fold
+checks it.
+
+This is the reference engine (PyTorch integer and bitwise ops, exact, not fast); the
+run-time-dispatched XNOR-popcount kernels and the file format build on its ops.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from binsense.encoders.base import FloatEncoder, adc_code
+from binsense.errors import BinsenseError
+from binsense.layers.binary import BinaryConv2d, BinaryLinear, is_binary_layer
+from binsense.layers.block import BinaryBlock, ResidualUnit
+from binsense.layers.design import DeSign, design_thresholds
+from binsense.quant.sign import SignQuantizer
+
+WORD = 64
+
+
+# ---------------------------------------------------------------- bits
+
+
+def pack_bits(bits: Tensor, dim: int = 1, pad_value: bool = False) -> Tensor:
+    """Pack bool ``bits`` along ``dim`` into int64 words (bit ``i % 64`` of word
+    ``i // 64``), padding the last word with ``pad_value``; ``dim`` becomes the word axis."""
+    bits = bits.movedim(dim, -1)
+    n = bits.shape[-1]
+    words = -(-n // WORD)
+    if words * WORD != n:
+        fill = torch.full((*bits.shape[:-1], words * WORD - n), pad_value, dtype=torch.bool)
+        bits = torch.cat([bits, fill.to(bits.device)], dim=-1)
+    bits = bits.reshape(*bits.shape[:-1], words, WORD).to(torch.int64)
+    shifts = torch.arange(WORD, device=bits.device, dtype=torch.int64)
+    packed = (bits << shifts).sum(dim=-1)  # distinct bits: the sum is the bitwise or
+    return packed.movedim(-1, dim)
+
+
+def popcount64(words: Tensor) -> Tensor:
+    """Set bits of each int64 word (int32), by the SWAR bit-count (Hacker's Delight 5-1)."""
+    x = words - ((words >> 1) & 0x5555555555555555)  # masks clear the sign extension
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
+    return ((x * 0x0101010101010101) >> 56).to(torch.int32) & 0x7F  # byte sums, wrapping
+
+
+def to_bits(x: Tensor) -> Tensor:
+    """±1 activations -> bool (+1 -> True)."""
+    return x > 0
+
+
+# ---------------------------------------------------------------- ops
+
+
+class PackedConv(nn.Module):
+    r"""A binary 2-D convolution on ±1 inputs, with packed weights (module docstring).
+
+    ``weight_words``: int64 ``(C_out, k_h, k_w, words)`` per group's input channels;
+    ``border``: int32 ``(C_out, H_out, W_out)`` correction for the zero padding of the
+    trained model, built for one input size (rebuilt when another size comes).
+    """
+
+    def __init__(self, conv: BinaryConv2d) -> None:
+        super().__init__()
+        if conv.scale or conv.bias is not None or conv.input_quantizer is not None:
+            raise BinsenseError(
+                "the deploy step packs binary convs without XNOR scale, bias or input "
+                "quantizer (the recipe models' form)."
+            )
+        if conv.dilation != (1, 1) or conv.padding_mode != "zeros":
+            raise BinsenseError("the deploy step packs convs with dilation 1 and zero padding.")
+        with torch.no_grad():
+            w = conv.binary_weight().detach().cpu()
+        if not torch.all(w.abs() == 1):
+            raise BinsenseError("binary conv weights must be ±1 to pack (sign quantizer).")
+        self.groups = conv.groups
+        self.stride = conv.stride
+        self.padding = conv.padding
+        self.kernel = conv.kernel_size
+        self.out_channels, self.in_per_group = w.shape[0], w.shape[1]
+        self.fan_in = self.in_per_group * self.kernel[0] * self.kernel[1]
+        self.register_buffer("weight_pm1", w.to(torch.int8))
+        # words along the input channels of each group; padding bits 1 (adds nothing)
+        self.register_buffer("weight_words", pack_bits(w.permute(0, 2, 3, 1) > 0, -1, True))
+        self._border: tuple[tuple[int, int], Tensor] | None = None
+
+    def border(self, height: int, width: int) -> Tensor:
+        """``+sum(w)`` over the padded taps at each output position, ``(C_out, H', W')``."""
+        if self._border is not None and self._border[0] == (height, width):
+            return self._border[1]
+        ph, pw = self.padding
+        pad = torch.ones(1, self.in_per_group * self.groups, height + 2 * ph, width + 2 * pw)
+        pad[:, :, ph : ph + height, pw : pw + width] = 0
+        border = F.conv2d(pad, self.weight_pm1.float(), stride=self.stride, groups=self.groups)
+        self._border = ((height, width), border[0].round().to(torch.int32))
+        return self._border[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ±1 (any dtype) ``(B, C_in, H, W)`` -> int32 ``(B, C_out, H', W')``."""
+        b, c, h, w = x.shape
+        ph, pw = self.padding
+        bits = F.pad(to_bits(x), (pw, pw, ph, ph), value=False)
+        kh, kw = self.kernel
+        sh, sw = self.stride
+        hout, wout = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        g, cg = self.groups, self.in_per_group
+        cout_g = self.out_channels // g
+        # (B, G, H_p, W_p, words): each pixel's group channels packed, padding bits 0
+        words = pack_bits(bits.view(b, g, cg, *bits.shape[2:]).permute(0, 1, 3, 4, 2), -1, False)
+        out = torch.zeros(b, self.out_channels, hout, wout, dtype=torch.int32, device=x.device)
+        wwords = self.weight_words.to(x.device)
+        for gi in range(g):
+            wg = wwords[gi * cout_g : (gi + 1) * cout_g]  # (Cg_out, kh, kw, words)
+            acc = torch.zeros(b, cout_g, hout, wout, dtype=torch.int32, device=x.device)
+            for i in range(kh):
+                for j in range(kw):
+                    tap = words[:, gi, i : i + sh * hout : sh, j : j + sw * wout : sw, :]
+                    xnor = ~(tap.unsqueeze(1) ^ wg[:, i, j].view(1, cout_g, 1, 1, -1))
+                    acc += popcount64(xnor).sum(dim=-1)
+            out[:, gi * cout_g : (gi + 1) * cout_g] = acc
+        return 2 * out - self.fan_in + self.border(h, w).to(x.device)
+
+
+class PackedLinear(nn.Module):
+    """A binary linear layer on ±1 inputs with packed weights (no padding)."""
+
+    def __init__(self, linear: BinaryLinear) -> None:
+        super().__init__()
+        if linear.scale or linear.bias is not None or linear.input_quantizer is not None:
+            raise BinsenseError("the deploy step packs binary linear layers without scale or bias.")
+        with torch.no_grad():
+            w = linear.binary_weight().detach().cpu()
+        self.fan_in = w.shape[1]
+        self.register_buffer("weight_words", pack_bits(w > 0, 1, True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        words = pack_bits(to_bits(x), 1, False)  # (B, words)
+        xnor = ~(words.unsqueeze(1) ^ self.weight_words.to(x.device).unsqueeze(0))
+        return 2 * popcount64(xnor).sum(dim=-1) - self.fan_in
+
+
+class MaxPoolInt(nn.Module):
+    """Max-pool on integer popcounts (where the trained block pools: before its norm)."""
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(x.to(torch.float64)).to(torch.int32)  # exact for |x| < 2^53
+
+
+class Threshold(nn.Module):
+    r"""Integer thresholds of a (norm, act) pair: ``+1`` iff ``flip * (y - tau) >= 0``.
+
+    ``tau``: int64 ``(C,)``, or ``(C, m, n)`` per position class (DeSign); found by
+    evaluating the trained modules on every integer :math:`-K..K` (module docstring).
+    """
+
+    def __init__(
+        self, norm: nn.Module, act: nn.Module, fan_in: int, channels: int, spatial: bool
+    ) -> None:
+        super().__init__()
+        norm, act = norm.eval(), act.eval()
+        values = torch.arange(-fan_in, fan_in + 1, dtype=torch.float32)
+        n = values.numel()
+        classes = tuple(act.kernel.shape[1:]) if isinstance(act, DeSign) else ()
+        if spatial:
+            probe = values.view(n, 1, 1, 1).expand(n, channels, *(classes or (1, 1)))
+        else:
+            probe = values.view(n, 1).expand(n, channels)
+        with torch.no_grad():
+            signs = act(norm(probe.contiguous())) > 0
+        signs = signs.reshape(n, channels, *classes)  # one row per integer value
+        # a (norm, sign) pair is monotone in y: +1 from tau upwards (flip +1) or up to tau
+        # (flip -1); all +1 or all -1 is a constant channel
+        always, never = signs.all(0), ~signs.any(0)
+        rising = signs[-1] & ~always | never
+        first_pos = signs.to(torch.int8).argmax(0)
+        last_pos = n - 1 - signs.flip(0).to(torch.int8).argmax(0)
+        tau = torch.where(rising, first_pos, last_pos).to(torch.int64) - fan_in
+        tau = torch.where(always, -fan_in - 1, torch.where(never, fan_in + 1, tau))
+        flip = torch.where(rising | always, 1, -1).to(torch.int64)
+        self.register_buffer("tau", tau)
+        self.register_buffer("flip", flip)
+        self._check_monotone(signs, tau, flip, values)
+
+    @staticmethod
+    def _check_monotone(signs: Tensor, tau: Tensor, flip: Tensor, values: Tensor) -> None:
+        v = values.to(torch.int64).view(-1, *([1] * (signs.dim() - 1)))
+        rebuilt = (flip.unsqueeze(0) * (v - tau.unsqueeze(0))) >= 0
+        if not torch.equal(rebuilt, signs):
+            raise BinsenseError(
+                "a (norm, activation) pair is not a threshold on integers (not monotone); "
+                "it cannot be deployed as integer compares."
+            )
+
+    def forward(self, y: Tensor) -> Tensor:
+        """int32 popcounts ``(B, C, ...)`` -> int8 ±1."""
+        tau, flip = self.tau.to(y.device), self.flip.to(y.device)
+        if tau.dim() == 3:  # per position class, tiled from the top-left corner
+            c, h, w = tau.shape[0], y.shape[2], y.shape[3]
+            tau = design_thresholds(tau.double(), c, h, w).to(torch.int64).unsqueeze(0)
+            flip = design_thresholds(flip.double(), c, h, w).to(torch.int64).unsqueeze(0)
+        else:
+            shape = (1, -1, *([1] * (y.dim() - 2)))
+            tau, flip = tau.view(shape), flip.view(shape)
+        return torch.where(flip * (y.to(torch.int64) - tau) >= 0, 1, -1).to(torch.int8)
+
+
+class PlanesInput(nn.Module):
+    """A binary encoder as integer compares: ADC code -> ±1 planes via its code table."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.register_buffer("table", encoder.code_table().cpu())  # bool (C, 256, K)
+
+    def forward(self, x: Tensor) -> Tensor:
+        codes = adc_code(x).to(torch.int64)  # (B, C, H, W)
+        table = self.table.to(x.device)
+        c, _, k = table.shape
+        bits = table[torch.arange(c, device=x.device).view(1, c, 1, 1), codes]  # B,C,H,W,K
+        bits = bits.permute(0, 1, 4, 2, 3).reshape(x.shape[0], c * k, *x.shape[2:])
+        return torch.where(bits, 1, -1).to(torch.int8)
+
+
+class FloatStage(nn.Module):
+    """Modules kept in float32 (a float encoder or first block, a float head)."""
+
+    def __init__(self, *modules: nn.Module) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*modules).eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x.to(torch.float32))
+
+
+class ToInt8(nn.Module):
+    """Float ±1 -> int8 ±1 (after a float stage that ends in a sign)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.to(torch.int8)
+
+
+class FlattenOp(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
+
+
+# ---------------------------------------------------------------- the program
+
+
+@dataclass
+class DeployedModel:
+    """The integer program: ``ops`` in order; ``forward`` gives the logits."""
+
+    ops: nn.Sequential
+    source: str = ""
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.ops(x)
+
+    @torch.no_grad()
+    def trace(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
+        """Each op's name and output, in order (for per-layer comparisons)."""
+        for name, op in self.ops.named_children():
+            x = op(x)
+            yield name, x
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self(x).argmax(1)
+
+
+def _binary_input_block(block: BinaryBlock) -> bool:
+    return is_binary_layer(block.conv) and isinstance(block.act, SignQuantizer | DeSign)
+
+
+def _block_ops(block: BinaryBlock, name: str, ops: dict[str, nn.Module]) -> None:
+    conv = block.conv
+    packed: nn.Module = PackedConv(conv) if isinstance(conv, BinaryConv2d) else PackedLinear(conv)
+    ops[f"{name}_conv"] = packed
+    if block.pool is not None:
+        if not isinstance(block.pool, nn.MaxPool2d):
+            raise BinsenseError(f"block {name}: only max-pools deploy on integers.")
+        ops[f"{name}_pool"] = MaxPoolInt(block.pool)
+    if isinstance(block.act, SignQuantizer | DeSign):
+        channels = conv.out_channels if isinstance(conv, BinaryConv2d) else conv.out_features
+        spatial = isinstance(conv, BinaryConv2d)
+        ops[f"{name}_threshold"] = Threshold(
+            block.norm, block.act, packed.fan_in, channels, spatial
+        )
+    elif isinstance(block.act, nn.Identity):  # the classifier: its norm on the integers
+        ops[f"{name}_norm"] = FloatStage(block.norm)
+    else:
+        raise BinsenseError(f"block {name}: activation {type(block.act).__name__} does not deploy.")
+
+
+def convert(model: nn.Module) -> DeployedModel:
+    """A trained recipe model (eval mode) as an integer program (module docstring).
+
+    Supports the plain recipes (MNIST BNN, VGG-small, CNV, the compact grouped BNN, their
+    DeSign, grouped, BN-free and k-bit-BN variants); a residual model raises a clear
+    :class:`BinsenseError` for now.
+    """
+    from binsense.models.recipe import RecipeModel
+
+    if not isinstance(model, RecipeModel):
+        raise BinsenseError("convert() takes a binsense recipe model (build_model / load_model).")
+    model = model.eval()
+    if any(isinstance(m, ResidualUnit) for m in model.modules()):
+        raise BinsenseError(
+            "residual units (resnet18_bnn, the CIFAR ResNets) do not deploy yet: the "
+            "integer program covers the plain recipes (mnist_bnn, vgg_small, cnv, compact_bnn)."
+        )
+    ops: dict[str, nn.Module] = {}
+    blocks = list(model.blocks)
+    pending: list[nn.Module] = []
+    if isinstance(model.encoder, FloatEncoder):
+        pending.append(model.encoder)
+    else:
+        if not getattr(model.encoder, "binary", False):
+            raise BinsenseError(f"encoder {type(model.encoder).__name__} does not deploy.")
+        ops["input"] = PlanesInput(model.encoder)
+    binary_seen = "input" in ops
+    for i, module in enumerate(blocks):
+        name = f"b{i}"
+        if isinstance(module, BinaryBlock) and binary_seen and _binary_input_block(module):
+            _block_ops(module, name, ops)
+        elif isinstance(module, BinaryBlock) and not binary_seen:
+            if not isinstance(module.act, SignQuantizer | DeSign):
+                raise BinsenseError(f"the float first block {name} must end in a sign.")
+            ops["input"] = FloatStage(*pending, module)
+            ops["input_sign"] = ToInt8()
+            pending, binary_seen = [], True
+        elif isinstance(module, nn.Flatten):
+            ops[name] = FlattenOp()
+        elif type(module).__name__ == "ChannelShuffle":
+            ops[name] = module
+        else:
+            raise BinsenseError(
+                f"{type(module).__name__} at blocks.{i} does not deploy yet (residual units "
+                "are planned)."
+            )
+    head = model.head
+    if isinstance(head, BinaryBlock) and is_binary_layer(head.conv):
+        if isinstance(head.conv, BinaryConv2d):  # the compact model's 1x1 conv head
+            ops["head_conv"] = PackedConv(head.conv)
+            ops["head_rest"] = FloatStage(*(m for m in (head.pool, head.norm) if m is not None))
+        else:
+            _block_ops(head, "head", ops)
+    else:
+        ops["head"] = FloatStage(head)
+    return DeployedModel(nn.Sequential(OrderedDict(ops)), source=type(model).__name__)
+
+
+# ---------------------------------------------------------------- exactness check
+
+
+@dataclass
+class CheckResult:
+    """Engine vs PyTorch on a data set: counts of disagreements."""
+
+    images: int
+    prediction_mismatches: int
+    logit_mismatches: int
+    layers: int
+    layer_mismatches: dict[str, int]
+
+    @property
+    def exact(self) -> bool:
+        return self.prediction_mismatches == 0 and not any(self.layer_mismatches.values())
+
+    def line(self) -> str:
+        exact_layers = sum(1 for v in self.layer_mismatches.values() if v == 0)
+        return (
+            f"{self.images} images: predictions differ on {self.prediction_mismatches}, logits "
+            f"differ on {self.logit_mismatches}; binary layers bit-exact {exact_layers}/"
+            f"{self.layers}"
+        )
+
+
+@torch.no_grad()
+def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None) -> CheckResult:
+    """Run ``model`` (eval mode) and its :func:`convert` on every batch of ``loader``
+    (pairs ``(images in [0, 1], labels)``) and count disagreements: predictions, logits
+    (bitwise), and each binary layer's integer output against the PyTorch layer's."""
+    model = model.eval()
+    deployed = deployed if deployed is not None else convert(model)
+    torch_layers: list[Tensor] = []
+    hooks = [
+        b.conv.register_forward_hook(lambda m, i, o: torch_layers.append(o))
+        for b in [*model.blocks, model.head]
+        if isinstance(b, BinaryBlock) and is_binary_layer(b.conv)
+    ]
+    names = [
+        n for n, op in deployed.ops.named_children() if isinstance(op, PackedConv | PackedLinear)
+    ]
+    mismatches = dict.fromkeys(names, 0)
+    images = pred = logit = 0
+    try:
+        for x, _ in loader:
+            torch_layers.clear()
+            ref = model(x)
+            outputs = dict(deployed.trace(x))
+            out = list(outputs.values())[-1]
+            # the float first layer of the PyTorch model is hooked too when it is binary-
+            # weight on real pixels; compare the last len(names) hooked outputs
+            for name, t in zip(names, torch_layers[-len(names) :] if names else [], strict=True):
+                mismatches[name] += int((outputs[name].to(t.dtype) != t).flatten(1).any(1).sum())
+            images += x.shape[0]
+            pred += int((ref.argmax(1) != out.argmax(1)).sum())
+            logit += int((ref != out).flatten(1).any(1).sum())
+    finally:
+        for h in hooks:
+            h.remove()
+    return CheckResult(images, pred, logit, len(names), mismatches)
+
+
+__all__ = [
+    "CheckResult",
+    "DeployedModel",
+    "check_exact",
+    "FloatStage",
+    "MaxPoolInt",
+    "PackedConv",
+    "PackedLinear",
+    "PlanesInput",
+    "Threshold",
+    "convert",
+    "pack_bits",
+    "popcount64",
+]
