@@ -133,9 +133,16 @@ def test_k_bit_batch_norm_deploys_the_same_way():
     assert check_exact(model, [(x, None)]).exact
 
 
-def test_residual_models_are_refused_with_one_line():
-    model = build_model("resnet18_bnn", dataset_info("cifar10"), width=0.125).eval()
-    with pytest.raises(BinsenseError, match="do not deploy yet"):
+@pytest.mark.parametrize("design", [None, "2x2x4_shift"])
+def test_resnet18_bnn_deploys_with_a_float_residual_stream(design):
+    model = _calibrated("resnet18_bnn", "cifar10", width=0.0625, design=design)
+    result = check_exact(model, [(torch.rand(3, 3, 32, 32), None)])
+    assert result.exact and result.logit_mismatches == 0 and result.layers == 16
+
+
+def test_float_models_are_refused_with_one_line():
+    model = build_model("resnet20", dataset_info("cifar10"), width=0.25).eval()
+    with pytest.raises(BinsenseError, match="nothing to deploy"):
         convert(model)
 
 

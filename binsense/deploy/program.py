@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -284,6 +284,40 @@ class FlattenOp(nn.Module):
         return x.flatten(1)
 
 
+class ResidualOp(nn.Module):
+    r"""A binary residual unit on a real residual stream (the ResNet-18 BNN).
+
+    :math:`y = \mathrm{post}(\mathrm{act}_2(\mathrm{norm}_2(W_2 \ast h)) + s(x))` with
+    :math:`h` the thresholded popcount of :math:`W_1 \ast \operatorname{sign}(x)`: both
+    binary convs run packed; the stream, block 2's norm and DeSign shift, the shortcut
+    and hardtanh stay float32 modules, computed as PyTorch does on the same integers.
+    """
+
+    def __init__(self, unit: ResidualUnit) -> None:
+        super().__init__()
+        b1, b2 = unit.block1, unit.block2
+        if not isinstance(unit.binarize, SignQuantizer) or not (
+            isinstance(b1.conv, BinaryConv2d) and isinstance(b2.conv, BinaryConv2d)
+        ):
+            raise BinsenseError("only binary residual units (a sign on the stream) deploy.")
+        if b1.pool is not None or b2.pool is not None:
+            raise BinsenseError("a residual unit with pooling inside does not deploy.")
+        self.conv1 = PackedConv(b1.conv)
+        self.threshold1 = Threshold(
+            b1.norm, b1.act, self.conv1.fan_in, b1.conv.out_channels, spatial=True
+        )
+        self.conv2 = PackedConv(b2.conv)
+        self.rest = FloatStage(b2.norm, b2.act)
+        self.shortcut = unit.shortcut
+        self.post = unit.post
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.to(torch.float32)
+        signs = torch.where(x >= 0, 1, -1).to(torch.int8)  # sign(0) = +1
+        y2 = self.conv2(self.threshold1(self.conv1(signs)))
+        return self.post(self.rest(y2.to(torch.float32)) + self.shortcut(x))
+
+
 # ---------------------------------------------------------------- the program
 
 
@@ -293,6 +327,8 @@ class DeployedModel:
 
     ops: nn.Sequential
     source: str = ""
+    #: (trained binary layer, its packed op) pairs, in forward order, for layer checks.
+    layers: list[tuple[nn.Module, nn.Module]] = field(default_factory=list)
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
@@ -313,10 +349,11 @@ def _binary_input_block(block: BinaryBlock) -> bool:
     return is_binary_layer(block.conv) and isinstance(block.act, SignQuantizer | DeSign)
 
 
-def _block_ops(block: BinaryBlock, name: str, ops: dict[str, nn.Module]) -> None:
+def _block_ops(block: BinaryBlock, name: str, ops: dict[str, nn.Module], layers: list) -> None:
     conv = block.conv
     packed: nn.Module = PackedConv(conv) if isinstance(conv, BinaryConv2d) else PackedLinear(conv)
     ops[f"{name}_conv"] = packed
+    layers.append((conv, packed))
     if block.pool is not None:
         if not isinstance(block.pool, nn.MaxPool2d):
             raise BinsenseError(f"block {name}: only max-pools deploy on integers.")
@@ -336,59 +373,71 @@ def _block_ops(block: BinaryBlock, name: str, ops: dict[str, nn.Module]) -> None
 def convert(model: nn.Module) -> DeployedModel:
     """A trained recipe model (eval mode) as an integer program (module docstring).
 
-    Supports the plain recipes (MNIST BNN, VGG-small, CNV, the compact grouped BNN, their
-    DeSign, grouped, BN-free and k-bit-BN variants); a residual model raises a clear
-    :class:`BinsenseError` for now.
+    Supports the plain recipes (MNIST BNN, VGG-small, CNV, the compact grouped BNN, with
+    DeSign, groups, any norm, k-bit BN, binary encoders) and the ResNet-18 BNN (binary
+    residual units on a float residual stream). The float CIFAR baselines have nothing
+    binary to deploy and raise a clear :class:`BinsenseError`.
     """
     from binsense.models.recipe import RecipeModel
 
     if not isinstance(model, RecipeModel):
         raise BinsenseError("convert() takes a binsense recipe model (build_model / load_model).")
     model = model.eval()
-    if any(isinstance(m, ResidualUnit) for m in model.modules()):
-        raise BinsenseError(
-            "residual units (resnet18_bnn, the CIFAR ResNets) do not deploy yet: the "
-            "integer program covers the plain recipes (mnist_bnn, vgg_small, cnv, compact_bnn)."
-        )
+    if not any(is_binary_layer(m) for m in model.modules()):
+        raise BinsenseError("this model has no binary layer: there is nothing to deploy.")
     ops: dict[str, nn.Module] = {}
-    blocks = list(model.blocks)
+    layers: list[tuple[nn.Module, nn.Module]] = []
     pending: list[nn.Module] = []
     if isinstance(model.encoder, FloatEncoder):
         pending.append(model.encoder)
+        stream = "float"
     else:
         if not getattr(model.encoder, "binary", False):
             raise BinsenseError(f"encoder {type(model.encoder).__name__} does not deploy.")
         ops["input"] = PlanesInput(model.encoder)
-    binary_seen = "input" in ops
-    for i, module in enumerate(blocks):
+        stream = "binary"
+    for i, module in enumerate(model.blocks):
         name = f"b{i}"
-        if isinstance(module, BinaryBlock) and binary_seen and _binary_input_block(module):
-            _block_ops(module, name, ops)
-        elif isinstance(module, BinaryBlock) and not binary_seen:
-            if not isinstance(module.act, SignQuantizer | DeSign):
-                raise BinsenseError(f"the float first block {name} must end in a sign.")
-            ops["input"] = FloatStage(*pending, module)
-            ops["input_sign"] = ToInt8()
-            pending, binary_seen = [], True
+        if isinstance(module, ResidualUnit):
+            if pending:
+                ops["input"] = FloatStage(*pending)
+                pending = []
+            if stream != "float":
+                raise BinsenseError(f"residual unit {name} needs a real residual stream.")
+            op = ResidualOp(module)
+            ops[name] = op
+            layers += [(module.block1.conv, op.conv1), (module.block2.conv, op.conv2)]
+        elif isinstance(module, BinaryBlock) and stream == "binary":
+            if not _binary_input_block(module):
+                raise BinsenseError(f"block {name} is not a binary block (binary conv + sign).")
+            _block_ops(module, name, ops, layers)
+        elif isinstance(module, BinaryBlock):  # the float first block (and encoder)
+            pending.append(module)
+            if isinstance(module.act, SignQuantizer | DeSign):
+                ops["input"] = FloatStage(*pending)
+                ops["input_sign"] = ToInt8()
+                pending, stream = [], "binary"
+            elif not isinstance(module.act, nn.Identity):
+                raise BinsenseError(f"the float block {name} must end in a sign or nothing.")
         elif isinstance(module, nn.Flatten):
             ops[name] = FlattenOp()
         elif type(module).__name__ == "ChannelShuffle":
             ops[name] = module
         else:
-            raise BinsenseError(
-                f"{type(module).__name__} at blocks.{i} does not deploy yet (residual units "
-                "are planned)."
-            )
+            raise BinsenseError(f"{type(module).__name__} at blocks.{i} does not deploy.")
+    if pending:
+        raise BinsenseError("the model ends in float blocks before its head: nothing binary.")
     head = model.head
-    if isinstance(head, BinaryBlock) and is_binary_layer(head.conv):
+    if isinstance(head, BinaryBlock) and is_binary_layer(head.conv) and stream == "binary":
         if isinstance(head.conv, BinaryConv2d):  # the compact model's 1x1 conv head
             ops["head_conv"] = PackedConv(head.conv)
+            layers.append((head.conv, ops["head_conv"]))
             ops["head_rest"] = FloatStage(*(m for m in (head.pool, head.norm) if m is not None))
         else:
-            _block_ops(head, "head", ops)
+            _block_ops(head, "head", ops, layers)
     else:
         ops["head"] = FloatStage(head)
-    return DeployedModel(nn.Sequential(OrderedDict(ops)), source=type(model).__name__)
+    return DeployedModel(nn.Sequential(OrderedDict(ops)), type(model).__name__, layers)
 
 
 # ---------------------------------------------------------------- exactness check
@@ -424,27 +473,26 @@ def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None)
     (bitwise), and each binary layer's integer output against the PyTorch layer's."""
     model = model.eval()
     deployed = deployed if deployed is not None else convert(model)
-    torch_layers: list[Tensor] = []
-    hooks = [
-        b.conv.register_forward_hook(lambda m, i, o: torch_layers.append(o))
-        for b in [*model.blocks, model.head]
-        if isinstance(b, BinaryBlock) and is_binary_layer(b.conv)
-    ]
-    names = [
-        n for n, op in deployed.ops.named_children() if isinstance(op, PackedConv | PackedLinear)
-    ]
+    seen: dict[int, Tensor] = {}
+    hooks = []
+    for trained, packed in deployed.layers:
+        for module in (trained, packed):
+            hooks.append(
+                module.register_forward_hook(
+                    lambda m, i, o: seen.__setitem__(id(m), o)  # noqa: B023 - m is the arg
+                )
+            )
+    names = [f"{i}:{type(t).__name__}" for i, (t, _) in enumerate(deployed.layers)]
     mismatches = dict.fromkeys(names, 0)
     images = pred = logit = 0
     try:
         for x, _ in loader:
-            torch_layers.clear()
+            seen.clear()
             ref = model(x)
-            outputs = dict(deployed.trace(x))
-            out = list(outputs.values())[-1]
-            # the float first layer of the PyTorch model is hooked too when it is binary-
-            # weight on real pixels; compare the last len(names) hooked outputs
-            for name, t in zip(names, torch_layers[-len(names) :] if names else [], strict=True):
-                mismatches[name] += int((outputs[name].to(t.dtype) != t).flatten(1).any(1).sum())
+            out = deployed(x)
+            for name, (trained, packed) in zip(names, deployed.layers, strict=True):
+                a, b = seen[id(trained)], seen[id(packed)]
+                mismatches[name] += int((b.to(a.dtype) != a).flatten(1).any(1).sum())
             images += x.shape[0]
             pred += int((ref.argmax(1) != out.argmax(1)).sum())
             logit += int((ref != out).flatten(1).any(1).sum())
@@ -463,6 +511,7 @@ __all__ = [
     "PackedConv",
     "PackedLinear",
     "PlanesInput",
+    "ResidualOp",
     "Threshold",
     "convert",
     "pack_bits",
