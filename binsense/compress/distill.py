@@ -28,7 +28,7 @@ convolutions", ICLR 2020) trains with the cross-entropy *plus* a KD term (plus a
 matching, which a logits hook cannot do). Issue 11 cites its KD weight as 0.8; the paper's
 text was not reachable from here to confirm it, and Larq Zoo's re-implementation (which
 the authors' README points to) uses classification weight 1.0, output-matching weight
-3.0 and :math:`T = 1`, marked "TODO double check". A sum ``CE + λ·KD`` is this loss
+3.0 and :math:`T = 1`, marked as still to be checked there. A sum ``CE + λ·KD`` is this loss
 with :math:`\alpha = 1/(1 + \lambda)` times :math:`1 + \lambda` (the same direction of
 descent; only the step scale differs): λ = 0.8 gives α ≈ 0.556, λ = 3 gives α = 0.25.
 binsense therefore does not take Real-to-Binary as the default; pass ``alpha`` to use

@@ -24,6 +24,7 @@ deploy step, and every plane encoder its exact code -> planes table
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import Annotated, ClassVar
 
 import torch
@@ -132,7 +133,7 @@ def quantile_thresholds(codes: Tensor, levels: int) -> Tensor:
     return torch.minimum(t, ADC_MAX - (k_max - 1) + step)  # push back under 256
 
 
-class PlaneEncoder(InputEncoder):
+class PlaneEncoder(InputEncoder, metaclass=ABCMeta):
     """Base of the binary encoders: ADC code -> ``K`` ±1 planes per channel.
 
     Subclasses implement :meth:`code_bits` (codes -> bool planes); the forward pass, the
@@ -148,14 +149,14 @@ class PlaneEncoder(InputEncoder):
         self.planes = planes
         self.out_channels = self.in_channels * planes
 
+    @abstractmethod
     def code_bits(self, codes: Tensor) -> Tensor:
         """Bool planes ``(B, C, K, H, W)`` of integer-valued float codes ``(B, C, H, W)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def thresholds_codes(self) -> Tensor:
         """Integer code thresholds ``(C, K)``: plane ``k`` of channel ``c`` is
         ``[code >= t[c, k]]`` (a thermometer); what the deploy step and the plot read."""
-        raise NotImplementedError
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
