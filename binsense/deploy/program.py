@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from binsense.deploy import kernels
 from binsense.encoders.base import FloatEncoder, adc_code
 from binsense.errors import BinsenseError
 from binsense.layers.binary import BinaryConv2d, BinaryLinear, is_binary_layer
@@ -134,6 +135,8 @@ class PackedConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ±1 (any dtype) ``(B, C_in, H, W)`` -> int32 ``(B, C_out, H', W')``."""
+        if kernels.runs(x):  # the C kernel (binsense.deploy.kernels); the same integers
+            return kernels.conv2d(self, x)
         b, c, h, w = x.shape
         ph, pw = self.padding
         bits = F.pad(to_bits(x), (pw, pw, ph, ph), value=False)
@@ -171,6 +174,8 @@ class PackedLinear(nn.Module):
         self.register_buffer("weight_words", pack_bits(w > 0, 1, True))
 
     def forward(self, x: Tensor) -> Tensor:
+        if kernels.runs(x):  # the C kernel (binsense.deploy.kernels); the same integers
+            return kernels.linear(self, x)
         words = pack_bits(to_bits(x), 1, False)  # (B, words)
         xnor = ~(words.unsqueeze(1) ^ self.weight_words.to(x.device).unsqueeze(0))
         return 2 * popcount64(xnor).sum(dim=-1) - self.fan_in

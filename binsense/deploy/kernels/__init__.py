@@ -1,0 +1,564 @@
+r"""XNOR-popcount kernels for the deploy engine: a small C library, built on first use.
+
+``xnor.c`` holds a blocked binary GEMM, :math:`C_{mn} = \sum_k
+\mathrm{popcount}(\overline{A_{mk} \oplus B_{nk}})` on 64-bit words, with three paths
+chosen at run time (never by ``-march``): **AVX-512 VPOPCNTDQ**, **AVX2** (the nibble
+table popcount of Mula et al.) and **portable C** (``__builtin_popcountll``); plus the
+packing of ±1 tensors into channel words, the im2col of packed words, and a convolution
+driver whose epilogue adds the border correction (int32 out) or applies integer
+thresholds and writes packed bits (fused, the next layer's input).
+
+**Build.** The first use compiles ``xnor.c`` with the system C compiler (``$CC``, ``cc``,
+``gcc`` or ``clang``; ``-O3 -fPIC -shared``, ``-fopenmp`` where it links) into
+``$BINSENSE_CACHE/kernels/`` (else ``~/.cache/binsense/kernels/``), named by the hash of
+the source and flags, written to a temporary file and renamed into place, and loads it
+with :mod:`ctypes`. Without a compiler, or when the build fails, the engine warns once
+and runs the PyTorch reference code (:mod:`binsense.deploy.program`), which gives the same
+integers. ``python -m binsense.deploy.kernels`` builds it ahead of time and prints the path
+taken.
+
+**Choosing a path.** :func:`backend` names the one in use: ``"avx512vpopcntdq"``,
+``"avx2"``, ``"portable-c"`` or ``"torch"``; the best the CPU has unless
+``$BINSENSE_KERNEL`` (``torch``, ``portable``, ``avx2``, ``avx512``) forces one (tests and
+benchmarks). A forced path the CPU or the build cannot give is a :class:`BinsenseError`.
+:func:`available` lists the paths this machine runs.
+
+**Threads.** One by default; :func:`set_threads` or ``$BINSENSE_THREADS`` give more (the
+row blocks of the GEMM shared out by OpenMP; ``1`` runs no thread team). Not tied to
+``torch.get_num_threads()``: two OpenMP runtimes spinning on the same cores slow each
+other down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from binsense.errors import BinsenseError
+
+SOURCE = Path(__file__).with_name("xnor.c")
+ENV = "BINSENSE_KERNEL"
+THREADS_ENV = "BINSENSE_THREADS"
+#: Compilers tried in order (``$CC`` first when set).
+COMPILERS: tuple[str, ...] = ("cc", "gcc", "clang")
+BASE_FLAGS = ("-O3", "-fPIC", "-shared", "-std=gnu11")
+OPENMP_FLAGS = ("-fopenmp",)
+
+BACKENDS = ("avx512vpopcntdq", "avx2", "portable-c", "torch")
+_ISA = {"portable-c": 1, "avx2": 2, "avx512vpopcntdq": 3}
+_FORCED = {
+    "torch": "torch",
+    "portable": "portable-c",
+    "portable-c": "portable-c",
+    "avx2": "avx2",
+    "avx512": "avx512vpopcntdq",
+    "avx512vpopcntdq": "avx512vpopcntdq",
+}
+_FEATURE_BITS = {"popcnt": 1, "avx2": 2, "avx512vpopcntdq": 4}
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+_warned = False
+_why = ""
+_threads: int | None = None
+_chosen: tuple[str, str] | None = None  # ($BINSENSE_KERNEL, its path), from backend()
+
+_I64 = ctypes.c_int64
+_P = ctypes.c_void_p
+_INT = ctypes.c_int
+
+
+def _reset() -> None:
+    """Forget the loaded library and the warning (tests)."""
+    global _lib, _tried, _warned, _why, _chosen
+    _lib, _tried, _warned, _why, _chosen = None, False, False, "", None
+
+
+def cache_dir() -> Path:
+    """``$BINSENSE_CACHE/kernels``, else ``$XDG_CACHE_HOME`` or ``~/.cache`` /binsense/kernels."""
+    cache = os.environ.get("BINSENSE_CACHE")
+    if cache:
+        return Path(cache).expanduser() / "kernels"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "binsense" / "kernels"
+
+
+def _compilers() -> list[str]:
+    names = [os.environ["CC"]] if os.environ.get("CC") else []
+    return [*names, *(c for c in COMPILERS if c not in names)]
+
+
+def _key(flags: tuple[str, ...]) -> str:
+    h = hashlib.sha256(SOURCE.read_bytes())
+    h.update(" ".join(flags).encode())
+    h.update(f"{sys.platform}-{platform.machine()}".encode())
+    return h.hexdigest()[:16]
+
+
+def _prune(folder: Path, keep: Path) -> None:
+    """Remove the builds of earlier sources (a process that has one loaded keeps it)."""
+    for old in folder.glob("xnor-*.so"):
+        if old != keep:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
+def _compile(folder: Path) -> Path | None:
+    """The library in ``folder`` (built now if missing); ``None`` if no compiler builds it."""
+    errors = []
+    for flags in (BASE_FLAGS + OPENMP_FLAGS, BASE_FLAGS):
+        target = folder / f"xnor-{_key(flags)}.so"
+        if target.exists():
+            return target
+    folder.mkdir(parents=True, exist_ok=True)
+    for cc in _compilers():
+        if shutil.which(cc) is None:
+            errors.append(f"{cc}: not found")
+            continue
+        for flags in (BASE_FLAGS + OPENMP_FLAGS, BASE_FLAGS):  # OpenMP where it links
+            target = folder / f"xnor-{_key(flags)}.so"
+            fd, tmp = tempfile.mkstemp(prefix=".xnor-", suffix=".so", dir=folder)
+            os.close(fd)
+            try:
+                run = subprocess.run(
+                    [cc, *flags, str(SOURCE), "-o", tmp],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+                if run.returncode == 0:
+                    os.replace(tmp, target)  # atomic: a reader sees no half-written file
+                    _prune(folder, keep=target)
+                    return target
+                last = (run.stderr.strip().splitlines() or ["failed"])[-1]
+                errors.append(f"{cc} {' '.join(flags)}: {last}")
+            except (OSError, subprocess.SubprocessError) as e:
+                errors.append(f"{cc}: {e}")
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+    global _why
+    _why = "; ".join(errors[-2:]) or "no C compiler"
+    return None
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    sig = {
+        "xnor_version": ([], _INT),
+        "xnor_openmp": ([], _INT),
+        "xnor_features": ([], _INT),
+        "xnor_isa": ([_INT], _INT),
+        "xnor_packed_b_words": ([_I64, _I64], _I64),
+        "xnor_pack_b": ([_P, _I64, _I64, _P], None),
+        "xnor_gemm": ([_P, _P, _P, _I64, _I64, _I64, _I64, _INT], _INT),
+        "xnor_gemm_packed": ([_P, _P, _P, _I64, _I64, _I64, _I64, _INT], _INT),
+        "xnor_pack_nchw": ([_P, _INT, _I64, _I64, _I64, _I64, _P], _INT),
+        "xnor_im2col": ([_P, _P, _I64, _P], None),
+        "xnor_conv2d": ([_P, _P, _P, _P, _INT, _P, _P, _P, _P, _I64, _INT], _INT),
+    }
+    for name, (args, res) in sig.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded C library, built on first use; ``None`` (after one warning) without it."""
+    global _lib, _tried, _why
+    if _tried:
+        return _lib
+    _tried = True
+    if not SOURCE.is_file():
+        _why = f"{SOURCE.name} is missing from the installed package"
+        _warn_fallback()
+        return None
+    try:
+        try:
+            path = _compile(cache_dir())
+        except OSError:  # the cache is not writable: build in a private temporary folder
+            path = _compile(Path(tempfile.mkdtemp(prefix="binsense-kernels-")))
+        if path is not None:
+            _lib = _declare(ctypes.CDLL(str(path)))
+    except (OSError, AttributeError) as e:
+        _lib, _why = None, f"{type(e).__name__}: {e}"
+    if _lib is None:
+        _warn_fallback()
+    return _lib
+
+
+def _warn_fallback() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            f"binsense: the XNOR C kernel could not be built ({_why}); the deploy engine "
+            "uses its slower PyTorch path (same results).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def cpu_features() -> list[str]:
+    """The popcount ISA extensions this CPU has (``popcnt``, ``avx2``, ``avx512vpopcntdq``)."""
+    lib = library()
+    bits = lib.xnor_features() if lib is not None else 0
+    return [name for name, bit in _FEATURE_BITS.items() if bits & bit]
+
+
+def available() -> list[str]:
+    """The paths this machine runs, fastest first; ``"torch"`` always."""
+    lib = library()
+    names = [n for n in BACKENDS[:-1] if lib is not None and lib.xnor_isa(_ISA[n]) > 0]
+    return [*names, "torch"]
+
+
+def backend() -> str:
+    """The path in use: ``$BINSENSE_KERNEL`` when set, else the best :func:`available`."""
+    forced = os.environ.get(ENV, "")
+    global _chosen
+    if _tried and _chosen is not None and _chosen[0] == forced:
+        return _chosen[1]
+    name = _backend(forced.strip().lower())
+    _chosen = (forced, name)
+    return name
+
+
+def _backend(forced: str) -> str:
+    if forced in ("", "auto"):
+        lib = library()
+        if lib is None:
+            return "torch"
+        return {1: "portable-c", 2: "avx2", 3: "avx512vpopcntdq"}[lib.xnor_isa(0)]
+    if forced not in _FORCED:
+        raise BinsenseError(
+            f"{ENV}={forced!r} is not a kernel path; use one of torch, portable, avx2, avx512."
+        )
+    name = _FORCED[forced]
+    if name != "torch" and name not in available():
+        raise BinsenseError(
+            f"{ENV}={forced}: this machine cannot run that path (it runs "
+            f"{', '.join(available())}); unset {ENV} to use the best one."
+        )
+    return name
+
+
+def openmp() -> bool:
+    """Whether the library was built with OpenMP (threads > 1 then share out the rows)."""
+    lib = library()
+    return bool(lib is not None and lib.xnor_openmp())
+
+
+def set_threads(threads: int | None) -> None:
+    """Threads of the C kernels (``None``: ``$BINSENSE_THREADS``, else 1)."""
+    global _threads
+    _threads = None if threads is None else max(1, int(threads))
+
+
+def get_threads() -> int:
+    """Threads of the C kernels: :func:`set_threads`, else ``$BINSENSE_THREADS``, else 1."""
+    if _threads is not None:
+        return _threads
+    try:
+        return max(1, int(os.environ.get(THREADS_ENV, "1")))
+    except ValueError:
+        raise BinsenseError(f"{THREADS_ENV} must be a whole number of threads.") from None
+
+
+# ---------------------------------------------------------------- calls
+
+
+def _isa(name: str | None) -> tuple[ctypes.CDLL, int]:
+    name = backend() if name is None else name
+    lib = library()
+    if name == "torch" or lib is None or name not in _ISA:
+        raise BinsenseError(f"the C kernel path {name!r} is not available here.")
+    return lib, _ISA[name]
+
+
+def _check(rc: int) -> None:
+    if rc == -1:
+        raise BinsenseError("this CPU cannot run the requested kernel path.")
+    if rc != 0:
+        raise MemoryError("the XNOR kernel could not allocate its buffers.")
+
+
+def _words(t: Tensor, name: str) -> Tensor:
+    if t.dtype not in (torch.int64, torch.uint64) or t.device.type != "cpu":
+        raise BinsenseError(f"{name}: packed words must be int64 CPU tensors, got {t.dtype}.")
+    return t.contiguous()
+
+
+def xnor_gemm(
+    a: Tensor, b: Tensor, threads: int | None = None, backend: str | None = None
+) -> Tensor:
+    """``C[m, n] = sum_k popcount(~(a[m, k] ^ b[n, k]))``: int64 words ``(M, K)`` and
+    ``(N, K)`` -> int32 ``(M, N)``."""
+    lib, isa = _isa(backend)
+    a, b = _words(a, "a"), _words(b, "b")
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise BinsenseError(f"xnor_gemm: shapes {tuple(a.shape)} and {tuple(b.shape)} differ in K.")
+    (m, k), n = a.shape, b.shape[0]
+    c = torch.empty(m, n, dtype=torch.int32)
+    rc = lib.xnor_gemm(
+        a.data_ptr(), b.data_ptr(), c.data_ptr(), m, n, k, threads or get_threads(), isa
+    )
+    _check(rc)
+    return c
+
+
+def pack_b(b: Tensor) -> Tensor:
+    """A weight matrix ``(N, K)`` of words as the GEMM's column panels (pack once, keep)."""
+    lib = library()
+    if lib is None:
+        raise BinsenseError("the XNOR C kernel is not available.")
+    b = _words(b, "b")
+    n, k = b.shape
+    out = torch.empty(max(1, lib.xnor_packed_b_words(n, k)), dtype=torch.int64)
+    lib.xnor_pack_b(b.data_ptr(), n, k, out.data_ptr())
+    return out
+
+
+def gemm_packed(
+    a: Tensor, panels: Tensor, n: int, threads: int | None = None, backend: str | None = None
+) -> Tensor:
+    """:func:`xnor_gemm` against panels from :func:`pack_b` of an ``(n, K)`` matrix."""
+    lib, isa = _isa(backend)
+    a = _words(a, "a")
+    m, k = a.shape
+    c = torch.empty(m, n, dtype=torch.int32)
+    rc = lib.xnor_gemm_packed(
+        a.data_ptr(), panels.data_ptr(), c.data_ptr(), m, n, k, threads or get_threads(), isa
+    )
+    _check(rc)
+    return c
+
+
+def pack_input(x: Tensor, groups: int = 1) -> Tensor:
+    """±1 ``(B, C, H, W)`` (or ``(B, C)``) -> int64 words ``(B, H, W, G * wpg)`` (``(B, G *
+    wpg)``): each pixel's channels of each group packed (bit 1 iff ``x > 0``), pad bits 0."""
+    lib = library()
+    if lib is None:
+        raise BinsenseError("the XNOR C kernel is not available.")
+    if x.dtype == torch.bool or x.dtype == torch.uint8:
+        code = 0
+    elif x.dtype == torch.int8:
+        code = 1
+    elif x.dtype == torch.float32:
+        code = 2
+    else:
+        x, code = x > 0, 0
+    x = x.contiguous()
+    b, c = x.shape[:2]
+    spatial = tuple(x.shape[2:])
+    hw = 1
+    for s in spatial:
+        hw *= s
+    wpg = -(-(c // groups) // 64)
+    out = torch.empty(b, *spatial, groups * wpg, dtype=torch.int64)
+    _check(lib.xnor_pack_nchw(x.data_ptr(), code, b, c, hw, groups, out.data_ptr()))
+    return out
+
+
+def conv_dims(
+    batch: int,
+    height: int,
+    width: int,
+    groups: int,
+    in_per_group: int,
+    out_per_group: int,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> Tensor:
+    """The int64 shape vector of the C convolution (its ``dims``)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    hout, wout = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+    wpg = -(-in_per_group // 64)
+    values = [batch, height, width, groups, wpg, out_per_group, kh, kw, sh, sw, ph, pw]
+    return torch.tensor([*values, hout, wout], dtype=torch.int64)
+
+
+def im2col(words: Tensor, dims: Tensor, group: int = 0) -> Tensor:
+    """Group ``group``'s packed im2col matrix ``(B * H' * W', k_h * k_w * wpg)`` of input
+    words from :func:`pack_input` (spatial padding words 0)."""
+    lib = library()
+    if lib is None:
+        raise BinsenseError("the XNOR C kernel is not available.")
+    d = dims.tolist()
+    rows, k = d[0] * d[12] * d[13], d[6] * d[7] * d[4]
+    out = torch.empty(rows, k, dtype=torch.int64)
+    lib.xnor_im2col(_words(words, "words").data_ptr(), dims.data_ptr(), group, out.data_ptr())
+    return out
+
+
+@dataclass(frozen=True)
+class ConvWeights:
+    """A packed conv's weights in the two forms the C convolution multiplies: ``rows``
+    ``(G, ceil(C_out / G / 4) * 4, k_h k_w wpg)`` (int32 output: the weights are the rows
+    of the product) and ``panels`` (the fused threshold: the weights are its columns)."""
+
+    rows: Tensor
+    panels: Tensor
+    groups: int
+
+
+def conv_weights(weight_words: Tensor, groups: int) -> ConvWeights:
+    """Packed conv weights ``(C_out, k_h, k_w, wpg)`` (``PackedConv.weight_words``) in the
+    C convolution's forms (pack once, keep)."""
+    mats = _words(weight_words, "weight_words").reshape(groups, weight_words.shape[0] // groups, -1)
+    rows = -(-mats.shape[1] // 4) * 4
+    padded = torch.zeros(groups, rows, mats.shape[2], dtype=torch.int64)
+    padded[:, : mats.shape[1]] = mats
+    return ConvWeights(padded, torch.cat([pack_b(m) for m in mats]), groups)
+
+
+@dataclass(frozen=True)
+class FusedThreshold:
+    """Integer thresholds in the form the fused C epilogue reads (:func:`fuse_threshold`)."""
+
+    offset: Tensor  # int32 (H' W', C_out)
+    invert: Tensor  # int64 words (H' W', ceil(C_out / 64))
+
+
+def fuse_threshold(bias: Tensor, tau: Tensor, flip: Tensor) -> FusedThreshold:
+    """The threshold op ``+1 iff flip * (y - tau) >= 0`` on ``y = 2 count + bias``, as the
+    fused epilogue's bit ``(2 count + offset >= 0) xor invert``: ``bias`` int ``(C_out,
+    H' W')`` (border correction minus fan-in), ``tau`` and ``flip`` (±1) broadcastable to
+    it. ``y <= tau`` is ``not (y - tau - 1 >= 0)``."""
+    bias = bias.to(torch.int64)
+    tau, flip = torch.broadcast_to(tau, bias.shape), torch.broadcast_to(flip, bias.shape)
+    down = flip < 0
+    offset = (bias - tau.to(torch.int64) - down.to(torch.int64)).to(torch.int32)
+    from binsense.deploy.program import pack_bits  # program imports this module
+
+    return FusedThreshold(offset.T.contiguous(), pack_bits(down.T, 1).contiguous())
+
+
+def conv2d_words(
+    words: Tensor,
+    weights: ConvWeights,
+    dims: Tensor,
+    bias: Tensor | None = None,
+    threshold: FusedThreshold | None = None,
+    threads: int | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """The binary convolution on packed input words (:func:`pack_input`).
+
+    With ``bias`` (int32 ``(C_out, H' W')``: the border correction minus the fan-in): int32
+    ``(B, C_out, H', W') = 2 * xnor_count + bias``. With ``threshold`` instead
+    (:func:`fuse_threshold`): each output position's threshold bits packed into int64
+    words ``(B, H', W', ceil(C_out / 64))``, pad bits 0 (the next layer's input).
+    """
+    lib, isa = _isa(backend)
+    d = dims.tolist()
+    b, hout, wout, cout = d[0], d[12], d[13], d[3] * d[5]
+    words = _words(words, "words")
+    nt = threads or get_threads()
+    if threshold is None:
+        if bias is None or bias.numel() != cout * hout * wout:
+            raise BinsenseError(f"conv bias: expected {cout}x{hout}x{wout} int32 values.")
+        bias = bias.to(torch.int32).contiguous()
+        y = torch.empty(b, cout, hout, wout, dtype=torch.int32)
+        rc = lib.xnor_conv2d(
+            words.data_ptr(), weights.rows.data_ptr(), weights.panels.data_ptr(),
+            dims.data_ptr(), 0,
+            bias.data_ptr(), y.data_ptr(), None, None, nt, isa,
+        )  # fmt: skip
+    else:
+        if threshold.offset.shape != (hout * wout, cout):
+            raise BinsenseError(f"fused threshold: expected {hout * wout}x{cout} offsets.")
+        y = torch.empty(b, hout, wout, -(-cout // 64), dtype=torch.int64)
+        rc = lib.xnor_conv2d(
+            words.data_ptr(), None, weights.panels.data_ptr(), dims.data_ptr(), 1,
+            threshold.offset.data_ptr(), None, threshold.invert.data_ptr(), y.data_ptr(),
+            nt, isa,
+        )  # fmt: skip
+    _check(rc)
+    return y
+
+
+def _cached(module: torch.nn.Module, name: str, key: tuple, make):
+    entry = module.__dict__.get(name)
+    if entry is None or entry[0] != key:
+        entry = (key, make())
+        module.__dict__[name] = entry
+    return entry[1]
+
+
+def _weights_key(t: Tensor) -> tuple:
+    return (t.data_ptr(), t._version, tuple(t.shape))
+
+
+def conv2d(module, x: Tensor, backend: str | None = None) -> Tensor:
+    """A :class:`~binsense.deploy.program.PackedConv` on ±1 ``x`` by the C kernel: int32
+    ``(B, C_out, H', W')``, equal to the module's PyTorch path."""
+    b, _, h, w = x.shape
+    g = module.groups
+    ww = module.weight_words
+    weights = _cached(module, "_xnor_weights", _weights_key(ww), lambda: conv_weights(ww, g))
+    border = module.border(h, w)
+    bias = _cached(
+        module,
+        "_xnor_bias",
+        (h, w, id(border), module.fan_in),
+        lambda: (border.to(torch.int32) - module.fan_in).reshape(border.shape[0], -1).contiguous(),
+    )
+    dims = _cached(module, "_xnor_dims", (b, h, w), lambda: conv_dims(
+        b, h, w, g, module.in_per_group, module.out_channels // g, module.kernel,
+        module.stride, module.padding))  # fmt: skip
+    return conv2d_words(pack_input(x, g), weights, dims, bias, backend=backend)
+
+
+def linear(module, x: Tensor, backend: str | None = None) -> Tensor:
+    """A :class:`~binsense.deploy.program.PackedLinear` on ±1 ``x (B, F)`` by the C kernel
+    (int64, as its PyTorch path)."""
+    ww = module.weight_words
+    panels = _cached(module, "_xnor_panels", _weights_key(ww), lambda: pack_b(ww))
+    c = gemm_packed(pack_input(x, 1), panels, ww.shape[0], backend=backend)
+    return (2 * c - module.fan_in).to(torch.int64)
+
+
+def runs(x: Tensor) -> bool:
+    """Whether the C path takes ``x`` (a CPU tensor, a C path chosen)."""
+    return x.device.type == "cpu" and backend() != "torch"
+
+
+__all__ = [
+    "BACKENDS",
+    "available",
+    "backend",
+    "cache_dir",
+    "conv2d",
+    "conv2d_words",
+    "conv_dims",
+    "conv_weights",
+    "ConvWeights",
+    "fuse_threshold",
+    "FusedThreshold",
+    "cpu_features",
+    "gemm_packed",
+    "get_threads",
+    "im2col",
+    "library",
+    "linear",
+    "openmp",
+    "pack_b",
+    "pack_input",
+    "runs",
+    "set_threads",
+    "xnor_gemm",
+]

@@ -1,0 +1,608 @@
+/* XNOR-popcount kernels of the binsense deploy engine (built and loaded by __init__.py).
+ *
+ * xnor_gemm: C[m, n] = sum_k popcount(~(A[m, k] ^ B[n, k])), A (M, K) and B (N, K) 64-bit
+ * words, C int32 (M, N). B is first packed into panels of NB columns, k-major
+ * (panel[k][c] = B[p*NB + c, k], missing columns 0); the panels of a weight matrix are
+ * packed once (xnor_pack_b) and kept. Rows are taken in blocks of MB (one OpenMP
+ * iteration each when threads > 1); each block is computed as register tiles of RT rows
+ * x NB columns, the panel in L1 and the row block in L2. The tiles count
+ * popcount(A ^ B) and write 64 K minus it.
+ *
+ * Paths, chosen at run time (isa: 0 the best this CPU has, 1 portable, 2 AVX2, 3 AVX-512):
+ *  - AVX-512 VPOPCNTDQ: the lanes are 8 output columns; per word: broadcast A, xor,
+ *    _mm512_popcnt_epi64, add (4 rows x 32 columns, 16 zmm accumulators);
+ *  - AVX2: the nibble-table popcount with _mm256_shuffle_epi8 (Mula, Kurz, Lemire),
+ *    byte counts accumulated over up to 31 words, then summed with _mm256_sad_epu8
+ *    (2 rows x 8 columns per sub-tile: no spills in 16 ymm registers);
+ *  - portable: __builtin_popcountll (the popcnt instruction where the CPU has it).
+ * A path the CPU lacks is refused (return -1), never run.
+ *
+ * xnor_conv2d: a binary convolution on packed words (B, H, W, G * wpg), the im2col rows of
+ * each block of output positions built in place (spatial padding words 0, as the border
+ * correction expects), the GEMM, and an epilogue: int32 y = 2 C + bias[n, p] in
+ * (B, C_out, H', W') (mode 0), or (mode 1, fused) each position's threshold bits
+ * (2 C + off[p, n] >= 0, xor an inversion bit for "y <= tau") packed into
+ * (B, H', W', ceil(C_out / 64)) words, the next layer's input, pad bits 0.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(XNOR_NO_X86)
+#include <immintrin.h>
+#define XNOR_X86 1
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define NB 32 /* columns per B panel */
+#define RT 4  /* rows per register tile; row blocks are padded to a multiple */
+#define MB 64 /* rows per block */
+
+enum { ISA_AUTO = 0, ISA_PORTABLE = 1, ISA_AVX2 = 2, ISA_AVX512 = 3 };
+enum { FEAT_POPCNT = 1, FEAT_AVX2 = 2, FEAT_AVX512 = 4 };
+
+typedef void (*tile_fn)(const uint64_t *A, int64_t K, const uint64_t *P, int32_t *C,
+                        int64_t ldc);
+
+int xnor_version(void) { return 1; }
+
+int xnor_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* CPU features, found once (cpuid is slow, and traps to the hypervisor in a VM) */
+int xnor_features(void) {
+    static volatile int cached = -1;
+    if (cached >= 0) return cached;
+    int f = 0;
+#ifdef XNOR_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("popcnt")) f |= FEAT_POPCNT;
+    if (__builtin_cpu_supports("avx2")) f |= FEAT_AVX2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq"))
+        f |= FEAT_AVX512;
+#endif
+    cached = f; /* every thread computes the same value */
+    return f;
+}
+
+/* ------------------------------------------------------------------ portable */
+
+/* 4 rows x 32 columns as 2 x 4 scalar sub-tiles */
+#define SCALAR_TILE_BODY                                                                  \
+    for (int r0 = 0; r0 < RT; r0 += 2) {                                                  \
+        for (int c0 = 0; c0 < NB; c0 += 4) {                                              \
+            uint64_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0,       \
+                     s13 = 0;                                                             \
+            const uint64_t *a0 = A + r0 * K, *a1 = A + (r0 + 1) * K;                     \
+            for (int64_t k = 0; k < K; k++) {                                             \
+                const uint64_t *b = P + k * NB + c0;                                      \
+                uint64_t x0 = a0[k], x1 = a1[k];                                          \
+                s00 += __builtin_popcountll(x0 ^ b[0]);                                   \
+                s01 += __builtin_popcountll(x0 ^ b[1]);                                   \
+                s02 += __builtin_popcountll(x0 ^ b[2]);                                   \
+                s03 += __builtin_popcountll(x0 ^ b[3]);                                   \
+                s10 += __builtin_popcountll(x1 ^ b[0]);                                   \
+                s11 += __builtin_popcountll(x1 ^ b[1]);                                   \
+                s12 += __builtin_popcountll(x1 ^ b[2]);                                   \
+                s13 += __builtin_popcountll(x1 ^ b[3]);                                   \
+            }                                                                             \
+            int32_t full = (int32_t)(64 * K);                                             \
+            int32_t *c = C + r0 * ldc + c0;                                               \
+            c[0] = full - (int32_t)s00, c[1] = full - (int32_t)s01;                       \
+            c[2] = full - (int32_t)s02, c[3] = full - (int32_t)s03;                       \
+            c += ldc;                                                                     \
+            c[0] = full - (int32_t)s10, c[1] = full - (int32_t)s11;                       \
+            c[2] = full - (int32_t)s12, c[3] = full - (int32_t)s13;                       \
+        }                                                                                 \
+    }
+
+static void tile_portable(const uint64_t *A, int64_t K, const uint64_t *P, int32_t *C,
+                          int64_t ldc) {
+    SCALAR_TILE_BODY
+}
+
+#ifdef XNOR_X86
+__attribute__((target("popcnt"))) static void tile_popcnt(const uint64_t *A, int64_t K,
+                                                          const uint64_t *P, int32_t *C,
+                                                          int64_t ldc) {
+    SCALAR_TILE_BODY
+}
+
+/* ------------------------------------------------------------------ AVX2 */
+
+#ifndef AVX2_R
+#define AVX2_R 2 /* rows x AVX2_V * 4 columns per sub-tile: few enough for 16 ymm */
+#endif
+#ifndef AVX2_V
+#define AVX2_V 2
+#endif
+
+/* AVX2_R rows x 4 AVX2_V columns from P's column 0 (P already offset) */
+__attribute__((target("avx2"))) static inline void subtile_avx2(const uint64_t *A, int64_t K,
+                                                                const uint64_t *P,
+                                                                int32_t *C, int64_t ldc) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
+                                         1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i total[AVX2_R][AVX2_V];
+    for (int r = 0; r < AVX2_R; r++)
+        for (int v = 0; v < AVX2_V; v++) total[r][v] = zero;
+    for (int64_t k0 = 0; k0 < K; k0 += 31) { /* a byte holds 31 counts of <= 8 */
+        const int64_t k1 = K < k0 + 31 ? K : k0 + 31;
+        __m256i acc[AVX2_R][AVX2_V];
+        for (int r = 0; r < AVX2_R; r++)
+            for (int v = 0; v < AVX2_V; v++) acc[r][v] = zero;
+        for (int64_t k = k0; k < k1; k++) {
+            const uint64_t *b = P + k * NB;
+            for (int r = 0; r < AVX2_R; r++) {
+                const __m256i a = _mm256_set1_epi64x((long long)A[r * K + k]);
+                for (int v = 0; v < AVX2_V; v++) {
+                    const __m256i t =
+                        _mm256_xor_si256(a, _mm256_loadu_si256((const __m256i *)(b + 4 * v)));
+                    const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(t, low));
+                    const __m256i hi =
+                        _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(t, 4), low));
+                    acc[r][v] = _mm256_add_epi8(acc[r][v], _mm256_add_epi8(lo, hi));
+                }
+            }
+        }
+        for (int r = 0; r < AVX2_R; r++)
+            for (int v = 0; v < AVX2_V; v++)
+                total[r][v] = _mm256_add_epi64(total[r][v], _mm256_sad_epu8(acc[r][v], zero));
+    }
+    for (int r = 0; r < AVX2_R; r++)
+        for (int v = 0; v < AVX2_V; v++) {
+            uint64_t t[4];
+            _mm256_storeu_si256((__m256i *)t, total[r][v]);
+            for (int e = 0; e < 4; e++) C[r * ldc + 4 * v + e] = (int32_t)(64 * K - (int64_t)t[e]);
+        }
+}
+
+__attribute__((target("avx2"))) static void tile_avx2(const uint64_t *A, int64_t K,
+                                                      const uint64_t *P, int32_t *C,
+                                                      int64_t ldc) {
+    for (int r = 0; r < RT; r += AVX2_R)
+        for (int c = 0; c < NB; c += 4 * AVX2_V)
+            subtile_avx2(A + r * K, K, P + c, C + r * ldc + c, ldc);
+}
+
+/* ------------------------------------------------------------------ AVX-512 */
+
+__attribute__((target("avx512f,avx512vpopcntdq"))) static void tile_avx512(
+    const uint64_t *A, int64_t K, const uint64_t *P, int32_t *C, int64_t ldc) {
+    /* accumulator arrays with constant indices: GCC keeps them in 16 zmm registers and
+     * the step is 4 broadcasts, 4 loads, 16 x (xor, popcnt, add), with no copies */
+    __m512i acc[RT][4];
+    for (int r = 0; r < RT; r++)
+        for (int v = 0; v < 4; v++) acc[r][v] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k++) {
+        const uint64_t *b = P + k * NB;
+        __m512i bv[4];
+        for (int v = 0; v < 4; v++) bv[v] = _mm512_loadu_si512((const void *)(b + 8 * v));
+        for (int r = 0; r < RT; r++) {
+            const __m512i a = _mm512_set1_epi64((long long)A[r * K + k]);
+            for (int v = 0; v < 4; v++)
+                acc[r][v] = _mm512_add_epi64(acc[r][v],
+                                             _mm512_popcnt_epi64(_mm512_xor_si512(a, bv[v])));
+        }
+    }
+    const __m512i full = _mm512_set1_epi64(64 * K);
+    for (int r = 0; r < RT; r++)
+        for (int v = 0; v < 4; v++)
+            _mm256_storeu_si256((__m256i *)(C + r * ldc + 8 * v),
+                                _mm512_cvtepi64_epi32(_mm512_sub_epi64(full, acc[r][v])));
+}
+
+/* ------------------------------------------------------------------ thresholds */
+
+/* bits of a row: bit i of word i / 64 set iff 2 c[i] + off[i] >= 0; n bits, rest 0 */
+__attribute__((target("avx512f"))) static void thresh_avx512(const int32_t *c,
+                                                             const int32_t *off, int64_t n,
+                                                             uint64_t *bits) {
+    const __m512i zero = _mm512_setzero_si512();
+    for (int64_t j = 0; j * 64 < n; j++) {
+        uint64_t w = 0;
+        for (int q = 0; q < 4; q++) {
+            const int64_t i = j * 64 + q * 16;
+            if (i >= n) break;
+            const __mmask16 live = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+            const __m512i cv = _mm512_maskz_loadu_epi32(live, c + i);
+            const __m512i ov = _mm512_maskz_loadu_epi32(live, off + i);
+            const __m512i v = _mm512_add_epi32(_mm512_add_epi32(cv, cv), ov);
+            w |= (uint64_t)_mm512_mask_cmpge_epi32_mask(live, v, zero) << (16 * q);
+        }
+        bits[j] = w;
+    }
+}
+
+__attribute__((target("avx2"))) static void thresh_avx2(const int32_t *c, const int32_t *off,
+                                                        int64_t n, uint64_t *bits) {
+    const __m256i minus1 = _mm256_set1_epi32(-1);
+    for (int64_t j = 0; j * 64 < n; j++) {
+        uint64_t w = 0;
+        int64_t i = j * 64;
+        const int64_t end = n < i + 64 ? n : i + 64;
+        for (; i + 8 <= end; i += 8) {
+            const __m256i cv = _mm256_loadu_si256((const __m256i *)(c + i));
+            const __m256i ov = _mm256_loadu_si256((const __m256i *)(off + i));
+            const __m256i v = _mm256_add_epi32(_mm256_add_epi32(cv, cv), ov);
+            const int m = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(v, minus1)));
+            w |= (uint64_t)(unsigned)m << (i - j * 64);
+        }
+        for (; i < end; i++) w |= (uint64_t)(2 * c[i] + off[i] >= 0) << (i - j * 64);
+        bits[j] = w;
+    }
+}
+#endif /* XNOR_X86 */
+
+/* ------------------------------------------------------------------ dispatch */
+
+static void thresh_portable(const int32_t *c, const int32_t *off, int64_t n, uint64_t *bits) {
+    for (int64_t j = 0; j * 64 < n; j++) {
+        uint64_t w = 0;
+        const int64_t end = n < (j + 1) * 64 ? n : (j + 1) * 64;
+        for (int64_t i = j * 64; i < end; i++) w |= (uint64_t)(2 * c[i] + off[i] >= 0) << (i & 63);
+        bits[j] = w;
+    }
+}
+
+typedef struct {
+    tile_fn tile;
+    void (*thresh)(const int32_t *c, const int32_t *off, int64_t n, uint64_t *bits);
+} kernel_t;
+
+static int best_isa(void) {
+    const int f = xnor_features();
+    return (f & FEAT_AVX512) ? ISA_AVX512 : (f & FEAT_AVX2) ? ISA_AVX2 : ISA_PORTABLE;
+}
+
+/* the functions of path `isa` (0: the best here); 0 when this CPU cannot run it */
+static int select_kernel(int isa, kernel_t *k) {
+    const int f = xnor_features();
+    if (isa == ISA_AUTO) isa = best_isa();
+    switch (isa) {
+    case ISA_PORTABLE:
+        k->tile = tile_portable, k->thresh = thresh_portable;
+#ifdef XNOR_X86
+        if (f & FEAT_POPCNT) k->tile = tile_popcnt;
+#endif
+        return 1;
+#ifdef XNOR_X86
+    case ISA_AVX2:
+        k->tile = tile_avx2, k->thresh = thresh_avx2;
+        return (f & FEAT_AVX2) != 0;
+    case ISA_AVX512:
+        k->tile = tile_avx512, k->thresh = thresh_avx512;
+        return (f & FEAT_AVX512) != 0;
+#endif
+    default:
+        (void)f;
+        return 0;
+    }
+}
+
+/* The best path this CPU has (1, 2 or 3) for isa 0; else `isa` if it runs here, or -1. */
+int xnor_isa(int isa) {
+    kernel_t k;
+    if (isa == ISA_AUTO) return best_isa();
+    return select_kernel(isa, &k) ? isa : -1;
+}
+
+/* ------------------------------------------------------------------ GEMM */
+
+static int64_t panels(int64_t N) { return (N + NB - 1) / NB; }
+
+int64_t xnor_packed_b_words(int64_t N, int64_t K) { return panels(N) * NB * K; }
+
+/* B (N, K) -> panels (ceil(N / NB), K, NB), missing columns 0 */
+void xnor_pack_b(const uint64_t *B, int64_t N, int64_t K, uint64_t *Bp) {
+    for (int64_t p = 0; p < panels(N); p++) {
+        uint64_t *dst = Bp + p * K * NB;
+        for (int64_t c = 0; c < NB; c++) {
+            const int64_t n = p * NB + c;
+            for (int64_t k = 0; k < K; k++) dst[k * NB + c] = n < N ? B[n * K + k] : 0;
+        }
+    }
+}
+
+/* rows (a multiple of RT) of A (stride K) against npan panels: Cb (rows, npan * NB) */
+static void block_rows(tile_fn tile, const uint64_t *A, int64_t rows, int64_t K,
+                       const uint64_t *Bp, int64_t npan, int32_t *Cb, int64_t ldc) {
+    for (int64_t p = 0; p < npan; p++)
+        for (int64_t r = 0; r < rows; r += RT)
+            tile(A + r * K, K, Bp + p * K * NB, Cb + r * ldc + p * NB, ldc);
+}
+
+static int thread_count(int64_t threads, int64_t blocks) {
+#ifdef _OPENMP
+    const int64_t t = threads < 1 ? 1 : threads;
+    return (int)(t < blocks ? t : (blocks < 1 ? 1 : blocks));
+#else
+    (void)threads, (void)blocks;
+    return 1;
+#endif
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* C (M, N) int32 = xnor counts of A (M, K) with the packed B; 0 ok, -1 isa, -2 memory */
+int xnor_gemm_packed(const uint64_t *A, const uint64_t *Bp, int32_t *C, int64_t M, int64_t N,
+                     int64_t K, int64_t threads, int isa) {
+    kernel_t kn;
+    if (!select_kernel(isa, &kn)) return -1;
+    if (M <= 0 || N <= 0) return 0;
+    const int64_t npan = panels(N), ldc = npan * NB, blocks = (M + MB - 1) / MB;
+    const int nt = thread_count(threads, blocks);
+    const int64_t cwords = MB * ldc, awords = RT * (K > 0 ? K : 1);
+    int32_t *cbuf = malloc((size_t)nt * cwords * sizeof(int32_t));
+    uint64_t *abuf = malloc((size_t)nt * awords * sizeof(uint64_t));
+    if (!cbuf || !abuf) {
+        free(cbuf), free(abuf);
+        return -2;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t ib = 0; ib < blocks; ib++) {
+        int32_t *cb = cbuf + thread_id() * cwords;
+        uint64_t *ab = abuf + thread_id() * awords;
+        const int64_t m0 = ib * MB, rows = M - m0 < MB ? M - m0 : MB, full = rows / RT * RT;
+        block_rows(kn.tile, A + m0 * K, full, K, Bp, npan, cb, ldc);
+        if (rows > full) { /* the last rows, padded with zero rows */
+            memset(ab, 0, (size_t)RT * K * sizeof(uint64_t));
+            memcpy(ab, A + (m0 + full) * K, (size_t)(rows - full) * K * sizeof(uint64_t));
+            block_rows(kn.tile, ab, RT, K, Bp, npan, cb + full * ldc, ldc);
+        }
+        for (int64_t r = 0; r < rows; r++)
+            memcpy(C + (m0 + r) * N, cb + r * ldc, (size_t)N * sizeof(int32_t));
+    }
+    free(cbuf), free(abuf);
+    return 0;
+}
+
+int xnor_gemm(const uint64_t *A, const uint64_t *B, int32_t *C, int64_t M, int64_t N,
+              int64_t K, int64_t threads, int isa) {
+    kernel_t kn;
+    if (!select_kernel(isa, &kn)) return -1;
+    const int64_t words = xnor_packed_b_words(N, K);
+    uint64_t *Bp = malloc((size_t)(words > 0 ? words : 1) * sizeof(uint64_t));
+    if (!Bp) return -2;
+    xnor_pack_b(B, N, K, Bp);
+    const int rc = xnor_gemm_packed(A, Bp, C, M, N, K, threads, isa);
+    free(Bp);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ packing */
+
+/* ±1 (x > 0 is bit 1) NCHW -> words (B, HW, G, wpg), wpg = ceil((C / G) / 64), pad bits 0.
+ * dtype: 0 bool / uint8, 1 int8, 2 float32. */
+int xnor_pack_nchw(const void *x, int dtype, int64_t B, int64_t C, int64_t HW, int64_t G,
+                   uint64_t *out) {
+    const int64_t cg = C / G, wpg = (cg + 63) / 64, ctot = G * wpg;
+    uint64_t *tmp = malloc((size_t)(HW > 0 ? HW : 1) * sizeof(uint64_t));
+    if (!tmp) return -2;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t w = 0; w < wpg; w++) {
+                memset(tmp, 0, (size_t)HW * sizeof(uint64_t));
+                const int64_t n = cg - 64 * w < 64 ? cg - 64 * w : 64;
+                for (int64_t i = 0; i < n; i++) {
+                    const int64_t off = (b * C + g * cg + 64 * w + i) * HW;
+                    if (dtype == 0) {
+                        const uint8_t *s = (const uint8_t *)x + off;
+                        for (int64_t p = 0; p < HW; p++) tmp[p] |= (uint64_t)(s[p] != 0) << i;
+                    } else if (dtype == 1) {
+                        const int8_t *s = (const int8_t *)x + off;
+                        for (int64_t p = 0; p < HW; p++) tmp[p] |= (uint64_t)(s[p] > 0) << i;
+                    } else {
+                        const float *s = (const float *)x + off;
+                        for (int64_t p = 0; p < HW; p++) tmp[p] |= (uint64_t)(s[p] > 0.0f) << i;
+                    }
+                }
+                for (int64_t p = 0; p < HW; p++) out[(b * HW + p) * ctot + g * wpg + w] = tmp[p];
+            }
+    free(tmp);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ convolution */
+
+/* dims: B, H, W, G, wpg, cout_g, kh, kw, sh, sw, ph, pw, Hout, Wout */
+enum { D_B, D_H, D_W, D_G, D_WPG, D_COUTG, D_KH, D_KW, D_SH, D_SW, D_PH, D_PW, D_HO, D_WO };
+
+typedef struct {
+    int64_t b, oh, ow;
+} pos_t;
+
+static pos_t pos_of(const int64_t *d, int64_t m) {
+    const int64_t P = d[D_HO] * d[D_WO], p = m % P;
+    pos_t q = {m / P, p / d[D_WO], p % d[D_WO]};
+    return q;
+}
+
+static void pos_next(const int64_t *d, pos_t *q) {
+    if (++q->ow == d[D_WO]) {
+        q->ow = 0;
+        if (++q->oh == d[D_HO]) q->oh = 0, q->b++;
+    }
+}
+
+/* the im2col row of output position q for group g: taps (i, j) x wpg words, word t at
+ * dst[t * stride]; padding words 0. Inlined with a constant stride (1 or NB). */
+static inline __attribute__((always_inline)) void im2col_row(const uint64_t *X,
+                                                             const int64_t *d, int64_t g,
+                                                             const pos_t *q, uint64_t *dst,
+                                                             const int64_t stride) {
+    const int64_t wpg = d[D_WPG], ctot = d[D_G] * wpg, kw = d[D_KW], W = d[D_W];
+    const int64_t span = kw * wpg, iw0 = q->ow * d[D_SW] - d[D_PW];
+    const int inside = iw0 >= 0 && iw0 + kw <= W;
+    for (int64_t i = 0; i < d[D_KH]; i++, dst += span * stride) {
+        const int64_t ih = q->oh * d[D_SH] - d[D_PH] + i;
+        if (ih < 0 || ih >= d[D_H]) {
+            for (int64_t e = 0; e < span; e++) dst[e * stride] = 0;
+            continue;
+        }
+        const uint64_t *row = X + ((q->b * d[D_H] + ih) * W) * ctot + g * wpg;
+        if (inside && ctot == wpg) { /* one group: the taps' words are contiguous */
+            const uint64_t *src = row + iw0 * ctot;
+            for (int64_t e = 0; e < span; e++) dst[e * stride] = src[e];
+            continue;
+        }
+        for (int64_t j = 0; j < kw; j++) {
+            const int64_t iw = iw0 + j;
+            uint64_t *o = dst + j * wpg * stride;
+            if (iw >= 0 && iw < W) {
+                const uint64_t *src = row + iw * ctot;
+                for (int64_t w = 0; w < wpg; w++) o[w * stride] = src[w];
+            } else {
+                for (int64_t w = 0; w < wpg; w++) o[w * stride] = 0;
+            }
+        }
+    }
+}
+
+/* group g's im2col matrix A (B * Hout * Wout, kh * kw * wpg) */
+void xnor_im2col(const uint64_t *X, const int64_t *d, int64_t g, uint64_t *A) {
+    const int64_t M = d[D_B] * d[D_HO] * d[D_WO], K = d[D_KH] * d[D_KW] * d[D_WPG];
+    pos_t q = pos_of(d, 0);
+    for (int64_t m = 0; m < M; m++, pos_next(d, &q)) im2col_row(X, d, g, &q, A + m * K, 1);
+}
+
+/* OR the n bits of src into dst from bit `at` on (dst has `words` words) */
+static void or_bits(uint64_t *dst, int64_t words, int64_t at, const uint64_t *src, int64_t n) {
+    const int64_t shift = at & 63;
+    for (int64_t j = 0; j * 64 < n; j++) {
+        const int64_t w = (at >> 6) + j;
+        dst[w] |= src[j] << shift;
+        if (shift && w + 1 < words) dst[w + 1] |= src[j] >> (64 - shift);
+    }
+}
+
+/* The binary convolution of packed words X (B, H, W, G * wpg) (dims above), row blocks of
+ * MB output positions shared out over threads, each group's im2col built per block.
+ *
+ * mode 0 (int32 out): Wr holds each group's weight rows (cout_g rounded up to RT, K words,
+ *   extra rows 0), multiplied as the A side against panels of the block's im2col (the
+ *   output positions are the columns, so the result is channel-major like NCHW; a block
+ *   of NB / 2 positions or fewer, where most of a panel would be padding, takes the other
+ *   orientation with Bp); Y (B, G * cout_g, Hout, Wout) = 2 C + bias[n, p], bias int32
+ *   (C_out, Hout * Wout).
+ * mode 1 (fused threshold, packed out): Bp holds the panels of each group's weights
+ *   (xnor_pack_b of (cout_g, K)), one group after the other; bit n of output position p is
+ *   (2 C + bias[p, n] >= 0) XOR bit n of inv[p] (bias int32 (Hout * Wout, C_out), inv
+ *   words (Hout * Wout, ceil(C_out / 64))), written into Yp (B, Hout, Wout, ceil(C_out /
+ *   64)), pad bits 0. A threshold "y <= tau" is (2 C + bias - 1 >= 0) inverted.
+ * 0 ok, -1 isa, -2 memory. */
+int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const int64_t *d,
+                int mode, const int32_t *bias, int32_t *Y, const uint64_t *inv, uint64_t *Yp,
+                int64_t threads, int isa) {
+    kernel_t kn;
+    if (!select_kernel(isa, &kn)) return -1;
+    const int64_t G = d[D_G], coutg = d[D_COUTG], cout = G * coutg;
+    const int64_t P = d[D_HO] * d[D_WO], M = d[D_B] * P, K = d[D_KH] * d[D_KW] * d[D_WPG];
+    if (M <= 0 || cout <= 0) return 0;
+    const int64_t blocks = (M + MB - 1) / MB, wout = (cout + 63) / 64;
+    const int64_t rows_w = (coutg + RT - 1) / RT * RT; /* mode 0: weight rows per group */
+    const int64_t npan = panels(coutg), setw = npan * NB * K; /* mode 1: weight panels */
+    const int64_t ldc = mode == 0 ? MB : npan * NB;
+    const int64_t cwords = mode == 0 ? (rows_w > npan * NB ? rows_w : npan * NB) * MB : MB * ldc;
+    const int64_t awords = MB * (K > 0 ? K : 1) + wout + wout;
+    const int nt = thread_count(threads, blocks);
+    int32_t *cbuf = malloc((size_t)nt * cwords * sizeof(int32_t));
+    uint64_t *abuf = malloc((size_t)nt * awords * sizeof(uint64_t));
+    if (!cbuf || !abuf) {
+        free(cbuf), free(abuf);
+        return -2;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (int64_t ib = 0; ib < blocks; ib++) {
+        int32_t *cb = cbuf + thread_id() * cwords;
+        uint64_t *ab = abuf + thread_id() * awords, *bits = ab + MB * (K > 0 ? K : 1);
+        const int64_t m0 = ib * MB, rows = M - m0 < MB ? M - m0 : MB;
+        const pos_t q0 = pos_of(d, m0);
+        if (mode == 0 && rows <= NB / 2) { /* few positions: weights as the columns */
+            const int64_t full = (rows + RT - 1) / RT * RT;
+            for (int64_t g = 0; g < G; g++) {
+                pos_t q = q0;
+                for (int64_t r = 0; r < rows; r++, pos_next(d, &q))
+                    im2col_row(X, d, g, &q, ab + r * K, 1);
+                memset(ab + rows * K, 0, (size_t)(full - rows) * K * sizeof(uint64_t));
+                block_rows(kn.tile, ab, full, K, Bp + g * setw, npan, cb, npan * NB);
+                for (int64_t r = 0; r < rows; r++) {
+                    const int64_t m = m0 + r, b = m / P, p = m % P;
+                    for (int64_t n = 0; n < coutg; n++) {
+                        const int64_t ng = g * coutg + n;
+                        Y[(b * cout + ng) * P + p] = 2 * cb[r * npan * NB + n] + bias[ng * P + p];
+                    }
+                }
+            }
+        } else if (mode == 0) {
+            const int64_t np = (rows + NB - 1) / NB; /* panels of output positions */
+            for (int64_t g = 0; g < G; g++) {
+                pos_t q = q0;
+                for (int64_t r = 0; r < np * NB; r++) {
+                    uint64_t *dst = ab + (r / NB) * K * NB + (r % NB);
+                    if (r < rows) {
+                        im2col_row(X, d, g, &q, dst, NB);
+                        pos_next(d, &q);
+                    } else {
+                        for (int64_t k = 0; k < K; k++) dst[k * NB] = 0;
+                    }
+                }
+                block_rows(kn.tile, Wr + g * rows_w * K, rows_w, K, ab, np, cb, ldc);
+                /* Y[b, n, p..] for the runs of positions of one image */
+                int64_t r = 0, b = q0.b, p = q0.oh * d[D_WO] + q0.ow;
+                while (r < rows) {
+                    const int64_t run = rows - r < P - p ? rows - r : P - p;
+                    for (int64_t n = 0; n < coutg; n++) {
+                        const int64_t ng = g * coutg + n;
+                        int32_t *y = Y + (b * cout + ng) * P + p;
+                        const int32_t *c = cb + n * ldc + r, *bi = bias + ng * P + p;
+                        for (int64_t e = 0; e < run; e++) y[e] = 2 * c[e] + bi[e];
+                    }
+                    r += run, b++, p = 0;
+                }
+            }
+        } else {
+            const int64_t full = (rows + RT - 1) / RT * RT;
+            memset(Yp + m0 * wout, 0, (size_t)rows * wout * sizeof(uint64_t));
+            for (int64_t g = 0; g < G; g++) {
+                pos_t q = q0;
+                for (int64_t r = 0; r < rows; r++, pos_next(d, &q))
+                    im2col_row(X, d, g, &q, ab + r * K, 1);
+                memset(ab + rows * K, 0, (size_t)(full - rows) * K * sizeof(uint64_t));
+                block_rows(kn.tile, ab, full, K, Bp + g * setw, npan, cb, ldc);
+                for (int64_t r = 0; r < rows; r++) {
+                    const int64_t p = (m0 + r) % P;
+                    uint64_t *dst = Yp + (m0 + r) * wout;
+                    if (G == 1) {
+                        kn.thresh(cb + r * ldc, bias + p * cout, coutg, dst);
+                    } else {
+                        kn.thresh(cb + r * ldc, bias + p * cout + g * coutg, coutg, bits);
+                        or_bits(dst, wout, g * coutg, bits, coutg);
+                    }
+                }
+            }
+            for (int64_t r = 0; r < rows; r++) {
+                const uint64_t *iv = inv + ((m0 + r) % P) * wout;
+                uint64_t *dst = Yp + (m0 + r) * wout;
+                for (int64_t w = 0; w < wout; w++) dst[w] ^= iv[w];
+            }
+        }
+    }
+    free(cbuf), free(abuf);
+    return 0;
+}

@@ -1,0 +1,233 @@
+"""The XNOR-popcount C kernels: every path this CPU runs (AVX-512 VPOPCNTDQ, AVX2,
+portable C) against the PyTorch reference, bit for bit; the packed conv and linear ops on
+each path against F.conv2d / matmul; the fused threshold; the build and its fallback."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from binsense.deploy import kernels
+from binsense.deploy.program import PackedConv, PackedLinear, pack_bits, popcount64
+from binsense.errors import BinsenseError
+from binsense.layers import BinaryConv2d, BinaryLinear
+
+C_PATHS = [b for b in kernels.BACKENDS if b != "torch"]
+
+
+def _words(*shape: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-(2**63), 2**63 - 1, shape, generator=g, dtype=torch.int64)
+
+
+def _pm1(*shape: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, shape, generator=g).float() * 2 - 1
+
+
+def _reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return popcount64(~(a.unsqueeze(1) ^ b.unsqueeze(0))).sum(-1).to(torch.int32)
+
+
+def _need(path: str) -> None:
+    if path not in kernels.available():
+        pytest.skip(f"this machine does not run the {path} path")
+
+
+@pytest.fixture
+def fresh_kernels():
+    """Module state forgotten before and after (a test that changes the build)."""
+    kernels._reset()
+    yield
+    kernels._reset()
+
+
+def test_the_library_builds_where_a_compiler_is():
+    if not any(shutil.which(c) for c in kernels.COMPILERS):
+        pytest.skip("no C compiler here")
+    assert kernels.library() is not None
+    assert "portable-c" in kernels.available() and kernels.available()[-1] == "torch"
+    best = kernels.available()[0]
+    assert kernels.backend() == best or kernels.backend() in kernels.available()
+    features = kernels.cpu_features()
+    assert ("avx512vpopcntdq" in features) == ("avx512vpopcntdq" in kernels.available())
+    assert ("avx2" in features) == ("avx2" in kernels.available())
+
+
+@pytest.mark.parametrize("path", C_PATHS)
+@pytest.mark.parametrize(
+    ("m", "n", "k"),
+    [(1, 1, 1), (7, 65, 3), (65, 7, 33), (1, 7, 65), (33, 40, 72), (5, 3, 0), (130, 1, 2)],
+)
+def test_xnor_gemm_equals_the_reference(path, m, n, k):
+    _need(path)
+    a, b = _words(m, k, seed=m), _words(n, k, seed=n + 1)
+    expected = _reference(a, b)
+    assert torch.equal(kernels.xnor_gemm(a, b, threads=1, backend=path), expected)
+    assert torch.equal(kernels.xnor_gemm(a, b, threads=2, backend=path), expected)
+    panels = kernels.pack_b(b)
+    assert torch.equal(kernels.gemm_packed(a, panels, n, backend=path), expected)
+
+
+def test_extreme_words_count_every_bit():
+    a = torch.tensor([[0, -1, 0], [-1, -1, -1]], dtype=torch.int64)
+    b = torch.tensor([[0, 0, 0], [-1, -1, -1], [0, -1, 0]], dtype=torch.int64)
+    for path in kernels.available()[:-1]:
+        got = kernels.xnor_gemm(a, b, backend=path)
+        assert got.tolist() == [[128, 64, 192], [0, 192, 64]], path
+
+
+def test_pack_input_matches_pack_bits_per_group():
+    if kernels.library() is None:
+        pytest.skip("no C kernel here")
+    x = _pm1(2, 140, 3, 5)  # two groups of 70 channels: 2 words each
+    expected = torch.stack(
+        [pack_bits((x[:, i * 70 : (i + 1) * 70] > 0).permute(0, 2, 3, 1), -1) for i in (0, 1)],
+        dim=3,
+    ).flatten(3)
+    for t in (x, x.to(torch.int8), x > 0, x.double()):
+        assert torch.equal(kernels.pack_input(t, 2), expected)
+
+
+def test_im2col_pads_with_zero_words():
+    if kernels.library() is None:
+        pytest.skip("no C kernel here")
+    x = _pm1(1, 3, 2, 2)
+    words = kernels.pack_input(x)  # (1, 2, 2, 1)
+    dims = kernels.conv_dims(1, 2, 2, 1, 3, 4, (3, 3), (1, 1), (1, 1))
+    a = kernels.im2col(words, dims)
+    assert a.shape == (4, 9)
+    padded = F.pad(words[0, :, :, 0], (1, 1, 1, 1))  # zero words around the image
+    expected = torch.stack(
+        [padded[i : i + 3, j : j + 3].flatten() for i in range(2) for j in range(2)]
+    )
+    assert torch.equal(a, expected)
+
+
+CONVS = [  # cin, cout, kernel, stride, padding, groups, height, width
+    (3, 8, 3, 1, 1, 1, 7, 8),
+    (70, 16, 3, 1, 1, 1, 5, 6),
+    (64, 33, 3, 2, 1, 1, 9, 9),
+    (130, 40, 3, 1, 2, 2, 4, 7),
+    (8, 12, 1, 1, 0, 4, 5, 5),
+    (6, 9, (3, 1), (1, 2), (1, 0), 3, 6, 5),
+    (16, 16, 5, 2, 2, 1, 3, 3),
+]
+
+
+@pytest.mark.parametrize("path", [*C_PATHS, "torch"])
+@pytest.mark.parametrize(("cin", "cout", "kernel", "stride", "padding", "groups", "h", "w"), CONVS)
+def test_packed_conv_equals_the_float_conv_on_each_path(
+    monkeypatch, path, cin, cout, kernel, stride, padding, groups, h, w
+):
+    if path != "torch":
+        _need(path)
+    monkeypatch.setenv(kernels.ENV, path)
+    torch.manual_seed(cin + cout)
+    conv = BinaryConv2d(cin, cout, kernel, stride, padding, groups=groups)
+    x = _pm1(3, cin, h, w, seed=cout)
+    expected = F.conv2d(x, conv.binary_weight().detach(), None, stride, padding, groups=groups)
+    packed = PackedConv(conv)
+    for inputs in (x, x.to(torch.int8)):
+        got = packed(inputs)
+        assert got.dtype == torch.int32 and torch.equal(got.float(), expected)
+    # a second input size rebuilds the border correction, the weights stay packed
+    x2 = _pm1(1, cin, h + 1, w + 2, seed=1)
+    expected2 = F.conv2d(x2, conv.binary_weight().detach(), None, stride, padding, groups=groups)
+    assert torch.equal(packed(x2).float(), expected2)
+
+
+@pytest.mark.parametrize("path", [*C_PATHS, "torch"])
+@pytest.mark.parametrize(("features", "out"), [(131, 7), (64, 10), (1, 3), (700, 65)])
+def test_packed_linear_equals_the_matmul_on_each_path(monkeypatch, path, features, out):
+    if path != "torch":
+        _need(path)
+    torch.manual_seed(features)
+    lin = BinaryLinear(features, out)
+    x = _pm1(5, features, seed=out)
+    packed = PackedLinear(lin)
+    monkeypatch.setenv(kernels.ENV, "torch")
+    reference = packed(x)
+    monkeypatch.setenv(kernels.ENV, path)
+    got = packed(x)
+    assert got.dtype == reference.dtype and torch.equal(got, reference)
+    assert torch.equal(got.float(), x @ lin.binary_weight().detach().T)
+
+
+@pytest.mark.parametrize("path", C_PATHS)
+@pytest.mark.parametrize(("cin", "cout", "groups"), [(70, 100, 1), (64, 100, 2), (6, 130, 2)])
+def test_the_fused_threshold_writes_the_next_layers_words(path, cin, cout, groups):
+    _need(path)
+    torch.manual_seed(0)
+    h, w = 7, 6  # 84 positions: a block of 64, then one of 20
+    conv = BinaryConv2d(cin, cout, 3, 1, 1, groups=groups)
+    packed = PackedConv(conv)
+    x = _pm1(2, cin, h, w)
+    y = F.conv2d(x, conv.binary_weight().detach(), None, 1, 1, groups=groups).to(torch.int32)
+    g = torch.Generator().manual_seed(1)
+    tau = torch.randint(-20, 21, (cout, h, w), generator=g, dtype=torch.int32)
+    flip = torch.randint(0, 2, (cout, h, w), generator=g, dtype=torch.int8) * 2 - 1
+    bits = flip * (y - tau) >= 0  # the Threshold op's rule
+    expected = pack_bits(bits.permute(0, 2, 3, 1), -1)  # (B, H, W, words), pad bits 0
+    words = kernels.pack_input(x, groups)
+    weights = kernels.conv_weights(packed.weight_words, groups)
+    dims = kernels.conv_dims(2, h, w, groups, cin // groups, cout // groups, (3, 3), (1, 1),
+                             (1, 1))  # fmt: skip
+    bias = (packed.border(h, w) - packed.fan_in).flatten(1)
+    threshold = kernels.fuse_threshold(bias, tau.flatten(1), flip.flatten(1))
+    for threads in (1, 2):
+        plain = kernels.conv2d_words(words, weights, dims, bias, threads=threads, backend=path)
+        assert torch.equal(plain, y)
+        fused = kernels.conv2d_words(words, weights, dims, threshold=threshold, threads=threads,
+                                     backend=path)  # fmt: skip
+        assert torch.equal(fused, expected)
+
+
+def test_a_forced_path_that_cannot_run_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "sse9")
+    with pytest.raises(BinsenseError, match="not a kernel path"):
+        kernels.backend()
+    missing = [p for p in ("avx512", "avx2") if kernels.BACKENDS[0 if p == "avx512" else 1]
+               not in kernels.available()]  # fmt: skip
+    for name in missing:
+        monkeypatch.setenv(kernels.ENV, name)
+        with pytest.raises(BinsenseError, match="cannot run"):
+            kernels.backend()
+    monkeypatch.setenv(kernels.ENV, "torch")
+    assert kernels.backend() == "torch"
+
+
+def test_the_build_is_cached_by_source_hash(tmp_path, monkeypatch, fresh_kernels):
+    if not any(shutil.which(c) for c in kernels.COMPILERS):
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("BINSENSE_CACHE", str(tmp_path))
+    assert kernels.library() is not None
+    built = sorted((tmp_path / "kernels").iterdir())
+    assert len(built) == 1 and built[0].name.startswith("xnor-")  # no temporary left
+    kernels._reset()
+    assert kernels.library() is not None  # loaded, not rebuilt
+    assert sorted((tmp_path / "kernels").iterdir()) == built
+
+
+def test_without_a_compiler_it_warns_once_and_stays_exact(tmp_path, monkeypatch, fresh_kernels):
+    monkeypatch.setenv("BINSENSE_CACHE", str(tmp_path))  # nothing built there
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    monkeypatch.setattr(kernels, "COMPILERS", ("binsense-no-such-cc",))
+    torch.manual_seed(0)
+    conv = BinaryConv2d(70, 8, 3, 1, 1, groups=2)
+    x = _pm1(2, 70, 5, 5)
+    expected = F.conv2d(x, conv.binary_weight().detach(), None, 1, 1, groups=2)
+    packed = PackedConv(conv)
+    with pytest.warns(RuntimeWarning, match="could not be built") as record:
+        got = packed(x)
+    assert len([r for r in record if "could not be built" in str(r.message)]) == 1
+    assert kernels.backend() == "torch" and torch.equal(got.float(), expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would fail here
+        assert torch.equal(packed(x).float(), expected)
+        assert kernels.available() == ["torch"]
