@@ -31,6 +31,11 @@ special-cased except ``clean``, the reference condition of the registry:
 A *training group* is the set of runs that differ only by seed; their draws are pooled.
 Axis labels take the unit from the condition field's ``description`` when it has one,
 else from :data:`AXIS_LABELS`.
+
+The *Trained models* table gives each model's deployed size — Mbit (2^20 bits) and
+whether it is fully binary, from :func:`binsense.compress.summary.summary` of the trained
+(pruned) model, which the runner stores in the run row — and lists the hidden teachers
+(trainings that only serve as distillation teachers) below the grid's trainings.
 """
 
 from __future__ import annotations
@@ -429,20 +434,28 @@ def _blocks(
     )
 
     blocks.append(_Heading("Trained models"))
+    blocks.append(_Text(
+        "Size: the trained (after pruning: the pruned) model as deployed, in Mbit (1 Mbit = "
+        "2^20 bits; binsense summary); fully binary: every conv / linear MAC is binary."
+    ))  # fmt: skip
     run_rows = {r["run_id"]: r for r in runs}
     table = []
-    for t in study.trainings:
+    for t in (*study.trainings, *study.teachers):
         r = run_rows.get(t.run_id, {})
         acc = r.get("test_accuracy")
         seconds = r.get("train_seconds")
+        size = r.get("size") if isinstance(r.get("size"), dict) else {}
+        mbit, binary = size.get("mbit"), size.get("fully_binary")
         table.append([
             t.run_id, t.label(), t.config.dataset, t.config.model, r.get("epochs_done", 0),
-            "" if acc is None else f"{100 * acc:.2f}", r.get("status", "not started"),
-            "" if seconds is None else f"{seconds:.0f}",
+            "" if acc is None else f"{100 * acc:.2f}",
+            "" if mbit is None else f"{mbit:.4f}",
+            "" if binary is None else ("yes" if binary else "no"),
+            r.get("status", "not started"), "" if seconds is None else f"{seconds:.0f}",
         ])  # fmt: skip
     blocks.append(_Table(
-        ["run", "training", "data set", "model", "epochs", "test acc. (%)", "status",
-         "train time (s)"], table,
+        ["run", "training", "data set", "model", "epochs", "test acc. (%)", "size (Mbit)",
+         "fully binary", "status", "train time (s)"], table,
     ))  # fmt: skip
 
     figures: list[_Figure] = []
@@ -634,7 +647,7 @@ def write_report(study: Study, out_dir: str | os.PathLike | None = None) -> Repo
     rows = study_rows(study)
     check_one_dataset_per_run(study, rows)
     with ResultStore(study.store_path, readonly=True) as store:
-        runs = store.runs([t.run_id for t in study.trainings])
+        runs = store.runs([t.run_id for t in (*study.trainings, *study.teachers)])
         failures = store.failures(
             [t.run_id for t in study.trainings], [e.condition_id for e in study.evaluations]
         )

@@ -14,6 +14,23 @@ killed (even with ``kill -9``) continues where it stopped:
 - temporary files that a kill left in the study folder (``.NAME.*.tmp``) are removed at
   the start (:func:`binsense.io.clean_stale_temps`; the study lock is held).
 
+**Teachers first.** A training that distils from a teacher training (``distill = {
+teacher = {...} }``) depends on it: the plan is walked in
+:meth:`~binsense.study.schema.Study.training_order`, every teacher before its students —
+a teacher that is a grid point is trained (and evaluated) at its first use, a hidden
+teacher (:attr:`~binsense.study.schema.Study.teachers`) is trained and stored like any
+run but not evaluated. The student's training gets the teacher's checkpoint path
+(``<study dir>/runs/<teacher id>/checkpoint.pt``). After a kill the same walk resumes: a
+teacher whose row says ``trained`` is not touched again (its checkpoint is what the
+student loads), an unfinished teacher resumes from its own checkpoint, then the student
+resumes from its own. A student whose teacher failed is recorded as failed with that
+reason (and tried again, after its teacher, by the next run).
+
+**Model size.** Once a model is trained, its deployed size
+(:func:`binsense.compress.summary.summary` totals: Mbit, ``fully_binary``, ...) is stored
+in its run row (:meth:`~binsense.study.store.ResultStore.set_run_size`); a trained run
+without one (a store from before) gets it when the runner next passes it.
+
 Evaluation results are deterministic (fixed test images, conditions seeded by draw), so
 an interrupted-and-resumed study stores exactly the rows of an uninterrupted one. One
 runner at a time may work on a study folder (an advisory lock, released by the OS when
@@ -54,7 +71,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from binsense.data import DeviceLoader, load_dataset
+from binsense.compress.summary import summary
+from binsense.data import DeviceLoader, dataset_info, load_dataset
 from binsense.errors import BinsenseError, SettingsMismatchError
 from binsense.evaluate import evaluate
 from binsense.io import clean_stale_temps, folder_lock
@@ -147,7 +165,7 @@ def study_lock(out_dir: Path) -> AbstractContextManager[None]:
 def check_output_names(study: Study) -> None:
     """Refuse names that would put outputs outside the study folder (preset, run ids)."""
     report_dir(study)
-    for t in study.trainings:
+    for t in (*study.trainings, *study.teachers):
         run_dir(study, t.run_id)
 
 
@@ -225,22 +243,27 @@ class _Runner:
         self.labels = condition_labels(study.evaluations)
         self.trained = self.evaluated = self.skipped = 0
         self.failures: list[Failure] = []
+        self.failed_runs: dict[str, str] = {}  # run id -> reason, in this call
         self.plan_conditions = {e.condition_id for e in study.evaluations}
 
-    def run(self, training: Training) -> None:
+    def run(self, training: Training, *, evaluate: bool = True) -> None:
+        """Train ``training`` if it is not trained, then evaluate what is not stored
+        (``evaluate=False``: a hidden teacher, trained only)."""
         study = self.study
         done = self.store.done_draws(training.run_id)
         pending = [
             (ev, d)
-            for ev in study.evaluations
+            for ev in (study.evaluations if evaluate else ())
             for d in range(ev.draws)
             if (ev.condition_id, d) not in done
         ]
         status = self.store.run_status(training.run_id)
-        already = study.draws_per_run - len(pending) + (status == "trained")
+        draws = study.draws_per_run if evaluate else 0
+        already = draws - len(pending) + (status == "trained")
         self.skipped += already
         self.bar.update(already)
         if status == "trained" and not pending:
+            self.backfill_size(training)
             return
         with _threads(training.config.threads):
             try:
@@ -259,6 +282,7 @@ class _Runner:
         self, training: Training, error: BaseException, status: str | None, pending: int
     ) -> None:
         reason = one_line(error)
+        self.failed_runs[training.run_id] = reason
         if status is None:  # never recorded (failed before the store row was written)
             config = training.config
             self.store.start_run(training.run_id, config.to_dict(), config.config_hash())
@@ -291,15 +315,18 @@ class _Runner:
             if ckpt.is_file():
                 model = load_model(ckpt)[0]
                 self.check_finite(model)
+                if not self.has_size(training):
+                    self.record_size(training, model)
                 return model
             self.log(f"run {training.run_id}: checkpoint {ckpt} is missing; training again")
         self.bar.set_postfix_str(f"train {training.label()} (run {training.run_id})")
         if folder.is_dir():
             clean_stale_temps(folder)
+        teacher = self.teacher_checkpoint(training)
         self.store.start_run(training.run_id, config.to_dict(), config.config_hash())
         result = train(
             config, folder, data_dir=self.data_dir, resume=True, progress=self.progress,
-            log=self.log,
+            log=self.log, teacher=teacher,
         )  # fmt: skip
         self.check_finite(result.model)
         provenance = getattr(result, "provenance", None) or json.loads(
@@ -312,10 +339,65 @@ class _Runner:
             environment=provenance["environment"],
             train_seconds=sum(m["epoch_time_s"] for m in result.metrics),
         )
+        self.record_size(training, result.model)
         if status != "trained":
             self.trained += 1
             self.bar.update(1)
         return result.model
+
+    def teacher_checkpoint(self, training: Training) -> Path | None:
+        """The checkpoint of the teacher training ``training`` distils from (trained
+        earlier in the walk), or ``None`` without one; a failed teacher fails it."""
+        teacher_id = training.teacher_id
+        if teacher_id is None:
+            return None
+        if teacher_id in self.failed_runs:
+            raise BinsenseError(
+                f"its teacher (run {teacher_id}) failed: {self.failed_runs[teacher_id]}"
+            )
+        ckpt = checkpoint_path(run_dir(self.study, teacher_id))
+        status = self.store.run_status(teacher_id)
+        if status != "trained" or not ckpt.is_file():  # e.g. its checkpoint was deleted
+            teacher = self.study.training(teacher_id)
+            if teacher is None:  # (the plan always holds it)
+                raise BinsenseError(f"its teacher (run {teacher_id}) is not in the plan")
+            self.model(teacher, status)
+        return ckpt
+
+    # ------------------------------------------------------------ size
+
+    def has_size(self, training: Training) -> bool:
+        row = self.store.run_row(training.run_id)
+        return bool(row and row.get("size"))
+
+    def record_size(self, training: Training, model: nn.Module) -> None:
+        """Store the model's deployed size (summary totals) in its run row; a model the
+        summary cannot count is logged and left without a size."""
+        try:
+            info = dataset_info(training.config.dataset)
+            totals = summary(model, (info.in_channels, *info.image_size)).totals()
+        except _FATAL:
+            raise
+        except _GRID_POINT as e:
+            self.log(f"run {training.run_id}: no size recorded ({one_line(e)})")
+            return
+        self.store.set_run_size(training.run_id, totals)
+
+    def backfill_size(self, training: Training) -> None:
+        """A trained run from a store without sizes gets one (from its checkpoint)."""
+        if self.has_size(training):
+            return
+        ckpt = checkpoint_path(run_dir(self.study, training.run_id))
+        if ckpt.is_file():
+            with _threads(training.config.threads):
+                try:
+                    model = load_model(ckpt)[0]
+                except _FATAL:
+                    raise
+                except _GRID_POINT as e:
+                    self.log(f"run {training.run_id}: no size recorded ({one_line(e)})")
+                    return
+                self.record_size(training, model)
 
     @staticmethod
     def check_finite(model: nn.Module) -> None:
@@ -426,7 +508,7 @@ def run_study(
         removed = clean_stale_temps(study.out_dir, recursive=True)
         if removed:
             log(f"removed {len(removed)} temporary file(s) left by an interrupted run")
-        total = len(study.trainings) * (1 + study.draws_per_run)
+        total = len(study.trainings) * (1 + study.draws_per_run) + len(study.teachers)
         with tqdm(
             total=total,
             desc=f"study {study.name}",
@@ -435,8 +517,9 @@ def run_study(
             dynamic_ncols=True,
         ) as bar:
             runner = _Runner(study, store, bar, data_dir, progress, log)
-            for training in study.trainings:
-                runner.run(training)
+            hidden = {t.run_id for t in study.teachers}
+            for training in study.training_order():  # every teacher before its students
+                runner.run(training, evaluate=training.run_id not in hidden)
     return StudySummary(
         study=study,
         trained=runner.trained,

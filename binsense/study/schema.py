@@ -6,6 +6,7 @@ A study file describes a grid of trainings and a grid of evaluation conditions::
     [train]                  # base TrainConfig fields
     [train.grid]             # TrainConfig field -> list of values (cartesian product)
                              # variant = [{name = ..., <fields>}, ...]: linked settings
+                             # ([[train.grid]] blocks: several grids, their union)
     [[condition]]            # one test condition: kind + parameters; list values expand
     [evaluation]             # how conditions are evaluated (batch size, test subset, draw cap)
     [report]                 # what the report draws: heatmap filter, facets (never what runs)
@@ -25,6 +26,13 @@ array) is replaced. Expansion turns the merged document into a :class:`Study`: o
 hash, so the same config always maps to the same run folder and store rows) and one
 :class:`Evaluation` per distinct condition (its ``condition_id`` hashes the kind, the
 parameters and the choice of test images, so changing any of them re-evaluates).
+
+A training that distils from a teacher described by a config (``distill = { teacher =
+{...} }``, :class:`binsense.train.config.TrainDistill`) depends on that teacher's
+training: its run id is the teacher config's hash. A teacher that is not itself a point
+of the grid becomes a *hidden* training (:attr:`Study.teachers`): trained and stored like
+the others, but not evaluated under the conditions nor listed as a grid point.
+:meth:`Study.training_order` puts every teacher before its students.
 """
 
 from __future__ import annotations
@@ -137,16 +145,31 @@ _MISSING = object()
 
 @dataclass(frozen=True)
 class Training:
-    """One model to train: its config, its grid coordinates and its content-derived id."""
+    """One model to train: its config, its grid coordinates and its content-derived id.
+
+    ``teacher_of`` is set on a hidden teacher (not a grid point): the label of the first
+    student that needs it.
+    """
 
     run_id: str
     config: TrainConfig
     grid: dict[str, Any]
+    teacher_of: str | None = None
 
     def label(self, keys: Iterable[str] | None = None) -> str:
-        """``seed=0, lr=0.001`` (the grid values, optionally only ``keys``); ``base`` if none."""
+        """``seed=0, lr=0.001`` (the grid values, optionally only ``keys``); ``base`` if none;
+        ``teacher of <student>`` for a hidden teacher."""
+        if self.teacher_of is not None:
+            return f"teacher of {self.teacher_of}"
         items = [(k, v) for k, v in self.grid.items() if keys is None or k in keys]
         return ", ".join(f"{k}={v}" for k, v in items) or "base"
+
+    @property
+    def teacher_id(self) -> str | None:
+        """The run id of the teacher training it distils from (``None``: no teacher, or
+        a teacher given as a checkpoint path)."""
+        teacher = self.config.teacher_config()
+        return None if teacher is None else run_id_for(teacher)
 
 
 @dataclass(frozen=True)
@@ -179,6 +202,28 @@ class Study:
     eval: EvalOptions
     out_dir: Path
     report: ReportOptions = ReportOptions()
+    teachers: tuple[Training, ...] = ()
+
+    def training(self, run_id: str) -> Training | None:
+        """The training (grid point or hidden teacher) with this run id."""
+        return next((t for t in (*self.trainings, *self.teachers) if t.run_id == run_id), None)
+
+    def training_order(self) -> list[Training]:
+        """Every training to run, grid points and hidden teachers, each teacher before its
+        students (otherwise in grid order)."""
+        order: dict[str, Training] = {}
+
+        def visit(t: Training) -> None:
+            if t.run_id in order:
+                return
+            teacher = self.training(t.teacher_id) if t.teacher_id else None
+            if teacher is not None:
+                visit(teacher)
+            order[t.run_id] = t
+
+        for t in self.trainings:
+            visit(t)
+        return list(order.values())
 
     @property
     def store_path(self) -> Path:
@@ -272,16 +317,40 @@ _EXPECTED = {
 }
 
 
-def _pydantic_problem(err: ValidationError, fields: Iterable[str]) -> str:
-    """The first problem of a pydantic error as a phrase naming the key."""
-    first = err.errors()[0]
+def _nested_fields(cls: Any, loc: Sequence[str]) -> list[str] | None:
+    """The field names of the nested model that ``loc`` (``("prune", "targt")``) ends in,
+    or ``None`` when ``loc`` does not run through nested models."""
+    fields = getattr(cls, "model_fields", None)
+    for key in loc[:-1]:
+        if not fields or key not in fields:
+            return None
+        annotation = fields[key].annotation
+        options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+        model = next((t for t in options if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        fields = getattr(model, "model_fields", None)
+    return list(fields) if fields else None
+
+
+def _pydantic_problem(
+    err: ValidationError, fields: Iterable[str], model: type[BaseModel] | None = None
+) -> str:
+    """The first problem of a pydantic error as a phrase naming the key (an unknown key
+    first: a misspelt key also makes its correct spelling "missing").
+
+    With ``model`` (the validated class), a problem inside a nested table names the
+    dotted key (``'prune.block_size'``), and an unknown key there gets the nearest field.
+    """
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [str(p) for p in first["loc"]]
-    key = loc[0] if loc else "?"
+    nested = _nested_fields(model, loc) if model is not None and len(loc) > 1 else None
+    key = (".".join(loc) if nested is not None else loc[0]) if loc else "?"
     kind, given = first["type"], first.get("input")
     if kind == "extra_forbidden":
         if len(loc) == 1:
             return f"unknown key {key!r}{_did_you_mean(key, fields)}"
-        return f"unknown key {'.'.join(loc)!r}"
+        hint = _did_you_mean(loc[-1], nested) if nested else ""
+        return f"unknown key {'.'.join(loc)!r}{hint}"
     if kind in ("value_error", "assertion_error"):  # a validator's own message
         msg = first["msg"].split(", ", 1)[-1]
         return f"{key!r}: {msg}" if loc else msg
@@ -404,33 +473,72 @@ def _check_training(config: TrainConfig, place: _Place, where: Mapping[str, str]
 
 def _expand_trainings(
     section: Mapping[str, Any], place: _Place, overlay: Mapping[str, Any]
-) -> list[Training]:
+) -> tuple[list[Training], list[Training]]:
+    """The grid's trainings and the hidden teachers they need (:func:`_hidden_teachers`).
+
+    ``grid`` is one table, or a list of tables (``[[train.grid]]`` blocks): then the plan
+    is the union of each grid's expansion (a training in two grids is trained once), so a
+    study can run, say, an encoder comparison over three seeds and a pruning sweep over
+    one.
+    """
     fields = list(TrainConfig.model_fields)
     base = dict(section)
-    grid = base.pop(_GRID, {})
-    if not isinstance(grid, Mapping):
-        raise place.error(place.table("train"), f"'grid' must be a table, got {grid!r}")
+    grids = base.pop(_GRID, {})
+    many = isinstance(grids, list)
+    if many and (not grids or not all(isinstance(g, Mapping) for g in grids)):
+        raise place.error(
+            _where(place, overlay, ("train", _GRID), "train"),
+            f"'grid' must be a table or a list of tables ([[train.grid]]), got {grids!r}",
+        )
+    if not many and not isinstance(grids, Mapping):
+        raise place.error(place.table("train"), f"'grid' must be a table, got {grids!r}")
     for key in base:
         if key not in TrainConfig.model_fields:
             raise place.error(
                 _where(place, overlay, ("train", key), "train"),
                 f"unknown key {key!r}{_did_you_mean(key, [*fields, _GRID])}",
             )
+    trainings: dict[str, Training] = {}
+    for index, grid in enumerate(grids if many else [grids]):
+        _expand_grid(base, grid, index if many else None, place, overlay, fields, trainings)
+    where = _where(place, overlay, ("train", "distill"), "train")
+    return list(trainings.values()), _hidden_teachers(trainings, place, where)
+
+
+def _grid_where(
+    place: _Place, overlay: Mapping[str, Any], key: str | None, index: int | None
+) -> str:
+    """Where a grid key is read: ``[train.grid]``, or ``[[train.grid]] #2`` for the second
+    of a list of grids (the preset's table if the preset sets it)."""
+    if index is None:
+        return _where(place, overlay, ("train", _GRID, *([key] if key else [])), "train.grid")
+    return f"[{_where(place, overlay, ('train', _GRID), 'train.grid')}] #{index + 1}"
+
+
+def _expand_grid(
+    base: Mapping[str, Any],
+    grid: Mapping[str, Any],
+    index: int | None,
+    place: _Place,
+    overlay: Mapping[str, Any],
+    fields: list[str],
+    trainings: dict[str, Training],
+) -> None:
+    """One grid's trainings over ``base``, added to ``trainings`` (by run id)."""
     for key, values in grid.items():
-        where = _where(place, overlay, ("train", _GRID, key), "train.grid")
+        where = _grid_where(place, overlay, key, index)
         if key not in TrainConfig.model_fields and key != _VARIANT:
             hint = _did_you_mean(key, [*fields, _VARIANT])
             raise place.error(where, f"unknown key {key!r}{hint}")
         if not isinstance(values, list) or not values:
             raise place.error(where, f"{key!r} must be a non-empty list of values, got {values!r}")
-    variants = _variants(grid, place, overlay, fields)
+    variants = _variants(grid, place, _grid_where(place, overlay, _VARIANT, index), fields)
 
     def origin(key: str) -> str:
         if key in grid:
-            return _where(place, overlay, ("train", _GRID, key), "train.grid")
+            return _grid_where(place, overlay, key, index)
         return _where(place, overlay, ("train", key), "train")
 
-    trainings: dict[str, Training] = {}
     keys = list(grid)
     for combo in itertools.product(*(grid[k] for k in keys)):
         point = dict(zip(keys, combo, strict=True))
@@ -442,22 +550,41 @@ def _expand_trainings(
             config = TrainConfig(**values)
         except ValidationError as e:
             key = str(e.errors()[0]["loc"][0]) if e.errors()[0]["loc"] else "train"
-            raise place.error(origin(key), _pydantic_problem(e, fields)) from None
+            raise place.error(origin(key), _pydantic_problem(e, fields, TrainConfig)) from None
         _check_training(
             config, place, {k: origin(k) for k in ("dataset", "model", "model_options")}
         )
         run_id = run_id_for(config)
         trainings.setdefault(run_id, Training(run_id=run_id, config=config, grid=point))
-    return list(trainings.values())
+
+
+def _hidden_teachers(
+    trainings: Mapping[str, Training], place: _Place, where: str
+) -> list[Training]:
+    """The teachers (and their teachers) that are not grid points, checked like them."""
+    hidden: dict[str, Training] = {}
+    for student in trainings.values():
+        config = student.config
+        while (teacher := config.teacher_config()) is not None:
+            run_id = run_id_for(teacher)
+            if run_id in trainings or run_id in hidden:
+                break
+            what = f"{where} distill.teacher (of {student.label()}):"
+            _check_training(
+                teacher, place, dict.fromkeys(("dataset", "model", "model_options"), what)
+            )
+            hidden[run_id] = Training(run_id, teacher, {}, teacher_of=student.label())
+            config = teacher
+    return list(hidden.values())
 
 
 def _variants(
-    grid: Mapping[str, Any], place: _Place, overlay: Mapping[str, Any], fields: list[str]
+    grid: Mapping[str, Any], place: _Place, where: str, fields: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """``grid.variant``: named tables of linked TrainConfig fields, checked; name -> fields."""
+    """``grid.variant``: named tables of linked TrainConfig fields, checked; name -> fields
+    (``where``: the grid table, for messages)."""
     if _VARIANT not in grid:
         return {}
-    where = _where(place, overlay, ("train", _GRID, _VARIANT), "train.grid")
     variants: dict[str, dict[str, Any]] = {}
     for i, table in enumerate(grid[_VARIANT], 1):
         if not isinstance(table, Mapping) or not isinstance(table.get("name"), str):
@@ -558,7 +685,7 @@ def _expand_block(block: Any, index: int, place: _Place, options: EvalOptions) -
 
 def _expand(
     doc: Mapping[str, Any], place: _Place, overlay: Mapping[str, Any]
-) -> tuple[StudyInfo, list[Training], list[Evaluation], EvalOptions, ReportOptions]:
+) -> tuple[StudyInfo, list[Training], list[Evaluation], EvalOptions, ReportOptions, list[Training]]:
     for key in doc:
         if key in _RENAMED_SECTIONS:
             raise StudyFileError(f"{place.file}: {_RENAMED_SECTIONS[key]}; rename it")
@@ -580,7 +707,7 @@ def _expand(
         ReportOptions, _table(doc, "report", place, "[report]"), place,
         _where(place, overlay, ("report",), "report"),
     )  # fmt: skip
-    trainings = _expand_trainings(_table(doc, "train", place, "[train]"), place, overlay)
+    trainings, teachers = _expand_trainings(_table(doc, "train", place, "[train]"), place, overlay)
     blocks = doc.get("condition", [{"kind": "clean"}])
     if not isinstance(blocks, list):
         raise place.error("[[condition]]", "must be an array of tables ([[condition]] blocks)")
@@ -596,7 +723,7 @@ def _expand(
                 _where(place, overlay, ("report",), "report"),
                 f"no [[condition]] block of kind {kind!r}{_did_you_mean(kind, kinds)}",
             )
-    return info, trainings, list(evaluations.values()), options, report
+    return info, trainings, list(evaluations.values()), options, report, teachers
 
 
 def load_study(
@@ -625,7 +752,7 @@ def load_study(
     presets = doc.get("presets", {})
     if not isinstance(presets, Mapping):
         raise StudyFileError(f"{file}: [presets] must be a table of [presets.NAME] tables")
-    info, trainings, evaluations, options, report = _expand(doc, _Place(file), {})
+    info, trainings, evaluations, options, report, teachers = _expand(doc, _Place(file), {})
     for name, overlay in presets.items():
         try:  # a preset names the report folder (report-NAME): one plain path component
             safe_child(path.parent, f"report-{name}", what=f"preset name {name!r} (report folder)")
@@ -655,7 +782,7 @@ def load_study(
             raise StudyFileError(
                 f"{file}: unknown preset {chosen!r}{source} (presets: {listed}){hint}"
             )
-        info, trainings, evaluations, options, report = _expand(
+        info, trainings, evaluations, options, report, teachers = _expand(
             deep_merge(doc, presets[chosen]), _Place(file, chosen), presets[chosen]
         )
     return Study(
@@ -669,6 +796,7 @@ def load_study(
         eval=options,
         out_dir=Path(out) if out is not None else path.with_suffix(""),
         report=report,
+        teachers=tuple(teachers),
     )
 
 

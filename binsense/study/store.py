@@ -6,7 +6,9 @@ Two tables and a view:
   the config as JSON, its hash, seed, data set, model, status (``training`` while it is
   being trained, ``trained`` once its last epoch is checkpointed), per-epoch metrics,
   final test accuracy, the fingerprints of the train and test data, package versions,
-  device and timestamps.
+  device and timestamps, and the trained model's deployed ``size`` (JSON: the totals of
+  :func:`binsense.compress.summary.summary` — Mbit, parameters by precision, binary
+  MACs, ``fully_binary``; a column added to stores created before it, NULL until set).
 - ``results``: one row per ``(run_id, condition_id, draw)`` — the primary key — with the
   condition's kind, parameters (JSON) and label, accuracy, loss, number of test images,
   the fingerprint of those images, versions, device and timestamps.
@@ -72,7 +74,8 @@ CREATE TABLE IF NOT EXISTS runs (
     device TEXT,
     started TEXT NOT NULL,
     finished TEXT,
-    train_seconds REAL
+    train_seconds REAL,
+    size TEXT
 );
 CREATE TABLE IF NOT EXISTS results (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
@@ -112,7 +115,7 @@ _RESULT_COLUMNS = (
     "run_id", "condition_id", "draw", "kind", "params", "label", "accuracy", "loss", "n",
     "data_fingerprint", "versions", "device", "started", "finished", "seconds",
 )  # fmt: skip
-_JSON_COLUMNS = ("config", "metrics", "versions", "params")
+_JSON_COLUMNS = ("config", "metrics", "versions", "params", "size")
 
 
 #: The tables every binsense store has (a database without them is someone else's).
@@ -244,6 +247,7 @@ class ResultStore:
             self.conn.execute("PRAGMA synchronous=NORMAL")  # durable against process kills
             self.conn.executescript(_SCHEMA)
             self._check_format()
+            self._add_columns()
         except sqlite3.Error as e:
             raise store_error(e, self.path, "open") from None
 
@@ -310,6 +314,13 @@ class ResultStore:
             found = c.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0]
         if found != str(STORE_FORMAT):
             raise self._format_error(found)
+
+    def _add_columns(self) -> None:
+        """Columns added since format 1 (nullable): added to an older store in place."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+        if "size" not in have:
+            with self.transaction("upgrade") as c:
+                c.execute("ALTER TABLE runs ADD COLUMN size TEXT")
 
     def close(self) -> None:
         self.conn.close()
@@ -394,6 +405,11 @@ class ResultStore:
                 ),
             )  # fmt: skip
             c.execute("DELETE FROM failures WHERE run_id = ? AND draw = -1", (run_id,))
+
+    def set_run_size(self, run_id: str, size: dict[str, Any]) -> None:
+        """Record the trained model's deployed size (summary totals) in its run row."""
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET size = ? WHERE run_id = ?", (_dumps(size), run_id))
 
     def fail_run(self, run_id: str, reason: str) -> None:
         """Mark ``run_id`` failed (its training raised) and record why."""

@@ -7,9 +7,19 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from binsense.errors import BinsenseError
+from binsense.compress.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
+from binsense.compress.prune import PruningSchedule
+from binsense.errors import BinsenseError, did_you_mean
 from binsense.noise import NoiseAugment, get_noise_type
 from binsense.resources import MAX_THREADS, resolve_device
 
@@ -92,6 +102,119 @@ class TrainNoise(BaseModel):
         )
 
 
+#: TrainConfig fields a teacher never inherits from its student: the student's own
+#: compression (its teacher table may set its own).
+_STUDENT_ONLY = ("distill", "prune")
+
+
+def _nested_problem(err: ValidationError) -> str:
+    """The first problem of a nested config as a short phrase naming the key."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {loc!r}"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg[:1].lower() + msg[1:]}, got {first.get('input')!r}"
+
+
+class TrainDistill(BaseModel):
+    """Knowledge distillation (``[train] distill = {...}``): the training loss becomes
+    :class:`binsense.compress.distill.Distillation` from a frozen teacher.
+
+    The teacher is given one of two ways (exactly one):
+
+    - ``teacher = { <TrainConfig fields> }``: another training, described by the fields
+      in which it differs from the student (e.g. ``{ model = "compact_bnn_float",
+      model_options = { width = 2 } }``). They are laid over the student's own fields
+      (minus ``distill`` and ``prune``), each key replacing the student's value —
+      ``model_options`` too, as a whole, since another model takes other options. The
+      result is the teacher's full :class:`TrainConfig`
+      (:meth:`TrainConfig.teacher_config`) and so its run id. It inherits the student's
+      ``seed`` (a teacher per student seed) unless the table sets one (``seed = 0``:
+      one teacher shared by every seed). A study trains it first
+      (:mod:`binsense.study.runner`); :func:`binsense.train.train` needs its checkpoint
+      (``teacher=PATH``);
+    - ``teacher_checkpoint = "PATH"``: the ``checkpoint.pt`` of a finished training
+      (``binsense train`` from the command line). The *path* is part of the student's run
+      id, not the file's content.
+
+    ``alpha`` weighs the cross-entropy on the labels, ``1 - alpha`` the KD term;
+    ``temperature`` is the softmax temperature. Defaults: ReActNet's pure distillation,
+    ``alpha = 0, temperature = 1`` (:mod:`binsense.compress.distill` gives the sources).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    teacher: dict[str, Any] | None = Field(
+        None, description="TrainConfig fields in which the teacher differs from the student"
+    )
+    teacher_checkpoint: str | None = Field(None, description="a finished run's checkpoint.pt")
+    alpha: float = Field(DEFAULT_ALPHA, ge=0, le=1, description="weight of the cross-entropy")
+    temperature: float = Field(DEFAULT_TEMPERATURE, gt=0, description="softmax temperature")
+
+    @field_validator("teacher")
+    @classmethod
+    def _known_fields(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            fields = TrainConfig.model_fields
+            for key in v:
+                if key not in fields:
+                    raise ValueError(f"unknown key {key!r}{did_you_mean(key, fields)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> TrainDistill:
+        if (self.teacher is None) == (self.teacher_checkpoint is None):
+            raise ValueError(
+                "give exactly one of teacher = { <fields of the teacher's training> } and "
+                'teacher_checkpoint = "PATH"'
+            )
+        if self.teacher_checkpoint is not None and not self.teacher_checkpoint.strip():
+            raise ValueError("teacher_checkpoint must be a path, got an empty string")
+        return self
+
+
+class TrainPrune(BaseModel):
+    """Gradual block pruning (``[train] prune = {...}``), binsense's choices documented in
+    :mod:`binsense.compress.prune`.
+
+    ``target`` is the final fraction of each prunable block's units removed; ``score``
+    ranks the units (``"bn"`` or ``"weight"``); ``block_size`` is the unit's channel
+    count (a multiple of 8). The sparsity follows Zhu & Gupta's cubic ramp from step
+    ``begin x total`` to step ``end x total`` (fractions of all optimizer steps), updated
+    every ``every`` steps (:class:`~binsense.compress.prune.PruningSchedule`, an
+    after-step hook); the masks are then held to the end. The checkpoint of every
+    unfinished epoch keeps the full-shape model and its masks (so a resumed run is
+    exact); after the last epoch's training pass the masked units are removed for real
+    (:func:`~binsense.compress.prune.remove_pruned`) before the final evaluation and
+    checkpoint, which therefore holds the smaller tensors and their ``prune_plan``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    target: float = Field(..., gt=0, lt=1, description="final fraction of units pruned")
+    score: Literal["bn", "weight"] = "bn"
+    block_size: int = Field(32, ge=8, multiple_of=8, description="channels per unit")
+    begin: float = Field(0.2, ge=0, le=1, description="ramp start, fraction of all steps")
+    end: float = Field(0.8, ge=0, le=1, description="ramp end, fraction of all steps")
+    every: int = Field(50, ge=1, description="steps between sparsity updates")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TrainPrune:
+        if self.end < self.begin:
+            raise ValueError(f"begin ({self.begin:g}) must be <= end ({self.end:g})")
+        return self
+
+    def schedule(self, total_steps: int) -> PruningSchedule:
+        """The after-step hook for a training of ``total_steps`` optimizer steps."""
+        begin = round(self.begin * total_steps)
+        end = max(begin, round(self.end * total_steps))
+        return PruningSchedule(
+            target=self.target, begin_step=begin, end_step=end, every=self.every,
+            block_size=self.block_size, score=self.score,
+        )  # fmt: skip
+
+
 class TrainConfig(BaseModel):
     """Everything that determines a training run (same config + seed = same model).
 
@@ -133,12 +256,31 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, ge=0, le=SEED_MAX)
     threads: int | None = Field(None, ge=1, le=MAX_THREADS)
     device: str = "cpu"
+    # last: their validators see every field above (the teacher inherits them)
+    distill: TrainDistill | None = None
+    prune: TrainPrune | None = None
 
-    @field_validator("train_noise", mode="before")
+    @field_validator("train_noise", "distill", "prune", mode="before")
     @classmethod
     def _none_is_clean(cls, v: Any) -> Any:
-        """``"none"`` means clean training (TOML has no null, so a grid can list it)."""
+        """``"none"`` turns it off: clean training, no distillation, no pruning (TOML has
+        no null, so a grid can list it)."""
         return None if v == "none" else v
+
+    @field_validator("distill")
+    @classmethod
+    def _teacher_is_valid(cls, v: TrainDistill | None, info: ValidationInfo) -> Any:
+        """The teacher's config (student fields + teacher table) must itself be valid."""
+        if v is None or v.teacher is None:
+            return v
+        student = {k: x for k, x in info.data.items() if k not in _STUDENT_ONLY}
+        if len(student) < len(cls.model_fields) - len(_STUDENT_ONLY):
+            return v  # another field is invalid: that error is the one to report
+        try:
+            TrainConfig(**{**student, **v.teacher})
+        except ValidationError as e:
+            raise ValueError(f"teacher: {_nested_problem(e)}") from None
+        return v
 
     @field_validator("device")
     @classmethod
@@ -153,12 +295,25 @@ class TrainConfig(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def teacher_config(self) -> TrainConfig | None:
+        """The teacher's full config (:class:`TrainDistill`: the student's fields minus
+        ``distill`` / ``prune``, with the ``teacher`` table over them), or ``None`` when
+        the student does not distil from a teacher training."""
+        if self.distill is None or self.distill.teacher is None:
+            return None
+        student = {k: v for k, v in self.to_dict().items() if k not in _STUDENT_ONLY}
+        return TrainConfig(**{**student, **self.distill.teacher})
+
     def config_hash(self) -> str:
-        """Content hash of the fields that change the trained model (not device/threads)."""
+        """Content hash of the fields that change the trained model (not device/threads).
+
+        The teacher's table is a field, so changing the teacher changes the student's id.
+        """
         d = self.to_dict()
         for k in ("device", "threads"):
             d.pop(k)
-        if d["train_noise"] is None:  # off: leave out, so ids of runs from before it stay
-            d.pop("train_noise")
+        for k in ("train_noise", "distill", "prune"):
+            if d[k] is None:  # off: leave out, so ids of runs from before it stay
+                d.pop(k)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

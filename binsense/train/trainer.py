@@ -4,7 +4,11 @@ A run folder holds ``config.json`` (the config plus provenance: versions, data
 fingerprints, device), ``metrics.jsonl`` (one line per epoch) and ``checkpoint.pt``
 (model, optimizer and scheduler state after the last finished epoch). The loop is
 :class:`Trainer`, in small parts with seams (:class:`Hooks`: the loss, after-step hooks
-such as latent clipping, the input transform). Batch order and
+such as latent clipping, the input transform). The config's ``distill`` and ``prune``
+fields add hooks of their own (:meth:`Trainer.config_hooks`): the distillation loss
+from the teacher's checkpoint, and the pruning schedule after every step; a pruned
+model is removed for real after the last epoch's training pass, so the final
+evaluation and checkpoint are of the smaller model. Batch order and
 augmentation of epoch *e* depend only on ``(seed, e)`` (see :class:`DeviceLoader`), and
 the model is initialised from ``seed``, so a run interrupted at any point and resumed
 from its last checkpoint ends with exactly the weights and metrics of an uninterrupted
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -29,8 +34,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import binsense
+from binsense.compress.distill import Distillation
 from binsense.compress.prune import (
     apply_masks,
+    find_sites,
     masks_from_plan,
     masks_from_state,
     masks_of,
@@ -56,6 +63,7 @@ from binsense.train.checkpoint import (
     checkpoint_config,
     checkpoint_path,
     load_checkpoint,
+    load_model,
     load_state_strict,
 )
 from binsense.train.config import TrainConfig
@@ -96,7 +104,9 @@ class Hooks:
       (noise-aware training composes its sensor noise in front of it).
 
     Hooks are code, not configuration: they are not part of the run's config hash, so a
-    run resumed with other hooks is the caller's responsibility.
+    run resumed with other hooks is the caller's responsibility. The config's ``distill``
+    and ``prune`` fields *are* configuration: the trainer adds their hooks itself
+    (:meth:`Trainer.config_hooks`) and never changes this object.
     """
 
     loss: LossHook | None = None
@@ -208,13 +218,17 @@ class Trainer:
         progress: bool | None = None,
         log: Callable[[str], None] = tqdm.write,
         allow_large: bool | None = None,
+        teacher: nn.Module | str | os.PathLike | None = None,
     ) -> None:
         self.config = config
         self.allow_large = allow_large
         self.run_path = Path(run_dir) if run_dir is not None else None
         self.data_dir = data_dir
         self.hooks = hooks if hooks is not None else Hooks()
+        self.teacher = teacher
         self.loss = self.hooks.loss or cross_entropy(config.label_smoothing)
+        self.after_step: list[StepHook] = list(self.hooks.after_step)
+        self.teacher_info: dict[str, Any] | None = None
         self.progress = progress
         self.log = log
         self.metrics: list[dict[str, Any]] = []
@@ -246,6 +260,97 @@ class Trainer:
         self.scheduler = make_scheduler(
             config, self.optimizer, config.epochs * len(self.train_loader)
         )
+
+    def config_hooks(self) -> None:
+        """The hooks the config asks for (called once the run is restored, when epochs
+        are left to train): ``distill`` -> the loss is
+        :class:`~binsense.compress.distill.Distillation` from the teacher's checkpoint;
+        ``prune`` -> :class:`~binsense.compress.prune.PruningSchedule` runs after every
+        step (after the caller's after-step hooks)."""
+        config = self.config
+        if config.distill is not None:
+            if self.hooks.loss is not None:
+                raise BinsenseError(
+                    "the config distils from a teacher (distill) and the hooks give a loss of "
+                    "their own; use one of them."
+                )
+            d = config.distill
+            self.loss = Distillation(
+                self.load_teacher(), alpha=d.alpha, temperature=d.temperature,
+                label_smoothing=config.label_smoothing,
+            )  # fmt: skip
+        if config.prune is not None:
+            sites = find_sites(self.model, config.prune.block_size)
+            if not any(site.prunable for site in sites.values()):
+                why = "; ".join(f"{n}: {s.reason}" for n, s in sites.items() if s.reason)
+                raise BinsenseError(
+                    f"prune: model {config.model!r} has no block that splits into units of "
+                    f"{config.prune.block_size} channels ({why or 'no blocks'}); lower "
+                    "prune.block_size or widen the model."
+                )
+            total = config.epochs * len(self.train_loader)
+            self.after_step = [*self.hooks.after_step, config.prune.schedule(total)]
+
+    def load_teacher(self) -> nn.Module:
+        """The distillation teacher: the ``teacher`` argument (a model or a checkpoint
+        path), else ``distill.teacher_checkpoint``. A checkpoint must be of a finished
+        training and, when ``distill.teacher`` describes the teacher, of that config."""
+        d = self.config.distill
+        assert d is not None
+        source = self.teacher if self.teacher is not None else d.teacher_checkpoint
+        if source is None:
+            raise BinsenseError(
+                "distill.teacher describes the teacher's training, but no teacher checkpoint "
+                "was given: train the teacher first and pass its checkpoint (train(..., "
+                "teacher=PATH)), set distill.teacher_checkpoint = PATH instead, or run it in "
+                "a study, which trains the teacher first."
+            )
+        if isinstance(source, nn.Module):
+            self.teacher_info = {"model": type(source).__name__}
+            return source
+        path = Path(source)
+        if path.is_dir():
+            path = checkpoint_path(path)
+        if not path.is_file():
+            raise BinsenseError(
+                f"the teacher checkpoint {str(path)!r} does not exist; train the teacher first."
+            )
+        ckpt = load_checkpoint(path)
+        trained = checkpoint_config(ckpt, path)
+        if not ckpt.get("complete", False):
+            raise BinsenseError(
+                f"the teacher checkpoint {str(path)!r} holds {ckpt.get('epoch', 0)} of its "
+                f"{trained.epochs} epochs; finish the teacher's training first."
+            )
+        wanted = self.config.teacher_config()
+        if wanted is not None and trained.config_hash() != wanted.config_hash():
+            raise BinsenseError(
+                f"the teacher checkpoint {str(path)!r} was trained with config "
+                f"{trained.config_hash()}, but distill.teacher describes "
+                f"{wanted.config_hash()}; pass the checkpoint of that training."
+            )
+        self.teacher_info = {"checkpoint": str(path), "config_hash": trained.config_hash()}
+        with torch.random.fork_rng(devices=[]):  # building it leaves the student's RNG alone
+            model, _ = load_model(path, allow_large=self.allow_large)
+        return model
+
+    def finish_pruning(self) -> None:
+        """After the last epoch's training pass: remove the masked units for real
+        (smaller tensors, ``model.prune_plan``), so the final evaluation and checkpoint
+        are of the pruned model. The optimizer restarts on the new parameters (no step
+        follows); the schedule keeps its state."""
+        if self.config.prune is None or not masks_of(self.model):
+            return
+        before = sum(p.numel() for p in self.model.parameters())
+        self.model = remove_pruned(self.model).to(self.device)
+        after = sum(p.numel() for p in self.model.parameters())
+        schedule = self.scheduler.state_dict()
+        self.optimizer = make_optimizer(self.config, parameter_groups(self.model))
+        self.scheduler = make_scheduler(
+            self.config, self.optimizer, self.config.epochs * len(self.train_loader)
+        )
+        self.scheduler.load_state_dict(schedule)
+        self.log(f"pruned blocks removed: {before:,} -> {after:,} parameters")
 
     def restore(self, resume: bool) -> None:
         """Continue from the run folder's checkpoint (``resume``), or refuse to overwrite it."""
@@ -294,6 +399,8 @@ class Trainer:
             "environment": environment_info(self.device),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if self.teacher_info is not None:
+            self.provenance["teacher"] = self.teacher_info
         if self.run_path is not None:
             atomic_write_json(self.run_path / "config.json", self.provenance)
 
@@ -317,7 +424,7 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.step += 1
-        for hook in self.hooks.after_step:
+        for hook in self.after_step:
             hook(self.model, self.step)
         self.scheduler.step()
         return loss.detach(), logits.detach()
@@ -408,12 +515,16 @@ class Trainer:
     def _run(self, resume: bool, stop_after: int | None) -> TrainResult:
         self.setup()
         self.restore(resume)
-        self.record_provenance()
-        transform = self.input_transform()
         config = self.config
         last_epoch = config.epochs if stop_after is None else min(stop_after, config.epochs)
+        if self.start_epoch < last_epoch:  # (a finished run needs no teacher)
+            self.config_hooks()
+        self.record_provenance()
+        transform = self.input_transform()
         for epoch in range(self.start_epoch, last_epoch):
             row = self.train_epoch(epoch, transform)
+            if epoch + 1 == config.epochs:
+                self.finish_pruning()
             self.evaluate_epoch(row)
             bad = nonfinite_state(self.model)
             if bad:  # e.g. lr = 1e30: the loss can stay finite while BN statistics overflow
@@ -451,6 +562,7 @@ def train(
     progress: bool | None = None,
     log: Callable[[str], None] = tqdm.write,
     allow_large: bool | None = None,
+    teacher: nn.Module | str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train ``config`` and return the model; checkpoint into ``run_dir`` each epoch.
 
@@ -469,13 +581,23 @@ def train(
         allow_large: build a model even when its memory estimate exceeds what the
             machine has (:func:`binsense.resources.check_config_fits`; ``None``: the
             ``BINSENSE_ALLOW_LARGE`` environment variable decides).
+        teacher: with ``config.distill``: the teacher, as a model or the path of its
+            checkpoint (a run folder or its ``checkpoint.pt``); needed when
+            ``distill.teacher`` describes the teacher's training (the study runner
+            passes the checkpoint of that training), and used instead of
+            ``distill.teacher_checkpoint`` when given. A checkpoint must be of a finished
+            training and, with ``distill.teacher``, of exactly that config.
+
+    With ``config.prune``, the returned model (once every epoch is trained) is the pruned
+    one, with smaller tensors; its checkpoint reloads at that shape
+    (:func:`binsense.train.load_model`).
     """
     hooks = hooks if hooks is not None else Hooks()
     if input_transform is not None:
         hooks = replace(hooks, input_transform=_compose(input_transform, hooks.input_transform))
     trainer = Trainer(
         config, run_dir, data_dir=data_dir, hooks=hooks, progress=progress, log=log,
-        allow_large=allow_large,
+        allow_large=allow_large, teacher=teacher,
     )  # fmt: skip
     return trainer.run(resume=resume, stop_after=stop_after)
 
