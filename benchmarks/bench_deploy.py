@@ -1,6 +1,6 @@
-"""The deploy engine's XNOR-popcount kernels against torch fp32, one thread.
+r"""The deploy engine's XNOR-popcount kernels against torch fp32, one thread.
 
-Two pieces of issue 12's evidence:
+Four pieces of issue 12's evidence:
 
 - **Kernel**: one binary 3x3 conv layer (padding 1, stride 1) on packed input words, to
   int32 (border correction applied) and to packed output words (fused integer threshold,
@@ -13,32 +13,62 @@ Two pieces of issue 12's evidence:
 - **Peer shape**: the GEMM M=256, K=4608 bits (72 words), N=512 against a float32
   ``torch.matmul`` of the same shape (the bnn-lab comparison runs separately, from its own
   virtual environment).
+- **Whole model**: the full-width VGG-small BNN (``build_model("vgg_small", ...)``, batch
+  norm calibrated on random images) converted by :func:`binsense.deploy.convert`, against
+  its float32 twin (``vgg_small_float``, same shapes) and against the BNN's own PyTorch
+  simulation, batch 1 and 64; and the weight memory: the twin's float32 parameters
+  against the deployed program's packed weights, integer thresholds
+  (:math:`\lceil \log_2(K + 2) \rceil + 1` bits each, as :mod:`binsense.compress.summary`
+  counts them) and float stages (32 bits per value).
+- **Study grid**: an S0-like grid (clean, sensor noise ``column_offset`` at 0.05 and 0.1
+  with 2 sensor draws, BN at 4 bits) of a VGG-small width 0.25 BNN (trained 1 epoch on
+  2,000 CIFAR-10 images) evaluated on 500 CIFAR-10 test images by the study runner with
+  ``[evaluation] engine = "pytorch"`` and ``"binsense"``: the summed evaluation time of
+  the rows (conversions included) and whether the rows are identical. Needs CIFAR-10
+  (``$BINSENSE_DATA``).
 
-Every kernel result is checked against the float result before it is timed. Times are
-medians over ``--repeats`` runs (each run long enough to time: a few ms). Usage::
+Every kernel result is checked against the float result before it is timed; the deployed
+whole model against the PyTorch BNN's logits. Times are medians over ``--repeats`` runs
+(each run long enough to time: a few ms). Usage::
 
     python benchmarks/bench_deploy.py [--paths all] [--threads 1] [--repeats 7]
+        [--sections kernel,peer,model,study] [--quick]
 
 ``--paths all`` times every kernel path this CPU runs (AVX-512 VPOPCNTDQ, AVX2, portable
-C) instead of the best one alone.
+C) instead of the best one alone. ``--quick``: 3 repeats.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import math
 import platform
+import shutil
+import sqlite3
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from binsense.deploy import kernels
-from binsense.deploy.program import PackedConv, pack_bits
+from binsense.data import dataset_info
+from binsense.deploy import convert, kernels
+from binsense.deploy.program import (
+    FloatStage,
+    PackedConv,
+    PackedLinear,
+    ResidualOp,
+    Threshold,
+    pack_bits,
+)
 from binsense.layers import BinaryConv2d
+from binsense.models import build_model
 
 SHAPES = [(64, 32), (128, 16), (256, 8), (512, 4)]  # channels in = out, height = width
 BATCHES = [1, 16]
@@ -144,13 +174,196 @@ def bench_gemm(path: str, threads: int, repeats: int):
     }
 
 
+# ---------------------------------------------------------------- whole model
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: int = 4, batch: int = 32, seed: int = 0) -> nn.Module:
+    """Batch-norm running statistics from random images in [0, 1] (train-mode forwards,
+    cumulative averages), then eval mode: realistic thresholds without training."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average
+    model.train()
+    for _ in range(batches):
+        model(torch.rand(batch, 3, 32, 32, generator=g))
+    return model.eval()
+
+
+def weight_memory(twin: nn.Module, deployed) -> dict[str, float]:
+    """Bits of the twin's float32 parameters and of the deployed program's parts."""
+    twin_bits = 32 * sum(p.numel() for p in twin.parameters())
+    packed = thresholds = floats = 0
+    fan_in = 0
+    for op in deployed.ops.modules():  # forward order: a threshold follows its layer
+        if isinstance(op, PackedConv | PackedLinear):
+            packed += 64 * op.weight_words.numel()
+            fan_in = op.fan_in
+        elif isinstance(op, Threshold):
+            thresholds += op.tau.numel() * (math.ceil(math.log2(fan_in + 2)) + 1)
+        elif isinstance(op, FloatStage):
+            floats += 32 * sum(t.numel() for t in op.state_dict().values() if t.is_floating_point())
+        elif isinstance(op, ResidualOp):
+            floats += 32 * sum(
+                t.numel()
+                for part in (op.rest, op.shortcut, op.post)
+                for t in part.state_dict().values()
+                if t.is_floating_point()
+            )
+    total = packed + thresholds + floats
+    return {
+        "twin": twin_bits,
+        "packed": packed,
+        "thresholds": thresholds,
+        "floats": floats,
+        "total": total,
+    }
+
+
+@torch.no_grad()
+def op_profile(deployed, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median seconds per op kind (its class name) of one forward pass of ``deployed``."""
+    samples: dict[str, list[float]] = {}
+    for _ in range(max(repeats, 1) + 1):  # the first pass warms up, then is overwritten
+        spent: dict[str, float] = {}
+        h = x
+        for op in deployed.ops.children():
+            start = time.perf_counter()
+            h = op(h)
+            name = type(op).__name__
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+        for name, t in spent.items():
+            samples.setdefault(name, []).append(t)
+    return {name: statistics.median(ts[1:] or ts) for name, ts in samples.items()}
+
+
+def bench_whole_model(threads: int, repeats: int) -> tuple[list[dict], dict[str, float]]:
+    info = dataset_info("cifar10")
+    torch.manual_seed(0)
+    bnn = calibrate(build_model("vgg_small", info))
+    twin = calibrate(build_model("vgg_small_float", info))
+    deployed = convert(bnn)
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    with torch.no_grad():
+        for batch in (1, 64):
+            x = torch.rand(batch, 3, 32, 32, generator=g)
+            if not torch.equal(bnn(x), deployed(x)):
+                raise SystemExit(f"the deployed VGG-small's logits differ at batch {batch}")
+            rows.append(
+                {
+                    "batch": batch,
+                    "twin": _time(lambda x=x: twin(x), repeats),
+                    "bnn_torch": _time(lambda x=x: bnn(x), repeats),
+                    "deployed": _time(lambda x=x: deployed(x), repeats),
+                    "ops": op_profile(deployed, x, repeats),
+                }
+            )
+    return rows, weight_memory(twin, deployed)
+
+
+# ---------------------------------------------------------------- study grid
+
+STUDY_GRID = """\
+[study]
+name = "bench_engine"
+
+[train]
+dataset = "cifar10"
+model = "vgg_small"
+model_options = {{ width = 0.25 }}
+epochs = 1
+batch_size = 64
+optimizer = "adam"
+lr = 0.003
+train_subset = 200
+test_subset = 10
+threads = {threads}
+
+[[condition]]
+kind = "clean"
+
+[[condition]]
+kind = "sensor_noise"
+type = "column_offset"
+level = [0.05, 0.1]
+draws = 2
+
+[[condition]]
+kind = "bn_bits"
+bits = 4
+
+[evaluation]
+test_subset = 50
+batch_size = 250
+engine = "{engine}"
+"""
+
+
+def _study_rows(db: Path) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        cur = conn.execute(
+            "SELECT condition_id, label, draw, accuracy, loss, n, seconds, versions FROM results "
+            "ORDER BY condition_id, draw"
+        )
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def bench_study_grid(threads: int) -> dict:
+    """The study runner on one trained model, once per engine (the second study folder
+    gets a copy of the first one's trained run: nothing is trained twice)."""
+    from binsense.study.runner import run_study
+    from binsense.study.schema import condition_labels
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
+        root = Path(tmp)
+        for engine in ("pytorch", "binsense"):
+            folder = root / engine
+            folder.mkdir()
+            path = folder / "grid.toml"
+            path.write_text(STUDY_GRID.format(threads=threads, engine=engine))
+            if engine == "binsense":
+                shutil.copytree(root / "pytorch" / "grid" / "runs", folder / "grid" / "runs")
+            start = time.perf_counter()
+            result = run_study(path, out=folder / "grid", progress=False, log=lambda s: None)
+            wall = time.perf_counter() - start
+            if result.failed:
+                raise SystemExit(f"the study grid failed: {result.failures[0].line()}")
+            rows = _study_rows(result.study.store_path)
+            order = [e.condition_id for e in result.study.evaluations]
+            labels = condition_labels(result.study.evaluations)
+            for r in rows:
+                r["label"] = labels[r["condition_id"]]
+            rows.sort(key=lambda r: (order.index(r["condition_id"]), r["draw"]))
+            out[engine] = {"wall": wall, "rows": rows}
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--paths", choices=["best", "all"], default="best")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--sections", default="kernel,peer,model,study", help="comma-separated: which tables"
+    )
+    parser.add_argument("--quick", action="store_true", help="3 repeats")
     args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
+    unknown = sections - {"kernel", "peer", "model", "study"}
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}")
+    if args.quick:
+        args.repeats = 3
     torch.set_num_threads(args.threads)
+    kernels.set_threads(args.threads)
     if kernels.library() is None:
         raise SystemExit("the XNOR C kernel could not be built here (a C compiler is needed)")
     paths = kernels.available()[:-1] if args.paths == "all" else [kernels.backend()]
@@ -162,6 +375,17 @@ def main(argv: list[str] | None = None) -> None:
         f"threads: {args.threads} (torch and kernel); torch {torch.__version__}; "
         f"OpenMP in the kernel: {kernels.openmp()}; median of {args.repeats}"
     )
+    if "kernel" in sections:
+        kernel_tables(paths, args)
+    if "peer" in sections:
+        peer_table(paths, args)
+    if "model" in sections:
+        model_tables(args)
+    if "study" in sections:
+        study_table(args)
+
+
+def kernel_tables(paths: list[str], args: argparse.Namespace) -> None:
     print()
     print("## Kernel: binary 3x3 conv, packed in, vs torch fp32 conv2d (times in µs)")
     print()
@@ -187,6 +411,9 @@ def main(argv: list[str] | None = None) -> None:
     print()
     for path, s in speedups.items():
         print(f"{path}: median speed-up (fused) {statistics.median(s):.1f}x over {len(s)} layers")
+
+
+def peer_table(paths: list[str], args: argparse.Namespace) -> None:
     print()
     print("## Peer shape: GEMM M=256, K=4608 bits, N=512 vs torch fp32 matmul (times in µs)")
     print()
@@ -199,6 +426,80 @@ def main(argv: list[str] | None = None) -> None:
             f"{_us(t['packed'])} | {t['torch'] / t['packed']:.1f}x |",
             flush=True,
         )
+
+
+def model_tables(args: argparse.Namespace) -> None:
+    rows, memory = bench_whole_model(args.threads, args.repeats)
+    print()
+    print(
+        f"## Whole model: VGG-small BNN (full width) deployed vs its fp32 twin, "
+        f"{args.threads} thread(s) (times in ms)"
+    )
+    print()
+    print(
+        "| batch | torch fp32 twin | BNN in PyTorch (simulation) | deployed program | "
+        "speed-up vs twin | speed-up vs simulation |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['batch']} | {r['twin'] * 1e3:,.2f} | {r['bnn_torch'] * 1e3:,.2f} | "
+            f"{r['deployed'] * 1e3:,.2f} | {r['twin'] / r['deployed']:.1f}x | "
+            f"{r['bnn_torch'] / r['deployed']:.1f}x |"
+        )
+    print()
+    for r in rows:
+        parts = sorted(r["ops"].items(), key=lambda kv: -kv[1])
+        shown = ", ".join(f"{name} {t * 1e3:,.1f}" for name, t in parts if t >= 5e-5)
+        print(f"deployed program at batch {r['batch']}, ms per op kind: {shown}")
+    print()
+    kib = 8 * 1024
+    print("| weight memory | KiB |")
+    print("|---|---:|")
+    print(f"| fp32 twin: parameters, 32 bits each | {memory['twin'] / kib:,.1f} |")
+    print(f"| deployed: packed binary weights (64-bit words) | {memory['packed'] / kib:,.1f} |")
+    print(f"| deployed: integer thresholds | {memory['thresholds'] / kib:,.1f} |")
+    floats = memory["floats"] / kib
+    print(f"| deployed: float stages (first conv, its norm, head norm) | {floats:,.1f} |")
+    print(
+        f"| deployed: total | {memory['total'] / kib:,.1f} "
+        f"({memory['twin'] / memory['total']:.1f}x smaller) |"
+    )
+
+
+def study_table(args: argparse.Namespace) -> None:
+    result = bench_study_grid(args.threads)
+    torch_rows, engine_rows = result["pytorch"]["rows"], result["binsense"]["rows"]
+    same = [
+        (a["condition_id"], a["draw"], a["accuracy"], a["loss"], a["n"])
+        == (b["condition_id"], b["draw"], b["accuracy"], b["loss"], b["n"])
+        for a, b in zip(torch_rows, engine_rows, strict=True)
+    ]
+    print()
+    print(
+        "## Study grid: VGG-small width 0.25, 500 CIFAR-10 test images, batch 250, "
+        f"{args.threads} thread(s) (evaluation seconds per row, conversions included)"
+    )
+    print()
+    print("| condition | draw | accuracy | PyTorch s | binsense s | engine | same row |")
+    print("|---|---:|---:|---:|---:|---|---|")
+    for a, b, ok in zip(torch_rows, engine_rows, same, strict=True):
+        engine = json.loads(b["versions"]).get("engine", "?")
+        print(
+            f"| {a['label']} | {a['draw']} | {a['accuracy']:.4f} | {a['seconds']:.2f} | "
+            f"{b['seconds']:.2f} | {engine} | {'yes' if ok else 'NO'} |"
+        )
+    t_torch = sum(r["seconds"] for r in torch_rows)
+    t_engine = sum(r["seconds"] for r in engine_rows)
+    print(
+        f"| **all {len(same)} rows** | | | **{t_torch:.2f}** | **{t_engine:.2f}** "
+        f"({t_torch / t_engine:.1f}x less) | | {'all' if all(same) else 'NOT all'} |"
+    )
+    print()
+    print(
+        f"run_study wall time: PyTorch {result['pytorch']['wall']:.1f} s (training included), "
+        f"binsense {result['binsense']['wall']:.1f} s (loads the trained run)"
+    )
 
 
 if __name__ == "__main__":

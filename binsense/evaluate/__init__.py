@@ -28,16 +28,20 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Callable[[Tensor], Tensor],
     loader: Iterable[tuple[Tensor, Tensor]],
     input_transform: Callable[[Tensor], Tensor] | None = None,
 ) -> EvalResult:
     """Top-1 accuracy and cross-entropy of ``model`` in eval mode over ``loader``.
 
-    The model's train/eval mode is restored afterwards.
+    The model's train/eval mode is restored afterwards. ``model`` may also be any callable
+    from images to float logits with no train mode, such as a
+    :class:`~binsense.deploy.DeployedModel`.
     """
-    was_training = model.training
-    model.eval()
+    module = model if isinstance(model, nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.eval()
     total_loss, correct, n = 0.0, 0, 0
     try:
         for x, y in loader:
@@ -48,7 +52,8 @@ def evaluate(
             correct += (logits.argmax(1) == y).sum().item()
             n += y.numel()
     finally:
-        model.train(was_training)
+        if module is not None:
+            module.train(was_training)
     if n == 0:
         raise ValueError("evaluate() got an empty loader")
     return EvalResult(loss=total_loss / n, accuracy=correct / n, n=n)

@@ -31,6 +31,26 @@ reason (and tried again, after its teacher, by the next run).
 in its run row (:meth:`~binsense.study.store.ResultStore.set_run_size`); a trained run
 without one (a store from before) gets it when the runner next passes it.
 
+**Engine.** ``[evaluation] engine = "binsense"`` evaluates each draw through the deployed
+integer program (:func:`binsense.deploy.convert`, the XNOR-popcount kernels) instead of
+the PyTorch model. The condition is applied to the model first and the program is
+converted from the model as the condition left it: a ``bn_bits`` condition (or sensor
+noise with ``bn_bits`` < 32) deploys the quantized batch norm; sensor noise transforms
+the images before the program. One program serves every draw of every condition that
+leaves the model in the same state (clean and float-BN sensor noise share the trained
+model's; ``bn_bits`` 4 and sensor noise at ``bn_bits`` 4 share theirs); a condition kind
+that changes the model otherwise (weight noise, kinds the runner does not know) is
+converted for each draw. Each new program is checked against the PyTorch model, bit for
+bit, on the first 16 test images. The program's logits are the model's, so the rows are
+the same as PyTorch's (accuracy, loss, n). A draw the engine cannot compute — a model
+that does not deploy (a float model; weight noise on binarised weights makes them
+non-±1), a device other than the CPU, a failed check — is evaluated by PyTorch, with a
+notice; every row records the engine that computed it in its ``versions`` JSON
+(``engine``: ``"binsense"`` or ``"pytorch"``; ``engine_kernel``: the kernel path;
+``engine_fallback``: why PyTorch stood in). The engine is not part of the condition ids,
+so rows stored by one engine are not computed again by the other. The kernels use
+``$BINSENSE_THREADS`` threads (default 1), not the training's torch thread count.
+
 Evaluation results are deterministic (fixed test images, conditions seeded by draw), so
 an interrupted-and-resumed study stores exactly the rows of an uninterrupted one. One
 runner at a time may work on a study folder (an advisory lock, released by the OS when
@@ -73,9 +93,13 @@ from tqdm.auto import tqdm
 
 from binsense.compress.summary import summary
 from binsense.data import DeviceLoader, dataset_info, load_dataset
+from binsense.deploy import convert, kernels
 from binsense.errors import BinsenseError, SettingsMismatchError
 from binsense.evaluate import evaluate
+from binsense.evaluate.conditions import Clean, Condition
+from binsense.evaluate.noise_conditions import BnBitsCondition, SensorNoiseCondition
 from binsense.io import clean_stale_temps, folder_lock
+from binsense.quant.fixed import FLOAT_BITS
 from binsense.study.export import report_dir, run_dir
 from binsense.study.schema import Evaluation, Study, Training, condition_labels, load_study
 from binsense.study.store import (
@@ -212,6 +236,29 @@ def one_line(e: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+#: Images of the first test batch on which each new deployed program is checked.
+ENGINE_CHECK_IMAGES = 16
+#: What computes a draw's logits from its images: the model or its deployed program.
+Logits = Callable[[torch.Tensor], torch.Tensor]
+
+
+def model_state_key(condition: Condition) -> tuple | None:
+    """What a condition does to the model, as the key of its deployed program: conditions
+    with equal keys leave the model in the same state (``("trained",)``: unchanged). ``None``
+    for kinds that change it otherwise, or that the runner does not know (weight noise,
+    registered kinds): their program is converted for each draw."""
+    kind = type(condition)  # exact types: a subclass may change the model another way
+    if kind is Clean:
+        return ("trained",)
+    if kind is SensorNoiseCondition:
+        bits, target, scale = condition.bn_bits, condition.bn_target, condition.bn_scale
+    elif kind is BnBitsCondition:
+        bits, target, scale = condition.bits, condition.target, condition.scale
+    else:
+        return None
+    return ("trained",) if bits == FLOAT_BITS else ("bn", bits, target, scale)
+
+
 @contextmanager
 def _threads(count: int | None) -> Iterator[None]:
     """``torch.set_num_threads(count)`` for the block (restored afterwards)."""
@@ -245,6 +292,10 @@ class _Runner:
         self.failures: list[Failure] = []
         self.failed_runs: dict[str, str] = {}  # run id -> reason, in this call
         self.plan_conditions = {e.condition_id for e in study.evaluations}
+        # engine = "binsense": the current training's deployed programs (model_state_key ->
+        # (program, "") or (None, why not)) and the fallback reasons already logged
+        self.programs: dict[tuple, tuple[Logits | None, str]] = {}
+        self.fallbacks_noted: set[str] = set()
 
     def run(self, training: Training, *, evaluate: bool = True) -> None:
         """Train ``training`` if it is not trained, then evaluate what is not stored
@@ -275,8 +326,10 @@ class _Runner:
             except _GRID_POINT as e:
                 self.fail_training(training, e, status, len(pending))
                 return
+            self.programs = {}  # the programs of the previous training are not this one's
             for ev, draw in pending:
                 self.evaluate(training, model, ev, draw)
+            self.programs = {}
 
     def fail_training(
         self, training: Training, error: BaseException, status: str | None, pending: int
@@ -422,6 +475,52 @@ class _Runner:
             self.loaders[key] = (loader, data.fingerprint)
         return self.loaders[key]
 
+    def engine(
+        self, training: Training, model: nn.Module, ev: Evaluation, loader: DeviceLoader
+    ) -> tuple[Logits, dict[str, str]]:
+        """What computes the logits of this draw (called with the condition applied): the
+        model, or its deployed program (``engine = "binsense"``); and the engine fields of
+        the row's ``versions``."""
+        if self.study.eval.engine != "binsense":
+            return model, {"engine": "pytorch"}
+        program, why = self.program(model, ev.condition, loader)
+        if program is None:
+            if why not in self.fallbacks_noted:
+                self.fallbacks_noted.add(why)
+                self.log(
+                    f"run {training.run_id} ({training.label()}), {self.labels[ev.condition_id]}:"
+                    f" evaluated by PyTorch, not the binsense engine: {why}"
+                )
+            return model, {"engine": "pytorch", "engine_fallback": why}
+        return program, {"engine": "binsense", "engine_kernel": kernels.backend()}
+
+    def program(
+        self, model: nn.Module, condition: Condition, loader: DeviceLoader
+    ) -> tuple[Logits | None, str]:
+        """The deployed program of ``model`` as ``condition`` left it (converted once per
+        model state, :func:`model_state_key`), or ``None`` and why it cannot be used."""
+        if loader.device.type != "cpu":
+            return None, f"the engine runs on the CPU, this evaluation on {loader.device}"
+        key = model_state_key(condition)
+        if key is not None and key in self.programs:
+            return self.programs[key]
+        try:
+            program = convert(model)
+        except BinsenseError as e:
+            found: tuple[Logits | None, str] = (None, f"the model does not deploy: {one_line(e)}")
+        else:
+            x = next(iter(loader))[0][:ENGINE_CHECK_IMAGES]
+            with torch.no_grad():
+                exact = torch.equal(model.eval()(x), program(x))
+            found = (program, "") if exact else (
+                None,
+                "its logits differ from the PyTorch model's on the first test images (a "
+                "deploy bug: please report it)",
+            )  # fmt: skip
+        if key is not None:
+            self.programs[key] = found
+        return found
+
     def evaluate(self, training: Training, model: nn.Module, ev: Evaluation, draw: int) -> None:
         device = torch.device(self.study.eval.device or training.config.device)
         self.bar.set_postfix_str(
@@ -432,7 +531,8 @@ class _Runner:
             loader, fingerprint = self.loader(training, device)
             model.to(device)
             with ev.condition.applied(model, draw) as transform:
-                result = evaluate(model, loader, transform)
+                logits_of, engine = self.engine(training, model, ev, loader)
+                result = evaluate(logits_of, loader, transform)
             if math.isnan(result.loss) or not math.isfinite(result.accuracy):
                 raise BinsenseError(
                     f"the model's outputs are not finite under this condition (loss "
@@ -462,7 +562,7 @@ class _Runner:
                 "loss": float(result.loss),
                 "n": int(result.n),
                 "data_fingerprint": fingerprint,
-                "versions": environment_info(device),
+                "versions": {**environment_info(device), **engine},
                 "device": str(device),
                 "started": started,
                 "finished": utc_now(),

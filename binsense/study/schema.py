@@ -96,7 +96,19 @@ class StudyInfo(BaseModel):
 
 
 class EvalOptions(BaseModel):
-    """The ``[evaluation]`` table: how every condition is evaluated."""
+    """The ``[evaluation]`` table: how every condition is evaluated.
+
+    ``engine`` chooses what computes the logits: ``"pytorch"`` (default) runs the trained
+    model; ``"binsense"`` runs its deployed integer program (:func:`binsense.deploy.convert`,
+    the XNOR-popcount kernels) on the CPU, converted after the condition is applied, so a
+    ``bn_bits`` condition deploys the quantized batch norm and sensor noise is applied to
+    the images before the program. The program's logits are those of the model bit for
+    bit, so the rows (accuracy, loss, n) are the same; a draw whose model cannot be
+    deployed (a float model, weight noise on binarised weights, a non-CPU device) is
+    evaluated by PyTorch. Each row records the engine that computed it
+    (``versions.engine``; ``versions.engine_fallback`` says why PyTorch stood in). The
+    engine is not part of the condition ids: switching it reuses the stored rows.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
@@ -107,6 +119,9 @@ class EvalOptions(BaseModel):
         None, ge=1, description="evaluate at most this many draws of each condition"
     )
     device: str | None = Field(None, description="device (default: the training device)")
+    engine: typing.Literal["pytorch", "binsense"] = Field(
+        "pytorch", description="what computes the logits: the PyTorch model or its deployed program"
+    )
 
 
 class ReportOptions(BaseModel):
