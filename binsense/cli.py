@@ -519,19 +519,60 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deployed_size_line(path: str | Path, size: int, checkpoint: str | None, model, config) -> str:
+    """``FILE: N bytes (B bits); checkpoint: M bytes, Rx smaller; size summary: S bits``."""
+    from binsense.compress.summary import summary
+    from binsense.data import dataset_info
+
+    line = f"{path}: {size:,} bytes ({8 * size:,} bits, {8 * size / 2**20:.3f} Mbit)"
+    if checkpoint is not None:
+        ck = Path(checkpoint).stat().st_size
+        line += f"; checkpoint {Path(checkpoint).name}: {ck:,} bytes, {ck / size:.1f}x smaller"
+    if model is not None:
+        info = dataset_info(config.dataset)
+        bits = summary(model, (info.in_channels, *info.image_size)).total_bits
+        line += f"; the size summary counts {bits:,} bits (file {8 * size / bits:.2f}x)"
+    return line
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from binsense.data import DeviceLoader, load_dataset
     from binsense.deploy import check_exact, convert
+    from binsense.deploy.fileformat import attach_layers, read_deployed, save_deployed
     from binsense.train import load_model
 
     _positive(args.batch_size, "--batch-size")
     _positive(args.test_subset, "--test-subset")
+    if args.load is not None and args.out is not None:
+        raise BinsenseError("give --out (write a file) or --load (read one), not both.")
+    if args.load is None and args.checkpoint is None:
+        raise BinsenseError("give --checkpoint RUN/checkpoint.pt (to convert) or --load FILE.")
+    if args.check and args.checkpoint is None:
+        raise BinsenseError("--check compares with the PyTorch model: give its --checkpoint.")
     _check_data_dir(args.data_dir)
-    model, config = load_model(args.checkpoint, allow_large=_allow_large(args))
-    t0 = time.perf_counter()
-    deployed = convert(model)
-    ops = ", ".join(type(op).__name__ for op in deployed.ops)
-    print(f"{config.model}: converted in {time.perf_counter() - t0:.1f} s — {ops}")
+    loaded = read_deployed(args.load) if args.load is not None else None
+    model = config = None
+    if args.checkpoint is not None:
+        model, config = load_model(args.checkpoint, allow_large=_allow_large(args))
+    if loaded is not None:
+        deployed = loaded.model
+        ops = ", ".join(type(op).__name__ for op in deployed.ops)
+        size = _deployed_size_line(args.load, loaded.size_bytes, args.checkpoint, model, config)
+        print(f"loaded {size} — {ops}")
+        if model is None:
+            return 0
+        attach_layers(deployed, model, repr(str(args.load)))
+    else:
+        t0 = time.perf_counter()
+        deployed = convert(model)
+        ops = ", ".join(type(op).__name__ for op in deployed.ops)
+        print(f"{config.model}: converted in {time.perf_counter() - t0:.1f} s — {ops}")
+        if args.out is not None:
+            meta = {"model": config.model, "dataset": config.dataset,
+                    "checkpoint": Path(args.checkpoint).name}  # fmt: skip
+            path = save_deployed(deployed, args.out, meta)
+            size = path.stat().st_size
+            print(f"wrote {_deployed_size_line(path, size, args.checkpoint, model, config)}")
     if not args.check:
         return 0
     data = load_dataset(config.dataset, "test", data_dir=args.data_dir)
@@ -541,7 +582,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = check_exact(model, loader, deployed)
     wall = time.perf_counter() - t0
-    print(f"engine vs PyTorch on {config.dataset} test, {result.line()} ({wall:.0f} s)")
+    what = "file" if loaded is not None else "engine"
+    print(f"{what} vs PyTorch on {config.dataset} test, {result.line()} ({wall:.0f} s)")
     for name, count in result.layer_mismatches.items():
         if count:
             print(f"  {name}: integer output differs on {count} images")
@@ -733,10 +775,14 @@ def build_parser() -> argparse.ArgumentParser:
         "deploy",
         help="convert a checkpoint to the integer program (bit-packed binary layers)",
         description="Convert a trained BNN into an integer program: integer thresholds, "
-        "64-bit packed weights, exact padding. --check runs it against the PyTorch model on "
-        "the test set and counts disagreements (exit 1 if any).",
+        "64-bit packed weights, exact padding. --out writes it to a file (packed bits, a "
+        "JSON manifest; loads without running code); --load reads such a file instead. "
+        "--check runs the program against the PyTorch model on the test set and counts "
+        "disagreements (exit 1 if any).",
     )
-    p.add_argument("--checkpoint", required=True, help="a run's checkpoint.pt")
+    p.add_argument("--checkpoint", help="a run's checkpoint.pt (needed unless --load)")
+    p.add_argument("--out", metavar="FILE", help="write the deployed model (e.g. model.bsd)")
+    p.add_argument("--load", metavar="FILE", help="read a deployed model written by --out")
     p.add_argument("--check", action="store_true", help="compare with PyTorch on the test set")
     p.add_argument("--data-dir", help="data-set folder (default: $BINSENSE_DATA)")
     p.add_argument("--batch-size", type=int, default=250)

@@ -74,6 +74,16 @@ def pack_bits(bits: Tensor, dim: int = 1, pad_value: bool = False) -> Tensor:
     return packed.movedim(-1, dim)
 
 
+def unpack_bits(words: Tensor, n: int, dim: int = 1) -> Tensor:
+    """The inverse of :func:`pack_bits`: int64 ``words`` along ``dim`` -> the first ``n``
+    bits (bool) along ``dim``."""
+    words = words.movedim(dim, -1)
+    shifts = torch.arange(WORD, device=words.device, dtype=torch.int64)
+    bits = ((words.unsqueeze(-1) >> shifts) & 1).to(torch.bool)  # bit 63 too: >> keeps it
+    bits = bits.reshape(*words.shape[:-1], words.shape[-1] * WORD)[..., :n]
+    return bits.movedim(-1, dim)
+
+
 def popcount64(words: Tensor) -> Tensor:
     """Set bits of each int64 word (int32), by the SWAR bit-count (Hacker's Delight 5-1)."""
     x = words - ((words >> 1) & 0x5555555555555555)  # masks clear the sign extension
@@ -85,6 +95,51 @@ def popcount64(words: Tensor) -> Tensor:
 def to_bits(x: Tensor) -> Tensor:
     """±1 activations -> bool (+1 -> True)."""
     return x > 0
+
+
+# ---------------------------------------------------------------- plain data (files)
+# ``spec()`` gives an op's plain parameters (JSON) and tensors, ``from_spec`` rebuilds it
+# from them without the trained model (binsense.deploy.fileformat); every value is checked.
+
+#: Bound on a kernel side, stride or padding read from a file.
+_MAX_SIDE = 1 << 16
+
+
+def _blank(cls):
+    """An instance of the module class ``cls`` without running its ``__init__``."""
+    op = cls.__new__(cls)
+    nn.Module.__init__(op)
+    return op
+
+
+def _plain_int(value, name: str, low: int = 1, high: int = 1 << 40) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BinsenseError(f"{name} must be an integer from {low} to {high}, got {value!r}.")
+    return value
+
+
+def _plain_pair(value, name: str, low: int) -> tuple[int, int]:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise BinsenseError(f"{name} must be a pair of integers, got {value!r}.")
+    return (_plain_int(value[0], name, low, _MAX_SIDE), _plain_int(value[1], name, low, _MAX_SIDE))
+
+
+def _plain_tensor(tensors: dict[str, Tensor], name: str, dtype: torch.dtype, shape=None) -> Tensor:
+    t = tensors.get(name)
+    if not isinstance(t, Tensor) or t.dtype != dtype:
+        raise BinsenseError(f"tensor {name!r} must be a {dtype} tensor.")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise BinsenseError(f"tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}.")
+    return t
+
+
+def _weight_bits(words: Tensor, n: int) -> Tensor:
+    """The ``n`` weight bits of packed ``words`` (last axis), checking the padding bits are
+    1 (:func:`pack_bits` with ``pad_value=True``: they must add nothing)."""
+    bits = unpack_bits(words, n, -1)
+    if not torch.equal(pack_bits(bits, -1, True), words):
+        raise BinsenseError("packed weights whose padding bits are not 1.")
+    return bits
 
 
 # ---------------------------------------------------------------- ops
@@ -121,6 +176,37 @@ class PackedConv(nn.Module):
         # words along the input channels of each group; padding bits 1 (adds nothing)
         self.register_buffer("weight_words", pack_bits(w.permute(0, 2, 3, 1) > 0, -1, True))
         self._border: tuple[tuple[int, int], Tensor] | None = None
+
+    def spec(self) -> tuple[dict, dict[str, Tensor]]:
+        """Plain parameters and the packed words that rebuild this op (:meth:`from_spec`)."""
+        params = {
+            "out_channels": self.out_channels, "in_per_group": self.in_per_group,
+            "kernel": list(self.kernel), "stride": list(self.stride),
+            "padding": list(self.padding), "groups": self.groups,
+        }  # fmt: skip
+        return params, {"weight_words": self.weight_words}
+
+    @classmethod
+    def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> PackedConv:
+        """The op of :meth:`spec`'s data (checked; ``weight_pm1`` unpacked from the words)."""
+        op = _blank(cls)
+        op.groups = _plain_int(params["groups"], "groups")
+        op.stride = _plain_pair(params["stride"], "stride", 1)
+        op.padding = _plain_pair(params["padding"], "padding", 0)
+        op.kernel = _plain_pair(params["kernel"], "kernel", 1)
+        op.out_channels = _plain_int(params["out_channels"], "out_channels")
+        op.in_per_group = _plain_int(params["in_per_group"], "in_per_group")
+        if op.out_channels % op.groups:
+            raise BinsenseError(f"{op.out_channels} output channels in {op.groups} groups.")
+        kh, kw = op.kernel
+        op.fan_in = op.in_per_group * kh * kw
+        shape = (op.out_channels, kh, kw, -(-op.in_per_group // WORD))
+        words = _plain_tensor(tensors, "weight_words", torch.int64, shape)
+        w = torch.where(_weight_bits(words, op.in_per_group), 1, -1).to(torch.int8)
+        op.register_buffer("weight_pm1", w.permute(0, 3, 1, 2).contiguous())
+        op.register_buffer("weight_words", words)
+        op._border = None
+        return op
 
     def border(self, height: int, width: int) -> Tensor:
         """``+sum(w)`` over the padded taps at each output position, ``(C_out, H', W')``."""
@@ -172,6 +258,22 @@ class PackedLinear(nn.Module):
             w = linear.binary_weight().detach().cpu()
         self.fan_in = w.shape[1]
         self.register_buffer("weight_words", pack_bits(w > 0, 1, True))
+
+    def spec(self) -> tuple[dict, dict[str, Tensor]]:
+        """Plain parameters and the packed words that rebuild this op (:meth:`from_spec`)."""
+        params = {"out_features": int(self.weight_words.shape[0]), "fan_in": self.fan_in}
+        return params, {"weight_words": self.weight_words}
+
+    @classmethod
+    def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> PackedLinear:
+        """The op of :meth:`spec`'s data (checked)."""
+        op = _blank(cls)
+        op.fan_in = _plain_int(params["fan_in"], "fan_in")
+        out = _plain_int(params["out_features"], "out_features")
+        words = _plain_tensor(tensors, "weight_words", torch.int64, (out, -(-op.fan_in // WORD)))
+        _weight_bits(words, op.fan_in)
+        op.register_buffer("weight_words", words)
+        return op
 
     def forward(self, x: Tensor) -> Tensor:
         if kernels.runs(x):  # the C kernel (binsense.deploy.kernels); the same integers
@@ -227,6 +329,25 @@ class Threshold(nn.Module):
         self.register_buffer("flip", flip)
         self._check_monotone(signs, tau, flip, values)
 
+    def spec(self) -> tuple[dict, dict[str, Tensor]]:
+        """No plain parameters; the tensors ``tau`` and ``flip`` (:meth:`from_spec`)."""
+        return {}, {"tau": self.tau, "flip": self.flip}
+
+    @classmethod
+    def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> Threshold:
+        """The op of :meth:`spec`'s data: int64 ``tau`` ``(C,)`` or ``(C, m, n)``, ``flip``
+        ±1 of the same shape."""
+        op = _blank(cls)
+        tau = _plain_tensor(tensors, "tau", torch.int64)
+        if tau.dim() not in (1, 3):
+            raise BinsenseError(f"thresholds of shape {tuple(tau.shape)}: (C,) or (C, m, n).")
+        flip = _plain_tensor(tensors, "flip", torch.int64, tau.shape)
+        if not bool((flip.abs() == 1).all()):
+            raise BinsenseError("threshold directions must be +1 or -1.")
+        op.register_buffer("tau", tau)
+        op.register_buffer("flip", flip)
+        return op
+
     @staticmethod
     def _check_monotone(signs: Tensor, tau: Tensor, flip: Tensor, values: Tensor) -> None:
         v = values.to(torch.int64).view(-1, *([1] * (signs.dim() - 1)))
@@ -256,6 +377,20 @@ class PlanesInput(nn.Module):
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.register_buffer("table", encoder.code_table().cpu())  # bool (C, 256, K)
+
+    def spec(self) -> tuple[dict, dict[str, Tensor]]:
+        """No plain parameters; the bool code table (:meth:`from_spec`)."""
+        return {}, {"table": self.table}
+
+    @classmethod
+    def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> PlanesInput:
+        """The op of :meth:`spec`'s data: a bool ``(C, 256, K)`` code table."""
+        op = _blank(cls)
+        table = _plain_tensor(tensors, "table", torch.bool)
+        if table.dim() != 3 or table.shape[1] != 256:
+            raise BinsenseError(f"a code table of shape {tuple(table.shape)}: (C, 256, K).")
+        op.register_buffer("table", table)
+        return op
 
     def forward(self, x: Tensor) -> Tensor:
         codes = adc_code(x).to(torch.int64)  # (B, C, H, W)
@@ -316,6 +451,17 @@ class ResidualOp(nn.Module):
         self.shortcut = unit.shortcut
         self.post = unit.post
 
+    @classmethod
+    def from_parts(
+        cls, conv1: PackedConv, threshold1: Threshold, conv2: PackedConv, rest: FloatStage,
+        shortcut: nn.Module, post: nn.Module,
+    ) -> ResidualOp:  # fmt: skip
+        """The op from its rebuilt parts (a file; :mod:`binsense.deploy.fileformat`)."""
+        op = _blank(cls)
+        op.conv1, op.threshold1, op.conv2 = conv1, threshold1, conv2
+        op.rest, op.shortcut, op.post = rest, shortcut, post
+        return op
+
     def forward(self, x: Tensor) -> Tensor:
         x = x.to(torch.float32)
         signs = torch.where(x >= 0, 1, -1).to(torch.int8)  # sign(0) = +1
@@ -348,6 +494,19 @@ class DeployedModel:
 
     def predict(self, x: Tensor) -> Tensor:
         return self(x).argmax(1)
+
+    def save(self, path, meta: dict | None = None):
+        """Write this program to a file (:func:`binsense.deploy.fileformat.save_deployed`)."""
+        from binsense.deploy.fileformat import save_deployed
+
+        return save_deployed(self, path, meta)
+
+    @classmethod
+    def load(cls, path) -> DeployedModel:
+        """A program from a file (:func:`binsense.deploy.fileformat.load_deployed`)."""
+        from binsense.deploy.fileformat import load_deployed
+
+        return load_deployed(path)
 
 
 def _binary_input_block(block: BinaryBlock) -> bool:
@@ -521,4 +680,5 @@ __all__ = [
     "convert",
     "pack_bits",
     "popcount64",
+    "unpack_bits",
 ]

@@ -1,0 +1,289 @@
+"""Deployed-model files: round trips bit for bit, sizes in bits, one-line errors for bad
+files, the allow-list of types, and the CLI's --out / --load."""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from test_deploy_program import _calibrated
+from torch import nn
+
+from binsense.cli import main
+from binsense.compress.summary import summary
+from binsense.data import dataset_info
+from binsense.deploy import check_exact, convert
+from binsense.deploy import fileformat as ff
+from binsense.deploy.fileformat import (
+    DeployFileError,
+    attach_layers,
+    load_deployed,
+    read_deployed,
+    save_deployed,
+)
+from binsense.deploy.program import DeployedModel, FloatStage
+from binsense.errors import BinsenseError, CheckpointError
+from binsense.models import build_model
+from binsense.train import TrainConfig, train
+
+
+def _inputs(dataset: str, n: int = 3) -> torch.Tensor:
+    info = dataset_info(dataset)
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(n, info.in_channels, *info.image_size, generator=gen)
+
+
+@pytest.mark.parametrize(
+    ("name", "dataset", "options"),
+    [
+        ("mnist_bnn", "mnist", {"width": 0.25}),  # float first layer, binary head
+        (
+            "mnist_bnn",
+            "mnist",
+            {"width": 0.25, "first_layer": "binary", "design": "2x2", "design_coupled": True},
+        ),  # fmt: skip
+        ("vgg_small", "cifar10", {"width": 0.0625, "groups": 2, "design": "2x2x4_shift"}),
+        ("vgg_small", "cifar10", {"width": 0.0625, "norm": "channel_affine", "head": "float"}),
+        ("compact_bnn", "cifar10", {"width": 0.125, "encoder": "nbc"}),
+        ("compact_bnn", "cifar10", {"width": 0.125, "encoder": "glt"}),
+        ("resnet18_bnn", "cifar10", {"width": 0.0625}),
+        (
+            "resnet18_bnn",
+            "cifar10",
+            {"width": 0.0625, "design": "2x2x4_shift", "design_coupled": True},
+        ),  # fmt: skip
+    ],
+)
+def test_round_trip_is_bit_identical(name, dataset, options, tmp_path):
+    model = _calibrated(name, dataset, **options)
+    deployed = convert(model)
+    path = save_deployed(deployed, tmp_path / "model.bsd")
+    loaded = load_deployed(path)
+    x = _inputs(dataset)
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.equal(loaded(x), deployed(x)) and torch.equal(loaded(x), expected)
+    assert [type(op) for op in loaded.ops] == [type(op) for op in deployed.ops]
+    assert list(dict(loaded.ops.named_children())) == list(dict(deployed.ops.named_children()))
+    attach_layers(loaded, model)  # every packed layer's integers too
+    result = check_exact(model, [(x, None)], loaded)
+    assert result.exact and result.logit_mismatches == 0 and result.layers >= 2
+    assert DeployedModel.load(path).predict(x).tolist() == expected.argmax(1).tolist()
+
+
+def _float_size(model: nn.Module) -> int:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return len(buf.getvalue())
+
+
+def test_compact_bnn_file_is_its_bits(tmp_path):
+    """The 0.3 Mbit compact_bnn (width 1, nbc encoder) is a file of tens of KB, within
+    15 % of the bits the size summary counts, and a tenth of its float weights or less."""
+    torch.manual_seed(0)
+    info = dataset_info("cifar10")
+    model = build_model("compact_bnn", info, width=1.0, encoder="nbc").eval()
+    path = save_deployed(convert(model), tmp_path / "compact.bsd")
+    size = path.stat().st_size
+    bits = summary(model, (3, 32, 32)).total_bits
+    assert 300_000 < bits < 330_000  # the 0.307 Mbit of the compact model's docstring
+    assert 20_000 < size < 50_000 and 8 * size < 1.15 * bits
+    assert size < _float_size(model) / 10
+    blobs = torch.load(path, weights_only=True)["blobs"]  # weights: one bit each
+    assert blobs["int64"].numel() * 64 < 1.06 * bits
+
+
+def test_float_first_layer_model_is_a_tenth_of_its_float_size(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("mnist_bnn", dataset_info("mnist"), width=1.0).eval()
+    path = save_deployed(convert(model), tmp_path / "mnist.bsd")
+    assert path.stat().st_size < _float_size(model) / 10
+
+
+# ---------------------------------------------------------------- bad files
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    model = _calibrated("mnist_bnn", "mnist", width=0.25)
+    return save_deployed(convert(model), tmp_path_factory.mktemp("file") / "model.bsd")
+
+
+def _one_line(excinfo) -> str:
+    text = str(excinfo.value)
+    assert "\n" not in text and text.endswith(".")
+    return text
+
+
+def _payload(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def _write(path: Path, payload: dict, manifest: dict | None = None) -> Path:
+    if manifest is not None:
+        packed = zlib.compress(json.dumps(manifest).encode())
+        payload = {**payload, "manifest": packed,
+                   "sha256": ff._digest(packed, payload["blobs"])}  # fmt: skip
+    torch.save(payload, path)
+    return path
+
+
+def _manifest(payload: dict) -> dict:
+    return json.loads(zlib.decompress(payload["manifest"]))
+
+
+def test_truncated_file_is_one_line(saved, tmp_path):
+    data = saved.read_bytes()
+    for cut in (len(data) // 2, len(data) - 10, 100, 0):
+        bad = tmp_path / f"cut{cut}.bsd"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(DeployFileError, match="truncated, corrupt or not a binsense") as e:
+            load_deployed(bad)
+        _one_line(e)
+
+
+def test_corrupt_bytes_are_one_line(saved, tmp_path):
+    data = bytearray(saved.read_bytes())
+    payload = _payload(saved)
+    # a flipped bit inside the packed weights: the archive still loads, the checksum fails
+    words = payload["blobs"]["int64"]
+    words[5] ^= 1 << 9
+    bad = _write(tmp_path / "flip.bsd", payload)
+    with pytest.raises(DeployFileError, match="corrupt .*checksum") as e:
+        load_deployed(bad)
+    _one_line(e)
+    blob = _payload(saved)["blobs"]["int64"].numpy().tobytes()
+    where = bytes(data).find(blob)  # archive entries are stored: the words are in the file
+    assert where > 0
+    data[where + len(blob) // 2] ^= 0x10  # a changed byte in the file itself
+    (tmp_path / "byte.bsd").write_bytes(bytes(data))
+    with pytest.raises(DeployFileError) as e:
+        load_deployed(tmp_path / "byte.bsd")
+    _one_line(e)
+
+
+def test_foreign_files_are_one_line(tmp_path):
+    text = tmp_path / "notes.bsd"
+    text.write_text("hello\n")
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "config": {}}, checkpoint)
+    other = tmp_path / "other.pt"
+    torch.save([torch.zeros(3)], other)
+    for path, match in [
+        (text, "not a binsense deployed model"),
+        (checkpoint, "a training checkpoint\\? pass it as --checkpoint"),
+        (other, "is not a binsense deployed model"),
+        (tmp_path / "missing.bsd", "does not exist"),
+    ]:
+        with pytest.raises(DeployFileError, match=match) as e:
+            load_deployed(path)
+        _one_line(e)
+        assert isinstance(e.value, CheckpointError)
+
+
+def test_newer_version_is_refused(saved, tmp_path):
+    payload = _payload(saved)
+    bad = _write(tmp_path / "v9.bsd", {**payload, "version": ff.VERSION + 1})
+    with pytest.raises(DeployFileError, match="newer than this binsense reads") as e:
+        load_deployed(bad)
+    _one_line(e)
+
+
+def test_broken_manifests_are_corrupt(saved, tmp_path):
+    payload = _payload(saved)
+    manifest = _manifest(payload)
+    first = next(iter(manifest["tensors"]))
+    broken = [
+        {**manifest, "ops": []},
+        {
+            **manifest,
+            "tensors": {
+                **manifest["tensors"],
+                first: {**manifest["tensors"][first], "offset": 10**9},
+            },
+        },  # fmt: skip
+        {**manifest, "ops": [{**manifest["ops"][0], "modules": "x"}, *manifest["ops"][1:]]},
+    ]
+    for i, m in enumerate(broken):
+        with pytest.raises(DeployFileError, match="is corrupt") as e:
+            load_deployed(_write(tmp_path / f"m{i}.bsd", payload, m))
+        _one_line(e)
+
+
+def test_types_outside_the_allow_list_are_refused_without_importing(saved, tmp_path, monkeypatch):
+    payload = _payload(saved)
+    manifest = _manifest(payload)
+    stage = manifest["ops"][0]
+    assert stage["op"] == "FloatStage"
+    evil_module = {**stage, "modules": [{"type": "os.system", "args": {"command": "true"}},
+                                        *stage["modules"][1:]]}  # fmt: skip
+    evil_op = {"name": "evil", "op": "builtins.eval", "params": {}}
+    cases = [
+        ({**manifest, "ops": [evil_module, *manifest["ops"][1:]]}, "module type 'os.system'"),
+        ({**manifest, "ops": [*manifest["ops"], evil_op]}, "op type 'builtins.eval'"),
+    ]
+
+    def no_import(*args, **kwargs):
+        raise AssertionError("the loader imported a name from the file")
+
+    monkeypatch.setattr("importlib.import_module", no_import)
+    for i, (m, match) in enumerate(cases):
+        with pytest.raises(DeployFileError, match=match) as e:
+            load_deployed(_write(tmp_path / f"evil{i}.bsd", payload, m))
+        assert "does not load" in _one_line(e)
+
+
+def test_unknown_module_types_refuse_to_save(tmp_path):
+    deployed = DeployedModel(nn.Sequential(OrderedDict(head=FloatStage(nn.GELU()))))
+    with pytest.raises(BinsenseError, match="holds a GELU module, which the deployed-model"):
+        save_deployed(deployed, tmp_path / "x.bsd")
+    assert not (tmp_path / "x.bsd").exists()
+
+
+def test_a_file_of_another_model_is_refused_for_layer_checks(saved):
+    other = _calibrated("mnist_bnn", "mnist", width=0.5)
+    with pytest.raises(DeployFileError, match="not a conversion of this checkpoint's model"):
+        attach_layers(load_deployed(saved), other)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_out_and_load(tiny_data, tmp_path, capsys):
+    config = TrainConfig(dataset=tiny_data, model="mnist_bnn", epochs=1, batch_size=30,
+                         model_options={"width": 0.25})  # fmt: skip
+    train(config, tmp_path / "run")
+    checkpoint = str(tmp_path / "run" / "checkpoint.pt")
+    out = tmp_path / "model.bsd"
+    code = main(["deploy", "--checkpoint", checkpoint, "--out", str(out), "--check"])
+    text = capsys.readouterr().out
+    size = out.stat().st_size
+    assert code == 0 and f"wrote {out}: {size:,} bytes ({8 * size:,} bits" in text
+    assert "checkpoint checkpoint.pt: " in text and "x smaller" in text
+    assert "predictions differ on 0, logits differ on 0" in text
+    assert read_deployed(out).meta["model"] == "mnist_bnn"
+
+    code = main(["deploy", "--load", str(out), "--checkpoint", checkpoint, "--check"])
+    text = capsys.readouterr().out
+    assert code == 0 and f"loaded {out}: {size:,} bytes" in text
+    assert "file vs PyTorch" in text and "predictions differ on 0, logits differ on 0" in text
+    assert "bit-exact 3/3" in text
+
+    assert main(["deploy", "--load", str(out)]) == 0  # no checkpoint: the file's summary
+    assert "PackedConv" in capsys.readouterr().out
+
+    (tmp_path / "bad.bsd").write_bytes(out.read_bytes()[:500])
+    for argv in (
+        ["deploy", "--load", str(tmp_path / "bad.bsd")],
+        ["deploy", "--load", str(out), "--out", str(tmp_path / "x.bsd")],
+        ["deploy", "--load", str(out), "--check"],
+        ["deploy"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
