@@ -291,7 +291,17 @@ class MaxPoolInt(nn.Module):
         self.pool = pool
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pool(x.to(torch.float64)).to(torch.int32)  # exact for |x| < 2^53
+        p = self.pool
+        k, s = p.kernel_size, p.stride
+        if (
+            isinstance(k, int) and k == s and p.padding == 0 and p.dilation == 1 and not p.ceil_mode
+        ):  # non-overlapping windows: a max over reshaped blocks, on the integers
+            b, c, h, w = x.shape
+            h, w = h // k * k, w // k * k
+            blocks = x[:, :, :h, :w].reshape(b, c, h // k, k, w // k, k)
+            return blocks.amax(dim=(3, 5))
+        # float32 holds every popcount exactly (|x| <= fan-in < 2^24)
+        return p(x.to(torch.float32)).to(torch.int32)
 
 
 class Threshold(nn.Module):
@@ -358,8 +368,12 @@ class Threshold(nn.Module):
                 "it cannot be deployed as integer compares."
             )
 
-    def forward(self, y: Tensor) -> Tensor:
-        """int32 popcounts ``(B, C, ...)`` -> int8 ±1."""
+    def _signed(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(flip, flip * tau)`` as int32, broadcast to ``y`` (cached per map size)."""
+        key = (tuple(y.shape[1:]), y.device)
+        cached = getattr(self, "_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         tau, flip = self.tau.to(y.device), self.flip.to(y.device)
         if tau.dim() == 3:  # per position class, tiled from the top-left corner
             c, h, w = tau.shape[0], y.shape[2], y.shape[3]
@@ -368,7 +382,15 @@ class Threshold(nn.Module):
         else:
             shape = (1, -1, *([1] * (y.dim() - 2)))
             tau, flip = tau.view(shape), flip.view(shape)
-        return torch.where(flip * (y.to(torch.int64) - tau) >= 0, 1, -1).to(torch.int8)
+        # |tau| <= K + 1 and |y| <= K: int32 products cannot overflow
+        value = (flip.to(torch.int32), (flip * tau).to(torch.int32))
+        self._cache = (key, value)
+        return value
+
+    def forward(self, y: Tensor) -> Tensor:
+        """int32 popcounts ``(B, C, ...)`` -> int8 ±1: ``flip * y >= flip * tau``."""
+        flip, flip_tau = self._signed(y)
+        return (y.to(torch.int32) * flip >= flip_tau).to(torch.int8).mul_(2).sub_(1)
 
 
 class PlanesInput(nn.Module):
