@@ -55,14 +55,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from binsense.errors import BinsenseError
 from binsense.layers.design import DeSign, design_thresholds, get_design_kernel
-from binsense.layers.norm import ChannelAffine, check_stats, gamma_beta
+from binsense.layers.norm import ChannelAffine, channel_view, check_stats, gamma_beta
 from binsense.quant.sign import SignQuantizer
 
 Params64 = tuple[Tensor, Tensor, Tensor, Tensor]
-
-
-def _channel_view(t: Tensor, x: Tensor) -> Tensor:
-    return t.view(1, -1, *([1] * (x.dim() - 2)))
 
 
 def bn_params64(bn: _BatchNorm) -> Params64:
@@ -136,7 +132,7 @@ def threshold_sign(x: Tensor, tau: Tensor, flip: Tensor) -> Tensor:
     ``sign(0) = +1``; with ``(tau, flip)`` from :func:`fold_bn_sign` this equals
     ``sign(bn(x))`` in eval mode. Output dtype is ``x``'s.
     """
-    t, f = _channel_view(tau, x), _channel_view(flip, x)
+    t, f = channel_view(tau, x), channel_view(flip, x)
     return torch.where(f * (x - t) >= 0, 1.0, -1.0).to(x.dtype)
 
 
@@ -186,7 +182,7 @@ def threshold_design(x: Tensor, tau: Tensor, flip: Tensor) -> Tensor:
         )
     _, c, h, w = x.shape
     t = design_thresholds(tau.to(x.device), c, h, w).unsqueeze(0)
-    f = _channel_view(flip.to(x.device), x)
+    f = channel_view(flip.to(x.device), x)
     return torch.where(f * (x - t) >= 0, 1.0, -1.0).to(x.dtype)
 
 

@@ -57,7 +57,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from binsense.errors import BinsenseError, unknown_name
 from binsense.layers.block import blocks_of
-from binsense.layers.norm import bn_sigma, check_stats, gamma_beta
+from binsense.layers.norm import bn_sigma, channel_view, check_stats, gamma_beta
 from binsense.quant.fixed import (
     FLOAT_BITS,
     auto_frac_bits,
@@ -125,10 +125,6 @@ def _coupled(model: nn.Module) -> dict[int, list[nn.Module]]:
         if isinstance(bn, _BatchNorm):
             users.setdefault(id(bn), []).append(m)
     return users
-
-
-def _channel_view(t: Tensor, x: Tensor) -> Tensor:
-    return t.view(1, -1, *([1] * (x.dim() - 2)))
 
 
 def _axis(scale: str) -> int | None:
@@ -351,10 +347,10 @@ class QuantizedBatchNorm(_BatchNorm):
         a = (self.weight if self.affine else 1.0) / torch.sqrt(var + self.eps)
         b = (self.bias if self.affine else 0.0) - a * mean
         if self.training and not self.qat:
-            return x * _channel_view(a, x) + _channel_view(b, x)
+            return x * channel_view(a, x) + channel_view(b, x)
         a_q = quantize_fixed_ste(a, self.bits)
         b_q = quantize_fixed_ste(b, self.bits)
-        return x * _channel_view(a_q, x) + _channel_view(b_q, x)
+        return x * channel_view(a_q, x) + channel_view(b_q, x)
 
     @torch.no_grad()
     def _update_running(self, mean: Tensor, var: Tensor, n: int) -> None:

@@ -79,6 +79,11 @@ def make_norm(
     return NORMS.get(name)(channels, dims=dims, fan_in=fan_in, binary=binary, affine=affine)
 
 
+def channel_view(t: Tensor, x: Tensor) -> Tensor:
+    """A per-channel vector ``t`` shaped to broadcast over ``x`` ``[N, C, ...]``."""
+    return t.view(1, -1, *([1] * (x.dim() - 2)))
+
+
 def check_stats(bn: _BatchNorm) -> None:
     """Raise a clear error for a batch norm without running statistics."""
     if bn.running_mean is None or bn.running_var is None:
@@ -102,4 +107,12 @@ def bn_sigma(bn: _BatchNorm) -> Tensor:
     return torch.sqrt(bn.running_var.detach() + bn.eps)
 
 
-__all__ = ["NORMS", "ChannelAffine", "bn_sigma", "check_stats", "gamma_beta", "make_norm"]
+__all__ = [
+    "NORMS",
+    "ChannelAffine",
+    "bn_sigma",
+    "channel_view",
+    "check_stats",
+    "gamma_beta",
+    "make_norm",
+]
