@@ -505,6 +505,22 @@ class DeployedModel:
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
+        """The logits: by the packed engine where the C kernel runs
+        (:class:`binsense.deploy.engine.PackedEngine`, bits between binary layers), else
+        by the op list (:meth:`run_ops`); both give the same integers."""
+        if not kernels.runs(x):
+            return self.ops(x)
+        engine = self.__dict__.get("_engine")
+        if engine is None:
+            from binsense.deploy.engine import PackedEngine  # engine imports this module
+
+            engine = self.__dict__["_engine"] = PackedEngine(self.ops)
+        return engine(x)
+
+    @torch.no_grad()
+    def run_ops(self, x: Tensor) -> Tensor:
+        """The logits by the op list, op by op on ±1 / integer NCHW tensors (the
+        reference the packed engine is checked against)."""
         return self.ops(x)
 
     @torch.no_grad()
@@ -638,17 +654,23 @@ class CheckResult:
     logit_mismatches: int
     layers: int
     layer_mismatches: dict[str, int]
+    #: images whose logits from the packed engine differ from the op list's (0 expected).
+    engine_mismatches: int = 0
 
     @property
     def exact(self) -> bool:
-        return self.prediction_mismatches == 0 and not any(self.layer_mismatches.values())
+        return (
+            self.prediction_mismatches == 0
+            and self.engine_mismatches == 0
+            and not any(self.layer_mismatches.values())
+        )
 
     def line(self) -> str:
         exact_layers = sum(1 for v in self.layer_mismatches.values() if v == 0)
         return (
             f"{self.images} images: predictions differ on {self.prediction_mismatches}, logits "
             f"differ on {self.logit_mismatches}; binary layers bit-exact {exact_layers}/"
-            f"{self.layers}"
+            f"{self.layers}; packed engine vs op list: {self.engine_mismatches} differ"
         )
 
 
@@ -656,7 +678,9 @@ class CheckResult:
 def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None) -> CheckResult:
     """Run ``model`` (eval mode) and its :func:`convert` on every batch of ``loader``
     (pairs ``(images in [0, 1], labels)``) and count disagreements: predictions, logits
-    (bitwise), and each binary layer's integer output against the PyTorch layer's."""
+    (bitwise), and each binary layer's integer output against the PyTorch layer's (the
+    op list, :meth:`DeployedModel.run_ops`); and the packed engine's logits against the
+    op list's (where the C kernel runs)."""
     model = model.eval()
     deployed = deployed if deployed is not None else convert(model)
     seen: dict[int, Tensor] = {}
@@ -670,12 +694,14 @@ def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None)
             )
     names = [f"{i}:{type(t).__name__}" for i, (t, _) in enumerate(deployed.layers)]
     mismatches = dict.fromkeys(names, 0)
-    images = pred = logit = 0
+    images = pred = logit = engine = 0
     try:
         for x, _ in loader:
             seen.clear()
             ref = model(x)
-            out = deployed(x)
+            out = deployed.run_ops(x)
+            fast = deployed(x)
+            engine += int((fast != out).flatten(1).any(1).sum())
             for name, (trained, packed) in zip(names, deployed.layers, strict=True):
                 a, b = seen[id(trained)], seen[id(packed)]
                 mismatches[name] += int((b.to(a.dtype) != a).flatten(1).any(1).sum())
@@ -685,7 +711,7 @@ def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None)
     finally:
         for h in hooks:
             h.remove()
-    return CheckResult(images, pred, logit, len(names), mismatches)
+    return CheckResult(images, pred, logit, len(names), mismatches, engine)
 
 
 __all__ = [

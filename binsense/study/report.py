@@ -406,6 +406,22 @@ def _averages_table(data: _Data) -> _Table | None:
     return _Table(header, rows)
 
 
+def _comparison_blocks(study: Study, rows: list[dict[str, Any]]) -> list[Any]:
+    """The "Paired comparisons" section: per ``[[report.compare]]`` block, the paired
+    difference B − A per condition with its 95 % interval, and its figure
+    (:mod:`binsense.study.compare`)."""
+    from binsense.study.compare import METHOD, report_sections
+
+    blocks: list[Any] = [_Heading("Paired comparisons"), _Text(METHOD)]
+    for section in report_sections(study, rows):
+        blocks += [_Heading(section.title, 3), _Text(section.text)]
+        if section.header:
+            blocks.append(_Table(section.header, section.rows))
+        if section.png is not None:
+            blocks.append(_Figure(section.figure_name, section.title, section.png))
+    return blocks
+
+
 # ---------------------------------------------------------------- blocks
 
 
@@ -497,6 +513,9 @@ def _blocks(
             "its noise levels); the numeric parameters averaged over are listed."
         ))  # fmt: skip
         blocks.append(averages)
+
+    if study.report.compare:
+        blocks += _comparison_blocks(study, rows)
 
     blocks.append(_Heading("Every run x condition"))
     table = []

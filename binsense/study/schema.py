@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from binsense.errors import BinsenseError
 from binsense.errors import did_you_mean as _did_you_mean
@@ -124,6 +124,23 @@ class EvalOptions(BaseModel):
     )
 
 
+#: Keys of one ``[[report.compare]]`` block.
+_COMPARE_KEYS = ("name", "a", "b")
+
+
+class CompareSpec(BaseModel):
+    """One ``[[report.compare]]`` block: the paired comparison B − A of two training
+    groups, each chosen by a selector table of training-grid keys (or TrainConfig fields)
+    to values, e.g. ``a = { variant = "NBC-8" }``, ``b = { variant = "GLT-8" }``;
+    ``name`` titles it in the report. See :mod:`binsense.study.compare`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    name: str | None = Field(None, description="title in the report (default: 'B vs A')")
+    a: dict[str, Any] = Field(description="selector of the reference group A")
+    b: dict[str, Any] = Field(description="selector of the group B (B − A is reported)")
+
+
 class ReportOptions(BaseModel):
     """The ``[report]`` table: how the report presents results (never what is run).
 
@@ -133,7 +150,9 @@ class ReportOptions(BaseModel):
     ``facet`` maps a condition kind to one of its parameters: that kind's sweep figures
     get one panel per value of it (e.g. ``{sensor_noise = "type"}``). ``sweep`` limits,
     per kind, the numeric parameters that get an accuracy-vs-parameter figure (default:
-    every parameter that takes several values).
+    every parameter that takes several values). ``compare`` (``[[report.compare]]``
+    blocks, :class:`CompareSpec`) adds a "Paired comparisons" section; its selectors are
+    checked against the training grid when the file is loaded.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
@@ -143,6 +162,35 @@ class ReportOptions(BaseModel):
     sweep: dict[str, list[str]] = Field(
         default_factory=dict, description="kind -> the parameters that get sweep figures"
     )
+    compare: list[CompareSpec] = Field(
+        default_factory=list, description="paired comparisons ([[report.compare]] blocks)"
+    )
+
+    @field_validator("compare", mode="before")
+    @classmethod
+    def _compare_blocks(cls, blocks: Any) -> Any:
+        """Each block a table of ``name``, ``a``, ``b``; a and b non-empty tables."""
+        if not isinstance(blocks, list):
+            raise ValueError(
+                f"must be [[report.compare]] blocks (a list of tables), got {blocks!r}"
+            )
+        for i, block in enumerate(blocks, 1):
+            where = f"[[report.compare]] #{i}"
+            if not isinstance(block, Mapping):
+                raise ValueError(f"{where} must be a table, got {block!r}")
+            for key in block:
+                if key not in _COMPARE_KEYS:
+                    raise ValueError(
+                        f"{where} unknown key {key!r}{_did_you_mean(key, _COMPARE_KEYS)}"
+                    )
+            for side in ("a", "b"):
+                value = block.get(side)
+                if not isinstance(value, Mapping) or not value:
+                    raise ValueError(
+                        f"{where} needs {side!r}, a non-empty table of training keys to values "
+                        f'(e.g. {side} = {{ variant = "NBC-8" }}), got {value!r}'
+                    )
+        return blocks
 
     def in_heatmap(self, kind: str, params: Mapping[str, Any]) -> bool:
         """Whether a condition passes the ``heatmap`` filter."""
@@ -738,6 +786,13 @@ def _expand(
                 _where(place, overlay, ("report",), "report"),
                 f"no [[condition]] block of kind {kind!r}{_did_you_mean(kind, kinds)}",
             )
+    if report.compare:  # selectors that pick one training group each, paired by seed
+        from binsense.study.compare import check_comparisons
+
+        try:
+            check_comparisons(report.compare, trainings)
+        except BinsenseError as e:
+            raise place.error(_where(place, overlay, ("report",), "report"), str(e)) from None
     return info, trainings, list(evaluations.values()), options, report, teachers
 
 
@@ -816,6 +871,7 @@ def load_study(
 
 
 __all__ = [
+    "CompareSpec",
     "EvalOptions",
     "Evaluation",
     "ReportOptions",

@@ -346,18 +346,22 @@ def gemm_packed(
     return c
 
 
-def pack_input(x: Tensor, groups: int = 1) -> Tensor:
-    """±1 ``(B, C, H, W)`` (or ``(B, C)``) -> int64 words ``(B, H, W, G * wpg)`` (``(B, G *
-    wpg)``): each pixel's channels of each group packed (bit 1 iff ``x > 0``), pad bits 0."""
+def pack_input(x: Tensor, groups: int = 1, sign: bool = False) -> Tensor:
+    r"""±1 ``(B, C, H, W)`` (or ``(B, C)``) -> int64 words ``(B, H, W, G * wpg)`` (``(B, G *
+    wpg)``): each pixel's channels of each group packed (bit 1 iff ``x > 0``), pad bits 0.
+    ``sign=True`` packs the sign of float32 values instead: bit 1 iff ``x >= 0``
+    (:math:`\operatorname{sign}(0) = +1`, NaN gives 0, as binsense's sign quantizers)."""
     lib = library()
     if lib is None:
         raise BinsenseError("the XNOR C kernel is not available.")
+    if sign and x.dtype != torch.float32:
+        raise BinsenseError(f"pack_input(sign=True) takes float32 values, got {x.dtype}.")
     if x.dtype == torch.bool or x.dtype == torch.uint8:
         code = 0
     elif x.dtype == torch.int8:
         code = 1
     elif x.dtype == torch.float32:
-        code = 2
+        code = 3 if sign else 2
     else:
         x, code = x > 0, 0
     x = x.contiguous()

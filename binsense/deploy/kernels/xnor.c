@@ -388,7 +388,7 @@ int xnor_gemm(const uint64_t *A, const uint64_t *B, int32_t *C, int64_t M, int64
 /* ------------------------------------------------------------------ packing */
 
 /* ±1 (x > 0 is bit 1) NCHW -> words (B, HW, G, wpg), wpg = ceil((C / G) / 64), pad bits 0.
- * dtype: 0 bool / uint8, 1 int8, 2 float32. */
+ * dtype: 0 bool / uint8, 1 int8, 2 float32 (x > 0), 3 float32 sign (x >= 0). */
 int xnor_pack_nchw(const void *x, int dtype, int64_t B, int64_t C, int64_t HW, int64_t G,
                    uint64_t *out) {
     const int64_t cg = C / G, wpg = (cg + 63) / 64, ctot = G * wpg;
@@ -407,9 +407,12 @@ int xnor_pack_nchw(const void *x, int dtype, int64_t B, int64_t C, int64_t HW, i
                     } else if (dtype == 1) {
                         const int8_t *s = (const int8_t *)x + off;
                         for (int64_t p = 0; p < HW; p++) tmp[p] |= (uint64_t)(s[p] > 0) << i;
-                    } else {
+                    } else if (dtype == 2) {
                         const float *s = (const float *)x + off;
                         for (int64_t p = 0; p < HW; p++) tmp[p] |= (uint64_t)(s[p] > 0.0f) << i;
+                    } else { /* the sign of a float: bit 1 iff x >= 0 (sign(0) = +1) */
+                        const float *s = (const float *)x + off;
+                        for (int64_t p = 0; p < HW; p++) tmp[p] |= (uint64_t)(s[p] >= 0.0f) << i;
                     }
                 }
                 for (int64_t p = 0; p < HW; p++) out[(b * HW + p) * ctot + g * wpg + w] = tmp[p];

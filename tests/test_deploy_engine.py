@@ -1,0 +1,148 @@
+"""The packed engine: bits flow between binary layers (fused conv + threshold, pool on
+bits, planes straight from the ADC code, shuffle as a bit permutation, flatten + linear on
+the packed map) and equal the op list's integers exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from binsense.data import dataset_info
+from binsense.deploy import convert, kernels
+from binsense.deploy.engine import (
+    Packed,
+    PackedEngine,
+    _FusedConv,
+    _PackedLinearFromMap,
+    _PlanesWords,
+    _pool_bits,
+    _regroup,
+)
+from binsense.deploy.program import MaxPoolInt, PackedConv, Threshold, pack_bits
+from binsense.layers import BinaryConv2d, DeSign
+from binsense.models import build_model
+from binsense.quant import SteSign
+
+pytestmark = pytest.mark.skipif(
+    kernels.library() is None, reason="the XNOR C kernel does not build here (no C compiler)"
+)
+
+
+def _pm1(*shape: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, shape, generator=g).to(torch.int8) * 2 - 1
+
+
+def _bn(c: int, seed: int = 0) -> nn.BatchNorm2d:
+    """Random BN with zero, negative and constant channels."""
+    g = torch.Generator().manual_seed(seed)
+    bn = nn.BatchNorm2d(c)
+    with torch.no_grad():
+        bn.weight.copy_(torch.randn(c, generator=g))
+        bn.weight[0] = 0.0
+        bn.bias[0] = 0.2  # constant +1
+        bn.weight[1] = -abs(bn.weight[1])
+        bn.bias.copy_(torch.randn(c, generator=g) * 0.5)
+        bn.running_mean.copy_(torch.randn(c, generator=g) * 3)
+        bn.running_var.copy_(torch.rand(c, generator=g) * 10 + 0.5)
+    return bn.eval()
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "groups", "size", "pool", "design"),
+    [
+        (70, 67, 1, 9, 2, None),  # odd channel counts, a 9x9 map pooled with a crop
+        (64, 96, 2, 8, 0, "2x2"),  # DeSign classes, 2 groups of 32
+        (128, 128, 2, 7, 2, "2x2x4_shift"),  # 3-D DeSign through the pool, 64 per group
+        (24, 40, 1, 5, 3, None),  # a 3x3 pool
+    ],
+)
+def test_fused_conv_pool_threshold_equals_the_ops(cin, cout, groups, size, pool, design):
+    torch.manual_seed(0)
+    conv = PackedConv(BinaryConv2d(cin, cout, 3, 1, 1, groups=groups))
+    norm = _bn(cout)
+    act = DeSign(design) if design else SteSign()
+    threshold = Threshold(norm, act, conv.fan_in, cout, spatial=True)
+    pool_op = MaxPoolInt(nn.MaxPool2d(pool)) if pool else None
+    x = _pm1(3, cin, size, size + 1)
+    y = conv(x)
+    expected = threshold(pool_op(y) if pool_op else y)
+    fused = _FusedConv(conv, pool_op, threshold)
+    packed = Packed(kernels.pack_input(x, groups), cin, groups)
+    got = fused(packed)
+    assert got.channels == cout and torch.equal(got.pm1(), expected)
+    assert bool((threshold.flip < 0).any())  # the AND side of the bit pool is exercised
+
+
+def test_pool_on_bits_is_or_for_rising_and_and_for_falling_thresholds():
+    words = torch.tensor([[[[0b01]], [[0b10]]], [[[0b11]], [[0b01]]]]).view(1, 2, 2, 1)
+    down = torch.tensor([[[0b10]]])  # channel 1 falls: AND; channel 0 rises: OR
+    assert _pool_bits(words, 2, down).item() == 0b01  # OR of ch0 = 1, AND of ch1 = 0
+
+
+def test_regroup_and_shuffle_permute_the_bits():
+    bits = torch.rand(2, 3, 4, 96) > 0.5
+    p = Packed(pack_bits(bits, -1), 96, 1)
+    perm = torch.randperm(96)
+    q = _regroup(p, 3, perm)  # 3 groups of 32 channels: one word each
+    assert q.words.shape[-1] == 3 and torch.equal(q.bits(), bits[..., perm])
+    assert _regroup(q, 3) is q
+
+
+def _calibrated(name: str, dataset: str, **options) -> nn.Module:
+    torch.manual_seed(0)
+    info = dataset_info(dataset)
+    model = build_model(name, info, **options)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                m.weight.uniform_(-1, 1)
+                m.bias.uniform_(-0.5, 0.5)
+        model.train()
+        model(torch.rand(16, info.in_channels, *info.image_size))
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "dataset", "options", "steps"),
+    [
+        ("vgg_small", "cifar10", {"width": 0.125, "groups": 2}, {_FusedConv, _PackedLinearFromMap}),
+        ("cnv", "cifar10", {"width": 0.125, "design": "2x2"}, {_FusedConv, _PackedLinearFromMap}),
+        ("compact_bnn", "cifar10", {"width": 0.25, "encoder": "glt"}, {_FusedConv, _PlanesWords}),
+        ("mnist_bnn", "mnist", {"width": 0.25, "encoder": "nbc"}, {_PlanesWords}),
+        ("resnet18_bnn", "cifar10", {"width": 0.0625}, set()),
+    ],
+)
+def test_engine_equals_the_op_list_and_pytorch(name, dataset, options, steps):
+    model = _calibrated(name, dataset, **options)
+    info = dataset_info(dataset)
+    x = torch.rand(
+        5, info.in_channels, *info.image_size, generator=torch.Generator().manual_seed(2)
+    )
+    deployed = convert(model)
+    engine = PackedEngine(deployed.ops)
+    with torch.no_grad():
+        expected = model(x)
+        got = engine(x)
+    assert torch.equal(deployed.run_ops(x), expected)
+    assert torch.equal(got, expected)
+    used = {type(s) for s in engine._steps.values()}
+    assert steps <= used, f"the packed path was not taken: {used}"
+
+
+def test_program_uses_the_op_list_where_the_kernel_does_not_run(monkeypatch):
+    model = _calibrated("mnist_bnn", "mnist", width=0.25)
+    deployed = convert(model)
+    monkeypatch.setenv(kernels.ENV, "torch")
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(deployed(x), model(x))
+    assert "_engine" not in deployed.__dict__
+
+
+def test_sign_packing_maps_zero_to_plus_one_like_the_quantizer():
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, float("nan"), 2.0, float("-inf")]).view(1, 7, 1, 1)
+    bits = kernels.pack_input(x, sign=True).item()
+    expected = SteSign()(x).view(-1) > 0
+    assert [bool(bits >> i & 1) for i in range(7)] == expected.tolist()
+    assert [bool(bits >> i & 1) for i in range(7)] == [True, True, True, False, False, True, False]
