@@ -11,8 +11,10 @@ Four pieces of issue 12's evidence:
   words (outside the packed-in -> packed-out layer: between binary layers the fused
   output already is the next input).
 - **Peer shape**: the GEMM M=256, K=4608 bits (72 words), N=512 against a float32
-  ``torch.matmul`` of the same shape (the bnn-lab comparison runs separately, from its own
-  virtual environment).
+  ``torch.matmul`` of the same shape and, with ``--bnnlab-python`` (or
+  ``$BNNLAB_PYTHON``), against bnn-lab 1.0.0's prepacked native GEMM on the same ±1
+  operands, run from bnn-lab's own virtual environment (it pins ``torch<2.13``) by
+  ``benchmarks/peer_bnnlab.py``, same thread count, its result checked exact.
 - **Whole model**: the full-width VGG-small BNN (``build_model("vgg_small", ...)``, batch
   norm calibrated on random images) converted by :func:`binsense.deploy.convert`, against
   its float32 twin (``vgg_small_float``, same shapes) and against the BNN's own PyTorch
@@ -44,10 +46,12 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -171,7 +175,28 @@ def bench_gemm(path: str, threads: int, repeats: int):
         "torch": _time(lambda: af @ bf, repeats),
         "gemm": _time(lambda: kernels.xnor_gemm(a, b, threads, path), repeats),
         "packed": _time(lambda: kernels.gemm_packed(a, panels, n, threads, path), repeats),
+        "operands": (af, bf),
     }
+
+
+def bench_bnnlab(python: str, af: torch.Tensor, bf: torch.Tensor, threads: int, repeats: int):
+    """bnn-lab's prepacked native GEMM on the same ±1 operands, run by
+    ``benchmarks/peer_bnnlab.py`` with bnn-lab's own interpreter ``python``; its result
+    checked equal to the float product."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="peer_") as tmp:
+        inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(inp, x=af.to(torch.int8).numpy(), w=bf.T.contiguous().to(torch.int8).numpy())
+        script = Path(__file__).with_name("peer_bnnlab.py")
+        cmd = [python, str(script), str(inp), str(out), "--threads", str(threads)]
+        run = subprocess.run([*cmd, "--repeats", str(repeats)], capture_output=True, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"bnn-lab run failed: {run.stderr.strip().splitlines()[-1:]}")
+        data = np.load(out)
+        y, info = torch.from_numpy(data["y"]), json.loads(str(data["info"]))
+    info["exact"] = bool(torch.equal(y, af @ bf))
+    return info
 
 
 # ---------------------------------------------------------------- whole model
@@ -355,6 +380,11 @@ def main(argv: list[str] | None = None) -> None:
         "--sections", default="kernel,peer,model,study", help="comma-separated: which tables"
     )
     parser.add_argument("--quick", action="store_true", help="3 repeats")
+    parser.add_argument(
+        "--bnnlab-python",
+        default=os.environ.get("BNNLAB_PYTHON", ""),
+        help="the python of a venv with bnn-lab 1.0.0 (the peer section); $BNNLAB_PYTHON",
+    )
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
     unknown = sections - {"kernel", "peer", "model", "study"}
@@ -419,13 +449,28 @@ def peer_table(paths: list[str], args: argparse.Namespace) -> None:
     print()
     print("| path | torch fp32 matmul | xnor_gemm (packs B) | speed-up | B prepacked | speed-up |")
     print("|---|---:|---:|---:|---:|---:|")
+    results = {}
     for path in paths:
-        t = bench_gemm(path, args.threads, args.repeats)
+        t = results[path] = bench_gemm(path, args.threads, args.repeats)
         print(
             f"| {path} | {_us(t['torch'])} | {_us(t['gemm'])} | {t['torch'] / t['gemm']:.1f}x | "
             f"{_us(t['packed'])} | {t['torch'] / t['packed']:.1f}x |",
             flush=True,
         )
+    if not args.bnnlab_python:
+        print("\nbnn-lab: not run (give --bnnlab-python or $BNNLAB_PYTHON: its own venv)")
+        return
+    t = results[paths[0]]
+    peer = bench_bnnlab(args.bnnlab_python, *t["operands"], args.threads, args.repeats)
+    print()
+    print(
+        f"bnn-lab {peer['bnn_lab']} (its venv: numpy {peer['numpy']}), kernel "
+        f"{peer['kernel']}, {peer['threads']} thread(s), prepacked: "
+        f"{_us(peer['seconds'])} µs ({t['torch'] / peer['seconds']:.1f}x torch fp32), "
+        f"exact: {'yes' if peer['exact'] else 'NO'}; binsense {paths[0]} prepacked "
+        f"{_us(t['packed'])} µs: **{peer['seconds'] / t['packed']:.2f}x bnn-lab's "
+        f"throughput** (goal 1.3x)"
+    )
 
 
 def model_tables(args: argparse.Namespace) -> None:

@@ -21,6 +21,7 @@ prints the traceback as well.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import errno
 import json
@@ -536,7 +537,7 @@ def _deployed_size_line(path: str | Path, size: int, checkpoint: str | None, mod
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from binsense.data import DeviceLoader, load_dataset
+    from binsense.data import DeviceLoader, dataset_info, load_dataset
     from binsense.deploy import check_exact, convert
     from binsense.deploy.fileformat import attach_layers, read_deployed, save_deployed
     from binsense.train import load_model
@@ -568,7 +569,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         ops = ", ".join(type(op).__name__ for op in deployed.ops)
         print(f"{config.model}: converted in {time.perf_counter() - t0:.1f} s — {ops}")
         if args.out is not None:
+            info = dataset_info(config.dataset)
             meta = {"model": config.model, "dataset": config.dataset,
+                    "input_shape": [info.in_channels, *info.image_size],
                     "checkpoint": Path(args.checkpoint).name}  # fmt: skip
             path = save_deployed(deployed, args.out, meta)
             size = path.stat().st_size
@@ -588,6 +591,110 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if count:
             print(f"  {name}: integer output differs on {count} images")
     return 0 if result.exact else 1
+
+
+def _input_shape(meta: dict) -> tuple[int, ...] | None:
+    """The ``(C, H, W)`` a deployed file was built for: its ``input_shape``, else its data
+    set's; None when the file names neither."""
+    from binsense.data import dataset_info
+
+    shape = meta.get("input_shape")
+    if isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape):
+        return tuple(shape)
+    name = meta.get("dataset")
+    if isinstance(name, str) and _image_folder(name) is None:
+        with contextlib.suppress(BinsenseError):
+            info = dataset_info(name)
+            return (info.in_channels, *info.image_size)
+    return None
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from binsense.data import DeviceLoader, load_dataset
+    from binsense.deploy import kernels
+    from binsense.deploy.fileformat import read_deployed
+    from binsense.io import atomic_write_text
+
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.test_subset, "--test-subset")
+    _positive(args.threads, "--threads")
+    _check_data_dir(args.data_dir)
+    if args.predictions is not None and Path(args.predictions).is_dir():
+        raise BinsenseError(f"--predictions {args.predictions!r} is a folder; give a file name.")
+    loaded = read_deployed(args.model)
+    name = args.data or loaded.meta.get("dataset")
+    if not isinstance(name, str) or not name:
+        raise BinsenseError(
+            f"{args.model} does not name its data set: give --data NAME (or imagefolder:PATH)."
+        )
+    kernels.set_threads(args.threads)
+    data = load_dataset(name, args.split, data_dir=args.data_dir)
+    want, got = _input_shape(loaded.meta), tuple(data.images.shape[1:])
+    if want is not None and got != want:
+        raise BinsenseError(
+            f"the images of {name!r} are {got[2]}x{got[1]} pixels with {got[0]} channel(s); "
+            f"{args.model} was built for {want[2]}x{want[1]} with {want[0]}: give its data set."
+        )
+    if args.test_subset is not None:
+        data = data.subset(args.test_subset, seed=0)
+    deployed = loaded.model
+    loader = DeviceLoader(data, args.batch_size, shuffle=False, device="cpu")
+    predictions, correct, t0 = [], 0, time.perf_counter()
+    for x, y in tqdm(loader, desc="infer", unit="batch", disable=not sys.stderr.isatty()):
+        try:
+            pred = deployed.predict(x)
+        except RuntimeError as e:  # a shape the program was not built for
+            raise BinsenseError(
+                f"{args.model} cannot run on images of shape {tuple(x.shape[1:])}: "
+                f"{str(e).splitlines()[0]}"
+            ) from None
+        predictions.append(pred)
+        correct += int((pred == y).sum())
+    wall = time.perf_counter() - t0
+    n = len(data)
+    path = kernels.backend()
+    threads = kernels.get_threads() if path != "torch" else torch.get_num_threads()
+    print(
+        f"{args.model} on {name} {args.split} ({n:,} images): accuracy {correct / n:.2%}; "
+        f"{n / wall:,.0f} images/s ({wall:.2f} s, kernel path {path}, {threads} thread(s))"
+    )
+    if args.predictions is not None:
+        rows = ["index,label,prediction"]
+        pred_all = torch.cat(predictions).tolist()
+        labels = data.labels.tolist()
+        rows += [f"{i},{lab},{p}" for i, (lab, p) in enumerate(zip(labels, pred_all, strict=True))]
+        atomic_write_text(args.predictions, "\n".join(rows) + "\n")
+        print(f"wrote {args.predictions} ({n:,} rows)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from binsense.export import export_c, export_onnx, export_qonnx, require_onnx
+    from binsense.export.common import load_for_export
+
+    if (args.onnx is None) == (args.c is None):
+        raise BinsenseError("give --onnx FILE (standard or --qonnx) or --c DIR (one of them).")
+    if args.qonnx and args.onnx is None:
+        raise BinsenseError("--qonnx is a flavour of --onnx FILE: give --onnx too.")
+    if args.onnx is not None:
+        require_onnx()  # before any work: one line on how to install the extra
+    deployed, shape, dataset = load_for_export(args.checkpoint, args.deployed, _allow_large(args))
+    where = f"{dataset} images {'x'.join(map(str, shape))}"
+    if args.onnx is not None:
+        export = export_qonnx if args.qonnx else export_onnx
+        info = export(deployed, args.onnx, shape)
+        print(f"{'QONNX' if args.qonnx else 'ONNX'} for {where}: {info.line()}")
+        if info.norm_mismatches:
+            print(f"  warning: a float norm differs from PyTorch on {info.norm_mismatches} probes")
+    else:
+        cinfo = export_c(deployed, args.c, shape)
+        print(f"C for {where}: {cinfo.line()}")
+        if cinfo.norm_mismatches:
+            print(f"  warning: a float norm differs from PyTorch on {cinfo.norm_mismatches} probes")
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -789,6 +896,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, help="n test images per class (default: all)")
     p.add_argument("--allow-large", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser(
+        "infer",
+        help="run a deployed model file on a data set (the packed engine)",
+        description="Run a file written by `binsense deploy --out` on a data set's images "
+        "with the packed XNOR-popcount engine: accuracy and images/s; --predictions writes "
+        "one CSV row per image. Loading the file runs no code from it.",
+    )
+    p.add_argument("model", metavar="FILE", help="a deployed model (binsense deploy --out)")
+    p.add_argument(
+        "--data", help="data set name or imagefolder:PATH (default: the one the file names)"
+    )
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--data-dir", help="data-set folder (default: $BINSENSE_DATA)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--test-subset", type=int, help="n images per class (default: all)")
+    p.add_argument("--threads", type=int, default=1, help="kernel threads (default 1)")
+    p.add_argument("--predictions", metavar="CSV", help="write index,label,prediction rows")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser(
+        "export",
+        help="export a deployed BNN to ONNX, QONNX or dependency-free C",
+        description="Export the integer program of a checkpoint (or of a file written by "
+        "`binsense deploy --out`) where users run it: --onnx FILE, a standard ONNX graph "
+        "with the PyTorch model's predictions in onnxruntime, binary weights stored as bits "
+        "(--qonnx: BipolarQuant / MultiThreshold for FINN and hls4ml); --c DIR, C99 files "
+        "(model.h, model.c, main.c) with packed weights, integer thresholds and no heap. "
+        "See docs/export.md.",
+    )
+    p.add_argument("--checkpoint", help="a run's checkpoint.pt")
+    p.add_argument("--deployed", metavar="FILE", help="a deployed model (binsense deploy --out)")
+    p.add_argument("--onnx", metavar="FILE", help="write an ONNX file (needs the export extra)")
+    p.add_argument("--qonnx", action="store_true", help="the QONNX flavour of --onnx")
+    p.add_argument("--c", metavar="DIR", help="write C99 sources to DIR")
+    p.add_argument("--allow-large", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)

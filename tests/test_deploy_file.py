@@ -287,3 +287,45 @@ def test_cli_out_and_load(tiny_data, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_cli_infer_runs_the_file_and_matches_eval(tiny_data, tmp_path, capsys):
+    config = TrainConfig(dataset=tiny_data, model="mnist_bnn", epochs=1, batch_size=30,
+                         model_options={"width": 0.25})  # fmt: skip
+    train(config, tmp_path / "run")
+    checkpoint = str(tmp_path / "run" / "checkpoint.pt")
+    out = tmp_path / "model.bsd"
+    assert main(["deploy", "--checkpoint", checkpoint, "--out", str(out)]) == 0
+    assert read_deployed(out).meta["input_shape"] == [1, 28, 28]
+    assert main(["eval", "--checkpoint", checkpoint]) == 0
+    accuracy = capsys.readouterr().out.split("accuracy ")[1].split(",")[0]
+    csv = tmp_path / "pred.csv"
+    assert main(["infer", str(out), "--predictions", str(csv)]) == 0
+    text = capsys.readouterr().out
+    assert f"accuracy {accuracy};" in text and "images/s" in text  # the same accuracy
+    rows = csv.read_text().splitlines()
+    assert rows[0] == "index,label,prediction" and len(rows) == 1 + int(
+        text.split("(")[1].split()[0]
+    )
+    correct = sum(int(r.split(",")[1]) == int(r.split(",")[2]) for r in rows[1:])
+    assert f"{correct / (len(rows) - 1):.2%}" == accuracy
+
+    from PIL import Image
+
+    rgb = tmp_path / "rgb"  # a 3-channel 16x16 folder for a 1-channel 28x28 model
+    for split in ("train", "test"):
+        for c in range(2):
+            (rgb / split / f"c{c}").mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (16, 16), (40 * i, 90, c * 200)).save(
+                    rgb / split / f"c{c}/{i}.png"
+                )
+    for argv in (
+        ["infer", str(out), "--data", f"imagefolder:{rgb}"],
+        ["infer", str(tmp_path / "missing.bsd")],
+        ["infer", str(out), "--predictions", str(tmp_path)],
+        ["infer", str(out), "--threads", "0"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
