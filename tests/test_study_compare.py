@@ -28,6 +28,8 @@ from binsense.study.report import write_report
 from binsense.study.schema import Study, StudyFileError, load_study
 from binsense.study.store import ResultStore
 
+REPO = Path(__file__).resolve().parents[1]
+
 STUDY = """\
 [study]
 name = "cmp"
@@ -279,3 +281,17 @@ def test_report_compare_blocks_are_validated(tmp_path: Path, block, message):
     with pytest.raises(StudyFileError, match=message) as info:
         load_study(path)
     assert "\n" not in str(info.value)
+
+
+def test_cross_studies_declare_their_comparisons():
+    """The cross-study files: their [[report.compare]] blocks pick one group per side
+    (checked at load, in every preset: tests/test_study.py loads them all), over 3 seeds;
+    Q5's preset reuses the trainings of Q1's (same run ids, so they are not trained again)."""
+    design = REPO / "studies" / "x_design_fpn.toml"
+    cpu, q5 = load_study(design, "cpu"), load_study(design, "q5_cpu")
+    assert {t.run_id for t in cpu.trainings} == {t.run_id for t in q5.trainings}
+    assert {e.kind for e in q5.evaluations} == {"clean", "weight_noise", "sensor_noise"}
+    encoders = load_study(REPO / "studies" / "x_encoder_fpn.toml", "cpu")
+    for study, count in ((cpu, 7), (encoders, 5)):
+        assert len(study.report.compare) == count
+        assert {t.config.seed for t in study.trainings} == {0, 1, 2}

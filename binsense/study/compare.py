@@ -16,9 +16,10 @@ TrainConfig field, dotted into tables (``model``, ``model_options.design``,
 ``train_noise.per``); a value is read as a TOML value when it is one (``0``, ``0.05``,
 ``true``, ``{type = "pixel_offset", level = 0.05}``) and as text otherwise
 (``NBC-8``). A selector must pick exactly one training group; if ``--b`` alone picks
-several, those that agree with ``--a`` on the keys ``--b`` does not name are kept (so
-``--a model=m,design=none --b design=2x2`` compares within model ``m``). Anything else
-is one :class:`~binsense.errors.BinsenseError` line naming the valid keys or values.
+several, those that agree with ``--a`` on the keys ``--b`` does not name are kept (so in
+a grid of ``model`` x ``variant``, ``--a model=vgg_small,variant=sign --b
+variant=DeSign-2D`` compares within ``vgg_small``). Anything else is one
+:class:`~binsense.errors.BinsenseError` line naming the valid keys or values.
 
 **Pairing.** Every training of A is paired with the training of B that has the same
 seed (within a group, the seed is the only thing that varies). Trainings without a
@@ -39,21 +40,24 @@ Why Student-t over per-seed means, not over all :math:`S K` differences and not 
 bootstrap: the draws of one seed share the two trained models, so they are *not*
 independent replicates of the training comparison — treating the :math:`SK` differences
 as independent would shrink the interval by up to :math:`\sqrt K` for no reason. The
-seed means are independent (each seed trains both models afresh), and their spread
-already contains the draw-to-draw variation (:math:`\mathrm{Var}\,\bar d_s =
-\sigma^2_\mathrm{seed} + \sigma^2_\mathrm{draw}/K`), so the interval over seed means is
-the standard one for a balanced two-level design (Student 1908; e.g. Montgomery,
-*Design and Analysis of Experiments*, ch. 13 on nested designs). A percentile bootstrap
-would need more than the 3-5 seeds a study has: with 3 seeds it has only 10 distinct
-resamples and is too narrow. The t interval is exact for normal seed means and
-conservative enough for small :math:`S` (:math:`t_{0.975,2} = 4.30`). Two caveats,
-stated in every output: the draws are the *same* sensor instances / noise draws for
-every seed and model (crossed, not nested), so the interval is conditional on those
-instances; and with a single seed pair the interval is taken over that pair's draws
-(:math:`t_{K-1}` over :math:`d_{1k}`), which says how sure we are about *these two
-trained models*, not about the training recipes. With one seed and one draw there is
-no interval. Identical trainings give differences of exactly 0 and a zero-width
-interval.
+seed means are independent (each seed trains both models afresh) and their spread
+contains the draw-to-draw variation (:math:`\mathrm{Var}\,\bar d_s =
+\sigma^2_\mathrm{seed} + \sigma^2_\mathrm{draw}/K`), so the t interval over the seed
+means is the standard analysis of a balanced two-stage design with the seed as the
+cluster (Student, "The probable error of a mean", *Biometrika* 6, 1908; Montgomery,
+*Design and Analysis of Experiments*, on nested designs). A percentile bootstrap would
+need more than the 3-5 seeds a study has: with 3 seeds there are only 10 distinct
+resamples, and its interval is too narrow. The t interval is exact for normal seed
+means and wide for small :math:`S` (:math:`t_{0.975,2} = 4.30`), as it should be.
+
+Two caveats, stated in every output. The draws are the *same* sensor instances / noise
+draws for every seed and model (draw *d* of a condition is seeded by *d* alone), so a
+draw's effect is shared by all seeds and cancels from the spread of the seed means: the
+interval is conditional on the evaluated instances, not on new ones (more draws narrow
+that gap). With a single seed pair the interval is taken over that pair's draws
+(:math:`t_{K-1}` over :math:`d_{1k}`): it says how sure we are about *these two trained
+models*, not about the training recipes. With one seed and one draw there is no
+interval. Identical trainings give differences of exactly 0 and a zero-width interval.
 
 The t quantile is computed exactly for integer degrees of freedom (Abramowitz & Stegun
 26.7.3-4, inverted by bisection), so no SciPy is needed.
@@ -815,8 +819,12 @@ def comparison_figure(comparison: Comparison) -> bytes | None:
     named = "" if comparison.name == f"{comparison.b} vs {comparison.a}" else f"{comparison.name}: "
     fig.suptitle(
         f"{named}B = {comparison.b} minus A = {comparison.a}\n"
-        f"{comparison.study}; mean and 95 % Student-t interval over seed pairs "
-        f"({len(comparison.pairs)})",
+        f"{comparison.study}; mean and 95 % Student-t interval over "
+        + (
+            f"{len(comparison.pairs)} seed pairs"
+            if len(comparison.pairs) > 1
+            else "the draws of one seed pair (these two models only)"
+        ),
         fontsize="medium",
     )
     buf = io.BytesIO()
