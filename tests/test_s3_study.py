@@ -383,6 +383,8 @@ def test_report_shows_each_model_size(reference):
     files = write_report(study, reference / "report")
     text = files.markdown.read_text()
     assert "| size (Mbit) | fully binary |" in text
+    assert "accuracy vs size along the pruning sweep" in text  # the KD / no-KD figure
+    assert "accuracy_vs_mbit" in text
     with ResultStore(reference / "results.sqlite", readonly=True) as store:
         for t in study.trainings:
             size = store.run_row(t.run_id)["size"]

@@ -71,6 +71,7 @@ from binsense.study.schema import (
     IMAGEFOLDER_PREFIX,
     Evaluation,
     Study,
+    Training,
     condition_labels,
     load_study,
     varying_keys,
@@ -313,6 +314,66 @@ def _reference_bars(data: _Data) -> _Figure | None:
     return _Figure("clean_accuracy_per_training", "clean accuracy per training", _png(fig))
 
 
+def _size_figure(data: _Data, runs: list[dict[str, Any]]) -> _Figure | None:
+    """Clean accuracy against deployed size (Mbit) of the trainings of a study that
+    prunes or distils: one series without and one with knowledge distillation, each
+    point one run (its pruning target written beside it), the 1 Mbit budget dashed."""
+    trainings = [
+        t for t in data.study.trainings
+        if t.config.prune is not None or t.config.distill is not None
+    ]  # fmt: skip
+    if not trainings:
+        return None
+    swept = {t.run_id for t in trainings}
+    trainings = [  # with the unpruned models of the same model and width: the sweep's start
+        t for t in data.study.trainings
+        if t.run_id in swept or any(_same_sweep(t, s) for s in trainings)
+    ]  # fmt: skip
+    size_of = {r["run_id"]: r.get("size") for r in runs if isinstance(r.get("size"), dict)}
+    ref = data.reference
+    series: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for t in trainings:
+        size = size_of.get(t.run_id) or {}
+        accs = data.per_run.get((t.run_id, ref.condition_id)) if ref is not None else None
+        if size.get("mbit") is None or not accs:
+            continue
+        kd = "with KD" if t.config.distill is not None else "without KD"
+        target = t.config.prune.target if t.config.prune is not None else 0.0
+        series[kd].append((size["mbit"], 100 * statistics.fmean(accs), f"{target:.0%}"))
+    if sum(len(v) for v in series.values()) < 2:
+        return None
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    for i, name in enumerate(("without KD", "with KD")):
+        points = sorted(series.get(name, []))
+        if not points:
+            continue
+        xs, ys, tags = zip(*points, strict=True)
+        ax.plot(xs, ys, "o-" if name == "without KD" else "s--", color=f"C{i}", label=name)
+        for x, y, tag in points:
+            ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize="x-small", color=f"C{i}")  # fmt: skip
+    ax.axvline(1.0, color="0.5", ls=":", lw=1, label="1 Mbit")
+    ax.set_xscale("log")
+    ax.set_xlabel("deployed size (Mbit, 1 Mbit = 2^20 bits; log scale)")
+    ax.set_ylabel(f"test accuracy (%), {data.labels[ref.condition_id]}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small", title="labels: share of units pruned", title_fontsize="x-small")
+    title = "accuracy vs size along the pruning sweep"
+    ax.set_title(f"{title}\n{_subtitle(data.study)}", fontsize="medium")
+    return _Figure("accuracy_vs_mbit", title, _png(fig))
+
+
+def _same_sweep(t: Training, pruned: Training) -> bool:
+    """``t`` is the unpruned, undistilled model of ``pruned``'s sweep (same data set, model
+    and options)."""
+    a, b = t.config, pruned.config
+    return (
+        a.prune is None and a.distill is None and a.dataset == b.dataset
+        and a.model == b.model and a.model_options == b.model_options
+    )  # fmt: skip
+
+
 def _heatmap(data: _Data) -> _Figure | None:
     """Mean accuracy of every training group x test condition (grid varies training)."""
     if len(data.groups) < 2:
@@ -482,7 +543,8 @@ def _blocks(
         if chosen is not None:
             params = [p for p in params if p in chosen]
         figures += [_sweep_figure(data, kind, param) for param in params]
-    figures += [f for f in (_reference_bars(data), _heatmap(data)) if f is not None]
+    extra = (_reference_bars(data), _heatmap(data), _size_figure(data, runs))
+    figures += [f for f in extra if f is not None]
     if figures:
         blocks.append(_Heading("Figures"))
         blocks += figures
