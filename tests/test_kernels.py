@@ -5,6 +5,7 @@ each path against F.conv2d / matmul; the fused threshold; the build and its fall
 from __future__ import annotations
 
 import shutil
+import subprocess
 import warnings
 
 import pytest
@@ -204,6 +205,7 @@ def test_a_forced_path_that_cannot_run_is_a_clear_error(monkeypatch):
 def test_the_build_is_cached_by_source_hash(tmp_path, monkeypatch, fresh_kernels):
     if not any(shutil.which(c) for c in kernels.COMPILERS):
         pytest.skip("no C compiler here")
+    monkeypatch.setattr(kernels, "_installed", lambda: None)  # the first-use build
     monkeypatch.setenv("BINSENSE_CACHE", str(tmp_path))
     assert kernels.library() is not None
     built = sorted((tmp_path / "kernels").iterdir())
@@ -215,6 +217,7 @@ def test_the_build_is_cached_by_source_hash(tmp_path, monkeypatch, fresh_kernels
 
 def test_without_a_compiler_it_warns_once_and_stays_exact(tmp_path, monkeypatch, fresh_kernels):
     monkeypatch.setenv("BINSENSE_CACHE", str(tmp_path))  # nothing built there
+    monkeypatch.setattr(kernels, "_installed", lambda: None)  # nor at install time
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.delenv(kernels.ENV, raising=False)
     monkeypatch.setattr(kernels, "COMPILERS", ("binsense-no-such-cc",))
@@ -231,3 +234,26 @@ def test_without_a_compiler_it_warns_once_and_stays_exact(tmp_path, monkeypatch,
         warnings.simplefilter("error")  # a second warning would fail here
         assert torch.equal(packed(x).float(), expected)
         assert kernels.available() == ["torch"]
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_the_install_time_build_is_used_only_for_its_own_source(
+    tmp_path, monkeypatch, fresh_kernels, stale
+):
+    cc = next((c for c in kernels.COMPILERS if shutil.which(c)), None)
+    if cc is None:
+        pytest.skip("no C compiler here")
+    source = tmp_path / "xnor.c"
+    shutil.copy(kernels.SOURCE, source)
+    monkeypatch.setattr(kernels, "SOURCE", source)
+    monkeypatch.setenv("BINSENSE_CACHE", str(tmp_path / "cache"))
+    key = "0" * 16 if stale else kernels.source_key()
+    built = tmp_path / "_xnor.cpython-test.so"  # as setup.py names it
+    subprocess.run([cc, "-O1", "-fPIC", "-shared", "-std=gnu11", f'-DXNOR_SOURCE_KEY="{key}"',
+                    str(source), "-o", str(built)], check=True)  # fmt: skip
+    assert kernels.library() is not None
+    if stale:  # another source's build: ignored, the first-use build serves
+        assert kernels.where().startswith(str(tmp_path / "cache"))
+    else:
+        assert kernels.where() == str(built)
+        assert not (tmp_path / "cache").exists()  # nothing compiled at run time

@@ -8,7 +8,10 @@ packing of ±1 tensors into channel words, the im2col of packed words, and a con
 driver whose epilogue adds the border correction (int32 out) or applies integer
 thresholds and writes packed bits (fused, the next layer's input).
 
-**Build.** The first use compiles ``xnor.c`` with the system C compiler (``$CC``, ``cc``,
+**Build.** ``pip install`` builds ``xnor.c`` into the package (``setup.py``:
+``_xnor*.so``, with the source's hash compiled in), so no compiler is needed at run time.
+Where that build is missing or stale (an edited source, a plain checkout), the first use
+compiles ``xnor.c`` with the system C compiler (``$CC``, ``cc``,
 ``gcc`` or ``clang``; ``-O3 -fPIC -shared``, ``-fopenmp`` where it links) into
 ``$BINSENSE_CACHE/kernels/`` (else ``~/.cache/binsense/kernels/``), named by the hash of
 the source and flags, written to a temporary file and renamed into place, and loads it
@@ -73,6 +76,7 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 _warned = False
 _why = ""
+_where = ""
 _threads: int | None = None
 _chosen: tuple[str, str] | None = None  # ($BINSENSE_KERNEL, its path), from backend()
 
@@ -83,8 +87,8 @@ _INT = ctypes.c_int
 
 def _reset() -> None:
     """Forget the loaded library and the warning (tests)."""
-    global _lib, _tried, _warned, _why, _chosen
-    _lib, _tried, _warned, _why, _chosen = None, False, False, "", None
+    global _lib, _tried, _warned, _why, _chosen, _where
+    _lib, _tried, _warned, _why, _chosen, _where = None, False, False, "", None, ""
 
 
 def cache_dir() -> Path:
@@ -175,9 +179,38 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
+def source_key() -> str:
+    """The first 16 hex digits of ``xnor.c``'s SHA-256 (what setup.py compiles in)."""
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+
+
+def _installed() -> ctypes.CDLL | None:
+    """The library built at install time (setup.py: ``_xnor*.so`` beside this file), if it
+    was built from this very source; None otherwise (not built, or a stale build)."""
+    global _where
+    key = source_key()
+    for path in sorted(SOURCE.parent.glob("_xnor*.so")):
+        try:
+            lib = ctypes.CDLL(str(path))
+            fn = lib.xnor_source_key
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [], ctypes.c_char_p
+        if fn() == key.encode():
+            _where = str(path)
+            return lib
+    return None
+
+
+def where() -> str:
+    """The file of the loaded library (install-time build or the first-use cache)."""
+    library()
+    return _where or "not loaded"
+
+
 def library() -> ctypes.CDLL | None:
     """The loaded C library, built on first use; ``None`` (after one warning) without it."""
-    global _lib, _tried, _why
+    global _lib, _tried, _why, _where
     if _tried:
         return _lib
     _tried = True
@@ -186,12 +219,17 @@ def library() -> ctypes.CDLL | None:
         _warn_fallback()
         return None
     try:
+        lib = _installed()
+        if lib is not None:
+            _lib = _declare(lib)
+            return _lib
         try:
             path = _compile(cache_dir())
         except OSError:  # the cache is not writable: build in a private temporary folder
             path = _compile(Path(tempfile.mkdtemp(prefix="binsense-kernels-")))
         if path is not None:
             _lib = _declare(ctypes.CDLL(str(path)))
+            _where = str(path)
     except (OSError, AttributeError) as e:
         _lib, _why = None, f"{type(e).__name__}: {e}"
     if _lib is None:
@@ -546,6 +584,8 @@ __all__ = [
     "available",
     "backend",
     "cache_dir",
+    "source_key",
+    "where",
     "conv2d",
     "conv2d_words",
     "conv_dims",
