@@ -687,13 +687,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         export = export_qonnx if args.qonnx else export_onnx
         info = export(deployed, args.onnx, shape)
         print(f"{'QONNX' if args.qonnx else 'ONNX'} for {where}: {info.line()}")
-        if info.norm_mismatches:
-            print(f"  warning: a float norm differs from PyTorch on {info.norm_mismatches} probes")
+        if info.float_mismatches:
+            print(f"  warning: float layers differ from PyTorch on {info.float_mismatches} probes")
     else:
         cinfo = export_c(deployed, args.c, shape)
         print(f"C for {where}: {cinfo.line()}")
-        if cinfo.norm_mismatches:
-            print(f"  warning: a float norm differs from PyTorch on {cinfo.norm_mismatches} probes")
+        if cinfo.float_mismatches:
+            print(f"  warning: float layers differ from PyTorch on {cinfo.float_mismatches} probes")
     return 0
 
 
@@ -742,6 +742,43 @@ def cmd_data_check(args: argparse.Namespace) -> int:
                 f"{name:<12} {split:<5} {len(d):>6} images {tuple(d.images.shape[1:])} "
                 f"{d.info.num_classes} classes  sha256 {d.fingerprint[:12]}  {dt:.2f} s"
             )
+    return 0
+
+
+def cmd_tone_curves(args: argparse.Namespace) -> int:
+    from binsense.data import dataset_info
+    from binsense.encoders import build_encoder
+    from binsense.encoders.plot import plot_tone_curves
+    from binsense.train import load_model
+
+    if Path(args.out).is_dir():
+        raise BinsenseError(f"-o {args.out!r} is a folder; give a .png file name.")
+    if args.uniform is not None and not 1 <= args.uniform <= 255:
+        raise BinsenseError(f"--uniform takes 1 to 255 levels, got {args.uniform}.")
+    encoders, info = {}, None
+    for i, path in enumerate(args.checkpoint):
+        model, config = load_model(path, allow_large=_allow_large(args))
+        enc = getattr(model, "encoder", None)
+        if enc is None or not hasattr(enc, "tone_curve"):
+            raise BinsenseError(
+                f"{path}: its model's input encoder ({type(enc).__name__}) has no tone curve; "
+                "give checkpoints of models with a thermometer encoder (uniform, quantile, glt)."
+            )
+        spec = config.model_options.get("encoder")
+        name = spec.get("name") if isinstance(spec, dict) else spec
+        label = args.label[i] if i < len(args.label) else f"{name}-{enc.planes}"
+        encoders[str(label) + ("" if label not in encoders else f" #{i}")] = enc
+        info = info or dataset_info(config.dataset)
+    if args.uniform is not None:
+        encoders[f"uniform-{args.uniform}"] = build_encoder(
+            {"name": "uniform", "levels": args.uniform}, info
+        )
+    out = plot_tone_curves(encoders, args.out)
+    print(f"wrote {out}: tone curves of {', '.join(encoders)}")
+    for label, enc in encoders.items():
+        curve = enc.tone_curve()
+        print(f"  {label}: planes set at codes 0/64/128/192/255 -> "
+              f"{[curve[:, c].tolist() for c in (0, 64, 128, 192, 255)]}")  # fmt: skip
     return 0
 
 
@@ -933,6 +970,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c", metavar="DIR", help="write C99 sources to DIR")
     p.add_argument("--allow-large", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "tone-curves",
+        help="plot the tone curves (code in -> planes set) of trained thermometer encoders",
+        description="One panel per colour channel: for each checkpoint's input encoder "
+        "(uniform, quantile or a trained glt), the number of planes set against the 8-bit "
+        "ADC code; --uniform K adds the uniform K-level thermometer as the reference.",
+    )
+    p.add_argument("checkpoint", nargs="+", help="checkpoints of models with a thermometer")
+    p.add_argument("--label", action="append", default=[], help="a label per checkpoint")
+    p.add_argument("--uniform", type=int, metavar="K", help="add the uniform K-level curve")
+    p.add_argument("-o", "--out", required=True, metavar="PNG", help="the figure file")
+    p.add_argument("--allow-large", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_tone_curves)
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)

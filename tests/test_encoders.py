@@ -365,3 +365,29 @@ def test_training_fits_the_quantile_encoder(tiny_data):
     expected = quantile_thresholds(thermo.fit_codes(train_set, True), 8)
     assert torch.equal(enc.thresholds.cpu(), expected)
     assert not torch.equal(expected[0], torch.tensor(uniform_thresholds(8)))
+
+
+def test_cli_tone_curves_of_a_trained_glt(tiny_data, tmp_path, capsys):
+    from binsense.cli import main
+    from binsense.train import TrainConfig, train
+
+    config = TrainConfig(dataset=tiny_data, model="mnist_bnn", epochs=1, batch_size=30,
+                         model_options={"width": 0.25, "encoder": "glt"})  # fmt: skip
+    train(config, tmp_path / "run", progress=False, log=lambda s: None)
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    out = tmp_path / "tone.png"
+    assert main(["tone-curves", ckpt, "--uniform", "8", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "glt-8" in text and "uniform-8" in text
+    float_run = TrainConfig(dataset=tiny_data, model="mnist_bnn", epochs=1, batch_size=30,
+                            model_options={"width": 0.25})  # fmt: skip
+    train(float_run, tmp_path / "float", progress=False, log=lambda s: None)
+    for argv in (
+        ["tone-curves", str(tmp_path / "float" / "checkpoint.pt"), "-o", str(out)],
+        ["tone-curves", ckpt, "-o", str(tmp_path)],
+        ["tone-curves", ckpt, "--uniform", "0", "-o", str(out)],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
