@@ -22,12 +22,14 @@ Four pieces of issue 12's evidence:
   against the deployed program's packed weights, integer thresholds
   (:math:`\lceil \log_2(K + 2) \rceil + 1` bits each, as :mod:`binsense.compress.summary`
   counts them) and float stages (32 bits per value).
-- **Study grid**: an S0-like grid (clean, sensor noise ``column_offset`` at 0.05 and 0.1
-  with 2 sensor draws, BN at 4 bits) of a VGG-small width 0.25 BNN (trained 1 epoch on
-  2,000 CIFAR-10 images) evaluated on 500 CIFAR-10 test images by the study runner with
-  ``[evaluation] engine = "pytorch"`` and ``"binsense"``: the summed evaluation time of
-  the rows (conversions included) and whether the rows are identical. Needs CIFAR-10
-  (``$BINSENSE_DATA``).
+- **Study grid**: the evaluation grid of the S0 study file, read from
+  ``studies/s0_fpn_bn.toml`` (clean; BN at 16..2 bits; six FPN types x seven levels x BN
+  at 32 and 4 bits over 5 sensor instances: 427 rows; ``--quick``: 2 instances, 175
+  rows) on the S0 ``cpu`` preset's model (VGG-small width 0.25; trained 1 epoch on 2,000
+  CIFAR-10 images here) and test set (500 CIFAR-10 images), evaluated by the study runner
+  with ``[evaluation] engine = "pytorch"`` and ``"binsense"``: the summed evaluation time
+  of the rows (conversions and the engine's first-batch check included) and whether the
+  rows are identical. Needs CIFAR-10 (``$BINSENSE_DATA``).
 
 Every kernel result is checked against the float result before it is timed; the deployed
 whole model against the PyTorch BNN's logits. Times are medians over ``--repeats`` runs
@@ -307,24 +309,40 @@ train_subset = 200
 test_subset = 10
 threads = {threads}
 
-[[condition]]
-kind = "clean"
-
-[[condition]]
-kind = "sensor_noise"
-type = "column_offset"
-level = [0.05, 0.1]
-draws = 2
-
-[[condition]]
-kind = "bn_bits"
-bits = 4
-
+{conditions}
 [evaluation]
 test_subset = 50
 batch_size = 250
 engine = "{engine}"
+{max_draws}
 """
+
+#: The study whose evaluation grid is timed (its conditions, as written in its file).
+S0_STUDY = Path(__file__).resolve().parent.parent / "studies" / "s0_fpn_bn.toml"
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def s0_conditions() -> str:
+    """The ``[[condition]]`` blocks of the S0 study file (clean, BN bits 16..2, six FPN
+    types x seven levels x BN 32/4 bits over sensor instances), as TOML text."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    blocks = tomllib.loads(S0_STUDY.read_text())["condition"]
+    return "".join(
+        "[[condition]]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in c.items()) + "\n"
+        for c in blocks
+    )
 
 
 def _study_rows(db: Path) -> list[dict]:
@@ -337,7 +355,7 @@ def _study_rows(db: Path) -> list[dict]:
         return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
-def bench_study_grid(threads: int) -> dict:
+def bench_study_grid(threads: int, max_draws: int | None = None) -> dict:
     """The study runner on one trained model, once per engine (the second study folder
     gets a copy of the first one's trained run: nothing is trained twice)."""
     from binsense.study.runner import run_study
@@ -350,7 +368,11 @@ def bench_study_grid(threads: int) -> dict:
             folder = root / engine
             folder.mkdir()
             path = folder / "grid.toml"
-            path.write_text(STUDY_GRID.format(threads=threads, engine=engine))
+            cap = f"max_draws = {max_draws}" if max_draws else ""
+            text = STUDY_GRID.format(
+                threads=threads, engine=engine, conditions=s0_conditions(), max_draws=cap
+            )
+            path.write_text(text)
             if engine == "binsense":
                 shutil.copytree(root / "pytorch" / "grid" / "runs", folder / "grid" / "runs")
             start = time.perf_counter()
@@ -513,7 +535,7 @@ def model_tables(args: argparse.Namespace) -> None:
 
 
 def study_table(args: argparse.Namespace) -> None:
-    result = bench_study_grid(args.threads)
+    result = bench_study_grid(args.threads, 2 if args.quick else None)
     torch_rows, engine_rows = result["pytorch"]["rows"], result["binsense"]["rows"]
     same = [
         (a["condition_id"], a["draw"], a["accuracy"], a["loss"], a["n"])
@@ -522,17 +544,23 @@ def study_table(args: argparse.Namespace) -> None:
     ]
     print()
     print(
-        "## Study grid: VGG-small width 0.25, 500 CIFAR-10 test images, batch 250, "
+        "## Study grid (S0's conditions): VGG-small width 0.25, 500 CIFAR-10 test images, "
+        "batch 250, "
         f"{args.threads} thread(s) (evaluation seconds per row, conversions included)"
     )
     print()
-    print("| condition | draw | accuracy | PyTorch s | binsense s | engine | same row |")
+    print("| conditions | rows | PyTorch s | binsense s | less time | engines | same rows |")
     print("|---|---:|---:|---:|---:|---|---|")
+    groups: dict[str, list] = {}
     for a, b, ok in zip(torch_rows, engine_rows, same, strict=True):
-        engine = json.loads(b["versions"]).get("engine", "?")
+        groups.setdefault(a["label"].split("(")[0].split(" ")[0], []).append((a, b, ok))
+    for name, items in groups.items():
+        ta = sum(a["seconds"] for a, _, _ in items)
+        tb = sum(b["seconds"] for _, b, _ in items)
+        engines = sorted({json.loads(b["versions"]).get("engine", "?") for _, b, _ in items})
         print(
-            f"| {a['label']} | {a['draw']} | {a['accuracy']:.4f} | {a['seconds']:.2f} | "
-            f"{b['seconds']:.2f} | {engine} | {'yes' if ok else 'NO'} |"
+            f"| {name} | {len(items)} | {ta:.2f} | {tb:.2f} | {ta / tb:.1f}x | "
+            f"{', '.join(engines)} | {sum(ok for *_, ok in items)}/{len(items)} |"
         )
     t_torch = sum(r["seconds"] for r in torch_rows)
     t_engine = sum(r["seconds"] for r in engine_rows)
