@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_deploy_program import _calibrated
 from torch import nn
 
 from binsense.data import dataset_info
@@ -21,7 +22,6 @@ from binsense.deploy.engine import (
 )
 from binsense.deploy.program import MaxPoolInt, PackedConv, Threshold, pack_bits
 from binsense.layers import BinaryConv2d, DeSign
-from binsense.models import build_model
 from binsense.quant import SteSign
 
 pytestmark = pytest.mark.skipif(
@@ -88,20 +88,6 @@ def test_regroup_and_shuffle_permute_the_bits():
     q = _regroup(p, 3, perm)  # 3 groups of 32 channels: one word each
     assert q.words.shape[-1] == 3 and torch.equal(q.bits(), bits[..., perm])
     assert _regroup(q, 3) is q
-
-
-def _calibrated(name: str, dataset: str, **options) -> nn.Module:
-    torch.manual_seed(0)
-    info = dataset_info(dataset)
-    model = build_model(name, info, **options)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-                m.weight.uniform_(-1, 1)
-                m.bias.uniform_(-0.5, 0.5)
-        model.train()
-        model(torch.rand(16, info.in_channels, *info.image_size))
-    return model.eval()
 
 
 @pytest.mark.parametrize(
