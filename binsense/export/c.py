@@ -28,13 +28,15 @@ the next layer reads (per pixel, packed along each group's input channels; or fl
 
 **Float parts.** A float first layer is computed in float32 from a per-channel table of
 the encoder's output for each of the 256 pixel values (exact: the encoder is
-element-wise), then max-pool, the norm and the sign; the head's norm on the integer
-popcounts is the norm's own arithmetic (:func:`binsense.export.common.norm_affine`,
-checked on every integer the layer can output). An FMA is ``BSN_FMA`` (float64 by
+element-wise), summed in the tap order and rounding of PyTorch's CPU convolution (found at
+export, :func:`binsense.export.common.conv_form`), then max-pool, the norm and the sign;
+the head's norm on the integer popcounts is the norm's own arithmetic
+(:func:`binsense.export.common.norm_affine`, checked on every integer the layer can
+output). An FMA is ``BSN_FMA`` (float64 by
 default, exact on every checked value; define it as ``fmaf`` where that is a hardware
 instruction). Do not compile with ``-ffast-math`` or ``-ffp-contract=fast``: the float
-parts rely on IEEE float32 products and sums. A float conv sums in its own order, which
-may round differently from PyTorch's in the last bit (count it with
+parts rely on IEEE float32 products and sums. A float linear classifier sums in index
+order (a last-bit difference can move a prediction only at a near tie; count it with
 :func:`binsense.export.c.run_c` against the engine).
 
 **Popcount** is portable SWAR code (Hacker's Delight 5-1); define
@@ -69,12 +71,15 @@ from binsense.deploy.program import (
     Threshold,
     ToInt8,
 )
-from binsense.encoders.base import ADC_MAX, adc_code
+from binsense.encoders.base import ADC_MAX, FloatEncoder, adc_code
 from binsense.errors import BinsenseError
 from binsense.export.common import (
     FLOAT_EXACT,
     Affine,
+    ConvForm,
+    conv_form,
     float_probe,
+    image_probe,
     integer_probe,
     no_residual,
     norm_affine,
@@ -100,7 +105,7 @@ class CExportInfo:
     activation_bytes: int
     input_bytes: int
     binary_weights: int
-    norm_mismatches: int = 0
+    float_mismatches: int = 0
     files: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -151,7 +156,8 @@ def _float_literal(v: float) -> str:
     """An exact C99 float literal (hexadecimal)."""
     if v == 0.0:
         return "-0.0f" if np.signbit(v) else "0.0f"
-    return f"{v.hex()}f"
+    mantissa, exponent = v.hex().split("p")
+    return f"{mantissa.rstrip('0').rstrip('.')}p{exponent}f"
 
 
 # ---------------------------------------------------------------- lowering
@@ -174,9 +180,10 @@ def _leaves(m: nn.Module) -> list[nn.Module]:
 
 
 def _is_norm(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Identity) or type(
-        m
-    ).__name__ == "ChannelAffine"
+    return (
+        isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Identity)
+        or type(m).__name__ == "ChannelAffine"
+    )
 
 
 class _Lowering:
@@ -188,7 +195,7 @@ class _Lowering:
         self.ops = list(deployed.ops.named_children())
         self.shapes = op_shapes(deployed, self.input_shape)
         self.layers: list[_Layer] = []
-        self.norm_mismatches = 0
+        self.float_mismatches = 0
         self._perm: np.ndarray | None = None
         self._lower()
 
@@ -266,6 +273,9 @@ class _Lowering:
         if k is None:
             raise self._fail(name, "a float input stage without a convolution")
         pre, conv, rest = leaves[:k], leaves[k], leaves[k + 1 :]
+        if not all(isinstance(m, FloatEncoder | nn.Identity) for m in pre):
+            raise self._fail(name, "a float input stage with layers before its conv other than "
+                             "the float encoder")  # fmt: skip
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.dilation != (1, 1):
             raise self._fail(name, "a float conv with non-zero padding modes or dilation")
         c = in_shape[0]
@@ -288,13 +298,23 @@ class _Lowering:
         norm: nn.Module = nn.Identity()
         if rest and _is_norm(rest[0]):
             norm, rest = rest[0], rest[1:]
-        if len(rest) != 1 or not isinstance(rest[0], SignQuantizer | DeSign) or (
-            isinstance(rest[0], DeSign) and rest[0].quantizer is None
+        if (
+            len(rest) != 1
+            or not isinstance(rest[0], SignQuantizer | DeSign)
+            or (isinstance(rest[0], DeSign) and rest[0].quantizer is None)
         ):
             raise self._fail(name, "a float input stage other than encoder, conv, [max-pool], "
                              "norm, sign")  # fmt: skip
         form = norm_affine(norm, conv.out_channels, float_probe(conv.out_channels, True))
-        self.norm_mismatches += form.mismatches
+        self.float_mismatches += form.mismatches
+        summing = ConvForm("cij", False)
+        if type(conv) is nn.Conv2d:  # the order and rounding PyTorch's conv sums in
+            with torch.no_grad():
+                probe = image_probe(in_shape)
+                for m in pre:
+                    probe = m(probe)
+            summing = conv_form(conv, probe)
+            self.float_mismatches += summing.mismatches
         shift = None
         if isinstance(rest[0], DeSign):
             f, m, n = rest[0].kernel.shape
@@ -305,6 +325,7 @@ class _Lowering:
             "table": table.numpy(), "weight": weight.numpy(), "conv": conv, "affine": form,
             "bias": None if conv.bias is None else conv.bias.detach().float().numpy(),
             "pool": _pool_params(name, pool), "shift": shift, "conv_shape": conv_shape,
+            "summing": summing,
         }  # fmt: skip
 
     def _int_norm(self, name: str, body: nn.Sequential, bound: int, channels: int) -> Affine:
@@ -316,7 +337,7 @@ class _Lowering:
         else:
             probe = float_probe(channels, False)
         form = norm_affine(leaves[0], channels, probe)
-        self.norm_mismatches += form.mismatches
+        self.float_mismatches += form.mismatches
         return form
 
     def _conv_head(self, name: str, stage: FloatStage, op: PackedConv, conv_shape: tuple
@@ -332,7 +353,7 @@ class _Lowering:
         bound = 0 if mean else op.fan_in * positions
         if mean:
             form = norm_affine(rest[0], conv_shape[0], float_probe(conv_shape[0], False))
-            self.norm_mismatches += form.mismatches
+            self.float_mismatches += form.mismatches
         else:
             form = self._int_norm(name, rest, bound, conv_shape[0])
         return {"affine": form, "mean": mean}
@@ -347,7 +368,7 @@ class _Lowering:
         norm = None
         if len(leaves) == 2 and _is_norm(leaves[1]):
             norm = norm_affine(leaves[1], lin.out_features, float_probe(lin.out_features, False))
-            self.norm_mismatches += norm.mismatches
+            self.float_mismatches += norm.mismatches
         elif len(leaves) > 1:
             raise self._fail(name, "a float head other than linear [+ norm]")
         bias = None if lin.bias is None else lin.bias.detach().float().numpy()
@@ -418,6 +439,11 @@ static int32_t bsn_popcount64(uint64_t x) {
 #define BSN_FMA(x, a, b) ((float)((double)(x) * (double)(a) + (double)(b)))
 #endif
 
+static void bsn_clear(uint64_t *p, size_t n) {
+    size_t i;
+    for (i = 0; i < n; ++i) p[i] = 0;
+}
+
 static float bsn_affine(float x, float a, float b, int fused) {
     float t;
     if (fused) return BSN_FMA(x, a, b);
@@ -478,29 +504,40 @@ typedef struct {
     const float *enc;   /* [C_in][256]: the encoder's output for each pixel value */
     const float *w;     /* [C_out][C_in / groups][k_h][k_w] */
     const float *bias;  /* [C_out] or NULL */
+    int order_ijc;      /* taps summed row, column, channel (1) or channel, row, column (0) */
+    int sum_fused;      /* each tap a fused multiply-add (1) or a product then a sum (0) */
     const float *a, *b; int fused;
     const float *shift; int sm, sn;  /* DeSign (C_out, m, n) or NULL */
     bsn_layout out;
 } bsn_fconv;
 
+static float bsn_fconv_tap(const bsn_fconv *L, const uint8_t *img, float acc, int o, int c,
+                           int i, int j, int y, int x) {
+    const bsn_geom *G = &L->g;
+    int iy = y * G->sh - G->ph + i, ix = x * G->sw - G->pw + j, ci = c % G->cin_g;
+    float w, v, t;
+    if (iy < 0 || iy >= G->in_h || ix < 0 || ix >= G->in_w) return acc;  /* zero padding */
+    w = L->w[(((size_t)o * G->cin_g + ci) * G->kh + i) * G->kw + j];
+    v = L->enc[(size_t)c * 256 + img[((size_t)c * G->in_h + iy) * G->in_w + ix]];
+    if (L->sum_fused) return BSN_FMA(w, v, acc);
+    t = w * v;
+    return acc + t;
+}
+
 static float bsn_fconv_at(const bsn_fconv *L, const uint8_t *img, int o, int y, int x) {
     const bsn_geom *G = &L->g;
-    int grp = o / (G->cout / G->groups), ci, i, j;
+    int c0 = (o / (G->cout / G->groups)) * G->cin_g, ci, i, j;
     float acc = 0.0f;
-    for (ci = 0; ci < G->cin_g; ++ci) {
-        int c = grp * G->cin_g + ci;
-        const float *w = L->w + (((size_t)o * G->cin_g + ci) * G->kh) * G->kw;
-        for (i = 0; i < G->kh; ++i) {
-            int iy = y * G->sh - G->ph + i;
-            if (iy < 0 || iy >= G->in_h) continue;
-            for (j = 0; j < G->kw; ++j) {
-                int ix = x * G->sw - G->pw + j;
-                float t;
-                if (ix < 0 || ix >= G->in_w) continue;
-                t = w[i * G->kw + j] * L->enc[(size_t)c * 256 + img[((size_t)c * G->in_h + iy) * G->in_w + ix]];
-                acc = acc + t;
-            }
-        }
+    if (L->order_ijc) {
+        for (i = 0; i < G->kh; ++i)
+            for (j = 0; j < G->kw; ++j)
+                for (ci = 0; ci < G->cin_g; ++ci)
+                    acc = bsn_fconv_tap(L, img, acc, o, c0 + ci, i, j, y, x);
+    } else {
+        for (ci = 0; ci < G->cin_g; ++ci)
+            for (i = 0; i < G->kh; ++i)
+                for (j = 0; j < G->kw; ++j)
+                    acc = bsn_fconv_tap(L, img, acc, o, c0 + ci, i, j, y, x);
     }
     if (L->bias) acc = acc + L->bias[o];
     return acc;
@@ -520,7 +557,8 @@ static void bsn_run_fconv(const bsn_fconv *L, const uint8_t *img, uint64_t *out)
                     v = 0.0f;
                     for (a = 0; a < G->pool_k; ++a)
                         for (b = 0; b < G->pool_k; ++b) {
-                            int cy = y * G->pool_s - G->pool_p + a, cx = x * G->pool_s - G->pool_p + b;
+                            int cy = y * G->pool_s - G->pool_p + a;
+                            int cx = x * G->pool_s - G->pool_p + b;
                             float u;
                             if (cy < 0 || cy >= G->conv_h || cx < 0 || cx >= G->conv_w) continue;
                             u = bsn_fconv_at(L, img, o, cy, cx);
@@ -616,7 +654,8 @@ static int32_t bsn_blin_at(const bsn_blin *L, const uint64_t *in, int o) {
 static void bsn_run_blin(const bsn_blin *L, const uint64_t *in, uint64_t *out) {
     int o;
     for (o = 0; o < L->n_out; ++o)
-        if (bsn_threshold(bsn_blin_at(L, in, o), L->tau, L->flip, o)) bsn_put(&L->out, out, o, 0, 0);
+        if (bsn_threshold(bsn_blin_at(L, in, o), L->tau, L->flip, o))
+            bsn_put(&L->out, out, o, 0, 0);
 }
 
 //@head_lin
@@ -717,8 +756,9 @@ int main(int argc, char **argv) {
 }
 """
 
-MAKEFILE = """# Generated by binsense. `make` builds ./model; `make CFLAGS+=-DBINSENSE_BUILTIN_POPCOUNT`
-# uses the compiler's popcount. Keep IEEE float semantics (no -ffast-math).
+MAKEFILE = """# Generated by binsense. `make` builds ./model;
+# `make CFLAGS+=-DBINSENSE_BUILTIN_POPCOUNT` uses the compiler's popcount.
+# Keep IEEE float semantics (no -ffast-math).
 CC ?= cc
 CFLAGS ?= -std=c99 -O2 -Wall -Wextra -Werror
 model: main.c model.c model.h
@@ -758,7 +798,9 @@ def _affine_data(data: _Data, prefix: str, form: Affine) -> tuple[str, str, int]
             form.b), int(form.fused))  # fmt: skip
 
 
-def generate_c(deployed: DeployedModel, input_shape: tuple[int, int, int]) -> tuple[dict[str, str], CExportInfo]:
+def generate_c(
+    deployed: DeployedModel, input_shape: tuple[int, int, int]
+) -> tuple[dict[str, str], CExportInfo]:
     """The C files of ``deployed`` (name -> text) and their memory figures."""
     low = _Lowering(deployed, input_shape)
     data = _Data()
@@ -783,7 +825,7 @@ def generate_c(deployed: DeployedModel, input_shape: tuple[int, int, int]) -> tu
         src = dst
         dst = "arena" if k % 2 == 0 else f"arena + MODEL_ARENA_WORDS - {n_out}"
         if layer.produces_bits:
-            body.append(f"    memset({dst}, 0, {n_out} * sizeof(uint64_t));")
+            body.append(f"    bsn_clear({dst}, {n_out});")
         prm = layer.params
         if layer.kind == "planes":
             table = prm["table"]  # (C, 256, K) bool
@@ -810,8 +852,10 @@ def generate_c(deployed: DeployedModel, input_shape: tuple[int, int, int]) -> tu
                 shift = data.array(f"{p}_SHIFT", "float", prm["shift"])
                 sm, sn = prm["shift"].shape[1:]
             geom = _geom(conv, layer.in_shape, prm["conv_shape"], prm["pool"], layer.out_shape)
-            decls.append(f"static const bsn_fconv {p} = {{{geom}, {enc}, {wt}, {bias}, {a}, {b}, "
-                         f"{fused}, {shift}, {sm}, {sn}, {layout}}};")  # fmt: skip
+            order, sum_fused = int(prm["summing"].order == "ijc"), int(prm["summing"].fused)
+            decls.append(f"static const bsn_fconv {p} = {{{geom}, {enc}, {wt}, {bias}, {order}, "
+                         f"{sum_fused}, {a}, {b}, {fused}, {shift}, {sm}, {sn}, "
+                         f"{layout}}};")  # fmt: skip
             body.append(f"    bsn_run_fconv(&{p}, image, {dst});")
         elif layer.kind in ("bconv", "head_conv"):
             op: PackedConv = prm["op"]
@@ -819,7 +863,8 @@ def generate_c(deployed: DeployedModel, input_shape: tuple[int, int, int]) -> tu
             wt = data.array(f"{p}_W", "uint64_t", op.weight_words.cpu().numpy())
             wg = op.weight_words.shape[-1]
             geom = _geom(op, layer.in_shape, prm["conv_shape"], prm["pool"],
-                         layer.out_shape if layer.kind == "bconv" else prm["conv_shape"])  # fmt: skip
+                         layer.out_shape if layer.kind == "bconv"
+                         else prm["conv_shape"])  # fmt: skip
             if layer.kind == "bconv":
                 tau, flip, tm, tn = _threshold_data(data, p, prm["threshold"])
                 decls.append(f"static const bsn_bconv {p} = {{{geom}, {wg}, {wt}, {tau}, {flip}, "
@@ -827,8 +872,8 @@ def generate_c(deployed: DeployedModel, input_shape: tuple[int, int, int]) -> tu
                 body.append(f"    bsn_run_bconv(&{p}, {src}, {dst});")
             else:
                 a, b, fused = _affine_data(data, p, prm["affine"])
-                decls.append(f"static const bsn_bconv {p} = {{{geom}, {wg}, {wt}, NULL, NULL, 1, 1, "
-                             "{0, 1, 1, 1, 1, 0, NULL}};")  # fmt: skip
+                decls.append(f"static const bsn_bconv {p} = {{{geom}, {wg}, {wt}, NULL, NULL, "
+                             "1, 1, {0, 1, 1, 1, 1, 0, NULL}};")  # fmt: skip
                 body.append(f"    bsn_head_conv(&{p}, {int(prm['mean'])}, {a}, {b}, {fused}, "
                             f"{src}, logits);")  # fmt: skip
         elif layer.kind in ("blin", "head_lin"):
@@ -859,7 +904,7 @@ def generate_c(deployed: DeployedModel, input_shape: tuple[int, int, int]) -> tu
     header = _header(low.input_shape, classes, arena, data)
     runtime = _runtime({layer.kind for layer in low.layers})
     source = _source(decls, body, runtime)
-    info = CExportInfo("", data.bytes, arena * 8, c * h * w, binary_weights, low.norm_mismatches)
+    info = CExportInfo("", data.bytes, arena * 8, c * h * w, binary_weights, low.float_mismatches)
     files = {"model.h": header, "model.c": source, "main.c": MAIN_C, "Makefile": MAKEFILE}
     return files, info
 
@@ -904,7 +949,6 @@ def _source(decls: list[str], body: list[str], runtime: str) -> str:
 #include "model.h"
 
 #include <stddef.h>
-#include <string.h>
 {runtime}
 /* ---- the layers ---- */
 {chr(10).join(decls)}

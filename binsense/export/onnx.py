@@ -22,10 +22,16 @@ every integer below :math:`2^{24}` exactly, whatever the summation order. Then
 The float parts are the trained model's float32 modules: a float encoder and first
 layer, a head norm, a float classifier. A norm is written in the arithmetic PyTorch uses
 (:func:`binsense.export.common.norm_affine`, checked bit for bit, with FMAs computed in
-float64); a float convolution or linear layer sums in onnxruntime's order, which may
-round differently from PyTorch's in the last bit, so a first-layer output within
-rounding of its threshold can flip. :func:`binsense.export.parity` counts it on real
-images.
+float64). The float first conv is written as the chain of multiply-adds PyTorch's CPU
+convolution computes (``Slice`` of each tap, ``Mul``, ``Add``, one rounding a step), in
+the tap order and rounding found at export by probing the module
+(:func:`binsense.export.common.conv_form`: oneDNN's direct convolution sums kernel row,
+column, then channel, as FMAs), so the first layer's signs equal PyTorch's. PyTorch's own
+conv takes another order for a batch of one image, so PyTorch itself can differ in the
+last bit between batch sizes; the export follows batched evaluation. A float linear
+classifier sums in onnxruntime's order (a last-bit difference in a logit can move a
+prediction only at a near tie). :func:`run_onnx` against the engine counts any
+difference on real images (``benchmarks/bench_export.py``).
 
 **Size.** Binary weights are stored as bits: a ``uint8`` initializer, 8 weights a byte,
 unpacked in the graph by ``BitShift`` and ``BitwiseAnd`` (constant-folded by
@@ -60,7 +66,11 @@ from binsense.errors import BinsenseError
 from binsense.export.common import (
     FLOAT_EXACT,
     Affine,
+    ConvForm,
+    conv_form,
+    conv_taps,
     float_probe,
+    image_probe,
     integer_probe,
     no_residual,
     norm_affine,
@@ -101,7 +111,7 @@ class ExportInfo:
     binary_weights: int
     float_params: int
     threshold_values: int
-    norm_mismatches: int = 0
+    float_mismatches: int = 0
     notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -121,6 +131,10 @@ class GraphBuilder:
     """
 
     flavour = "ONNX"
+    #: The batch dimension of the input and outputs (a name: any batch size).
+    batch: str | int = "N"
+    #: Write a float first conv as PyTorch's chain of multiply-adds (else one ``Conv``).
+    exact_float_conv = True
 
     def __init__(self) -> None:
         self.onnx = require_onnx()
@@ -133,7 +147,7 @@ class GraphBuilder:
         self.binary_weights = 0
         self.float_params = 0
         self.threshold_values = 0
-        self.norm_mismatches = 0
+        self.float_mismatches = 0
         self.opsets = {"": OPSET}
 
     # ---------------------------------------------------------------- basics
@@ -145,12 +159,15 @@ class GraphBuilder:
         self.names.add(n)
         return n
 
-    def const(self, base: str, value: np.ndarray | float | int | Sequence) -> str:
-        """An initializer (numpy dtype kept; Python floats as float32, ints as int64)."""
+    def const(
+        self, base: str, value: np.ndarray | float | int | Sequence, double: bool = False
+    ) -> str:
+        """An initializer (numpy dtype kept; floats as float32 unless ``double``; Python
+        ints as int64)."""
         from onnx import numpy_helper
 
         arr = np.asarray(value)
-        if arr.dtype == np.float64:
+        if arr.dtype == np.float64 and not double:
             arr = arr.astype(np.float32)
         name = self.name(base)
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
@@ -208,8 +225,9 @@ class GraphBuilder:
                             direction="RIGHT")  # fmt: skip
         bits = self.node("BitwiseAnd", [shifted, "bit_one"], f"{base}_and")
         flat = self.node("Reshape", [bits, self.const(f"{base}_flat", np.array([-1]))])
-        start, end = self.const(f"{base}_s", np.array([0])), self.const(
-            f"{base}_e", np.array([pm1.size])
+        start, end = (
+            self.const(f"{base}_s", np.array([0])),
+            self.const(f"{base}_e", np.array([pm1.size])),
         )
         valid = self.node("Slice", [flat, start, end], f"{base}_valid")
         as_float = self.node("Cast", [valid], f"{base}_float", to=self.onnx.TensorProto.FLOAT)
@@ -282,32 +300,91 @@ class GraphBuilder:
         y = self.node("Add", [self.node("Mul", [xd, ad], f"{base}_ax64"), bd], f"{base}_y64")
         return self.node("Cast", [y], base, to=self.onnx.TensorProto.FLOAT)
 
-    def module(self, x: str, m: nn.Module, shape: tuple, base: str, integer_in: int) -> str:
+    def module(self, x: str, m: nn.Module, shape: tuple, base: str, integer_in: int,
+               probe: torch.Tensor | None = None) -> str:  # fmt: skip
         """One float-stage module (children in order for containers). ``integer_in``:
         the largest magnitude of integer inputs (0 for real-valued inputs): norms on
-        integers are checked on every integer."""
-        if isinstance(m, nn.Sequential | BinaryBlock):
-            for name, child in m.named_children():
-                x, shape, integer_in = self._step(x, child, shape, f"{base}_{name}", integer_in)
-            return x
-        x, _, _ = self._step(x, m, shape, base, integer_in)
+        integers are checked on every integer. ``probe``: sample inputs of a stage that
+        reads images (a float conv's summation order is found on them)."""
+        for name, child in _children(m, base):
+            with torch.no_grad():
+                out_shape = tuple(child.eval()(torch.zeros(2, *shape)).shape[1:])
+                out_probe = None if probe is None else child(probe)
+            x, integer_in = self._step(x, child, shape, name, integer_in, probe)
+            shape, probe = out_shape, out_probe
         return x
 
-    def _step(self, x: str, m: nn.Module, shape: tuple, base: str, integer_in: int
-              ) -> tuple[str, tuple, int]:  # fmt: skip
-        with torch.no_grad():
-            out_shape = tuple(m.eval()(torch.zeros(1, *shape)).shape[1:])
-        if isinstance(m, nn.Sequential | BinaryBlock):
-            return self.module(x, m, shape, base, integer_in), out_shape, 0
+    def _step(self, x: str, m: nn.Module, shape: tuple, base: str, integer_in: int,
+              probe: torch.Tensor | None) -> tuple[str, int]:  # fmt: skip
+        x, integer_in = self._leaf(x, m, shape, base, integer_in, probe)
+        return x, integer_in
+
+    def fma_conv(self, x: str, conv: nn.Conv2d, form: ConvForm, shape: tuple, base: str) -> str:
+        """A float conv as the chain of multiply-adds PyTorch computes (``form``: the
+        order of the taps, fused or not), so that it rounds exactly as PyTorch does."""
+        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        _, h, w = shape
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if ph or pw:
+            pads = self.const(f"{base}_pads", np.array([0, 0, ph, pw, 0, 0, ph, pw]))
+            x = self.node("Pad", [x, pads], f"{base}_padded")
+        weight = conv.weight.detach().float().cpu().numpy()
+        self.float_params += int(weight.size)
+        double = self.onnx.TensorProto.DOUBLE
+        xd = self.node("Cast", [x], f"{base}_x64", to=double) if form.fused else x
+        acc = None
+        axes = self.const(f"{base}_axes", np.array([1, 2, 3]))
+        steps = self.const(f"{base}_steps", np.array([1, sh, sw]))
+        for c, i, j in conv_taps(form.order, shape[0], kh, kw):
+            t = f"{base}_{c}_{i}_{j}"
+            start = self.const(f"{t}_s", np.array([c, i, j]))
+            end = self.const(
+                f"{t}_e", np.array([c + 1, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1])
+            )
+            tap = self.node("Slice", [xd, start, end, axes, steps], f"{t}_x")
+            wt = weight[:, c, i, j].reshape(1, -1, 1, 1)
+            if form.fused:
+                prod = self.node(
+                    "Mul", [tap, self.const(f"{t}_w", wt.astype(np.float64), double=True)]
+                )
+                total = (
+                    prod
+                    if acc is None
+                    else self.node("Add", [self.node("Cast", [acc], f"{t}_acc64", to=double), prod])
+                )
+                acc = self.node("Cast", [total], f"{t}_acc", to=self.onnx.TensorProto.FLOAT)
+            else:
+                prod = self.node("Mul", [tap, self.const(f"{t}_w", wt.astype(np.float32))])
+                acc = prod if acc is None else self.node("Add", [acc, prod], f"{t}_acc")
+        assert acc is not None
+        if conv.bias is not None:
+            bias = self.float_const(
+                f"{base}_bias", conv.bias.detach().cpu().numpy().reshape(1, -1, 1, 1)
+            )
+            acc = self.node("Add", [acc, bias], base)
+        return acc
+
+    def _leaf(self, x: str, m: nn.Module, shape: tuple, base: str, integer_in: int,
+              probe: torch.Tensor | None) -> tuple[str, int]:  # fmt: skip
         if isinstance(m, FloatEncoder):
             mean = self.float_const(f"{base}_mean", m.mean.cpu().numpy())
             std = self.float_const(f"{base}_std", m.std.cpu().numpy())
-            return self.node("Div", [self.node("Sub", [x, mean]), std], base), out_shape, 0
+            return self.node("Div", [self.node("Sub", [x, mean]), std], base), 0
         if isinstance(m, nn.Conv2d):
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
                 raise BinsenseError(f"{base}: the export needs a conv with numeric zero padding.")
             attrs = {"strides": list(m.stride), "pads": [*m.padding, *m.padding],
                      "dilations": list(m.dilation), "group": m.groups}  # fmt: skip
+            if (
+                type(m) is nn.Conv2d
+                and self.exact_float_conv
+                and probe is not None
+                and m.dilation == (1, 1)
+                and m.groups == 1
+            ):
+                form = conv_form(m, probe)
+                self.float_mismatches += form.mismatches
+                return self.fma_conv(x, m, form, shape, base), 0
             inputs = [x]
             if isinstance(m, BinaryConv2d):
                 if m.input_quantizer is not None:
@@ -319,7 +396,7 @@ class GraphBuilder:
                 inputs.append(self.float_const(f"{base}_w", m.weight.detach().cpu().numpy()))
             if m.bias is not None:
                 inputs.append(self.float_const(f"{base}_bias", m.bias.detach().cpu().numpy()))
-            return self.node("Conv", inputs, base, **attrs), out_shape, 0
+            return self.node("Conv", inputs, base, **attrs), 0
         if isinstance(m, nn.Linear):
             inputs = [x]
             if isinstance(m, BinaryLinear):
@@ -332,7 +409,7 @@ class GraphBuilder:
                 inputs.append(self.float_const(f"{base}_w", m.weight.detach().cpu().numpy()))
             if m.bias is not None:
                 inputs.append(self.float_const(f"{base}_bias", m.bias.detach().cpu().numpy()))
-            return self.node("Gemm", inputs, base, transB=1), out_shape, 0
+            return self.node("Gemm", inputs, base, transB=1), 0
         if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Identity) or type(m).__name__ in (
             "ChannelAffine",
         ):
@@ -343,41 +420,42 @@ class GraphBuilder:
             else:
                 probe = float_probe(channels, spatial)
             form = norm_affine(m, channels, probe)
-            self.norm_mismatches += form.mismatches
-            return self.affine(x, form, len(shape) + 1, base), out_shape, 0
+            self.float_mismatches += form.mismatches
+            return self.affine(x, form, len(shape) + 1, base), 0
         if isinstance(m, nn.MaxPool2d):
-            return self._maxpool(x, m, base), out_shape, integer_in
+            return self._maxpool(x, m, base), integer_in
         if isinstance(m, nn.AdaptiveAvgPool2d):
             if m.output_size not in (1, (1, 1)):
                 raise BinsenseError(f"{base}: only a global adaptive average pool exports.")
-            return self.node("GlobalAveragePool", [x], base), out_shape, 0
+            return self.node("GlobalAveragePool", [x], base), 0
         if isinstance(m, nn.Flatten):
             if m.start_dim != 1 or m.end_dim != -1:
                 raise BinsenseError(f"{base}: only Flatten(1, -1) exports.")
-            return self.node("Flatten", [x], base, axis=1), out_shape, integer_in
+            return self.node("Flatten", [x], base, axis=1), integer_in
         if isinstance(m, nn.ReLU):
-            return self.node("Relu", [x], base), out_shape, integer_in
+            return self.node("Relu", [x], base), integer_in
         if isinstance(m, nn.Hardtanh):
             lo = self.const(f"{base}_lo", np.float32(m.min_val))
             hi = self.const(f"{base}_hi", np.float32(m.max_val))
-            return self.node("Clip", [x, lo, hi], base), out_shape, 0
+            return self.node("Clip", [x, lo, hi], base), 0
         if isinstance(m, SignQuantizer):
-            return self.sign(x, base), out_shape, 1
+            return self.sign(x, base), 1
         if isinstance(m, DeSign):
             with torch.no_grad():
                 t = m.thresholds(*shape).detach().float().cpu().numpy()
             shifted = self.node("Sub", [x, self.float_const(f"{base}_t", t)], f"{base}_shift")
             if m.quantizer is None:
-                return shifted, out_shape, 0
-            return self.sign(shifted, base), out_shape, 1
+                return shifted, 0
+            return self.sign(shifted, base), 1
         if isinstance(m, GlobalPool):
             axes = self.const(f"{base}_axes", np.array([2, 3]))
             op = "ReduceSum" if m.mode == "sum" else "ReduceMean"
             if op == "ReduceSum":
-                return self.node(op, [x, axes], base, keepdims=0), out_shape, integer_in * int(
-                    np.prod(shape[1:])
+                return (
+                    self.node(op, [x, axes], base, keepdims=0),
+                    integer_in * int(np.prod(shape[1:])),
                 )
-            return self.node(op, [x], base, axes=[2, 3], keepdims=0), out_shape, 0
+            return self.node(op, [x], base, axes=[2, 3], keepdims=0), 0
         raise BinsenseError(f"{base}: a {type(m).__name__} module does not export to ONNX.")
 
     def _weight(self, base: str, w: np.ndarray) -> str:
@@ -415,7 +493,8 @@ class GraphBuilder:
             if isinstance(op, PlanesInput):
                 x, integer_in = self.planes(x, op, out_shape), 1
             elif isinstance(op, FloatStage):
-                x = self.module(x, op.body, shape, name, integer_in)
+                probe = image_probe(input_shape) if x == "image" else None
+                x = self.module(x, op.body, shape, name, integer_in, probe)
                 integer_in = 0
             elif isinstance(op, ToInt8):
                 pass
@@ -450,15 +529,26 @@ class GraphBuilder:
         pred = self.node("ArgMax", [logits], "prediction", axis=1, keepdims=0)
         graph = helper.make_graph(
             self.nodes, "binsense_bnn",
-            [helper.make_tensor_value_info("image", tp.FLOAT, ["N", *input_shape])],
-            [helper.make_tensor_value_info(logits, tp.FLOAT, ["N", shape[0]]),
-             helper.make_tensor_value_info(pred, tp.INT64, ["N"])],
+            [helper.make_tensor_value_info("image", tp.FLOAT, [self.batch, *input_shape])],
+            [helper.make_tensor_value_info(logits, tp.FLOAT, [self.batch, shape[0]]),
+             helper.make_tensor_value_info(pred, tp.INT64, [self.batch])],
             self.inits,
         )  # fmt: skip
         opsets = [helper.make_opsetid(d, v) for d, v in self.opsets.items()]
         model = helper.make_model(graph, opset_imports=opsets, producer_name="binsense")
         model.ir_version = 8
         return model
+
+
+def _children(m: nn.Module, base: str) -> list[tuple[str, nn.Module]]:
+    """The leaves of a float stage's module tree, with their graph names, in order."""
+    if isinstance(m, nn.Sequential | BinaryBlock):
+        return [
+            leaf
+            for name, child in m.named_children()
+            for leaf in _children(child, f"{base}_{name}")
+        ]
+    return [(base, m)]
 
 
 def write_model(model: Any, path: str | os.PathLike, builder: GraphBuilder) -> ExportInfo:
@@ -469,11 +559,13 @@ def write_model(model: Any, path: str | os.PathLike, builder: GraphBuilder) -> E
     written = atomic_write(path, lambda f: f.write(data))
     return ExportInfo(
         str(written), len(data), builder.binary_weights, builder.float_params,
-        builder.threshold_values, builder.norm_mismatches,
+        builder.threshold_values, builder.float_mismatches,
     )  # fmt: skip
 
 
-def build_onnx(deployed: DeployedModel, input_shape: tuple[int, int, int]) -> tuple[Any, GraphBuilder]:
+def build_onnx(
+    deployed: DeployedModel, input_shape: tuple[int, int, int]
+) -> tuple[Any, GraphBuilder]:
     """The standard ONNX model of ``deployed`` (not written) and its builder."""
     builder = GraphBuilder()
     return builder.program(deployed, tuple(input_shape)), builder

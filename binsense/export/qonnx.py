@@ -20,9 +20,13 @@ the ``qonnx`` package's executor:
   compared with that plane's threshold code. An encoder whose planes are not thresholds
   of the code (the natural binary code) is refused with one line.
 
-The binary convolutions and matrix products stay standard ``Conv`` / ``MatMul`` on ±1
-values (FINN's streamlining turns them into XNOR-popcount units). :func:`run_qonnx`
-evaluates the graph with ``onnx.reference`` and this module's implementations of the two
+The graph has a fixed batch of 1 (FINN's convention); run ``InferShapes`` (qonnx) before
+``qonnx.core.onnx_exec.execute_onnx``, as for any QONNX model. A float first layer stays
+one standard ``Conv`` (FINN maps it; it may round differently from PyTorch's in the last
+bit, unlike the standard export's multiply-add chain). The binary convolutions and matrix
+products stay standard ``Conv`` / ``MatMul`` on ±1 values (FINN's streamlining turns them
+into XNOR-popcount units). :func:`run_qonnx` evaluates the graph with ``onnx.reference``
+and this module's implementations of the two
 ops (the published semantics above); the test suite checks it against the packed
 engine.
 """
@@ -47,6 +51,8 @@ class QonnxBuilder(GraphBuilder):
     """:class:`~binsense.export.onnx.GraphBuilder` with QONNX binarisation and thresholds."""
 
     flavour = "QONNX"
+    batch = 1  # FINN's convention (qonnx's executor needs fixed shapes)
+    exact_float_conv = False  # a standard Conv, which FINN maps (module docstring)
 
     def __init__(self) -> None:
         super().__init__()
@@ -123,7 +129,9 @@ def thermometer_thresholds(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return t.reshape(-1), f.reshape(-1)
 
 
-def build_qonnx(deployed: DeployedModel, input_shape: tuple[int, int, int]) -> tuple[Any, QonnxBuilder]:
+def build_qonnx(
+    deployed: DeployedModel, input_shape: tuple[int, int, int]
+) -> tuple[Any, QonnxBuilder]:
     """The QONNX model of ``deployed`` (not written) and its builder."""
     builder = QonnxBuilder()
     return builder.program(deployed, tuple(input_shape)), builder
