@@ -364,6 +364,22 @@ class GraphBuilder:
             acc = self.node("Add", [acc, bias], base)
         return acc
 
+    def _layer_inputs(self, x: str, m: nn.Module, base: str) -> list[str]:
+        """A conv's or linear layer's inputs: ``x`` (through its input sign, if any), its
+        weights (binary: stored as bits; float: float32) and its bias."""
+        inputs = [x]
+        if isinstance(m, BinaryConv2d | BinaryLinear):
+            if m.input_quantizer is not None:
+                inputs = [self.sign(x, f"{base}_in")]
+            with torch.no_grad():
+                w = m.binary_weight().detach().cpu().numpy()
+            inputs.append(self._weight(base, w))
+        else:
+            inputs.append(self.float_const(f"{base}_w", m.weight.detach().cpu().numpy()))
+        if m.bias is not None:
+            inputs.append(self.float_const(f"{base}_bias", m.bias.detach().cpu().numpy()))
+        return inputs
+
     def _leaf(self, x: str, m: nn.Module, shape: tuple, base: str, integer_in: int,
               probe: torch.Tensor | None) -> tuple[str, int]:  # fmt: skip
         if isinstance(m, FloatEncoder):
@@ -385,31 +401,9 @@ class GraphBuilder:
                 form = conv_form(m, probe)
                 self.float_mismatches += form.mismatches
                 return self.fma_conv(x, m, form, shape, base), 0
-            inputs = [x]
-            if isinstance(m, BinaryConv2d):
-                if m.input_quantizer is not None:
-                    inputs = [self.sign(x, f"{base}_in")]
-                with torch.no_grad():
-                    w = m.binary_weight().detach().cpu().numpy()
-                inputs.append(self._weight(base, w))
-            else:
-                inputs.append(self.float_const(f"{base}_w", m.weight.detach().cpu().numpy()))
-            if m.bias is not None:
-                inputs.append(self.float_const(f"{base}_bias", m.bias.detach().cpu().numpy()))
-            return self.node("Conv", inputs, base, **attrs), 0
+            return self.node("Conv", self._layer_inputs(x, m, base), base, **attrs), 0
         if isinstance(m, nn.Linear):
-            inputs = [x]
-            if isinstance(m, BinaryLinear):
-                if m.input_quantizer is not None:
-                    inputs = [self.sign(x, f"{base}_in")]
-                with torch.no_grad():
-                    w = m.binary_weight().detach().cpu().numpy()
-                inputs.append(self._weight(base, w))
-            else:
-                inputs.append(self.float_const(f"{base}_w", m.weight.detach().cpu().numpy()))
-            if m.bias is not None:
-                inputs.append(self.float_const(f"{base}_bias", m.bias.detach().cpu().numpy()))
-            return self.node("Gemm", inputs, base, transB=1), 0
+            return self.node("Gemm", self._layer_inputs(x, m, base), base, transB=1), 0
         if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Identity) or type(m).__name__ in (
             "ChannelAffine",
         ):
