@@ -312,8 +312,10 @@ class PackedEngine:
                     h = Packed(kernels.pack_input(op(h), nxt.groups), _planes(op), nxt.groups)
                 i += 1
             elif isinstance(op, FloatStage) and isinstance(nxt, ToInt8):
-                groups = self._next_conv_groups(i + 2) or 1
-                pre = _pre_sign(op)
+                # (pre-activation stage or None, groups of the next conv): found once
+                pre, groups = self._step(
+                    i, lambda i=i, op=op: (_pre_sign(op), self._next_conv_groups(i + 2) or 1)
+                )
                 if pre is not None:  # the stage's final sign packed straight in C
                     y = pre(h.to(torch.float32)).contiguous()
                     words = kernels.pack_input(y, groups, sign=True)
