@@ -303,16 +303,42 @@ def test_fold_accepts_a_kernel_spec_and_rejects_a_foreign_coupling():
 # --- quantize_bn with DeSign -------------------------------------------------------------
 
 
-def test_quantize_bn_threshold_target_treats_a_design_fed_bn_as_affine():
-    sign_model = BinaryBlock(nn.Conv2d(2, 4, 3), random_bn(4), SteSign())
+def test_quantize_bn_affine_target_treats_a_design_fed_bn_as_affine():
     design_model = BinaryBlock(nn.Conv2d(2, 4, 3), random_bn(4), DeSign("2x2"))
-    quantize_bn(sign_model, 6, "threshold")
     bn = design_model.norm
     a = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-    quantize_bn(design_model, 6, "threshold")
-    assert torch.equal(sign_model.norm.weight.abs(), torch.ones(4))  # threshold form: flip
+    quantize_bn(design_model, 6, "affine")
     assert torch.equal(bn.weight.detach(), quantize_fixed(a, 6))  # affine form
     assert torch.equal(bn.running_var, torch.ones(4))
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+@pytest.mark.parametrize("scale", ["tensor", "channel"])
+def test_quantize_bn_threshold_target_folds_design_then_quantizes(coupled, scale):
+    """Q2 of the cross-study issue: tau = mu + sigma (g T - beta) / gamma per channel and
+    position class, quantized as the deployed threshold (not mu, sigma one by one)."""
+    bn = random_bn(8, seed=3)
+    with torch.no_grad():
+        bn.weight[:3] = -bn.weight[:3].abs()  # gamma < 0: the compare flips
+        bn.weight[3] = 0.0  # gamma = 0: a constant channel
+    design = DeSign("2x2x4_shift", bn=bn if coupled else None)
+    block = BinaryBlock(nn.Identity(), bn, design).eval()
+    x = torch.randint(-40, 41, (5, 8, 6, 6)).float()
+    before = block(x)
+    tau, flip = fold_bn_design(bn, design)
+    finite = torch.isfinite(tau)
+    tau_q = tau.clone()
+    axis = 0 if scale == "channel" else None
+    tau_q[finite] = quantize_fixed(tau.float(), 3, axis=axis).double()[finite]
+    expected = threshold_design(x, tau_q, flip)
+    with bn_quantized(block, 3, "threshold", scale):
+        quantized = block(x)
+    assert torch.equal(quantized, expected)
+    assert not torch.equal(quantized, before)  # 3 bits do change decisions
+    assert torch.equal(block(x), before)  # BN and DeSign (kernel, coupling) restored
+    assert design.coupled_bn is (bn if coupled else None)
+    assert torch.equal(quantized[:, 3], expected[:, 3])  # constant channel stays constant
+    assert quantized[:, 3].unique().numel() == 1
 
 
 def test_quantize_bn_refuses_to_rewrite_a_coupled_gamma():

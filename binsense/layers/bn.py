@@ -12,8 +12,12 @@ tensor with its own automatic fractional bits) in one of three *targets*:
 - ``"raw"``: :math:`\gamma, \beta, \mu, \sigma` each quantized;
 - ``"affine"``: the folded :math:`a` and :math:`b` quantized;
 - ``"threshold"``: for a BN followed by a sign, the folded threshold :math:`\tau`
-  quantized (see :func:`binsense.deploy.fold_bn_sign`); a BN *not* followed by a sign (e.g. the
-  classifier's) gets the ``"affine"`` treatment.
+  quantized (see :func:`binsense.deploy.fold_bn_sign`); for a BN followed by a DeSign, the
+  folded threshold per channel and position class,
+  :math:`\tau_{c,p} = \mu_c + \sigma_c (g_c T_p - \beta_c)/\gamma_c`
+  (:func:`binsense.deploy.fold_bn_design`), quantized as one tensor: the dither kernel
+  folds into the threshold *before* quantization, as it does when deployed; a BN followed
+  by neither (e.g. the classifier's) gets the ``"affine"`` treatment.
 
 *Scale* (``scale=``, :data:`BN_SCALES`): the automatic fractional bits
 :math:`f = \lfloor\log_2((2^{k-1}-1)/\max|t|)\rfloor` of a quantized per-channel tensor
@@ -57,6 +61,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from binsense.errors import BinsenseError, unknown_name
 from binsense.layers.block import blocks_of
+from binsense.layers.design import DeSign
 from binsense.layers.norm import bn_sigma, channel_view, check_stats, gamma_beta
 from binsense.quant.fixed import (
     FLOAT_BITS,
@@ -110,6 +115,17 @@ def _sign_fed(model: nn.Module) -> set[int]:
         id(b.norm)
         for b in blocks_of(model)
         if isinstance(b.norm, _BatchNorm) and isinstance(b.act, SignQuantizer)
+    }
+
+
+def _design_fed(model: nn.Module) -> dict[int, DeSign]:
+    """id(BN) -> the DeSign (with a sign quantizer) that binarises that BN's output."""
+    return {
+        id(b.norm): b.act
+        for b in blocks_of(model)
+        if isinstance(b.norm, _BatchNorm)
+        and isinstance(b.act, DeSign)
+        and b.act.quantizer is not None
     }
 
 
@@ -180,15 +196,43 @@ def _quantize_threshold(bn: _BatchNorm, bits: int, scale: str = "tensor") -> Non
     _write_back(bn, flip, torch.zeros_like(flip), tau_q.to(dtype), ones)
 
 
+@torch.no_grad()
+def _quantize_design_threshold(
+    bn: _BatchNorm, design: DeSign, bits: int, scale: str = "tensor"
+) -> None:
+    """BN + DeSign as sign(flip * (x - tau_q[c, p])), tau folded then quantized.
+
+    The BN is rewritten to ``flip * x`` and the DeSign to an uncoupled one whose kernel
+    (one slice per channel) is ``flip * tau_q``: ``sign(flip x - flip tau_q)`` is the
+    deployed compare. Both are restored by :func:`bn_quantized`.
+    """
+    from binsense.deploy.folding import fold_bn_design  # the deploy rule (deploy imports layers)
+
+    tau, flip = fold_bn_design(bn, design)
+    finite = torch.isfinite(tau)
+    tau_q = tau.clone()
+    if finite.any():
+        q = quantize_fixed(tau.float(), bits, axis=_axis(scale)).double()
+        tau_q[finite] = q[finite]
+    dtype = bn.running_mean.dtype
+    zeros = torch.zeros_like(flip)
+    _write_back(bn, flip, zeros, zeros.to(dtype), torch.ones_like(flip))
+    design.coupled_bn = None
+    design.kernel = (flip.double().view(-1, 1, 1) * tau_q).to(design.kernel)
+
+
 def _plan(model: nn.Module, target: str) -> list[tuple[_BatchNorm, str]]:
     """(layer, form) for every float BN, validated before anything is changed."""
     fed = _sign_fed(model) if target == "threshold" else set()
+    designs = _design_fed(model) if target == "threshold" else {}
     coupled = _coupled(model)
     plan = []
     for bn in _batch_norms(model):
         check_stats(bn)
         form = "raw" if target == "raw" else "threshold" if id(bn) in fed else "affine"
-        if form != "raw" and id(bn) in coupled:
+        if id(bn) in designs:
+            form = "design_threshold"
+        if form not in ("raw", "design_threshold") and id(bn) in coupled:
             raise BinsenseError(
                 f"{bn} is coupled to a DeSign activation (its gamma scales the dither "
                 f"thresholds), so its {form} form cannot be written back; use target 'raw' "
@@ -223,11 +267,13 @@ def quantize_bn(
             followed by a sign" when it is the ``norm`` of a
             :class:`~binsense.layers.BinaryBlock` whose ``act`` is a
             :class:`binsense.quant.SignQuantizer` (the explicit pair, never guessed from
-            module order). A BN followed by a
-            :class:`~binsense.layers.design.DeSign` (not a sign quantizer: its threshold
-            varies with the position) gets the ``"affine"`` form; a BN whose gamma a DeSign
-            reads (``DeSign(bn=...)``) accepts only ``"raw"`` (a :class:`BinsenseError`
-            otherwise), since the other forms rewrite gamma.
+            module order). A BN followed by a :class:`~binsense.layers.design.DeSign`
+            with a sign quantizer gets, with ``"threshold"``, its folded thresholds per
+            position class quantized (module docstring; the DeSign is rewritten too,
+            coupled or not), with ``"affine"`` the affine form; a BN whose gamma a DeSign
+            reads (``DeSign(bn=...)``) accepts only ``"raw"``, or ``"threshold"`` when
+            that DeSign is its block's sign (a :class:`BinsenseError` otherwise: the
+            other forms rewrite gamma).
         scale: ``"tensor"`` (default: one set of automatic fractional bits per quantized
             tensor, as binsense has always done, so the S0 results are unchanged) or
             ``"channel"`` (each channel its own fractional bits: the fix for a nearly dead
@@ -246,8 +292,12 @@ def quantize_bn(
     _check_scale(scale)
     if check_bits(bits) == FLOAT_BITS:
         return model
+    designs = _design_fed(model)
     for bn, form in _plan(model, target):
-        _QUANTIZE_FORMS[form](bn, bits, scale)
+        if form == "design_threshold":
+            _quantize_design_threshold(bn, designs[id(bn)], bits, scale)
+        else:
+            _QUANTIZE_FORMS[form](bn, bits, scale)
     return model
 
 
@@ -273,6 +323,7 @@ def bn_quantized(
     saved = [
         (bn, bn.eps, [t.detach().clone() for t in _bn_tensors(bn)]) for bn in _batch_norms(model)
     ]
+    designs = [(d, d.kernel, d.coupled_bn) for d in model.modules() if isinstance(d, DeSign)]
     try:
         yield quantize_bn(model, bits, target, scale)
     finally:
@@ -281,6 +332,8 @@ def bn_quantized(
                 bn.eps = eps
                 for t, c in zip(_bn_tensors(bn), copies, strict=True):
                     t.copy_(c)
+            for design, kernel, coupled in designs:
+                design.kernel, design.coupled_bn = kernel, coupled
 
 
 class QuantizedBatchNorm(_BatchNorm):
