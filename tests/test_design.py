@@ -35,7 +35,7 @@ from binsense.layers.design_search import (
     simulate_feature_maps,
     to_grayscale,
 )
-from binsense.quant import SignQuantizer, SteSign, get_quantizer, quantizer_names
+from binsense.quant import SignQuantizer, get_quantizer, quantizer_names
 from binsense.quant.fixed import quantize_fixed
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
