@@ -159,25 +159,39 @@ def test_packed_linear_equals_the_matmul_on_each_path(monkeypatch, path, feature
     assert torch.equal(got.float(), x @ lin.binary_weight().detach().T)
 
 
+FUSED = [  # cin, cout, kernel, stride, padding, groups, height, width
+    (70, 100, 3, 1, 1, 1, 7, 6),  # 84 positions: a block of 64, then one of 20
+    (64, 100, 3, 1, 1, 2, 7, 6),
+    (6, 130, 3, 1, 1, 2, 7, 6),
+    *CONVS,  # strides, padding 0 and 2, 1x1, 5x5 and 3x1 kernels, 2-4 groups
+]
+
+
 @pytest.mark.parametrize("path", C_PATHS)
-@pytest.mark.parametrize(("cin", "cout", "groups"), [(70, 100, 1), (64, 100, 2), (6, 130, 2)])
-def test_the_fused_threshold_writes_the_next_layers_words(path, cin, cout, groups):
+@pytest.mark.parametrize(("cin", "cout", "kernel", "stride", "padding", "groups", "h", "w"), FUSED)
+def test_the_fused_threshold_writes_the_next_layers_words(
+    path, cin, cout, kernel, stride, padding, groups, h, w
+):
+    """The fused path reads the taps in place from the padded input (no im2col): every
+    position, border and tile (4 positions, across rows and images) against F.conv2d."""
     _need(path)
     torch.manual_seed(0)
-    h, w = 7, 6  # 84 positions: a block of 64, then one of 20
-    conv = BinaryConv2d(cin, cout, 3, 1, 1, groups=groups)
+    conv = BinaryConv2d(cin, cout, kernel, stride, padding, groups=groups)
     packed = PackedConv(conv)
     x = _pm1(2, cin, h, w)
-    y = F.conv2d(x, conv.binary_weight().detach(), None, 1, 1, groups=groups).to(torch.int32)
+    y = F.conv2d(x, conv.binary_weight().detach(), None, stride, padding, groups=groups)
+    y = y.to(torch.int32)
+    _, _, ho, wo = y.shape
     g = torch.Generator().manual_seed(1)
-    tau = torch.randint(-20, 21, (cout, h, w), generator=g, dtype=torch.int32)
-    flip = torch.randint(0, 2, (cout, h, w), generator=g, dtype=torch.int8) * 2 - 1
+    tau = torch.randint(-20, 21, (cout, ho, wo), generator=g, dtype=torch.int32)
+    flip = torch.randint(0, 2, (cout, ho, wo), generator=g, dtype=torch.int8) * 2 - 1
     bits = flip * (y - tau) >= 0  # the Threshold op's rule
     expected = pack_bits(bits.permute(0, 2, 3, 1), -1)  # (B, H, W, words), pad bits 0
     words = kernels.pack_input(x, groups)
     weights = kernels.conv_weights(packed.weight_words, groups)
-    dims = kernels.conv_dims(2, h, w, groups, cin // groups, cout // groups, (3, 3), (1, 1),
-                             (1, 1))  # fmt: skip
+    pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+    dims = kernels.conv_dims(2, h, w, groups, cin // groups, cout // groups, pair(kernel),
+                             pair(stride), pair(padding))  # fmt: skip
     bias = (packed.border(h, w) - packed.fan_in).flatten(1)
     threshold = kernels.fuse_threshold(bias, tau.flatten(1), flip.flatten(1))
     for threads in (1, 2):

@@ -17,12 +17,14 @@
  *  - portable: __builtin_popcountll (the popcnt instruction where the CPU has it).
  * A path the CPU lacks is refused (return -1), never run.
  *
- * xnor_conv2d: a binary convolution on packed words (B, H, W, G * wpg), the im2col rows of
- * each block of output positions built in place (spatial padding words 0, as the border
- * correction expects), the GEMM, and an epilogue: int32 y = 2 C + bias[n, p] in
- * (B, C_out, H', W') (mode 0), or (mode 1, fused) each position's threshold bits
- * (2 C + off[p, n] >= 0, xor an inversion bit for "y <= tau") packed into
- * (B, H', W', ceil(C_out / 64)) words, the next layer's input, pad bits 0.
+ * xnor_conv2d: a binary convolution on packed words (B, H, W, G * wpg). With the fused
+ * threshold (mode 1) the input is padded once with zero words (the padding the border
+ * correction expects) and the tiles read each output position's taps in place (an
+ * implicit GEMM: row pointers and tap offsets, no im2col copy); the epilogue writes each
+ * position's threshold bits (2 C + off[p, n] >= 0, xor an inversion bit for "y <= tau")
+ * packed into (B, H', W', ceil(C_out / 64)) words, the next layer's input, pad bits 0.
+ * With int32 output (mode 0) the im2col rows of each block are built, and y = 2 C +
+ * bias[n, p] written in (B, C_out, H', W').
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -43,8 +45,10 @@
 enum { ISA_AUTO = 0, ISA_PORTABLE = 1, ISA_AVX2 = 2, ISA_AVX512 = 3 };
 enum { FEAT_POPCNT = 1, FEAT_AVX2 = 2, FEAT_AVX512 = 4 };
 
-typedef void (*tile_fn)(const uint64_t *A, int64_t K, const uint64_t *P, int32_t *C,
-                        int64_t ldc);
+/* A tile: RT rows x NB columns of C = xnor counts; row r's word k is rows[r][kofs[k]]
+ * (a contiguous row: kofs[k] = k; a convolution read in place: the tap's offset) */
+typedef void (*tile_fn)(const uint64_t *const *rows, const int64_t *kofs, int64_t K,
+                        const uint64_t *P, int32_t *C, int64_t ldc);
 
 int xnor_version(void) { return 1; }
 
@@ -87,10 +91,10 @@ int xnor_features(void) {
         for (int c0 = 0; c0 < NB; c0 += 4) {                                              \
             uint64_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0,       \
                      s13 = 0;                                                             \
-            const uint64_t *a0 = A + r0 * K, *a1 = A + (r0 + 1) * K;                     \
+            const uint64_t *a0 = rows[r0], *a1 = rows[r0 + 1];                            \
             for (int64_t k = 0; k < K; k++) {                                             \
                 const uint64_t *b = P + k * NB + c0;                                      \
-                uint64_t x0 = a0[k], x1 = a1[k];                                          \
+                uint64_t x0 = a0[kofs[k]], x1 = a1[kofs[k]];                              \
                 s00 += __builtin_popcountll(x0 ^ b[0]);                                   \
                 s01 += __builtin_popcountll(x0 ^ b[1]);                                   \
                 s02 += __builtin_popcountll(x0 ^ b[2]);                                   \
@@ -110,13 +114,14 @@ int xnor_features(void) {
         }                                                                                 \
     }
 
-static void tile_portable(const uint64_t *A, int64_t K, const uint64_t *P, int32_t *C,
-                          int64_t ldc) {
+static void tile_portable(const uint64_t *const *rows, const int64_t *kofs, int64_t K,
+                          const uint64_t *P, int32_t *C, int64_t ldc) {
     SCALAR_TILE_BODY
 }
 
 #ifdef XNOR_X86
-__attribute__((target("popcnt"))) static void tile_popcnt(const uint64_t *A, int64_t K,
+__attribute__((target("popcnt"))) static void tile_popcnt(const uint64_t *const *rows,
+                                                          const int64_t *kofs, int64_t K,
                                                           const uint64_t *P, int32_t *C,
                                                           int64_t ldc) {
     SCALAR_TILE_BODY
@@ -132,8 +137,9 @@ __attribute__((target("popcnt"))) static void tile_popcnt(const uint64_t *A, int
 #endif
 
 /* AVX2_R rows x 4 AVX2_V columns from P's column 0 (P already offset) */
-__attribute__((target("avx2"))) static inline void subtile_avx2(const uint64_t *A, int64_t K,
-                                                                const uint64_t *P,
+__attribute__((target("avx2"))) static inline void subtile_avx2(const uint64_t *const *rows,
+                                                                const int64_t *kofs,
+                                                                int64_t K, const uint64_t *P,
                                                                 int32_t *C, int64_t ldc) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
                                          1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -150,7 +156,7 @@ __attribute__((target("avx2"))) static inline void subtile_avx2(const uint64_t *
         for (int64_t k = k0; k < k1; k++) {
             const uint64_t *b = P + k * NB;
             for (int r = 0; r < AVX2_R; r++) {
-                const __m256i a = _mm256_set1_epi64x((long long)A[r * K + k]);
+                const __m256i a = _mm256_set1_epi64x((long long)rows[r][kofs[k]]);
                 for (int v = 0; v < AVX2_V; v++) {
                     const __m256i t =
                         _mm256_xor_si256(a, _mm256_loadu_si256((const __m256i *)(b + 4 * v)));
@@ -173,39 +179,60 @@ __attribute__((target("avx2"))) static inline void subtile_avx2(const uint64_t *
         }
 }
 
-__attribute__((target("avx2"))) static void tile_avx2(const uint64_t *A, int64_t K,
+__attribute__((target("avx2"))) static void tile_avx2(const uint64_t *const *rows,
+                                                      const int64_t *kofs, int64_t K,
                                                       const uint64_t *P, int32_t *C,
                                                       int64_t ldc) {
     for (int r = 0; r < RT; r += AVX2_R)
         for (int c = 0; c < NB; c += 4 * AVX2_V)
-            subtile_avx2(A + r * K, K, P + c, C + r * ldc + c, ldc);
+            subtile_avx2(rows + r, kofs, K, P + c, C + r * ldc + c, ldc);
 }
 
 /* ------------------------------------------------------------------ AVX-512 */
 
+/* row r's 4 column vectors at word k: xor with the broadcast row word, popcount, add */
+#define AVX512_ROW(a, c0, c1, c2, c3)                                                       \
+    do {                                                                                  \
+        const __m512i x_ = _mm512_set1_epi64((long long)(a));                              \
+        c0 = _mm512_add_epi64(c0, _mm512_popcnt_epi64(_mm512_xor_si512(x_, b0)));          \
+        c1 = _mm512_add_epi64(c1, _mm512_popcnt_epi64(_mm512_xor_si512(x_, b1)));          \
+        c2 = _mm512_add_epi64(c2, _mm512_popcnt_epi64(_mm512_xor_si512(x_, b2)));          \
+        c3 = _mm512_add_epi64(c3, _mm512_popcnt_epi64(_mm512_xor_si512(x_, b3)));          \
+    } while (0)
+
 __attribute__((target("avx512f,avx512vpopcntdq"))) static void tile_avx512(
-    const uint64_t *A, int64_t K, const uint64_t *P, int32_t *C, int64_t ldc) {
-    /* accumulator arrays with constant indices: GCC keeps them in 16 zmm registers and
-     * the step is 4 broadcasts, 4 loads, 16 x (xor, popcnt, add), with no copies */
-    __m512i acc[RT][4];
-    for (int r = 0; r < RT; r++)
-        for (int v = 0; v < 4; v++) acc[r][v] = _mm512_setzero_si512();
+    const uint64_t *const *rows, const int64_t *kofs, int64_t K, const uint64_t *P,
+    int32_t *C, int64_t ldc) {
+    /* 16 named zmm accumulators (an array would be zeroed and stored through the stack);
+     * a step is 4 panel loads, 4 broadcasts and 16 x (xor, popcnt, add); the counts (each
+     * < 2^31) leave as int32 through 8 two-register permutes */
+    const uint64_t *a0 = rows[0], *a1 = rows[1], *a2 = rows[2], *a3 = rows[3];
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c03 = c00, c10 = c00,
+            c11 = c00, c12 = c00, c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00,
+            c30 = c00, c31 = c00, c32 = c00, c33 = c00;
     for (int64_t k = 0; k < K; k++) {
         const uint64_t *b = P + k * NB;
-        __m512i bv[4];
-        for (int v = 0; v < 4; v++) bv[v] = _mm512_loadu_si512((const void *)(b + 8 * v));
-        for (int r = 0; r < RT; r++) {
-            const __m512i a = _mm512_set1_epi64((long long)A[r * K + k]);
-            for (int v = 0; v < 4; v++)
-                acc[r][v] = _mm512_add_epi64(acc[r][v],
-                                             _mm512_popcnt_epi64(_mm512_xor_si512(a, bv[v])));
-        }
+        const int64_t o = kofs[k];
+        const __m512i b0 = _mm512_loadu_si512((const void *)b);
+        const __m512i b1 = _mm512_loadu_si512((const void *)(b + 8));
+        const __m512i b2 = _mm512_loadu_si512((const void *)(b + 16));
+        const __m512i b3 = _mm512_loadu_si512((const void *)(b + 24));
+        AVX512_ROW(a0[o], c00, c01, c02, c03);
+        AVX512_ROW(a1[o], c10, c11, c12, c13);
+        AVX512_ROW(a2[o], c20, c21, c22, c23);
+        AVX512_ROW(a3[o], c30, c31, c32, c33);
     }
-    const __m512i full = _mm512_set1_epi64(64 * K);
-    for (int r = 0; r < RT; r++)
-        for (int v = 0; v < 4; v++)
-            _mm256_storeu_si256((__m256i *)(C + r * ldc + 8 * v),
-                                _mm512_cvtepi64_epi32(_mm512_sub_epi64(full, acc[r][v])));
+    const __m512i full = _mm512_set1_epi32((int)(64 * K));
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                           28, 30);
+#define AVX512_OUT(r, h, lo, hi)                                                            \
+    _mm512_storeu_si512((void *)(C + (r) * ldc + 16 * (h)),                                 \
+                        _mm512_sub_epi32(full, _mm512_permutex2var_epi32(lo, even, hi)))
+    AVX512_OUT(0, 0, c00, c01), AVX512_OUT(0, 1, c02, c03);
+    AVX512_OUT(1, 0, c10, c11), AVX512_OUT(1, 1, c12, c13);
+    AVX512_OUT(2, 0, c20, c21), AVX512_OUT(2, 1, c22, c23);
+    AVX512_OUT(3, 0, c30, c31), AVX512_OUT(3, 1, c32, c33);
+#undef AVX512_OUT
 }
 
 /* ------------------------------------------------------------------ thresholds */
@@ -320,12 +347,30 @@ void xnor_pack_b(const uint64_t *B, int64_t N, int64_t K, uint64_t *Bp) {
     }
 }
 
-/* rows (a multiple of RT) of A (stride K) against npan panels: Cb (rows, npan * NB) */
-static void block_rows(tile_fn tile, const uint64_t *A, int64_t rows, int64_t K,
-                       const uint64_t *Bp, int64_t npan, int32_t *Cb, int64_t ldc) {
+/* rows (a multiple of RT) against npan panels: Cb (rows, npan * NB); row r's word k is
+ * rowp[r][kofs[k]] */
+static void block_tiles(tile_fn tile, const uint64_t *const *rowp, int64_t rows,
+                        const int64_t *kofs, int64_t K, const uint64_t *Bp, int64_t npan,
+                        int32_t *Cb, int64_t ldc) {
     for (int64_t p = 0; p < npan; p++)
         for (int64_t r = 0; r < rows; r += RT)
-            tile(A + r * K, K, Bp + p * K * NB, Cb + r * ldc + p * NB, ldc);
+            tile(rowp + r, kofs, K, Bp + p * K * NB, Cb + r * ldc + p * NB, ldc);
+}
+
+/* block_tiles of the contiguous rows of A (stride K, ident[k] = k); rowp: rows pointers */
+static void block_rows(tile_fn tile, const uint64_t *A, int64_t rows, const int64_t *ident,
+                       int64_t K, const uint64_t *Bp, int64_t npan, int32_t *Cb, int64_t ldc,
+                       const uint64_t **rowp) {
+    for (int64_t r = 0; r < rows; r++) rowp[r] = A + r * K;
+    block_tiles(tile, rowp, rows, ident, K, Bp, npan, Cb, ldc);
+}
+
+/* 0, 1, ..., n - 1 (NULL when out of memory) */
+static int64_t *identity(int64_t n) {
+    int64_t *v = malloc((size_t)(n > 0 ? n : 1) * sizeof(int64_t));
+    if (v)
+        for (int64_t k = 0; k < n; k++) v[k] = k;
+    return v;
 }
 
 static int thread_count(int64_t threads, int64_t blocks) {
@@ -357,25 +402,28 @@ int xnor_gemm_packed(const uint64_t *A, const uint64_t *Bp, int32_t *C, int64_t 
     const int64_t cwords = MB * ldc, awords = RT * (K > 0 ? K : 1);
     int32_t *cbuf = malloc((size_t)nt * cwords * sizeof(int32_t));
     uint64_t *abuf = malloc((size_t)nt * awords * sizeof(uint64_t));
-    if (!cbuf || !abuf) {
-        free(cbuf), free(abuf);
+    const uint64_t **pbuf = malloc((size_t)nt * MB * sizeof(uint64_t *));
+    int64_t *ident = identity(K);
+    if (!cbuf || !abuf || !pbuf || !ident) {
+        free(cbuf), free(abuf), free(pbuf), free(ident);
         return -2;
     }
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (int64_t ib = 0; ib < blocks; ib++) {
         int32_t *cb = cbuf + thread_id() * cwords;
         uint64_t *ab = abuf + thread_id() * awords;
+        const uint64_t **rowp = pbuf + thread_id() * MB;
         const int64_t m0 = ib * MB, rows = M - m0 < MB ? M - m0 : MB, full = rows / RT * RT;
-        block_rows(kn.tile, A + m0 * K, full, K, Bp, npan, cb, ldc);
+        block_rows(kn.tile, A + m0 * K, full, ident, K, Bp, npan, cb, ldc, rowp);
         if (rows > full) { /* the last rows, padded with zero rows */
             memset(ab, 0, (size_t)RT * K * sizeof(uint64_t));
             memcpy(ab, A + (m0 + full) * K, (size_t)(rows - full) * K * sizeof(uint64_t));
-            block_rows(kn.tile, ab, RT, K, Bp, npan, cb + full * ldc, ldc);
+            block_rows(kn.tile, ab, RT, ident, K, Bp, npan, cb + full * ldc, ldc, rowp);
         }
         for (int64_t r = 0; r < rows; r++)
             memcpy(C + (m0 + r) * N, cb + r * ldc, (size_t)N * sizeof(int32_t));
     }
-    free(cbuf), free(abuf);
+    free(cbuf), free(abuf), free(pbuf), free(ident);
     return 0;
 }
 
@@ -501,46 +549,83 @@ static void or_bits(uint64_t *dst, int64_t words, int64_t at, const uint64_t *sr
     }
 }
 
+/* X (B, H, W, ctot) with ph rows and pw columns of zero words around each image, into
+ * Xp (B, H + 2 ph, W + 2 pw, ctot): the padding the border correction expects */
+static void pad_words(const uint64_t *X, const int64_t *d, int64_t ctot, uint64_t *Xp) {
+    const int64_t H = d[D_H], W = d[D_W], ph = d[D_PH], pw = d[D_PW];
+    const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+    for (int64_t b = 0; b < d[D_B]; b++)
+        for (int64_t h = 0; h < Hp; h++) {
+            uint64_t *dst = Xp + (b * Hp + h) * Wp * ctot;
+            if (h < ph || h >= H + ph) {
+                memset(dst, 0, (size_t)(Wp * ctot) * sizeof(uint64_t));
+                continue;
+            }
+            memset(dst, 0, (size_t)(pw * ctot) * sizeof(uint64_t));
+            memcpy(dst + pw * ctot, X + (b * H + h - ph) * W * ctot,
+                   (size_t)(W * ctot) * sizeof(uint64_t));
+            memset(dst + (W + pw) * ctot, 0, (size_t)(pw * ctot) * sizeof(uint64_t));
+        }
+}
+
 /* The binary convolution of packed words X (B, H, W, G * wpg) (dims above), row blocks of
- * MB output positions shared out over threads, each group's im2col built per block.
+ * MB output positions shared out over threads.
  *
- * mode 0 (int32 out): Wr holds each group's weight rows (cout_g rounded up to RT, K words,
- *   extra rows 0), multiplied as the A side against panels of the block's im2col (the
- *   output positions are the columns, so the result is channel-major like NCHW; a block
- *   of NB / 2 positions or fewer, where most of a panel would be padding, takes the other
- *   orientation with Bp); Y (B, G * cout_g, Hout, Wout) = 2 C + bias[n, p], bias int32
- *   (C_out, Hout * Wout).
- * mode 1 (fused threshold, packed out): Bp holds the panels of each group's weights
- *   (xnor_pack_b of (cout_g, K)), one group after the other; bit n of output position p is
- *   (2 C + bias[p, n] >= 0) XOR bit n of inv[p] (bias int32 (Hout * Wout, C_out), inv
- *   words (Hout * Wout, ceil(C_out / 64))), written into Yp (B, Hout, Wout, ceil(C_out /
- *   64)), pad bits 0. A threshold "y <= tau" is (2 C + bias - 1 >= 0) inverted.
+ * mode 0 (int32 out): each group's im2col built per block. Wr holds each group's weight
+ *   rows (cout_g rounded up to RT, K words, extra rows 0), multiplied as the A side against
+ *   panels of the block's im2col (the output positions are the columns, so the result is
+ *   channel-major like NCHW; a block of NB / 2 positions or fewer, where most of a panel
+ *   would be padding, takes the other orientation with Bp); Y (B, G * cout_g, Hout, Wout) =
+ *   2 C + bias[n, p], bias int32 (C_out, Hout * Wout).
+ * mode 1 (fused threshold, packed out): no im2col. The input is padded once (zero words)
+ *   and the tiles read each output position's taps in place (row pointer = the position's
+ *   top-left tap, kofs[k] = the offset of tap (i, j)'s word w). Bp holds the panels of
+ *   each group's weights (xnor_pack_b of (cout_g, K)), one group after the other; bit n of
+ *   output position p is (2 C + bias[p, n] >= 0) XOR bit n of inv[p] (bias int32 (Hout *
+ *   Wout, C_out), inv words (Hout * Wout, ceil(C_out / 64))), written into Yp (B, Hout,
+ *   Wout, ceil(C_out / 64)), pad bits 0. A threshold "y <= tau" is (2 C + bias - 1 >= 0)
+ *   inverted.
  * 0 ok, -1 isa, -2 memory. */
 int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const int64_t *d,
                 int mode, const int32_t *bias, int32_t *Y, const uint64_t *inv, uint64_t *Yp,
                 int64_t threads, int isa) {
     kernel_t kn;
     if (!select_kernel(isa, &kn)) return -1;
-    const int64_t G = d[D_G], coutg = d[D_COUTG], cout = G * coutg;
-    const int64_t P = d[D_HO] * d[D_WO], M = d[D_B] * P, K = d[D_KH] * d[D_KW] * d[D_WPG];
+    const int64_t G = d[D_G], coutg = d[D_COUTG], cout = G * coutg, wpg = d[D_WPG];
+    const int64_t P = d[D_HO] * d[D_WO], M = d[D_B] * P, K = d[D_KH] * d[D_KW] * wpg;
     if (M <= 0 || cout <= 0) return 0;
-    const int64_t blocks = (M + MB - 1) / MB, wout = (cout + 63) / 64;
+    const int64_t blocks = (M + MB - 1) / MB, wout = (cout + 63) / 64, ctot = G * wpg;
     const int64_t rows_w = (coutg + RT - 1) / RT * RT; /* mode 0: weight rows per group */
     const int64_t npan = panels(coutg), setw = npan * NB * K; /* mode 1: weight panels */
     const int64_t ldc = mode == 0 ? MB : npan * NB;
     const int64_t cwords = mode == 0 ? (rows_w > npan * NB ? rows_w : npan * NB) * MB : MB * ldc;
-    const int64_t awords = MB * (K > 0 ? K : 1) + wout + wout;
+    const int64_t awords = (mode == 0 ? MB * (K > 0 ? K : 1) : 0) + wout + wout;
+    const int64_t pwords = mode == 0 ? (rows_w > MB ? rows_w : MB) : MB;
+    const int64_t Hp = d[D_H] + 2 * d[D_PH], Wp = d[D_W] + 2 * d[D_PW];
+    const int padded = mode == 1 && (d[D_PH] > 0 || d[D_PW] > 0);
     const int nt = thread_count(threads, blocks);
     int32_t *cbuf = malloc((size_t)nt * cwords * sizeof(int32_t));
     uint64_t *abuf = malloc((size_t)nt * awords * sizeof(uint64_t));
-    if (!cbuf || !abuf) {
-        free(cbuf), free(abuf);
+    const uint64_t **pbuf = malloc((size_t)nt * pwords * sizeof(uint64_t *));
+    int64_t *kofs = identity(K);
+    uint64_t *Xp = padded ? malloc((size_t)(d[D_B] * Hp * Wp * ctot) * sizeof(uint64_t)) : NULL;
+    if (!cbuf || !abuf || !pbuf || !kofs || (padded && !Xp)) {
+        free(cbuf), free(abuf), free(pbuf), free(kofs), free(Xp);
         return -2;
     }
+    if (mode == 1) { /* the taps' offsets from a position's top-left tap in the padded input */
+        for (int64_t i = 0, k = 0; i < d[D_KH]; i++)
+            for (int64_t j = 0; j < d[D_KW]; j++)
+                for (int64_t w = 0; w < wpg; w++) kofs[k++] = (i * Wp + j) * ctot + w;
+        if (padded) pad_words(X, d, ctot, Xp);
+    }
+    const uint64_t *Xs = padded ? Xp : X; /* mode 1's input */
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (int64_t ib = 0; ib < blocks; ib++) {
         int32_t *cb = cbuf + thread_id() * cwords;
-        uint64_t *ab = abuf + thread_id() * awords, *bits = ab + MB * (K > 0 ? K : 1);
+        uint64_t *ab = abuf + thread_id() * awords;
+        uint64_t *bits = ab + (mode == 0 ? MB * (K > 0 ? K : 1) : 0);
+        const uint64_t **rowp = pbuf + thread_id() * pwords;
         const int64_t m0 = ib * MB, rows = M - m0 < MB ? M - m0 : MB;
         const pos_t q0 = pos_of(d, m0);
         if (mode == 0 && rows <= NB / 2) { /* few positions: weights as the columns */
@@ -550,7 +635,7 @@ int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const
                 for (int64_t r = 0; r < rows; r++, pos_next(d, &q))
                     im2col_row(X, d, g, &q, ab + r * K, 1);
                 memset(ab + rows * K, 0, (size_t)(full - rows) * K * sizeof(uint64_t));
-                block_rows(kn.tile, ab, full, K, Bp + g * setw, npan, cb, npan * NB);
+                block_rows(kn.tile, ab, full, kofs, K, Bp + g * setw, npan, cb, npan * NB, rowp);
                 for (int64_t r = 0; r < rows; r++) {
                     const int64_t m = m0 + r, b = m / P, p = m % P;
                     for (int64_t n = 0; n < coutg; n++) {
@@ -572,7 +657,7 @@ int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const
                         for (int64_t k = 0; k < K; k++) dst[k * NB] = 0;
                     }
                 }
-                block_rows(kn.tile, Wr + g * rows_w * K, rows_w, K, ab, np, cb, ldc);
+                block_rows(kn.tile, Wr + g * rows_w * K, rows_w, kofs, K, ab, np, cb, ldc, rowp);
                 /* Y[b, n, p..] for the runs of positions of one image */
                 int64_t r = 0, b = q0.b, p = q0.oh * d[D_WO] + q0.ow;
                 while (r < rows) {
@@ -591,10 +676,12 @@ int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const
             memset(Yp + m0 * wout, 0, (size_t)rows * wout * sizeof(uint64_t));
             for (int64_t g = 0; g < G; g++) {
                 pos_t q = q0;
-                for (int64_t r = 0; r < rows; r++, pos_next(d, &q))
-                    im2col_row(X, d, g, &q, ab + r * K, 1);
-                memset(ab + rows * K, 0, (size_t)(full - rows) * K * sizeof(uint64_t));
-                block_rows(kn.tile, ab, full, K, Bp + g * setw, npan, cb, ldc);
+                for (int64_t r = 0; r < full; r++) { /* rows past the last: repeat it */
+                    rowp[r] = Xs + ((q.b * Hp + q.oh * d[D_SH]) * Wp + q.ow * d[D_SW]) * ctot +
+                              g * wpg;
+                    if (r + 1 < rows) pos_next(d, &q);
+                }
+                block_tiles(kn.tile, rowp, full, kofs, K, Bp + g * setw, npan, cb, ldc);
                 for (int64_t r = 0; r < rows; r++) {
                     const int64_t p = (m0 + r) % P;
                     uint64_t *dst = Yp + (m0 + r) * wout;
@@ -613,6 +700,6 @@ int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const
             }
         }
     }
-    free(cbuf), free(abuf);
+    free(cbuf), free(abuf), free(pbuf), free(kofs), free(Xp);
     return 0;
 }
