@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_deploy_program import _calibrated
 from torch import nn
 
@@ -17,7 +18,6 @@ from binsense.deploy.engine import (
     _FusedConv,
     _PackedLinearFromMap,
     _PlanesWords,
-    _pool_bits,
     _regroup,
 )
 from binsense.deploy.program import MaxPoolInt, PackedConv, Threshold, pack_bits
@@ -78,7 +78,22 @@ def test_fused_conv_pool_threshold_equals_the_ops(cin, cout, groups, size, pool,
 def test_pool_on_bits_is_or_for_rising_and_and_for_falling_thresholds():
     words = torch.tensor([[[[0b01]], [[0b10]]], [[[0b11]], [[0b01]]]]).view(1, 2, 2, 1)
     down = torch.tensor([[[0b10]]])  # channel 1 falls: AND; channel 0 rises: OR
-    assert _pool_bits(words, 2, down).item() == 0b01  # OR of ch0 = 1, AND of ch1 = 0
+    assert kernels.pool_bits(words, 2, down).item() == 0b01  # OR of ch0 = 1, AND of ch1 = 0
+
+
+@pytest.mark.parametrize(("k", "h", "w"), [(2, 6, 7), (3, 7, 9)])
+def test_pool_on_bits_equals_the_max_pool_of_the_signs(k, h, w):
+    """Every window and word against max-pool (rising) and min-pool (falling) of ±1, with
+    the rows and columns past the last full window dropped."""
+    g = torch.Generator().manual_seed(k)
+    bits = torch.rand(2, h, w, 130, generator=g) > 0.5  # 3 words, the last partly used
+    falling = torch.rand(h // k, w // k, 130, generator=g) > 0.5
+    pm1 = bits.permute(0, 3, 1, 2).float() * 2 - 1
+    up = F.max_pool2d(pm1, k) > 0
+    low = -F.max_pool2d(-pm1, k) > 0
+    expected = torch.where(falling.permute(2, 0, 1), low, up).permute(0, 2, 3, 1)
+    got = kernels.pool_bits(pack_bits(bits, -1), k, pack_bits(falling, -1))
+    assert torch.equal(got, pack_bits(expected, -1))
 
 
 def test_regroup_and_shuffle_permute_the_bits():

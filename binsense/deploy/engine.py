@@ -116,22 +116,6 @@ def _regroup(p: Packed, groups: int, perm: Tensor | None = None) -> Packed:
     return _pack(bits, groups)
 
 
-def _pool_bits(words: Tensor, k: int, down: Tensor) -> Tensor:
-    """Non-overlapping ``k x k`` pool of thresholded bits: OR where the threshold rises,
-    AND where it falls (``down``: int64 words ``(H_p, W_p, nw)``, bit set = falling)."""
-    b, h, w, nw = words.shape
-    hp, wp = h // k, w // k
-    v = words[:, : hp * k, : wp * k].reshape(b, hp, k, wp, k, nw)
-    any_ = v[:, :, 0, :, 0].clone()
-    all_ = v[:, :, 0, :, 0].clone()
-    for i in range(k):
-        for j in range(k):
-            if i or j:
-                any_ |= v[:, :, i, :, j]
-                all_ &= v[:, :, i, :, j]
-    return ((any_ & ~down) | (all_ & down)).contiguous()
-
-
 class _Conv:
     """A PackedConv on packed input; its C-side tables cached per input size."""
 
@@ -209,7 +193,7 @@ class _FusedConv(_Conv):
         dims, weights, _, fused, down = self.tables(*p.words.shape[:3])
         words = kernels.conv2d_words(p.words, weights, dims, threshold=fused)
         if self.k > 1:
-            words = _pool_bits(words, self.k, down)
+            words = kernels.pool_bits(words, self.k, down)
         return Packed(words, self.conv.out_channels, 1)
 
 

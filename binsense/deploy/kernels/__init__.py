@@ -172,6 +172,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "xnor_pack_nchw": ([_P, _INT, _I64, _I64, _I64, _I64, _P], _INT),
         "xnor_im2col": ([_P, _P, _I64, _P], None),
         "xnor_conv2d": ([_P, _P, _P, _P, _INT, _P, _P, _P, _P, _I64, _INT], _INT),
+        "xnor_pool_bits": ([_P, _I64, _I64, _I64, _I64, _I64, _P, _P], None),
     }
     for name, (args, res) in sig.items():
         fn = getattr(lib, name)
@@ -414,6 +415,23 @@ def pack_input(x: Tensor, groups: int = 1, sign: bool = False) -> Tensor:
     return out
 
 
+def pool_bits(words: Tensor, k: int, down: Tensor) -> Tensor:
+    """Non-overlapping ``k x k`` max-pool of thresholded bits: int64 words ``(B, H, W, nw)``
+    -> ``(B, H // k, W // k, nw)``, OR where the threshold rises and AND where it falls
+    (``down``: words ``(H // k, W // k, nw)``, bit set = falling)."""
+    lib = library()
+    if lib is None:
+        raise BinsenseError("the XNOR C kernel is not available.")
+    words, down = _words(words, "words"), _words(down, "down")
+    b, h, w, nw = words.shape
+    if down.shape != (h // k, w // k, nw):
+        raise BinsenseError(f"pool_bits: falling bits of shape {tuple(down.shape)} for a "
+                            f"{h // k}x{w // k}x{nw} pooled map.")  # fmt: skip
+    out = torch.empty(b, h // k, w // k, nw, dtype=torch.int64)
+    lib.xnor_pool_bits(words.data_ptr(), b, h, w, nw, k, down.data_ptr(), out.data_ptr())
+    return out
+
+
 def conv_dims(
     batch: int,
     height: int,
@@ -602,6 +620,7 @@ __all__ = [
     "openmp",
     "pack_b",
     "pack_input",
+    "pool_bits",
     "runs",
     "set_threads",
     "xnor_gemm",

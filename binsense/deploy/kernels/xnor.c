@@ -795,3 +795,29 @@ int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const
     free(cbuf), free(abuf), free(pbuf), free(kofs), free(Xp), free(Xh), free(Bh);
     return 0;
 }
+
+/* ------------------------------------------------------------------ pooling on bits */
+
+/* Non-overlapping k x k max-pool of thresholded bits, words (B, H, W, nw) -> out (B, H / k,
+ * W / k, nw): a +1 anywhere in the window (OR) where the threshold rises, +1 everywhere
+ * (AND) where it falls (down: words (H / k, W / k, nw), bit set = falling); the rows and
+ * columns past the last full window are dropped, as by torch's max_pool2d. */
+void xnor_pool_bits(const uint64_t *words, int64_t B, int64_t H, int64_t W, int64_t nw,
+                    int64_t k, const uint64_t *down, uint64_t *out) {
+    const int64_t hp = H / k, wp = W / k;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < hp; i++)
+            for (int64_t j = 0; j < wp; j++) {
+                const uint64_t *dn = down + (i * wp + j) * nw;
+                uint64_t *o = out + ((b * hp + i) * wp + j) * nw;
+                for (int64_t w = 0; w < nw; w++) {
+                    uint64_t any = 0, all = ~0ull;
+                    for (int64_t y = 0; y < k; y++)
+                        for (int64_t x = 0; x < k; x++) {
+                            const uint64_t v = words[((b * H + i * k + y) * W + j * k + x) * nw + w];
+                            any |= v, all &= v;
+                        }
+                    o[w] = (any & ~dn[w]) | (all & dn[w]);
+                }
+            }
+}
