@@ -150,6 +150,30 @@ def test_a_known_shift_is_recovered(filled: Path):
     assert "| sensor_noise level=0.05 | 9 | 3 |" in md
 
 
+def test_relative_to_compares_the_changes_from_a_reference(filled: Path):
+    """B = A + shift under both noise levels and = A on clean images: relative to the
+    0.05 level, B's change is the shift smaller on clean images and the same at 0.1."""
+    source = load_source(filled)
+    result = compare(source, {"variant": "A"}, {"variant": "B"},
+                     relative_to="sensor_noise level=0.05")  # fmt: skip
+    clean, noisy = result.rows  # the reference itself is not listed
+    assert clean.condition.kind == "clean" and noisy.condition.label.endswith("0.1")
+    half = t_quantile(0.95, 2) * 0.01 / math.sqrt(3)
+    assert clean.mean == pytest.approx(-SHIFT, abs=1e-12)
+    assert (clean.low, clean.high) == pytest.approx((-SHIFT - half, -SHIFT + half), abs=1e-12)
+    assert (noisy.mean, noisy.low, noisy.high) == pytest.approx((0, 0, 0), abs=1e-12)
+    # A's change from the reference: clean (condition 0) minus the mean over 3 draws of
+    # the 0.05 level (condition 1), averaged over seeds
+    expected_a = _base(0, 0, 0) - sum(_base(0, 1, d) for d in range(3)) / 3
+    assert clean.mean_a == pytest.approx(expected_a, abs=1e-12)
+    table = format_comparison(result, "table")
+    assert "A change from sensor_noise level=0.05 (points)" in table and "robustness" in table
+    rows = list(csv.DictReader(io.StringIO(format_comparison(result, "csv"))))
+    assert rows[0]["relative_to"] == "sensor_noise level=0.05"
+    with pytest.raises(BinsenseError, match="no condition is labelled 'cleen'.*'clean'"):
+        compare(source, {"variant": "A"}, {"variant": "B"}, relative_to="cleen")
+
+
 def test_one_seed_gives_an_interval_over_its_draws(tmp_path: Path):
     path = _write(tmp_path, seeds="[1]")
     _fill(load_study(path))
@@ -263,6 +287,14 @@ def test_report_has_a_paired_comparisons_section(tmp_path: Path):
     assert "<h3>B vs A &lt;b&gt;</h3>" in files.html.read_text()
 
 
+def test_report_compare_relative_to_a_condition(tmp_path: Path):
+    path = _write(tmp_path, report=REPORT.format(b='variant = "B" }\nrelative_to = "clean"\n#'))
+    study = load_study(path)
+    _fill(study)
+    md = write_report(study, tmp_path / "report").markdown.read_text()
+    assert "A change from clean (points)" in md and "| sensor_noise level=0.1 | 9 | 3 |" in md
+
+
 @pytest.mark.parametrize(
     ("block", "message"),
     [
@@ -274,6 +306,8 @@ def test_report_has_a_paired_comparisons_section(tmp_path: Path):
          r"you mean 'variant'\?"),
         (REPORT.format(b='variant = "BB"'),
          r"#1 b variant=BB matches no training — did you mean 'B'\?"),
+        (REPORT.format(b='variant = "B" }\nrelative_to = "cleen"\n#'),
+         r"#1 relative_to 'cleen' is no condition's label; the labels: 'clean'"),
     ],
 )  # fmt: skip
 def test_report_compare_blocks_are_validated(tmp_path: Path, block, message):

@@ -153,7 +153,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
 
     a, b = parse_selector(args.a, "--a"), parse_selector(args.b, "--b")
-    comparison = compare(load_source(args.file, args.preset, args.out), a, b)
+    source = load_source(args.file, args.preset, args.out)
+    comparison = compare(source, a, b, relative_to=args.relative_to)
     text = format_comparison(comparison, args.format)
     if args.output:
         atomic_write_text(args.output, text)
@@ -224,6 +225,12 @@ def add_study_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--b", required=True, metavar="SELECTOR", help="the group B (B - A)")
     q.add_argument("--preset", help="preset of the file (default: its study.default_preset)")
     q.add_argument("--out", help="study folder (default: next to the file, named after it)")
+    q.add_argument(
+        "--relative-to",
+        metavar="CONDITION",
+        help="a condition label (e.g. clean): compare each training's change from it "
+        "(robustness) instead of its accuracy",
+    )
     q.add_argument(
         "--format", choices=("table", "csv", "md"), default="table", help="output (table)"
     )

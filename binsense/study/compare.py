@@ -21,6 +21,14 @@ a grid of ``model`` x ``variant``, ``--a model=vgg_small,variant=sign --b
 variant=DeSign-2D`` compares within ``vgg_small``). Anything else is one
 :class:`~binsense.errors.BinsenseError` line naming the valid keys or values.
 
+**Robustness** (``relative_to``, ``--relative-to clean``). Whether B *resists* a
+condition better than A is not whether it scores higher there: B may start higher. With
+a reference condition (a label such as ``clean``), every accuracy is first taken relative
+to the same training's own mean accuracy under the reference, :math:`a_{sk} - \bar
+a_s^{\mathrm{ref}}`, so the paired difference is B's change minus A's change ("B loses
+*d* points less"); the statistics below are unchanged. A seed pair without the
+reference is left out; the reference itself is not listed.
+
 **Pairing.** Every training of A is paired with the training of B that has the same
 seed (within a group, the seed is the only thing that varies). Trainings without a
 partner are reported as unpaired and left out. For a condition, the draws of a pair are
@@ -495,14 +503,28 @@ class PairedDifference:
         return self.low > 0 or self.high < 0
 
 
+def _reference_mean(
+    run_id: str, reference: ConditionInfo, rows: Mapping[tuple[str, str, int], Mapping[str, Any]]
+) -> float | None:
+    """A training's mean accuracy over the stored draws of ``reference`` (None: none)."""
+    found = [
+        r["accuracy"]
+        for d in range(reference.draws)
+        if (r := rows.get((run_id, reference.condition_id, d))) is not None
+    ]
+    return math.fsum(found) / len(found) if found else None
+
+
 def paired_difference(
     condition: ConditionInfo,
     pairs: Sequence[tuple[Arm, Arm]],
     rows: Mapping[tuple[str, str, int], Mapping[str, Any]],
     confidence: float = CONFIDENCE,
+    reference: ConditionInfo | None = None,
 ) -> PairedDifference | None:
     """The paired difference of one condition (module docstring); ``None`` if no draw of
-    any pair is stored for both sides.
+    any pair is stored for both sides. With ``reference``, each accuracy is taken relative
+    to its training's mean accuracy under ``reference`` (a pair lacking it is skipped).
 
     Raises:
         BinsenseError: the two rows of a pair come from different test images.
@@ -511,6 +533,13 @@ def paired_difference(
     first: list[float] = []
     count = 0
     for a, b in pairs:
+        base_a = base_b = 0.0
+        if reference is not None:
+            ref_a = _reference_mean(a.run_id, reference, rows)
+            ref_b = _reference_mean(b.run_id, reference, rows)
+            if ref_a is None or ref_b is None:
+                continue
+            base_a, base_b = ref_a, ref_b
         da, db, dd = [], [], []
         for draw in range(condition.draws):
             ra = rows.get((a.run_id, condition.condition_id, draw))
@@ -525,9 +554,9 @@ def paired_difference(
                     f"{str(rb['data_fingerprint'])[:16]}…), "
                     "so they cannot be paired; compare trainings on the same data set."
                 )
-            da.append(ra["accuracy"])
-            db.append(rb["accuracy"])
-            dd.append(rb["accuracy"] - ra["accuracy"])
+            da.append(ra["accuracy"] - base_a)
+            db.append(rb["accuracy"] - base_b)
+            dd.append(db[-1] - da[-1])
         if dd:
             n = len(dd)
             per_seed.append((math.fsum(da) / n, math.fsum(db) / n, math.fsum(dd) / n))
@@ -570,11 +599,17 @@ class Comparison:
     rows: tuple[PairedDifference, ...]
     facet: dict[str, str]
     sweep: dict[str, list[str]]
+    relative_to: str | None = None
 
     def describe(self) -> str:
-        """One line: the two groups and the seeds they are paired on."""
+        """One line: the two groups, the seeds they are paired on and the reference."""
         seeds = ", ".join(str(a.seed) for a, _ in self.pairs) or "none"
         text = f"B = {self.b} minus A = {self.a}, paired on seed ({seeds})"
+        if self.relative_to is not None:
+            text += (
+                f"; accuracies relative to each training's own {self.relative_to!r} "
+                "accuracy, so B − A is B's change minus A's change (robustness)"
+            )
         if self.unpaired:
             left = "; ".join(f"{a.group} seed {a.seed}" for a in self.unpaired)
             text += f"; without a partner (left out): {left}"
@@ -616,21 +651,43 @@ def pair_trainings(
     return pairs, unpaired, label_a, label_b
 
 
+def reference_condition(source: CompareSource, label: str) -> ConditionInfo:
+    """The condition of ``source`` whose label is ``label`` (``relative_to``).
+
+    Raises:
+        BinsenseError: no condition has that label (the message lists the labels).
+    """
+    for c in source.conditions:
+        if c.label == label:
+            return c
+    labels = ", ".join(repr(c.label) for c in source.conditions[:12])
+    more = ", ..." if len(source.conditions) > 12 else ""
+    raise BinsenseError(
+        f"no condition is labelled {label!r}, so accuracies cannot be taken relative to it; "
+        f"the study's conditions: {labels}{more}."
+    )
+
+
 def compare(
     source: CompareSource,
     a: Mapping[str, Any],
     b: Mapping[str, Any],
     name: str | None = None,
     confidence: float = CONFIDENCE,
+    relative_to: str | None = None,
 ) -> Comparison:
     """The paired comparison B − A of ``source`` (a :class:`CompareSource`), condition by
-    condition, in plan order; conditions with no paired row are left out."""
+    condition, in plan order; conditions with no paired row are left out. ``relative_to``:
+    a condition label (e.g. ``"clean"``); accuracies become changes from it (module
+    docstring, *Robustness*)."""
     pairs, unpaired, label_a, label_b = pair_trainings(source.arms, a, b)
+    reference = None if relative_to is None else reference_condition(source, relative_to)
     index = {(r["run_id"], r["condition_id"], r["draw"]): r for r in source.rows}
     diffs = [
         d
         for c in source.conditions
-        if (d := paired_difference(c, pairs, index, confidence)) is not None
+        if c is not reference
+        and (d := paired_difference(c, pairs, index, confidence, reference)) is not None
     ]
     return Comparison(
         name=name or f"{label_b} vs {label_a}",
@@ -642,6 +699,7 @@ def compare(
         rows=tuple(diffs),
         facet=source.facet,
         sweep=source.sweep,
+        relative_to=relative_to,
     )
 
 
@@ -662,20 +720,34 @@ TABLE_HEADER = [
 ]  # fmt: skip
 
 
+def table_header(comparison: Comparison) -> list[str]:
+    """:data:`TABLE_HEADER`, or with ``relative_to`` the columns of changes."""
+    if comparison.relative_to is None:
+        return list(TABLE_HEADER)
+    ref = comparison.relative_to
+    return [
+        "condition", "pairs", "seeds", f"A change from {ref} (points)",
+        f"B change from {ref} (points)", "B − A (points)", *TABLE_HEADER[6:],
+    ]  # fmt: skip
+
+
 def table_rows(comparison: Comparison) -> list[list[str]]:
-    """The comparison as text cells (:data:`TABLE_HEADER`), accuracies in %."""
+    """The comparison as text cells (:func:`table_header`): accuracies in %, or changes
+    in points with ``relative_to``."""
+    level = _pct if comparison.relative_to is None else _pp
     out = []
     for d in comparison.rows:
         ci = "" if math.isnan(d.low) else f"[{_pp(d.low)}, {_pp(d.high)}]"
         sure = {None: "", True: "yes", False: "no"}[d.excludes_zero]
-        out.append([d.condition.label, str(d.pairs), str(d.seeds), _pct(d.mean_a),
-                    _pct(d.mean_b), _pp(d.mean), ci, d.over, sure])  # fmt: skip
+        out.append([d.condition.label, str(d.pairs), str(d.seeds), level(d.mean_a),
+                    level(d.mean_b), _pp(d.mean), ci, d.over, sure])  # fmt: skip
     return out
 
 
 _CSV_HEADER = [
     "condition", "condition_id", "kind", "params", "pairs", "seeds", "acc_a_pct",
     "acc_b_pct", "diff_points", "ci_low_points", "ci_high_points", "ci_over", "a", "b",
+    "relative_to",
 ]  # fmt: skip
 
 
@@ -686,8 +758,9 @@ def _number(value: float) -> str:
 def format_comparison(comparison: Comparison, fmt: str = "table") -> str:
     """The comparison as an aligned text table (with a heading line), CSV or Markdown.
 
-    CSV has one row per condition, numbers in % (accuracy) and percentage points
-    (difference, interval bounds; empty where there is no interval), formula-like text
+    CSV has one row per condition, numbers in % (accuracy; with ``relative_to`` the change
+    from the reference, in points) and percentage points (difference, interval bounds;
+    empty where there is no interval), formula-like text
     cells quoted (:func:`~binsense.study.export.csv_safe`); Markdown escapes every cell.
     """
     if fmt not in COMPARE_FORMATS:
@@ -701,19 +774,19 @@ def format_comparison(comparison: Comparison, fmt: str = "table") -> str:
             cells = [
                 c.label, c.condition_id, c.kind, json.dumps(c.params, sort_keys=True), d.pairs,
                 d.seeds, _number(d.mean_a), _number(d.mean_b), _number(d.mean), _number(d.low),
-                _number(d.high), d.over, comparison.a, comparison.b,
+                _number(d.high), d.over, comparison.a, comparison.b, comparison.relative_to or "",
             ]  # fmt: skip
             writer.writerow([csv_safe(v) for v in cells])
         return buf.getvalue()
-    rows = table_rows(comparison)
+    rows, header = table_rows(comparison), table_header(comparison)
     if fmt == "md":
         from binsense.study.export import md_block
 
         head = f"{md_block(comparison.describe())}.\n\n"
-        return head + (markdown_table(TABLE_HEADER, rows) if rows else "(no paired rows yet)\n")
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(TABLE_HEADER)]
+        return head + (markdown_table(header, rows) if rows else "(no paired rows yet)\n")
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
     lines = [f"{comparison.describe()}.", METHOD, ""]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(TABLE_HEADER, widths, strict=True)).rstrip())
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     for r in rows:
         lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     if not rows:
@@ -814,7 +887,11 @@ def comparison_figure(comparison: Comparison) -> bytes | None:
             if any(key for key, _ in series):
                 ax.legend(fontsize="x-small")
         ax.set_title(title, fontsize="medium")
-        ax.set_ylabel("B − A (accuracy points)")
+        ax.set_ylabel(
+            "B − A (accuracy points)"
+            if comparison.relative_to is None
+            else f"B − A of the change from {comparison.relative_to} (points)"
+        )
         ax.grid(alpha=0.3)
     named = "" if comparison.name == f"{comparison.b} vs {comparison.a}" else f"{comparison.name}: "
     fig.suptitle(
@@ -851,19 +928,30 @@ def write_figure(comparison: Comparison, path: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------- study files and reports
 
 
-def check_comparisons(specs: Sequence[Any], trainings: Sequence[Training]) -> None:
-    """Check ``[[report.compare]]`` blocks against a plan's trainings (at load time).
+def check_comparisons(
+    specs: Sequence[Any], trainings: Sequence[Training], labels: Iterable[str] = ()
+) -> None:
+    """Check ``[[report.compare]]`` blocks against a plan's trainings and condition
+    ``labels`` (at load time).
 
     Raises:
         BinsenseError: ``[[report.compare]] #N a: ...`` — the selector problem
-            (:func:`select_group`, :func:`pair_trainings`).
+            (:func:`select_group`, :func:`pair_trainings`), or a ``relative_to`` that is
+            no condition's label.
     """
     arms = arms_of_study(trainings)
+    known = list(labels)
     for i, spec in enumerate(specs, 1):
         try:
             pair_trainings(arms, spec.a, spec.b, flags=("a", "b"))
         except BinsenseError as e:
             raise BinsenseError(f"[[report.compare]] #{i} {e}") from None
+        if spec.relative_to is not None and spec.relative_to not in known:
+            shown = ", ".join(repr(x) for x in known[:8]) + (", ..." if len(known) > 8 else "")
+            raise BinsenseError(
+                f"[[report.compare]] #{i} relative_to {spec.relative_to!r} is no condition's "
+                f"label; the labels: {shown}."
+            )
 
 
 @dataclass(frozen=True)
@@ -885,7 +973,7 @@ def report_sections(study: Study, rows: Sequence[Mapping[str, Any]]) -> list[Rep
     sections = []
     for i, spec in enumerate(study.report.compare, 1):
         try:
-            comparison = compare(source, spec.a, spec.b, spec.name)
+            comparison = compare(source, spec.a, spec.b, spec.name, relative_to=spec.relative_to)
         except BinsenseError as e:  # e.g. two data sets: said in the report, not hidden
             title = spec.name or f"comparison {i}"
             sections.append(ReportSection(title, f"Not computed: {e}", [], [], "", None))
@@ -895,7 +983,7 @@ def report_sections(study: Study, rows: Sequence[Mapping[str, Any]]) -> list[Rep
             ReportSection(
                 title=comparison.name,
                 text=f"{comparison.describe()}.",
-                header=list(TABLE_HEADER),
+                header=table_header(comparison),
                 rows=table_rows(comparison),
                 figure_name=f"compare_{i}_{slug}"[:80],
                 png=comparison_figure(comparison),
@@ -922,9 +1010,11 @@ __all__ = [
     "paired_difference",
     "pair_trainings",
     "parse_selector",
+    "reference_condition",
     "report_sections",
     "select_group",
     "t_interval",
     "t_quantile",
+    "table_header",
     "write_figure",
 ]

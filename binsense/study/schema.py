@@ -125,20 +125,25 @@ class EvalOptions(BaseModel):
 
 
 #: Keys of one ``[[report.compare]]`` block.
-_COMPARE_KEYS = ("name", "a", "b")
+_COMPARE_KEYS = ("name", "a", "b", "relative_to")
 
 
 class CompareSpec(BaseModel):
     """One ``[[report.compare]]`` block: the paired comparison B − A of two training
     groups, each chosen by a selector table of training-grid keys (or TrainConfig fields)
     to values, e.g. ``a = { variant = "NBC-8" }``, ``b = { variant = "GLT-8" }``;
-    ``name`` titles it in the report. See :mod:`binsense.study.compare`."""
+    ``name`` titles it in the report; ``relative_to`` (a condition label, e.g.
+    ``"clean"``) compares changes from that condition instead of accuracies (robustness).
+    See :mod:`binsense.study.compare`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     name: str | None = Field(None, description="title in the report (default: 'B vs A')")
     a: dict[str, Any] = Field(description="selector of the reference group A")
     b: dict[str, Any] = Field(description="selector of the group B (B − A is reported)")
+    relative_to: str | None = Field(
+        None, description="condition label: compare each training's change from it"
+    )
 
 
 class ReportOptions(BaseModel):
@@ -790,7 +795,9 @@ def _expand(
         from binsense.study.compare import check_comparisons
 
         try:
-            check_comparisons(report.compare, trainings)
+            check_comparisons(
+                report.compare, trainings, condition_labels(list(evaluations.values())).values()
+            )
         except BinsenseError as e:
             raise place.error(_where(place, overlay, ("report",), "report"), str(e)) from None
     return info, trainings, list(evaluations.values()), options, report, teachers
