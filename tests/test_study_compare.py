@@ -326,6 +326,6 @@ def test_cross_studies_declare_their_comparisons():
     assert {t.run_id for t in cpu.trainings} == {t.run_id for t in q5.trainings}
     assert {e.kind for e in q5.evaluations} == {"clean", "weight_noise", "sensor_noise"}
     encoders = load_study(REPO / "studies" / "x_encoder_fpn.toml", "cpu")
-    for study, count in ((cpu, 7), (encoders, 5)):
+    for study, count in ((cpu, 11), (encoders, 8)):
         assert len(study.report.compare) == count
         assert {t.config.seed for t in study.trainings} == {0, 1, 2}
