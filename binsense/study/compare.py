@@ -821,7 +821,8 @@ def comparison_figure(comparison: Comparison) -> bytes | None:
     One panel per condition kind that sweeps a numeric parameter (x = that parameter:
     ``level``, ``eta``, ``bits``...; one line per combination of the kind's other
     varying parameters, or one panel per value of a ``[report] facet`` parameter), and
-    one panel of the remaining conditions by name. A dashed line marks 0.
+    one panel of the remaining conditions by name, each panel on its own y scale. A
+    dashed line marks 0.
     """
     if not comparison.rows:
         return None
@@ -858,7 +859,7 @@ def comparison_figure(comparison: Comparison) -> bytes | None:
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(5.4 * cols, 4.2 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, cols, squeeze=False, sharey=True).ravel()
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()  # own y scale per panel
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     for ax, (title, param, series) in zip(axes, panels, strict=False):
@@ -894,8 +895,9 @@ def comparison_figure(comparison: Comparison) -> bytes | None:
         )
         ax.grid(alpha=0.3)
     named = "" if comparison.name == f"{comparison.b} vs {comparison.a}" else f"{comparison.name}: "
+    change = "" if comparison.relative_to is None else f", change from {comparison.relative_to}"
     fig.suptitle(
-        f"{named}B = {comparison.b} minus A = {comparison.a}\n"
+        f"{named}B = {comparison.b} minus A = {comparison.a}{change}\n"
         f"{comparison.study}; mean and 95 % Student-t interval over "
         + (
             f"{len(comparison.pairs)} seed pairs"
