@@ -565,8 +565,8 @@ def study_table(args: argparse.Namespace) -> None:
     t_torch = sum(r["seconds"] for r in torch_rows)
     t_engine = sum(r["seconds"] for r in engine_rows)
     print(
-        f"| **all {len(same)} rows** | | | **{t_torch:.2f}** | **{t_engine:.2f}** "
-        f"({t_torch / t_engine:.1f}x less) | | {'all' if all(same) else 'NOT all'} |"
+        f"| **all** | {len(same)} | **{t_torch:.2f}** | **{t_engine:.2f}** | "
+        f"**{t_torch / t_engine:.1f}x** | | {sum(same)}/{len(same)} |"
     )
     print()
     print(
