@@ -113,6 +113,51 @@ def test_bnn_without_batch_norm_uses_channel_affine(name):
     assert affines[1].scale.detach() == pytest.approx(torch.full_like(affines[1].scale, expected))
 
 
+@pytest.mark.parametrize("name", ["mnist_bnn", "mnist_bnn_float"])
+def test_mnist_bnn_blocks_make_it_deeper(name):
+    """``blocks = n`` conv blocks per stage: 2n + 2 norms (2n convs, the FC, the head),
+    the same widths; n = 1 is the plain mnist_bnn (same parameter shapes)."""
+    from binsense.layers import ChannelAffine
+
+    info = dataset_info("mnist")
+    plain = build_model(name, info, width=0.25)
+    assert [p.shape for p in build_model(name, info, width=0.25, blocks=1).parameters()] == [
+        p.shape for p in plain.parameters()
+    ]
+    for n, norms in ((1, 4), (2, 6), (3, 8), (5, 12), (7, 16)):
+        model = build_model(name, info, width=0.25, blocks=n).eval()
+        convs = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+        assert convs == [8] * n + [16] * n
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        assert len(bns) == norms
+        without = build_model(name, info, width=0.25, blocks=n, norm="channel_affine")
+        assert sum(isinstance(m, ChannelAffine) for m in without.modules()) == norms
+        assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(BinsenseError, match="blocks"):
+        build_model(name, info, blocks=0)
+
+
+@pytest.mark.parametrize("norm", ["channel_affine", "none"])
+def test_mnist_float_twin_without_batch_norm_is_he_initialised(norm):
+    """Without BN the float twin's convs start He-normal (std sqrt(2 / fan-in)), so a deep
+    ReLU stack keeps its activation scale; with BN, and in the BNN, PyTorch's default."""
+    info = dataset_info("mnist")
+    torch.manual_seed(0)
+    convs = [
+        m
+        for m in build_model("mnist_bnn_float", info, blocks=3, norm=norm).modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    for conv in convs[1:]:  # 32 -> 32 and 64 -> 64 channels: 9k-37k weights each
+        fan_in = conv.in_channels * 9
+        assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
+    for name, options in (("mnist_bnn_float", {}), ("mnist_bnn", {"norm": norm})):
+        conv = [m for m in build_model(name, info, blocks=3, **options).modules()
+                if isinstance(m, nn.Conv2d)][-1]  # fmt: skip
+        default = (3 * conv.in_channels * 9) ** -0.5  # kaiming_uniform_(a=sqrt(5))
+        assert conv.weight.std().item() == pytest.approx(default, rel=0.05)
+
+
 def test_bnn_without_batch_norm_trains(tiny_data):
     from binsense.train import TrainConfig, train
 

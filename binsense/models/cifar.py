@@ -30,7 +30,15 @@ from torch import nn
 from binsense.data import DatasetInfo
 from binsense.errors import BinsenseError
 from binsense.layers.block import BinaryBlock, ResidualUnit, Shortcut
-from binsense.models.recipe import Components, PlainRecipe, RecipeModel, Width, build_plain, scaled
+from binsense.models.recipe import (
+    Components,
+    PlainRecipe,
+    RecipeModel,
+    Width,
+    build_plain,
+    he_normal,
+    scaled,
+)
 
 
 def _check_norm(comp: Components) -> bool:
@@ -79,11 +87,6 @@ _VGG_PLANS: dict[int, list[int | str]] = {
 }
 
 
-def _kaiming(conv: nn.Module) -> None:
-    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-    nn.init.zeros_(conv.bias)
-
-
 def vgg_cifar(info: DatasetInfo, comp: Components, *, depth: int, width: Width = 1.0) -> nn.Module:
     """VGG-11 / VGG-16 for 32x32 images, ``conv -> [BN] -> ReLU`` blocks, one classifier."""
     h, w = info.image_size
@@ -93,7 +96,7 @@ def vgg_cifar(info: DatasetInfo, comp: Components, *, depth: int, width: Width =
     plan = [v if v == "M" else scaled(int(v), width) for v in _VGG_PLANS[depth]]
     recipe = PlainRecipe(
         plan, [], (h // 32, w // 32), pool="after_block", conv_bias=not bn,
-        conv_init=None if bn else _kaiming,
+        conv_init=None if bn else he_normal,
     )  # fmt: skip
     return build_plain(info, recipe, comp)
 

@@ -178,6 +178,15 @@ class RecipeModel(nn.Module):
 Plan = Sequence[int | str]  # channel counts; "M" = 2x2 max-pool after the previous conv
 
 
+def he_normal(conv: nn.Module) -> None:
+    r"""He-normal conv weights, :math:`w \sim \mathcal N(0, 2/\text{fan-in})` (He et al.,
+    ICCV 2015), and a zero bias: a ``conv_init`` that keeps ReLU activations at their scale
+    through a deep net without batch norm."""
+    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 @dataclass(frozen=True)
 class PlainRecipe:
     """A VGG-like network: 3x3 conv blocks from ``plan``, FC blocks ``fcs``, classifier.
