@@ -170,6 +170,7 @@ def test_relative_to_compares_the_changes_from_a_reference(filled: Path):
     assert "A change from sensor_noise level=0.05 (points)" in table and "robustness" in table
     rows = list(csv.DictReader(io.StringIO(format_comparison(result, "csv"))))
     assert rows[0]["relative_to"] == "sensor_noise level=0.05"
+    assert float(rows[0]["diff_points"]) == pytest.approx(-100 * SHIFT)  # a plain number
     with pytest.raises(BinsenseError, match="no condition is labelled 'cleen'.*'clean'"):
         compare(source, {"variant": "A"}, {"variant": "B"}, relative_to="cleen")
 

@@ -751,8 +751,9 @@ _CSV_HEADER = [
 ]  # fmt: skip
 
 
-def _number(value: float) -> str:
-    return "" if math.isnan(value) else repr(round(100 * value, 10))
+def _number(value: float) -> float | str:
+    """A CSV number in % or points (a float, so a negative one is not escaped as text)."""
+    return "" if math.isnan(value) else round(100 * value, 10)
 
 
 def format_comparison(comparison: Comparison, fmt: str = "table") -> str:
