@@ -11,28 +11,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA
-from torch import nn
+from test_deploy_program import _calibrated
 
-from binsense.data import dataset_info, load_dataset
+from binsense.data import load_dataset
 from binsense.deploy import convert
 from binsense.errors import BinsenseError
 from binsense.export.c import compile_c, export_c, find_compiler, generate_c, run_c
-from binsense.models import build_model
 
-
-def calibrated(name: str, dataset: str, **options) -> nn.Module:
-    """A model with random BN parameters (negative gammas too) and statistics."""
-    torch.manual_seed(0)
-    info = dataset_info(dataset)
-    model = build_model(name, info, **options)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-                m.weight.uniform_(-1, 1)
-                m.bias.uniform_(-0.5, 0.5)
-        model.train()
-        model(torch.rand(16, info.in_channels, *info.image_size))
-    return model.eval()
+calibrated = _calibrated  # a model with random BN parameters (negative gammas too)
 
 
 def real_images(dataset: str, n: int = 32) -> torch.Tensor:

@@ -221,8 +221,9 @@ def _quantize_design_threshold(
     design.kernel = (flip.double().view(-1, 1, 1) * tau_q).to(design.kernel)
 
 
-def _plan(model: nn.Module, target: str) -> list[tuple[_BatchNorm, str]]:
-    """(layer, form) for every float BN, validated before anything is changed."""
+def _plan(model: nn.Module, target: str) -> list[tuple[_BatchNorm, str, DeSign | None]]:
+    """(layer, form, the DeSign it feeds for "design_threshold") for every float BN,
+    validated before anything is changed."""
     fed = _sign_fed(model) if target == "threshold" else set()
     designs = _design_fed(model) if target == "threshold" else {}
     coupled = _coupled(model)
@@ -243,7 +244,7 @@ def _plan(model: nn.Module, target: str) -> list[tuple[_BatchNorm, str]]:
                 f"{bn} has no affine parameters, so its folded affine form cannot be written "
                 "back; use target 'raw'."
             )
-        plan.append((bn, form))
+        plan.append((bn, form, designs.get(id(bn))))
     return plan
 
 
@@ -292,10 +293,9 @@ def quantize_bn(
     _check_scale(scale)
     if check_bits(bits) == FLOAT_BITS:
         return model
-    designs = _design_fed(model)
-    for bn, form in _plan(model, target):
-        if form == "design_threshold":
-            _quantize_design_threshold(bn, designs[id(bn)], bits, scale)
+    for bn, form, design in _plan(model, target):
+        if design is not None:
+            _quantize_design_threshold(bn, design, bits, scale)
         else:
             _QUANTIZE_FORMS[form](bn, bits, scale)
     return model
