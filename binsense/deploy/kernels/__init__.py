@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -171,7 +171,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "xnor_gemm_packed": ([_P, _P, _P, _I64, _I64, _I64, _I64, _INT], _INT),
         "xnor_pack_nchw": ([_P, _INT, _I64, _I64, _I64, _I64, _P], _INT),
         "xnor_im2col": ([_P, _P, _I64, _P], None),
-        "xnor_conv2d": ([_P, _P, _P, _P, _INT, _P, _P, _P, _P, _I64, _INT], _INT),
+        "xnor_conv2d": ([_P, _P, _P, _P, _INT, _P, _P, _P, _P, _I64, _INT, _P], _INT),
+        "xnor_fused_split": ([_INT], _INT),
+        "xnor_split_panels": ([_P, _I64, _P], None),
         "xnor_pool_bits": ([_P, _I64, _I64, _I64, _I64, _I64, _P, _P], None),
     }
     for name, (args, res) in sig.items():
@@ -334,6 +336,11 @@ def _check(rc: int) -> None:
         raise MemoryError("the XNOR kernel could not allocate its buffers.")
 
 
+def _ptr(t: Tensor | None) -> int | None:
+    """A tensor's address for ctypes, or NULL."""
+    return None if t is None else t.data_ptr()
+
+
 def _words(t: Tensor, name: str) -> Tensor:
     if t.dtype not in (torch.int64, torch.uint64) or t.device.type != "cpu":
         raise BinsenseError(f"{name}: packed words must be int64 CPU tensors, got {t.dtype}.")
@@ -468,11 +475,24 @@ def im2col(words: Tensor, dims: Tensor, group: int = 0) -> Tensor:
 class ConvWeights:
     """A packed conv's weights in the two forms the C convolution multiplies: ``rows``
     ``(G, ceil(C_out / G / 4) * 4, k_h k_w wpg)`` (int32 output: the weights are the rows
-    of the product) and ``panels`` (the fused threshold: the weights are its columns)."""
+    of the product) and ``panels`` (the fused threshold: the weights are its columns).
+    The panels' nibble halves, which the AVX2 fused path reads, are made on its first
+    call and kept (:meth:`split_panels`)."""
 
     rows: Tensor
     panels: Tensor
     groups: int
+    _split: list = field(default_factory=list, compare=False, repr=False)
+
+    def split_panels(self, lib: ctypes.CDLL, isa: int) -> Tensor | None:
+        """The panels as split panels if path ``isa`` reads them, else None."""
+        if lib.xnor_fused_split(isa) != 1:
+            return None
+        if not self._split:
+            out = torch.empty(2 * self.panels.numel(), dtype=torch.int64)
+            lib.xnor_split_panels(self.panels.data_ptr(), self.panels.numel(), out.data_ptr())
+            self._split.append(out)
+        return self._split[0]
 
 
 def conv_weights(weight_words: Tensor, groups: int) -> ConvWeights:
@@ -536,7 +556,7 @@ def conv2d_words(
         rc = lib.xnor_conv2d(
             words.data_ptr(), weights.rows.data_ptr(), weights.panels.data_ptr(),
             dims.data_ptr(), 0,
-            bias.data_ptr(), y.data_ptr(), None, None, nt, isa,
+            bias.data_ptr(), y.data_ptr(), None, None, nt, isa, None,
         )  # fmt: skip
     else:
         if threshold.offset.shape != (hout * wout, cout):
@@ -545,7 +565,7 @@ def conv2d_words(
         rc = lib.xnor_conv2d(
             words.data_ptr(), None, weights.panels.data_ptr(), dims.data_ptr(), 1,
             threshold.offset.data_ptr(), None, threshold.invert.data_ptr(), y.data_ptr(),
-            nt, isa,
+            nt, isa, _ptr(weights.split_panels(lib, isa)),
         )  # fmt: skip
     _check(rc)
     return y

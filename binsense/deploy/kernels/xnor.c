@@ -14,7 +14,7 @@
  *  - AVX2: the nibble-table popcount with _mm256_shuffle_epi8 (Mula, Kurz, Lemire),
  *    byte counts accumulated over up to 31 words, then summed with _mm256_sad_epu8
  *    (2 rows x 8 columns per sub-tile: no spills in 16 ymm registers). The fused
- *    convolution splits its input and weights into nibble halves once per call, so
+ *    convolution splits its input (per call) and weights (once) into nibble halves, so
  *    the tile's step is 6 operations per 4 columns instead of 8 (12-25 % faster);
  *  - portable: __builtin_popcountll (the popcnt instruction where the CPU has it).
  * A path the CPU lacks is refused (return -1), never run.
@@ -621,13 +621,24 @@ static void split_words(const uint64_t *x, int64_t n, uint64_t *out) {
     for (int64_t i = 0; i < n; i++) out[2 * i] = x[i] & NIBBLES, out[2 * i + 1] = (x[i] >> 4) & NIBBLES;
 }
 
-/* npan panels (K, NB) as split panels (K, 2, NB): NB lo words, then NB hi words per step */
-static void split_panels(const uint64_t *Bp, int64_t npan, int64_t K, uint64_t *out) {
-    for (int64_t i = 0; i < npan * K; i++)
+/* Panels (words: a multiple of NB; (K, NB) each) as split panels (K, 2, NB): NB lo words,
+ * then NB hi words per step; twice the words. Made once per weight matrix and kept
+ * (xnor_fused_split says which paths read them). */
+void xnor_split_panels(const uint64_t *Bp, int64_t words, uint64_t *out) {
+    for (int64_t i = 0; i < words / NB; i++)
         for (int64_t c = 0; c < NB; c++) {
             const uint64_t w = Bp[i * NB + c];
             out[i * 2 * NB + c] = w & NIBBLES, out[i * 2 * NB + NB + c] = (w >> 4) & NIBBLES;
         }
+}
+
+/* Whether path `isa` (0: the best here) runs the fused convolution on split panels, so
+ * that the caller may pass them to xnor_conv2d made once (xnor_split_panels); -1: the
+ * path cannot run here. */
+int xnor_fused_split(int isa) {
+    kernel_t k;
+    if (!select_kernel(isa, &k)) return -1;
+    return k.split != NULL;
 }
 
 /* X (B, H, W, ctot) with ph rows and pw columns of zero words around each image, into
@@ -665,11 +676,12 @@ static void pad_words(const uint64_t *X, const int64_t *d, int64_t ctot, uint64_
  *   output position p is (2 C + bias[p, n] >= 0) XOR bit n of inv[p] (bias int32 (Hout *
  *   Wout, C_out), inv words (Hout * Wout, ceil(C_out / 64))), written into Yp (B, Hout,
  *   Wout, ceil(C_out / 64)), pad bits 0. A threshold "y <= tau" is (2 C + bias - 1 >= 0)
- *   inverted.
+ *   inverted. Bsplit: Bp as split panels (xnor_split_panels), for a path that reads them
+ *   (xnor_fused_split); NULL: split here, once per call.
  * 0 ok, -1 isa, -2 memory. */
 int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const int64_t *d,
                 int mode, const int32_t *bias, int32_t *Y, const uint64_t *inv, uint64_t *Yp,
-                int64_t threads, int isa) {
+                int64_t threads, int isa, const uint64_t *Bsplit) {
     kernel_t kn;
     if (!select_kernel(isa, &kn)) return -1;
     const int64_t G = d[D_G], coutg = d[D_COUTG], cout = G * coutg, wpg = d[D_WPG];
@@ -693,8 +705,8 @@ int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const
     int64_t *kofs = identity(K);
     uint64_t *Xp = padded ? malloc((size_t)xwords * sizeof(uint64_t)) : NULL;
     uint64_t *Xh = split ? malloc((size_t)(2 * xwords) * sizeof(uint64_t)) : NULL;
-    uint64_t *Bh = split ? malloc((size_t)(2 * G * setw) * sizeof(uint64_t)) : NULL;
-    if (!cbuf || !abuf || !pbuf || !kofs || (padded && !Xp) || (split && (!Xh || !Bh))) {
+    uint64_t *Bh = split && !Bsplit ? malloc((size_t)(2 * G * setw) * sizeof(uint64_t)) : NULL;
+    if (!cbuf || !abuf || !pbuf || !kofs || (padded && !Xp) || (split && (!Xh || (!Bsplit && !Bh)))) {
         free(cbuf), free(abuf), free(pbuf), free(kofs), free(Xp), free(Xh), free(Bh);
         return -2;
     }
@@ -705,11 +717,12 @@ int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const
         if (padded) pad_words(X, d, ctot, Xp);
         if (split) {
             split_words(padded ? Xp : X, xwords, Xh);
-            split_panels(Bp, G * npan, K, Bh);
+            if (!Bsplit) xnor_split_panels(Bp, G * setw, Bh);
         }
     }
     /* mode 1's input, weight panels, tile and words per input word */
-    const uint64_t *Xs = split ? Xh : padded ? Xp : X, *Bs = split ? Bh : Bp;
+    const uint64_t *Xs = split ? Xh : padded ? Xp : X;
+    const uint64_t *Bs = !split ? Bp : Bsplit ? Bsplit : Bh;
     const tile_fn ftile = split ? kn.split : kn.tile;
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (int64_t ib = 0; ib < blocks; ib++) {
