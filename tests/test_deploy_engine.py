@@ -132,6 +132,29 @@ def test_engine_equals_the_op_list_and_pytorch(name, dataset, options, steps):
     assert steps <= used, f"the packed path was not taken: {used}"
 
 
+@pytest.mark.parametrize(("batch", "chunks"), [(70, [32, 38]), (100, [32, 32, 36]), (40, [40])])
+def test_float_first_stage_runs_in_chunks_and_stays_exact(monkeypatch, batch, chunks):
+    from binsense.deploy import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "FLOAT_CHUNK_BYTES", 1)  # every chunk FLOAT_CHUNK_MIN
+    sizes: list[int] = []  # the images of each float chunk (packed by its sign)
+    pack = kernels.pack_input
+
+    def spy(y, groups=1, sign=False):
+        if sign:
+            sizes.append(len(y))
+        return pack(y, groups, sign)
+
+    monkeypatch.setattr(engine_mod.kernels, "pack_input", spy)
+    model = _calibrated("vgg_small", "cifar10", width=0.125)
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = PackedEngine(convert(model).ops)(x)
+        expected = model(x)
+    assert sizes == chunks
+    assert torch.equal(got, expected)
+
+
 def test_program_uses_the_op_list_where_the_kernel_does_not_run(monkeypatch):
     model = _calibrated("mnist_bnn", "mnist", width=0.25)
     deployed = convert(model)

@@ -300,13 +300,7 @@ class PackedEngine:
                 pre, groups = self._step(
                     i, lambda i=i, op=op: (_pre_sign(op), self._next_conv_groups(i + 2) or 1)
                 )
-                if pre is not None:  # the stage's final sign packed straight in C
-                    y = pre(h.to(torch.float32)).contiguous()
-                    words = kernels.pack_input(y, groups, sign=True)
-                else:
-                    y = op(h).contiguous()
-                    words = kernels.pack_input(y, groups)
-                h = Packed(words, y.shape[1], groups)
+                h = _float_input(h, op, pre, groups)
                 i += 2
             elif isinstance(h, Packed) and isinstance(op, PackedConv):
                 h, i = self._conv(i, h)
@@ -339,6 +333,41 @@ class PackedEngine:
             step = self._step(i, lambda: _FusedConv(conv, pool, thr))
             return step(h), i + (3 if pool is not None else 2)
         return self._step(i, lambda: _Conv(conv))(h), i + 1
+
+
+FLOAT_CHUNK_BYTES = 8 << 20
+"""Largest float32 activation of the float first stage, per chunk of images (bytes)."""
+
+FLOAT_CHUNK_MIN = 32
+"""Fewest images per chunk of the float first stage (the last chunk excepted)."""
+
+
+def _float_input(x: Tensor, stage: FloatStage, pre: nn.Module | None, groups: int) -> Packed:
+    """The float first stage and its final sign, packed, computed in chunks of images.
+
+    The stage's activations are the only float tensors of the program, and at study batch
+    sizes they are large: a 32-channel 32x32 map of 250 images is 33 MB, above glibc's
+    largest mmap threshold (32 MiB), so each such tensor is a fresh mapping whose every
+    page faults on first touch (16,000 faults, 4/5 of the layer's time on the dev VM).
+    Chunks of at least :data:`FLOAT_CHUNK_MIN` images, each activation at most
+    :data:`FLOAT_CHUNK_BYTES`, reuse heap memory that stays in cache. Every image's result
+    is PyTorch's at a batch of ``>= FLOAT_CHUNK_MIN``; the engine's check against the
+    model (:func:`~binsense.deploy.program.check_exact`) covers the chunking.
+    """
+    f = pre if pre is not None else stage
+    parts: list[Tensor] = []
+    start, step, channels = 0, FLOAT_CHUNK_MIN, 0
+    while start < x.shape[0]:
+        rest = x.shape[0] - start
+        n = rest if rest < step + FLOAT_CHUNK_MIN else step  # no short last chunk
+        y = f(x[start : start + n].to(torch.float32)).contiguous()
+        parts.append(kernels.pack_input(y, groups, sign=pre is not None))
+        channels = y.shape[1]
+        if start == 0:  # size the next chunks by the bytes of this one's activation
+            step = max(FLOAT_CHUNK_MIN, FLOAT_CHUNK_BYTES * n // max(4 * y.numel(), 1))
+        start += n
+    words = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return Packed(words, channels, groups)
 
 
 def _pre_sign(stage: FloatStage):
