@@ -233,13 +233,19 @@ __attribute__((target("avx2"))) static inline void subtile_avx2_split(
         t10 = _mm256_add_epi64(t10, _mm256_sad_epu8(c10, zero));
         t11 = _mm256_add_epi64(t11, _mm256_sad_epu8(c11, zero));
     }
-    const __m256i totals[2][2] = {{t00, t01}, {t10, t11}};
-    for (int r = 0; r < 2; r++)
-        for (int v = 0; v < 2; v++) {
-            uint64_t t[4];
-            _mm256_storeu_si256((__m256i *)t, totals[r][v]);
-            for (int e = 0; e < 4; e++) C[r * ldc + 4 * v + e] = (int32_t)(64 * K - (int64_t)t[e]);
-        }
+    /* 64 K - count as 8 int32 per row: the low halves of the 4 + 4 int64, in order */
+    const __m256i full = _mm256_set1_epi32((int)(64 * K));
+#define AVX2_OUT(r, lo, hi)                                                                 \
+    _mm256_storeu_si256(                                                                   \
+        (__m256i *)(C + (r) * ldc),                                                        \
+        _mm256_sub_epi32(full, _mm256_permute4x64_epi64(                                   \
+                                   _mm256_castps_si256(_mm256_shuffle_ps(                  \
+                                       _mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi),   \
+                                       _MM_SHUFFLE(2, 0, 2, 0))),                          \
+                                   _MM_SHUFFLE(3, 1, 2, 0))))
+    AVX2_OUT(0, t00, t01);
+    AVX2_OUT(1, t10, t11);
+#undef AVX2_OUT
 }
 
 __attribute__((target("avx2"))) static void tile_avx2_split(const uint64_t *const *rows,
