@@ -138,6 +138,21 @@ __attribute__((target("popcnt"))) static void tile_popcnt(const uint64_t *const 
 #define AVX2_V 2
 #endif
 
+#if AVX2_V % 2
+#error "AVX2_V must be even (the counts are stored 8 columns at a time)"
+#endif
+
+/* c[0..8) = full - the counts of 8 columns, held as int64 in lo (columns 0-3) and hi (4-7):
+ * their low halves gathered in order (shuffle within lanes, then across) */
+__attribute__((target("avx2"))) static inline void store_counts_avx2(int32_t *c, __m256i full,
+                                                                     __m256i lo, __m256i hi) {
+    const __m256 halves = _mm256_shuffle_ps(_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi),
+                                            _MM_SHUFFLE(2, 0, 2, 0));
+    const __m256i ordered =
+        _mm256_permute4x64_epi64(_mm256_castps_si256(halves), _MM_SHUFFLE(3, 1, 2, 0));
+    _mm256_storeu_si256((__m256i *)c, _mm256_sub_epi32(full, ordered));
+}
+
 /* AVX2_R rows x 4 AVX2_V columns from P's column 0 (P already offset) */
 __attribute__((target("avx2"))) static inline void subtile_avx2(const uint64_t *const *rows,
                                                                 const int64_t *kofs,
@@ -173,12 +188,10 @@ __attribute__((target("avx2"))) static inline void subtile_avx2(const uint64_t *
             for (int v = 0; v < AVX2_V; v++)
                 total[r][v] = _mm256_add_epi64(total[r][v], _mm256_sad_epu8(acc[r][v], zero));
     }
+    const __m256i full = _mm256_set1_epi32((int)(64 * K));
     for (int r = 0; r < AVX2_R; r++)
-        for (int v = 0; v < AVX2_V; v++) {
-            uint64_t t[4];
-            _mm256_storeu_si256((__m256i *)t, total[r][v]);
-            for (int e = 0; e < 4; e++) C[r * ldc + 4 * v + e] = (int32_t)(64 * K - (int64_t)t[e]);
-        }
+        for (int v = 0; v < AVX2_V; v += 2)
+            store_counts_avx2(C + r * ldc + 4 * v, full, total[r][v], total[r][v + 1]);
 }
 
 __attribute__((target("avx2"))) static void tile_avx2(const uint64_t *const *rows,
@@ -233,19 +246,9 @@ __attribute__((target("avx2"))) static inline void subtile_avx2_split(
         t10 = _mm256_add_epi64(t10, _mm256_sad_epu8(c10, zero));
         t11 = _mm256_add_epi64(t11, _mm256_sad_epu8(c11, zero));
     }
-    /* 64 K - count as 8 int32 per row: the low halves of the 4 + 4 int64, in order */
     const __m256i full = _mm256_set1_epi32((int)(64 * K));
-#define AVX2_OUT(r, lo, hi)                                                                 \
-    _mm256_storeu_si256(                                                                   \
-        (__m256i *)(C + (r) * ldc),                                                        \
-        _mm256_sub_epi32(full, _mm256_permute4x64_epi64(                                   \
-                                   _mm256_castps_si256(_mm256_shuffle_ps(                  \
-                                       _mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi),   \
-                                       _MM_SHUFFLE(2, 0, 2, 0))),                          \
-                                   _MM_SHUFFLE(3, 1, 2, 0))))
-    AVX2_OUT(0, t00, t01);
-    AVX2_OUT(1, t10, t11);
-#undef AVX2_OUT
+    store_counts_avx2(C, full, t00, t01);
+    store_counts_avx2(C + ldc, full, t10, t11);
 }
 
 __attribute__((target("avx2"))) static void tile_avx2_split(const uint64_t *const *rows,
