@@ -80,20 +80,25 @@ SHAPES = [(64, 32), (128, 16), (256, 8), (512, 4)]  # channels in = out, height 
 BATCHES = [1, 16]
 
 
-def _time(fn: Callable[[], object], repeats: int, min_seconds: float = 0.004) -> float:
-    """Median seconds per call over ``repeats`` runs of enough calls to fill ``min_seconds``."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    calls = max(1, int(min_seconds / once))
-    samples = []
-    for _ in range(repeats):
+def _time(fns: dict[str, Callable[[], object]], repeats: int, min_seconds: float = 0.004):
+    """Median seconds per call of each function, **interleaved**: ``repeats`` rounds, each
+    timing every function in turn over enough calls to fill ``min_seconds``. On a shared
+    VM whose speed drifts by tens of percent from one second to the next, the functions
+    compared are timed side by side, so a drift moves both sides of a ratio alike."""
+    calls = {}
+    for name, fn in fns.items():
+        fn()
         start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter() - start) / calls)
-    return statistics.median(samples)
+        fn()
+        calls[name] = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(ts) for name, ts in samples.items()}
 
 
 def _cpu_name() -> str:
@@ -146,16 +151,17 @@ def bench_conv(channels: int, size: int, batch: int, path: str, threads: int, re
         raise SystemExit(f"{path}: the fused conv {channels}@{size} b{batch} is not exact")
 
     a = kernels.im2col(words, dims)
-    t = {
-        "torch": _time(lambda: F.conv2d(x, weight, None, 1, 1), repeats),
-        "int32": _time(int32_out, repeats),
-        "fused": _time(packed_out, repeats),
-        "im2col": _time(lambda: kernels.im2col(words, dims), repeats),
-        "gemm": _time(
-            lambda: kernels.gemm_packed(a, weights.panels, channels, threads, path), repeats
-        ),
-        "pack": _time(lambda: kernels.pack_input(x), repeats),
-    }
+    t = _time(
+        {
+            "torch": lambda: F.conv2d(x, weight, None, 1, 1),
+            "int32": int32_out,
+            "fused": packed_out,
+            "im2col": lambda: kernels.im2col(words, dims),
+            "gemm": lambda: kernels.gemm_packed(a, weights.panels, channels, threads, path),
+            "pack": lambda: kernels.pack_input(x),
+        },
+        repeats,
+    )
     return t
 
 
@@ -173,12 +179,15 @@ def bench_gemm(path: str, threads: int, repeats: int):
     if not torch.equal((2 * c - kbits).float(), af @ bf):
         raise SystemExit(f"{path}: the GEMM is not exact")
     panels = kernels.pack_b(b)
-    return {
-        "torch": _time(lambda: af @ bf, repeats),
-        "gemm": _time(lambda: kernels.xnor_gemm(a, b, threads, path), repeats),
-        "packed": _time(lambda: kernels.gemm_packed(a, panels, n, threads, path), repeats),
-        "operands": (af, bf),
-    }
+    t = _time(
+        {
+            "torch": lambda: af @ bf,
+            "gemm": lambda: kernels.xnor_gemm(a, b, threads, path),
+            "packed": lambda: kernels.gemm_packed(a, panels, n, threads, path),
+        },
+        repeats,
+    )
+    return {**t, "operands": (af, bf)}
 
 
 def bench_bnnlab(python: str, af: torch.Tensor, bf: torch.Tensor, threads: int, repeats: int):
@@ -282,9 +291,14 @@ def bench_whole_model(threads: int, repeats: int) -> tuple[list[dict], dict[str,
             rows.append(
                 {
                     "batch": batch,
-                    "twin": _time(lambda x=x: twin(x), repeats),
-                    "bnn_torch": _time(lambda x=x: bnn(x), repeats),
-                    "deployed": _time(lambda x=x: deployed(x), repeats),
+                    **_time(
+                        {
+                            "twin": lambda x=x: twin(x),
+                            "bnn_torch": lambda x=x: bnn(x),
+                            "deployed": lambda x=x: deployed(x),
+                        },
+                        repeats,
+                    ),
                     "ops": op_profile(deployed, x, repeats),
                 }
             )
