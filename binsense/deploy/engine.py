@@ -24,7 +24,7 @@ program with activations kept as **packed words** between binary layers:
   lookup per colour channel, OR-ed into the pixel's word) when the planes fit in one
   word; a float first stage ending in a sign quantizer packs the sign of its float32
   pre-activation in C (bit 1 iff :math:`z \ge 0`, the quantizer's forward), with no ±1
-  tensor in between;
+  tensor in between, a chunk of images at a time (:func:`_float_input`);
 - **channel shuffle** and group layouts the next conv needs are a bit permutation
   (unpack, index, pack);
 - **flatten + binary linear** multiplies the packed map directly: the linear layer's
