@@ -272,39 +272,76 @@ __attribute__((target("avx2"))) static void tile_avx2_split(const uint64_t *cons
         c3 = _mm512_add_epi64(c3, _mm512_popcnt_epi64(_mm512_xor_si512(x_, b3)));          \
     } while (0)
 
+/* The counts of a 4 x 32 tile: 16 named zmm accumulators (an array would be zeroed and
+ * stored through the stack); a step is 4 panel loads, 4 broadcasts and 16 x (xor, popcnt,
+ * add); the counts (each < 2^31) leave as int32 "64 K - popcount" through 8 two-register
+ * permutes: oRH holds row R's columns 16 H .. 16 H + 15 */
+#define AVX512_TILE_COUNTS                                                                  \
+    const uint64_t *a0 = rows[0], *a1 = rows[1], *a2 = rows[2], *a3 = rows[3];              \
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c03 = c00, c10 = c00,        \
+            c11 = c00, c12 = c00, c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00,    \
+            c30 = c00, c31 = c00, c32 = c00, c33 = c00;                                     \
+    for (int64_t k = 0; k < K; k++) {                                                       \
+        const uint64_t *b = P + k * NB;                                                     \
+        const int64_t o = kofs[k];                                                          \
+        const __m512i b0 = _mm512_loadu_si512((const void *)b);                             \
+        const __m512i b1 = _mm512_loadu_si512((const void *)(b + 8));                       \
+        const __m512i b2 = _mm512_loadu_si512((const void *)(b + 16));                      \
+        const __m512i b3 = _mm512_loadu_si512((const void *)(b + 24));                      \
+        AVX512_ROW(a0[o], c00, c01, c02, c03);                                              \
+        AVX512_ROW(a1[o], c10, c11, c12, c13);                                              \
+        AVX512_ROW(a2[o], c20, c21, c22, c23);                                              \
+        AVX512_ROW(a3[o], c30, c31, c32, c33);                                              \
+    }                                                                                       \
+    const __m512i full = _mm512_set1_epi32((int)(64 * K));                                  \
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24,   \
+                                           26, 28, 30);                                     \
+    const __m512i o00 = _mm512_sub_epi32(full, _mm512_permutex2var_epi32(c00, even, c01));  \
+    const __m512i o01 = _mm512_sub_epi32(full, _mm512_permutex2var_epi32(c02, even, c03));  \
+    const __m512i o10 = _mm512_sub_epi32(full, _mm512_permutex2var_epi32(c10, even, c11));  \
+    const __m512i o11 = _mm512_sub_epi32(full, _mm512_permutex2var_epi32(c12, even, c13));  \
+    const __m512i o20 = _mm512_sub_epi32(full, _mm512_permutex2var_epi32(c20, even, c21));  \
+    const __m512i o21 = _mm512_sub_epi32(full, _mm512_permutex2var_epi32(c22, even, c23));  \
+    const __m512i o30 = _mm512_sub_epi32(full, _mm512_permutex2var_epi32(c30, even, c31));  \
+    const __m512i o31 = _mm512_sub_epi32(full, _mm512_permutex2var_epi32(c32, even, c33));
+
 __attribute__((target("avx512f,avx512vpopcntdq"))) static void tile_avx512(
     const uint64_t *const *rows, const int64_t *kofs, int64_t K, const uint64_t *P,
     int32_t *C, int64_t ldc) {
-    /* 16 named zmm accumulators (an array would be zeroed and stored through the stack);
-     * a step is 4 panel loads, 4 broadcasts and 16 x (xor, popcnt, add); the counts (each
-     * < 2^31) leave as int32 through 8 two-register permutes */
-    const uint64_t *a0 = rows[0], *a1 = rows[1], *a2 = rows[2], *a3 = rows[3];
-    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c03 = c00, c10 = c00,
-            c11 = c00, c12 = c00, c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00,
-            c30 = c00, c31 = c00, c32 = c00, c33 = c00;
-    for (int64_t k = 0; k < K; k++) {
-        const uint64_t *b = P + k * NB;
-        const int64_t o = kofs[k];
-        const __m512i b0 = _mm512_loadu_si512((const void *)b);
-        const __m512i b1 = _mm512_loadu_si512((const void *)(b + 8));
-        const __m512i b2 = _mm512_loadu_si512((const void *)(b + 16));
-        const __m512i b3 = _mm512_loadu_si512((const void *)(b + 24));
-        AVX512_ROW(a0[o], c00, c01, c02, c03);
-        AVX512_ROW(a1[o], c10, c11, c12, c13);
-        AVX512_ROW(a2[o], c20, c21, c22, c23);
-        AVX512_ROW(a3[o], c30, c31, c32, c33);
-    }
-    const __m512i full = _mm512_set1_epi32((int)(64 * K));
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
-                                           28, 30);
-#define AVX512_OUT(r, h, lo, hi)                                                            \
-    _mm512_storeu_si512((void *)(C + (r) * ldc + 16 * (h)),                                 \
-                        _mm512_sub_epi32(full, _mm512_permutex2var_epi32(lo, even, hi)))
-    AVX512_OUT(0, 0, c00, c01), AVX512_OUT(0, 1, c02, c03);
-    AVX512_OUT(1, 0, c10, c11), AVX512_OUT(1, 1, c12, c13);
-    AVX512_OUT(2, 0, c20, c21), AVX512_OUT(2, 1, c22, c23);
-    AVX512_OUT(3, 0, c30, c31), AVX512_OUT(3, 1, c32, c33);
-#undef AVX512_OUT
+    AVX512_TILE_COUNTS
+    _mm512_storeu_si512((void *)C, o00), _mm512_storeu_si512((void *)(C + 16), o01);
+    _mm512_storeu_si512((void *)(C + ldc), o10), _mm512_storeu_si512((void *)(C + ldc + 16), o11);
+    _mm512_storeu_si512((void *)(C + 2 * ldc), o20);
+    _mm512_storeu_si512((void *)(C + 2 * ldc + 16), o21);
+    _mm512_storeu_si512((void *)(C + 3 * ldc), o30);
+    _mm512_storeu_si512((void *)(C + 3 * ldc + 16), o31);
+}
+
+/* The tile with the fused threshold (mode 1, one group): row r's 32 columns j of this
+ * panel leave as the 32 bits (2 c_j + off_r[j] >= 0) XOR inv_r, bits past `live` 0, in
+ * out_r; off_r is read under the live mask only (no read past the last channel). */
+__attribute__((target("avx512f,avx512vpopcntdq"))) static void tile_avx512_bits(
+    const uint64_t *const *rows, const int64_t *kofs, int64_t K, const uint64_t *P,
+    const int32_t *const *off, const uint32_t *const *inv, uint32_t *const *out,
+    uint32_t live) {
+    AVX512_TILE_COUNTS
+    const __mmask16 l0 = (__mmask16)live, l1 = (__mmask16)(live >> 16);
+    const __m512i zero = _mm512_setzero_si512();
+#define AVX512_BITS(r, lo, hi)                                                              \
+    do {                                                                                  \
+        const __m512i v0_ = _mm512_add_epi32(_mm512_add_epi32(lo, lo),                     \
+                                             _mm512_maskz_loadu_epi32(l0, off[r]));        \
+        const __m512i v1_ = _mm512_add_epi32(_mm512_add_epi32(hi, hi),                     \
+                                             _mm512_maskz_loadu_epi32(l1, off[r] + 16));   \
+        const uint32_t m_ = (uint32_t)_mm512_mask_cmpge_epi32_mask(l0, v0_, zero) |        \
+                            (uint32_t)_mm512_mask_cmpge_epi32_mask(l1, v1_, zero) << 16;   \
+        *out[r] = (m_ ^ *inv[r]) & live;                                                   \
+    } while (0)
+    AVX512_BITS(0, o00, o01);
+    AVX512_BITS(1, o10, o11);
+    AVX512_BITS(2, o20, o21);
+    AVX512_BITS(3, o30, o31);
+#undef AVX512_BITS
 }
 
 /* ------------------------------------------------------------------ thresholds */
@@ -364,6 +401,10 @@ typedef struct {
     tile_fn tile;
     void (*thresh)(const int32_t *c, const int32_t *off, int64_t n, uint64_t *bits);
     tile_fn split; /* the fused convolution's tile on nibble halves (NULL: none) */
+    /* the fused convolution's tile with the threshold in its epilogue (NULL: none) */
+    void (*bits)(const uint64_t *const *rows, const int64_t *kofs, int64_t K,
+                 const uint64_t *P, const int32_t *const *off, const uint32_t *const *inv,
+                 uint32_t *const *out, uint32_t live);
 } kernel_t;
 
 static int best_isa(void) {
@@ -375,7 +416,7 @@ static int best_isa(void) {
 static int select_kernel(int isa, kernel_t *k) {
     const int f = xnor_features();
     if (isa == ISA_AUTO) isa = best_isa();
-    k->split = NULL;
+    k->split = NULL, k->bits = NULL;
     switch (isa) {
     case ISA_PORTABLE:
         k->tile = tile_portable, k->thresh = thresh_portable;
@@ -388,7 +429,7 @@ static int select_kernel(int isa, kernel_t *k) {
         k->tile = tile_avx2, k->thresh = thresh_avx2, k->split = tile_avx2_split;
         return (f & FEAT_AVX2) != 0;
     case ISA_AVX512:
-        k->tile = tile_avx512, k->thresh = thresh_avx512;
+        k->tile = tile_avx512, k->thresh = thresh_avx512, k->bits = tile_avx512_bits;
         return (f & FEAT_AVX512) != 0;
 #endif
     default:
@@ -702,7 +743,7 @@ int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const
     const int64_t ldc = mode == 0 ? MB : npan * NB;
     const int64_t cwords = mode == 0 ? (rows_w > npan * NB ? rows_w : npan * NB) * MB : MB * ldc;
     const int64_t awords = (mode == 0 ? MB * (K > 0 ? K : 1) : 0) + wout + wout;
-    const int64_t pwords = mode == 0 ? (rows_w > MB ? rows_w : MB) : MB;
+    const int64_t pwords = mode == 0 ? (rows_w > MB ? rows_w : MB) : 4 * MB;
     const int64_t Hp = d[D_H] + 2 * d[D_PH], Wp = d[D_W] + 2 * d[D_PW];
     const int padded = mode == 1 && (d[D_PH] > 0 || d[D_PW] > 0);
     const int split = mode == 1 && kn.split != NULL; /* the input and weights as nibbles */
@@ -782,6 +823,36 @@ int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const
                         for (int64_t e = 0; e < run; e++) y[e] = 2 * c[e] + bi[e];
                     }
                     r += run, b++, p = 0;
+                }
+            }
+        } else if (G == 1 && kn.bits != NULL && !split) { /* the threshold in the tile's epilogue */
+            const int64_t full = (rows + RT - 1) / RT * RT;
+            const int32_t **off = (const int32_t **)(rowp + MB);
+            const uint32_t **inv32 = (const uint32_t **)(rowp + 2 * MB);
+            uint32_t **out = (uint32_t **)(rowp + 3 * MB);
+            uint32_t *spare = (uint32_t *)bits; /* the outputs of rows past the last */
+            memset(Yp + m0 * wout, 0, (size_t)rows * wout * sizeof(uint64_t));
+            pos_t q = q0;
+            for (int64_t r = 0; r < full; r++) {
+                const int64_t p = (m0 + (r < rows ? r : rows - 1)) % P;
+                rowp[r] = Xs + ((q.b * Hp + q.oh * d[D_SH]) * Wp + q.ow * d[D_SW]) * ctot;
+                off[r] = bias + p * cout;
+                inv32[r] = (const uint32_t *)(inv + p * wout);
+                out[r] = r < rows ? (uint32_t *)(Yp + (m0 + r) * wout) : spare;
+                if (r + 1 < rows) pos_next(d, &q);
+            }
+            for (int64_t pan = 0; pan < npan; pan++) {
+                const int64_t left = coutg - pan * NB;
+                const uint32_t live = left >= 32 ? 0xFFFFFFFFu : (1u << left) - 1;
+                for (int64_t r = 0; r < full; r += RT) {
+                    const int32_t *o4[RT];
+                    const uint32_t *i4[RT];
+                    uint32_t *w4[RT];
+                    for (int j = 0; j < RT; j++) {
+                        o4[j] = off[r + j] + pan * NB, i4[j] = inv32[r + j] + pan;
+                        w4[j] = out[r + j] == spare ? spare : out[r + j] + pan;
+                    }
+                    kn.bits(rowp + r, kofs, K, Bs + pan * K * NB, o4, i4, w4, live);
                 }
             }
         } else {
