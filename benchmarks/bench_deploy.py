@@ -14,7 +14,10 @@ Four pieces of issue 12's evidence:
   ``torch.matmul`` of the same shape and, with ``--bnnlab-python`` (or
   ``$BNNLAB_PYTHON``), against bnn-lab 1.0.0's prepacked native GEMM on the same ±1
   operands, run from bnn-lab's own virtual environment (it pins ``torch<2.13``) by
-  ``benchmarks/peer_bnnlab.py``, same thread count, its result checked exact.
+  ``benchmarks/peer_bnnlab.py``, same thread count, its result checked exact; with
+  ``--numba-python`` (or ``$NUMBA_PYTHON``), against a numba kernel (the ``ctpop``
+  intrinsic, compiled for the host; ``benchmarks/peer_numba.py``, 1 thread): the
+  measurement behind building a C extension rather than using numba.
 - **Whole model**: the full-width VGG-small BNN (``build_model("vgg_small", ...)``, batch
   norm calibrated on random images) converted by :func:`binsense.deploy.convert`, against
   its float32 twin (``vgg_small_float``, same shapes) and against the BNN's own PyTorch
@@ -190,20 +193,22 @@ def bench_gemm(path: str, threads: int, repeats: int):
     return {**t, "operands": (af, bf)}
 
 
-def bench_bnnlab(python: str, af: torch.Tensor, bf: torch.Tensor, threads: int, repeats: int):
-    """bnn-lab's prepacked native GEMM on the same ±1 operands, run by
-    ``benchmarks/peer_bnnlab.py`` with bnn-lab's own interpreter ``python``; its result
-    checked equal to the float product."""
+def bench_peer(
+    script: str, python: str, af: torch.Tensor, bf: torch.Tensor, threads: int, repeats: int
+):
+    """A peer's GEMM on the same ±1 operands, run by ``benchmarks/<script>`` with the
+    peer's own interpreter ``python`` (bnn-lab: ``peer_bnnlab.py``, numba:
+    ``peer_numba.py``); its result checked equal to the float product."""
     import numpy as np
 
     with tempfile.TemporaryDirectory(prefix="peer_") as tmp:
         inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(inp, x=af.to(torch.int8).numpy(), w=bf.T.contiguous().to(torch.int8).numpy())
-        script = Path(__file__).with_name("peer_bnnlab.py")
-        cmd = [python, str(script), str(inp), str(out), "--threads", str(threads)]
-        run = subprocess.run([*cmd, "--repeats", str(repeats)], capture_output=True, text=True)
+        cmd = [python, str(Path(__file__).with_name(script)), str(inp), str(out)]
+        cmd += ["--threads", str(threads), "--repeats", str(repeats)]
+        run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
-            raise SystemExit(f"bnn-lab run failed: {run.stderr.strip().splitlines()[-1:]}")
+            raise SystemExit(f"{script} failed: {run.stderr.strip().splitlines()[-1:]}")
         data = np.load(out)
         y, info = torch.from_numpy(data["y"]), json.loads(str(data["info"]))
     info["exact"] = bool(torch.equal(y, af @ bf))
@@ -422,6 +427,11 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("BNNLAB_PYTHON", ""),
         help="the python of a venv with bnn-lab 1.0.0 (the peer section); $BNNLAB_PYTHON",
     )
+    parser.add_argument(
+        "--numba-python",
+        default=os.environ.get("NUMBA_PYTHON", ""),
+        help="the python of a venv with numba (the peer section); $NUMBA_PYTHON",
+    )
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
     unknown = sections - {"kernel", "peer", "model", "study"}
@@ -494,20 +504,34 @@ def peer_table(paths: list[str], args: argparse.Namespace) -> None:
             f"{_us(t['packed'])} | {t['torch'] / t['packed']:.1f}x |",
             flush=True,
         )
-    if not args.bnnlab_python:
-        print("\nbnn-lab: not run (give --bnnlab-python or $BNNLAB_PYTHON: its own venv)")
-        return
     t = results[paths[0]]
-    peer = bench_bnnlab(args.bnnlab_python, *t["operands"], args.threads, args.repeats)
-    print()
-    print(
-        f"bnn-lab {peer['bnn_lab']} (its venv: numpy {peer['numpy']}), kernel "
-        f"{peer['kernel']}, {peer['threads']} thread(s), prepacked: "
-        f"{_us(peer['seconds'])} µs ({t['torch'] / peer['seconds']:.1f}x torch fp32), "
-        f"exact: {'yes' if peer['exact'] else 'NO'}; binsense {paths[0]} prepacked "
-        f"{_us(t['packed'])} µs: **{peer['seconds'] / t['packed']:.2f}x bnn-lab's "
-        f"throughput** (goal 1.3x)"
-    )
+    if args.bnnlab_python:
+        peer = bench_peer("peer_bnnlab.py", args.bnnlab_python, *t["operands"], args.threads,
+                          args.repeats)  # fmt: skip
+        print()
+        print(
+            f"bnn-lab {peer['bnn_lab']} (its venv: numpy {peer['numpy']}), kernel "
+            f"{peer['kernel']}, {peer['threads']} thread(s), prepacked: "
+            f"{_us(peer['seconds'])} µs ({t['torch'] / peer['seconds']:.1f}x torch fp32), "
+            f"exact: {'yes' if peer['exact'] else 'NO'}; binsense {paths[0]} prepacked "
+            f"{_us(t['packed'])} µs: **{peer['seconds'] / t['packed']:.2f}x bnn-lab's "
+            f"throughput** (goal 1.3x)"
+        )
+    else:
+        print("\nbnn-lab: not run (give --bnnlab-python or $BNNLAB_PYTHON: its own venv)")
+    if args.numba_python:  # issue 12: numba or a C extension, chosen by measuring
+        peer = bench_peer("peer_numba.py", args.numba_python, *t["operands"], 1, args.repeats)
+        loops = ", ".join(f"{k} {_us(v)} µs" for k, v in peer["all"].items())
+        print()
+        print(
+            f"numba {peer['numba']} (its venv: numpy {peer['numpy']}; compiled for "
+            f"{peer['cpu']}: {', '.join(peer['features'])}), 1 thread, prepacked, ctpop "
+            f"intrinsic: {loops}; exact: {'yes' if peer['exact'] else 'NO'}; binsense "
+            f"{paths[0]} prepacked {_us(t['packed'])} µs: **{peer['seconds'] / t['packed']:.2f}x "
+            f"numba's throughput**"
+        )
+    else:
+        print("\nnumba: not run (give --numba-python or $NUMBA_PYTHON: its own venv)")
 
 
 def model_tables(args: argparse.Namespace) -> None:
