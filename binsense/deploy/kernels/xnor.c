@@ -317,25 +317,27 @@ __attribute__((target("avx512f,avx512vpopcntdq"))) static void tile_avx512(
     _mm512_storeu_si512((void *)(C + 3 * ldc + 16), o31);
 }
 
-/* The tile with the fused threshold (mode 1, one group): row r's 32 columns j of this
- * panel leave as the 32 bits (2 c_j + off_r[j] >= 0) XOR inv_r, bits past `live` 0, in
- * out_r; off_r is read under the live mask only (no read past the last channel). */
+/* The tile with the fused threshold (mode 1, one group), on panel `pan` (its columns are
+ * channels 32 pan ..): row r's 32 columns j leave as the 32 bits (2 c_j + off[r][32 pan +
+ * j] >= 0) XOR inv[r][pan], bits past `live` 0, in out[r][pan]; off is read under the live
+ * mask only (no read past the last channel). */
 __attribute__((target("avx512f,avx512vpopcntdq"))) static void tile_avx512_bits(
     const uint64_t *const *rows, const int64_t *kofs, int64_t K, const uint64_t *P,
-    const int32_t *const *off, const uint32_t *const *inv, uint32_t *const *out,
+    const int32_t *const *off, const uint32_t *const *inv, uint32_t *const *out, int64_t pan,
     uint32_t live) {
     AVX512_TILE_COUNTS
     const __mmask16 l0 = (__mmask16)live, l1 = (__mmask16)(live >> 16);
     const __m512i zero = _mm512_setzero_si512();
 #define AVX512_BITS(r, lo, hi)                                                              \
     do {                                                                                  \
+        const int32_t *o_ = off[r] + NB * pan;                                             \
         const __m512i v0_ = _mm512_add_epi32(_mm512_add_epi32(lo, lo),                     \
-                                             _mm512_maskz_loadu_epi32(l0, off[r]));        \
+                                             _mm512_maskz_loadu_epi32(l0, o_));            \
         const __m512i v1_ = _mm512_add_epi32(_mm512_add_epi32(hi, hi),                     \
-                                             _mm512_maskz_loadu_epi32(l1, off[r] + 16));   \
+                                             _mm512_maskz_loadu_epi32(l1, o_ + 16));       \
         const uint32_t m_ = (uint32_t)_mm512_mask_cmpge_epi32_mask(l0, v0_, zero) |        \
                             (uint32_t)_mm512_mask_cmpge_epi32_mask(l1, v1_, zero) << 16;   \
-        *out[r] = (m_ ^ *inv[r]) & live;                                                   \
+        out[r][pan] = (m_ ^ inv[r][pan]) & live;                                           \
     } while (0)
     AVX512_BITS(0, o00, o01);
     AVX512_BITS(1, o10, o11);
@@ -404,7 +406,7 @@ typedef struct {
     /* the fused convolution's tile with the threshold in its epilogue (NULL: none) */
     void (*bits)(const uint64_t *const *rows, const int64_t *kofs, int64_t K,
                  const uint64_t *P, const int32_t *const *off, const uint32_t *const *inv,
-                 uint32_t *const *out, uint32_t live);
+                 uint32_t *const *out, int64_t pan, uint32_t live);
 } kernel_t;
 
 static int best_isa(void) {
@@ -710,6 +712,18 @@ static void pad_words(const uint64_t *X, const int64_t *d, int64_t ctot, uint64_
         }
 }
 
+/* Mode 1's row pointers: rowp[r] = the top-left tap of output position q0 + r in the
+ * padded input Xs (positions of `step` words each; word offset `at` within one), for
+ * r < full; rows past the last (r >= rows) repeat it. */
+static void tap_rows(const uint64_t **rowp, const uint64_t *Xs, const int64_t *d, pos_t q,
+                     int64_t rows, int64_t full, int64_t Hp, int64_t Wp, int64_t step,
+                     int64_t at) {
+    for (int64_t r = 0; r < full; r++) {
+        rowp[r] = Xs + ((q.b * Hp + q.oh * d[D_SH]) * Wp + q.ow * d[D_SW]) * step + at;
+        if (r + 1 < rows) pos_next(d, &q);
+    }
+}
+
 /* The binary convolution of packed words X (B, H, W, G * wpg) (dims above), row blocks of
  * MB output positions shared out over threads.
  *
@@ -830,41 +844,27 @@ int xnor_conv2d(const uint64_t *X, const uint64_t *Wr, const uint64_t *Bp, const
             const int32_t **off = (const int32_t **)(rowp + MB);
             const uint32_t **inv32 = (const uint32_t **)(rowp + 2 * MB);
             uint32_t **out = (uint32_t **)(rowp + 3 * MB);
-            uint32_t *spare = (uint32_t *)bits; /* the outputs of rows past the last */
+            uint32_t *spare = (uint32_t *)bits; /* rows past the last write here (npan words) */
             memset(Yp + m0 * wout, 0, (size_t)rows * wout * sizeof(uint64_t));
-            pos_t q = q0;
+            tap_rows(rowp, Xs, d, q0, rows, full, Hp, Wp, ctot, 0);
             for (int64_t r = 0; r < full; r++) {
                 const int64_t p = (m0 + (r < rows ? r : rows - 1)) % P;
-                rowp[r] = Xs + ((q.b * Hp + q.oh * d[D_SH]) * Wp + q.ow * d[D_SW]) * ctot;
                 off[r] = bias + p * cout;
                 inv32[r] = (const uint32_t *)(inv + p * wout);
                 out[r] = r < rows ? (uint32_t *)(Yp + (m0 + r) * wout) : spare;
-                if (r + 1 < rows) pos_next(d, &q);
             }
             for (int64_t pan = 0; pan < npan; pan++) {
                 const int64_t left = coutg - pan * NB;
                 const uint32_t live = left >= 32 ? 0xFFFFFFFFu : (1u << left) - 1;
-                for (int64_t r = 0; r < full; r += RT) {
-                    const int32_t *o4[RT];
-                    const uint32_t *i4[RT];
-                    uint32_t *w4[RT];
-                    for (int j = 0; j < RT; j++) {
-                        o4[j] = off[r + j] + pan * NB, i4[j] = inv32[r + j] + pan;
-                        w4[j] = out[r + j] == spare ? spare : out[r + j] + pan;
-                    }
-                    kn.bits(rowp + r, kofs, K, Bs + pan * K * NB, o4, i4, w4, live);
-                }
+                for (int64_t r = 0; r < full; r += RT)
+                    kn.bits(rowp + r, kofs, K, Bs + pan * K * NB, off + r, inv32 + r, out + r,
+                            pan, live);
             }
         } else {
             const int64_t full = (rows + RT - 1) / RT * RT;
             memset(Yp + m0 * wout, 0, (size_t)rows * wout * sizeof(uint64_t));
             for (int64_t g = 0; g < G; g++) {
-                pos_t q = q0;
-                for (int64_t r = 0; r < full; r++) { /* rows past the last: repeat it */
-                    rowp[r] = Xs + (((q.b * Hp + q.oh * d[D_SH]) * Wp + q.ow * d[D_SW]) * ctot +
-                                    g * wpg) * sx;
-                    if (r + 1 < rows) pos_next(d, &q);
-                }
+                tap_rows(rowp, Xs, d, q0, rows, full, Hp, Wp, ctot * sx, g * wpg * sx);
                 block_tiles(ftile, rowp, full, kofs, K, Bs + g * setw * sx, npan, K * NB * sx,
                             cb, ldc);
                 for (int64_t r = 0; r < rows; r++) {
