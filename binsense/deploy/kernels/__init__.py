@@ -482,17 +482,18 @@ class ConvWeights:
     rows: Tensor
     panels: Tensor
     groups: int
-    _split: list = field(default_factory=list, compare=False, repr=False)
+    _split: dict = field(default_factory=dict, compare=False, repr=False)
 
     def split_panels(self, lib: ctypes.CDLL, isa: int) -> Tensor | None:
-        """The panels as split panels if path ``isa`` reads them, else None."""
-        if lib.xnor_fused_split(isa) != 1:
-            return None
-        if not self._split:
-            out = torch.empty(2 * self.panels.numel(), dtype=torch.int64)
-            lib.xnor_split_panels(self.panels.data_ptr(), self.panels.numel(), out.data_ptr())
-            self._split.append(out)
-        return self._split[0]
+        """The panels as split panels if path ``isa`` reads them, else None (both kept per
+        path: no C call after the first)."""
+        if isa not in self._split:
+            out = None
+            if lib.xnor_fused_split(isa) == 1:
+                out = torch.empty(2 * self.panels.numel(), dtype=torch.int64)
+                lib.xnor_split_panels(self.panels.data_ptr(), self.panels.numel(), out.data_ptr())
+            self._split[isa] = out
+        return self._split[isa]
 
 
 def conv_weights(weight_words: Tensor, groups: int) -> ConvWeights:
