@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
+from peer_numba import median_seconds  # the same timing loop (numpy-only, no numba import)
 
 
 def main() -> None:
@@ -42,19 +41,11 @@ def main() -> None:
     wp, _ = packed.pack_binary_pm1(w, axis=1)
     if not packed.native_kernel_available():
         raise SystemExit("bnn-lab's native kernel is not available here")
-    y = packed.binary_gemm_native_prepacked(xp, wp, n)  # warm-up, and the result checked
-    times = []
-    for _ in range(args.repeats):
-        reps, start = 0, time.perf_counter()
-        while True:  # each sample at least 20 ms long
-            packed.binary_gemm_native_prepacked(xp, wp, n)
-            reps += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= 0.02:
-                break
-        times.append(elapsed / reps)
+    y = packed.binary_gemm_native_prepacked(xp, wp, n)  # the result checked
     info = {
-        "seconds": statistics.median(times),
+        "seconds": median_seconds(
+            lambda: packed.binary_gemm_native_prepacked(xp, wp, n), args.repeats
+        ),
         "kernel": packed.kernel_name(),
         "threads": packed.get_num_threads(),
         "openmp": packed.openmp_enabled(),
