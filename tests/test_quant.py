@@ -85,3 +85,70 @@ def test_unknown_quantizer_suggests_name():
 def test_invalid_parameters_rejected(cls, kw):
     with pytest.raises(ValueError, match=kw):
         cls(**{kw: 0.0})
+
+
+# -------------------------------------------- one fused pass, same numbers as plain ops
+
+FUSED_CASES = [
+    SteSign(),
+    SteSign(clip_value=1.5),
+    SteSign(clip_value=None),
+    TriangleSign(),
+    TriangleSign(width=0.7),
+    TriangleSign(width=3.0),
+    SwishSign(),
+    SwishSign(beta=2.5),
+]
+
+
+def _forward_backward(q, x, g):
+    x = x.clone().requires_grad_(True)
+    y = q(x)
+    y.backward(g)
+    return y.detach(), x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("q", FUSED_CASES, ids=repr)
+def test_fused_kernels_equal_plain_ops_bit_for_bit(q, dtype, monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, 8, 6, 5, generator=gen) * 1.5).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, :3] = torch.tensor([0.0, -0.0, 1.0])  # sign(+-0) = +1; the clip edge
+    g = torch.randn(x.shape, generator=gen).to(dtype)
+    fused = _forward_backward(q, x, g)
+    backward = type(q)._backward
+    if q.fuse_backward:
+        assert backward.compiled is not None and not backward.failed  # the kernel did run
+    monkeypatch.setenv("BINSENSE_FUSED_STE", "0")
+    plain = _forward_backward(q, x, g)
+    assert fused[0].dtype == dtype and fused[1].dtype == dtype
+    assert torch.equal(fused[0], plain[0])
+    # the plain backward is the documented formula times the incoming gradient
+    assert torch.equal(plain[1], g * q.surrogate_grad(x))
+    if dtype == torch.float32 or not q.fuse_backward:
+        assert torch.equal(fused[1], plain[1])
+    else:  # bf16: the fused pass computes in fp32 and rounds once (eager rounds each step)
+        once = (g.float() * q.surrogate_grad(x.float())).to(dtype)
+        assert torch.equal(fused[1], once)
+
+
+def test_failed_fusion_warns_once_and_falls_back(monkeypatch):
+    from binsense.quant import sign
+
+    def broken(*args, **kwargs):
+        def fn(*a):
+            raise RuntimeError("no C++ compiler\nsecond line")
+
+        return fn
+
+    fused = sign._Fused(sign._sign)
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="could not be compiled \\(no C\\+\\+ compiler\\)"):
+        y = fused(X)
+    assert torch.equal(y, get_quantizer("ste_sign")(X)) and fused.failed
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(fused(X), y)  # no second warning
