@@ -61,6 +61,7 @@ _TRAIN_FLAGS = {
     "seed": "random seed",
     "threads": "torch CPU threads",
     "device": "cpu, cuda, cuda:1, ...",
+    "precision": "training step precision: auto (bf16 where native), bf16 or fp32",
 }
 
 
@@ -150,11 +151,18 @@ def _train_config(args: argparse.Namespace):
     from binsense.train.config import CHECK_DEVICE
 
     fields: dict[str, Any] = {}
+    if args.recipe:
+        from binsense.train.recipes import get_recipe
+
+        fields.update(get_recipe(args.recipe).config_fields())
     if args.config:
         fields.update(_read_config_file(Path(args.config)))
     fields.update({k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None})
     if args.flip:
         fields["flip"] = True
+    for flag in ("compile", "channels_last"):
+        if getattr(args, flag) is not None:
+            fields[flag] = getattr(args, flag)
     fields.update(_key_values(args.set, "--set"))
     options = dict(fields.get("model_options", {}))
     options.update(_key_values(args.model_option, "--model-option"))
@@ -714,6 +722,35 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from binsense.train.recipes import RECIPES
+
+    for name, recipe in RECIPES.items():
+        f = recipe.fields
+        print(f"{name}\n  {recipe.description}")
+        print(f"  goal: {recipe.goal}\n  measured: {recipe.expected()}")
+        if args.verbose:
+            print("  fields: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in f.items()))
+    print("\nbinsense train --recipe NAME [--out DIR] [flags that override the recipe]")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from binsense.zoo import zoo_entries
+
+    entries = zoo_entries()
+    if not entries:
+        print("the zoo is empty")
+        return 0
+    print(f"{'name':<24} {'data':<8} {'acc':>7}  {'file':>9}  weights      recipe")
+    for entry in entries:
+        print(entry.line())
+        if args.verbose:
+            print("  " + json.dumps(entry.card, indent=2).replace("\n", "\n  "))
+    print("\nbinsense infer zoo:NAME [--data NAME]; binsense export --deployed zoo:NAME ...")
+    return 0
+
+
 def cmd_data_list(args: argparse.Namespace) -> int:
     from binsense.data import dataset_info, list_datasets, resolve_data_dir
 
@@ -876,6 +913,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model; writes a "
         "run folder (config.json, metrics.jsonl, checkpoint.pt).",
     )
+    p.add_argument(
+        "--recipe", help="a named training recipe (`binsense recipes`); flags override it"
+    )
     p.add_argument("--config", help="TOML file of training options (flags override it)")
     for field, text in _TRAIN_FLAGS.items():
         p.add_argument(
@@ -886,6 +926,16 @@ def build_parser() -> argparse.ArgumentParser:
             type=_parse_value if field not in ("dataset", "model") else str,
         )
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="compile the model for training (torch.compile; eager if it cannot)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="train conv models in the NHWC memory layout",
+    )
     p.add_argument("--width", type=float, help="model width multiplier")
     p.add_argument(
         "--model-option",
@@ -987,6 +1037,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registered models")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("recipes", help="list the training recipes, their goals and results")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print their fields")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("zoo", help="list the trained models shipped with binsense (zoo:NAME)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print their model cards")
+    p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser("data", help="list or check data sets")
     dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")

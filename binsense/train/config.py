@@ -102,6 +102,10 @@ class TrainNoise(BaseModel):
         )
 
 
+#: How the training step runs (:mod:`binsense.train.accel`) -> the default, left out of
+#: the run id.
+_STEP_DEFAULTS = {"precision": "fp32", "channels_last": False, "compile": False}
+
 #: TrainConfig fields a teacher never inherits from its student: the student's own
 #: compression (its teacher table may set its own).
 _STUDENT_ONLY = ("distill", "prune")
@@ -232,6 +236,14 @@ class TrainConfig(BaseModel):
     ``mps``); whether it exists on this machine is checked only with the
     :data:`CHECK_DEVICE` validation context (see
     :func:`binsense.resources.resolve_device`).
+
+    ``precision``, ``channels_last`` and ``compile`` say how the training step runs
+    (:mod:`binsense.train.accel`: bf16 autocast, NHWC layout, ``torch.compile``); every
+    recorded number is still computed in fp32. They change the trained weights, so each
+    is part of the run id when it is not its default (``"fp32"``, ``false``,
+    ``false``: ids of runs from before them stay). ``precision = "auto"`` is bf16 on
+    hardware with native bf16 and fp32 elsewhere: the choice is recorded in the run's
+    provenance and a run continues only on the precision it started with.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
@@ -256,6 +268,9 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, ge=0, le=SEED_MAX)
     threads: int | None = Field(None, ge=1, le=MAX_THREADS)
     device: str = "cpu"
+    precision: Literal["auto", "bf16", "fp32"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
     # last: their validators see every field above (the teacher inherits them)
     distill: TrainDistill | None = None
     prune: TrainPrune | None = None
@@ -314,6 +329,9 @@ class TrainConfig(BaseModel):
             d.pop(k)
         for k in ("train_noise", "distill", "prune"):
             if d[k] is None:  # off: leave out, so ids of runs from before it stay
+                d.pop(k)
+        for k, default in _STEP_DEFAULTS.items():
+            if d[k] == default:  # today's step: ids of runs from before these fields stay
                 d.pop(k)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -58,6 +58,13 @@ from binsense.io import (
 from binsense.layers import clip_latent_weights
 from binsense.models import build_model
 from binsense.resources import check_config_fits, resolve_device
+from binsense.train.accel import (
+    CompiledForward,
+    autocast,
+    has_conv2d,
+    resolve_precision,
+    to_channels_last,
+)
 from binsense.train.checkpoint import (
     CHECKPOINT_FORMAT,
     checkpoint_config,
@@ -235,6 +242,9 @@ class Trainer:
         self.start_epoch = 0
         self.step = 0
         self.provenance: dict[str, Any] = {}
+        self.forward: CompiledForward | nn.Module | None = None
+        self.precision = "fp32"
+        self.channels_last = False
 
     def setup(self) -> None:
         """Data, model (initialised from the seed), loaders, optimizer and schedule."""
@@ -242,6 +252,9 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device, check_available=True)
+        self.precision, why = resolve_precision(config.precision, self.device)
+        if config.precision != "fp32":
+            self.log(why)
         self.train_set, self.test_set = load_data(config, self.data_dir)
         check_config_fits(config, info=self.train_set.info, training=True, allow=self.allow_large)
         torch.manual_seed(config.seed)
@@ -249,7 +262,8 @@ class Trainer:
         encoder = getattr(self.model, "encoder", None)
         if isinstance(encoder, InputEncoder) and encoder.needs_fit:
             encoder.fit(self.train_set)  # e.g. quantile thresholds; saved in the checkpoint
-        self.model.to(self.device)
+        self.channels_last = config.channels_last and has_conv2d(self.model)
+        self.place_model()
         augment = Augment(crop_padding=config.crop_padding, flip=config.flip)
         self.train_loader = DeviceLoader(
             self.train_set, config.batch_size, shuffle=True, augment=augment,
@@ -260,6 +274,16 @@ class Trainer:
         self.scheduler = make_scheduler(
             config, self.optimizer, config.epochs * len(self.train_loader)
         )
+
+    def place_model(self) -> None:
+        """The model on its device, NHWC where ``channels_last`` applies."""
+        self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def make_forward(self) -> None:
+        """The training step's forward: the model, or :class:`CompiledForward`."""
+        self.forward = CompiledForward(self.model) if self.config.compile else self.model
 
     def config_hooks(self) -> None:
         """The hooks the config asks for (called once the run is restored, when epochs
@@ -342,7 +366,8 @@ class Trainer:
         if self.config.prune is None or not masks_of(self.model):
             return
         before = sum(p.numel() for p in self.model.parameters())
-        self.model = remove_pruned(self.model).to(self.device)
+        self.model = remove_pruned(self.model)
+        self.place_model()
         after = sum(p.numel() for p in self.model.parameters())
         schedule = self.scheduler.state_dict()
         self.optimizer = make_optimizer(self.config, parameter_groups(self.model))
@@ -365,8 +390,9 @@ class Trainer:
                 "it, or choose another output folder."
             )
         check_resume_settings(
-            self.run_path, self.config, self.device, self.train_set, self.test_set
-        )
+            self.run_path, self.config, self.device, self.train_set, self.test_set,
+            precision=self.precision,
+        )  # fmt: skip
         ckpt = load_checkpoint(ckpt_file)
         if checkpoint_config(ckpt, ckpt_file).config_hash() != self.config.config_hash():
             raise BinsenseError(
@@ -376,7 +402,7 @@ class Trainer:
         plan = ckpt.get("prune_plan")
         if plan:  # a run training an already-removed model
             self.model = remove_pruned(self.model, masks_from_plan(self.model, plan))
-            self.model.to(self.device)
+            self.place_model()
             self.optimizer = make_optimizer(self.config, parameter_groups(self.model))
             self.scheduler = make_scheduler(
                 self.config, self.optimizer, self.config.epochs * len(self.train_loader)
@@ -396,7 +422,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "config_hash": self.config.config_hash(),
             "data": {"train": self.train_set.fingerprint, "test": self.test_set.fingerprint},
-            "environment": environment_info(self.device),
+            "environment": {**environment_info(self.device), "precision": self.precision},
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         if self.teacher_info is not None:
@@ -416,12 +442,26 @@ class Trainer:
         )
         return _compose(noise, transform)
 
-    def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """One optimizer step; returns the (detached) loss and logits."""
-        logits = self.model(x)
-        loss = self.loss(logits, y, x)
+    def forward_backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss and gradients of one batch, at the run's precision; returns loss, logits."""
+        with autocast(self.device, self.precision):
+            logits = self.forward(x)
+            loss = self.loss(logits.float(), y, x)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        return loss, logits
+
+    def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """One optimizer step; returns the (detached) loss and logits."""
+        if self.channels_last:
+            x = to_channels_last(x)
+        forward = self.forward
+        if isinstance(forward, CompiledForward) and forward.pending:
+            loss, logits = forward.first_step(lambda: self.forward_backward(x, y))
+            if forward.compiled:
+                self.log(f"compiled the training step: first step {forward.compile_s:.1f} s")
+        else:
+            loss, logits = self.forward_backward(x, y)
         self.optimizer.step()
         self.step += 1
         for hook in self.after_step:
@@ -463,7 +503,7 @@ class Trainer:
                     img_s=f"{n / max(elapsed, 1e-9):.0f}",
                 )  # fmt: skip
         elapsed = time.perf_counter() - t0
-        return {
+        row = {
             "epoch": epoch + 1,
             "lr": self.scheduler.get_last_lr()[0],
             "train_loss": total_loss.item() / n,
@@ -471,6 +511,10 @@ class Trainer:
             "epoch_time_s": elapsed,
             "train_images_per_s": n / elapsed,
         }
+        compile_s = getattr(self.forward, "compile_s", None)
+        if compile_s is not None and epoch == self.start_epoch:  # the epoch that compiled
+            row["compile_s"] = compile_s
+        return row
 
     def evaluate_epoch(self, row: dict[str, Any]) -> None:
         """Test loss and accuracy into the epoch's metrics row."""
@@ -520,11 +564,13 @@ class Trainer:
         if self.start_epoch < last_epoch:  # (a finished run needs no teacher)
             self.config_hooks()
         self.record_provenance()
+        self.make_forward()
         transform = self.input_transform()
         for epoch in range(self.start_epoch, last_epoch):
             row = self.train_epoch(epoch, transform)
             if epoch + 1 == config.epochs:
                 self.finish_pruning()
+                self.make_forward()
             self.evaluate_epoch(row)
             bad = nonfinite_state(self.model)
             if bad:  # e.g. lr = 1e30: the loss can stay finite while BN statistics overflow
@@ -629,12 +675,15 @@ def check_resume_settings(
     device: torch.device,
     train_set: ImageTensors,
     test_set: ImageTensors,
+    *,
+    precision: str = "fp32",
 ) -> None:
     """A partly trained run continues only with the settings it was started with.
 
-    The thread count and the device change the trained weights without being part of the
-    run's config hash, and the data must be the data it was trained on: each is compared
-    with what the run folder's ``config.json`` recorded; a difference is one line
+    The thread count, the device and the precision ``auto`` chose change the trained
+    weights without being part of the run's config hash, and the data must be the data
+    it was trained on: each is compared with what the run folder's ``config.json``
+    recorded; a difference is one line
     (:class:`~binsense.errors.SettingsMismatchError` / ``DataMismatchError``).
     """
     try:
@@ -643,9 +692,13 @@ def check_resume_settings(
     except (OSError, ValueError, KeyError, TypeError):
         return  # no record to check against (it is written again by the training)
     epochs = _epochs_done(folder)
-    now = {"threads": config.threads or torch.get_num_threads(), "device": str(device)}
+    now = {
+        "threads": config.threads or torch.get_num_threads(),
+        "device": str(device),
+        "precision": precision,
+    }
     for key, value in now.items():
-        was = environment.get(key)
+        was = environment.get(key, "fp32" if key == "precision" else None)
         if was is not None and str(was) != str(value):
             raise SettingsMismatchError(
                 f"run {str(folder)!r} has {epochs} epoch(s) trained with {key} = {was!r} and "
