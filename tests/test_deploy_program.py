@@ -140,6 +140,17 @@ def test_resnet18_bnn_deploys_with_a_float_residual_stream(design):
     assert result.exact and result.logit_mismatches == 0 and result.layers == 16
 
 
+def test_resnet20_bnn_is_a_quarter_megabit_and_deploys_exactly():
+    from binsense.compress.summary import summary
+
+    model = _calibrated("resnet20_bnn", "cifar10", width=1.0)
+    size = summary(model, (3, 32, 32))
+    # 16*16*9*6 + (16*32 + 32*32*5) * 9 + (32*64 + 64*64*5) * 9 binary weights
+    assert size.params_1bit == 267_264 and size.params_1bit / 2**20 < 0.3
+    result = check_exact(model, [(torch.rand(3, 3, 32, 32), None)])
+    assert result.exact and result.logit_mismatches == 0 and result.layers == 18
+
+
 def test_float_models_are_refused_with_one_line():
     model = build_model("resnet20", dataset_info("cifar10"), width=0.25).eval()
     with pytest.raises(BinsenseError, match="nothing to deploy"):

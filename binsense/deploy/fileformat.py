@@ -114,6 +114,7 @@ from binsense.layers.design import DeSign
 from binsense.layers.norm import ChannelAffine
 from binsense.models.compact import ChannelShuffle, GlobalPool
 from binsense.quant.sign import SignQuantizer, SteSign
+from binsense.zoo import resolve_deployed_path
 
 FORMAT = "binsense-deployed"
 #: The format version this binsense writes; it reads versions 1..VERSION.
@@ -782,8 +783,10 @@ def _corrupt(path: str, why: str) -> DeployFileError:
 
 
 def read_deployed(path: str | os.PathLike) -> DeployedFile:
-    """Load a deployed-model file, its manifest and size (errors: module docstring)."""
-    p = Path(path)
+    """Load a deployed-model file, its manifest and size (errors: module docstring).
+
+    ``path`` may name a model of the zoo, ``zoo:NAME`` (:mod:`binsense.zoo`)."""
+    p = resolve_deployed_path(path)
     name = str(p)
     if not p.is_file():
         raise DeployFileError(f"deployed model {name!r} does not exist; check the path.")

@@ -143,6 +143,13 @@ register(
               "cifar10", tuple(c for c in _BNN_COMPONENTS if c not in ("design", "design_coupled")),
               {"groups": 4, "binary": False})
 )  # fmt: skip
+register(
+    ModelSpec(
+        "resnet20_bnn", resnet_bnn.resnet20_bnn,
+        "ResNet-20 1W1A, real-valued shortcuts (CIFAR ResNet-20 shape, ~0.26 Mbit)", "cifar10",
+        _RESNET_BNN_COMPONENTS, {"activation_quantizer": "approx_sign"},
+    )
+)  # fmt: skip
 for _name, _build in {**cifar.RESNETS, **cifar.VGGS}.items():
     register(
         ModelSpec(_name, _build, f"CIFAR {_name} (float, norm batch_norm/none)", "cifar10",

@@ -60,24 +60,44 @@ def _unit(comp: Components, cin: int, cout: int, stride: int) -> ResidualUnit:
     )
 
 
+def _resnet_bnn(
+    info: DatasetInfo, comp: Components, channels: tuple[int, ...], units: int, width: float
+) -> nn.Module:
+    """Float stem, stages of ``units`` binary residual units (stride 2 from the second
+    stage), global pooling, BN and a float classifier."""
+    c = [scaled(k, width) for k in channels]
+    encoder = comp.encoder_for(info)
+    stem = BinaryBlock(
+        comp.conv(False, encoder.out_channels, c[0]), nn.BatchNorm2d(c[0]), nn.Identity()
+    )
+    blocks: list[nn.Module] = [stem]
+    cin = c[0]
+    for stage, cout in enumerate(c):
+        for i in range(units):
+            blocks.append(_unit(comp, cin, cout, 2 if stage > 0 and i == 0 else 1))
+            cin = cout
+    head = nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(cin), nn.Linear(cin, info.num_classes)
+    )
+    return RecipeModel(encoder, nn.Sequential(*blocks), head)
+
+
 def resnet18_bnn(info: DatasetInfo, comp: Components, *, width: Width = 1.0) -> nn.Module:
     """ResNet-18-style BNN (ReCU / DeSign CIFAR layout), 64-128-256-512 x ``width``.
 
     ``design``: a DeSign kernel (e.g. ``"2x2"`` or ``"2x2x4_shift"``) after every block
     BN; ``None`` is the sign baseline.
     """
-    c = [scaled(k, width) for k in (64, 128, 256, 512)]
-    encoder = comp.encoder_for(info)
-    stem = BinaryBlock(
-        comp.conv(False, encoder.out_channels, c[0]), nn.BatchNorm2d(c[0]), nn.Identity()
-    )
-    units: list[nn.Module] = [stem]
-    cin = c[0]
-    for stage, cout in enumerate(c):
-        for i in range(2):
-            units.append(_unit(comp, cin, cout, 2 if stage > 0 and i == 0 else 1))
-            cin = cout
-    head = nn.Sequential(
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(cin), nn.Linear(cin, info.num_classes)
-    )
-    return RecipeModel(encoder, nn.Sequential(*units), head)
+    return _resnet_bnn(info, comp, (64, 128, 256, 512), 2, width)
+
+
+def resnet20_bnn(info: DatasetInfo, comp: Components, *, width: Width = 1.0) -> nn.Module:
+    """ResNet-20 1W1A for CIFAR: the same units in He et al.'s CIFAR ResNet-20 shape —
+    a float 16-channel stem, three stages of three units (16-32-64 channels x
+    ``width``), global pooling, BN and a float classifier; real-valued shortcuts (the
+    hardtanh residual stream, parameter-free average-pool shortcuts). 18 binary convs:
+    267,264 binary weights (0.25 Mbit), the size of IR-Net's / ReCU's ResNet-20
+    (86.5 / 87.5 %), whose units put a shortcut around every conv (Bi-Real style)
+    rather than around two.
+    """
+    return _resnet_bnn(info, comp, (16, 32, 64), 3, width)
