@@ -9,10 +9,31 @@ temporary file, so outputs can be shared like any other file. A temporary file l
 killed process is removed by :func:`clean_stale_temps`; a writer holds an advisory lock
 on its temporary file while it writes, so a live writer's file is never removed.
 
+Destinations that are not regular files are written the way ``cp`` writes them: a device,
+FIFO or socket (``-o /dev/stdout``, ``--onnx /dev/null``, a named pipe) is opened and
+written directly — it has no atomicity to keep, and renaming a temporary file over it
+would replace it with a regular file (as root, ``/dev/null`` itself); a symbolic link is
+followed, and the file it points to is written atomically while the link stays a link.
+
+``torch.save`` output is serialized in memory and written with ordinary file writes: a
+full disk then is an ``OSError`` (``ENOSPC``, one :class:`WriteError` line), never the
+``RuntimeError`` ("unexpected pos") that torch raises when it writes into the file itself.
+A writer that turns a failed write into another exception still reports the failed
+write (:func:`atomic_write` records it).
+
+**Checksums.** A training checkpoint is *sealed*: the file is the ``torch.save`` archive
+``{"binsense_sealed": 1, "sha256": <hex>, "payload": <uint8 tensor>}``, whose payload
+is the ``torch.save`` bytes of the checkpoint itself and whose ``sha256`` covers them.
+The digest is verified before the payload is parsed, so a changed byte is reported as
+corruption instead of loading with other weights (a ``torch.save`` archive alone does
+not catch every flipped bit). Files without a seal (written before checksums, and
+data-cache entries, which carry their own sha256 fingerprint) load as they are.
+
 Loading never executes code from a file: checkpoints are read with
-``torch.load(..., weights_only=True)``. A file that cannot be parsed is reported as
-corrupt (:class:`~binsense.errors.CheckpointError`); running out of memory or an I/O
-error while reading is reported as what it is (:class:`ReadError`), never as "corrupt".
+``torch.load(..., weights_only=True)`` (the sealed payload too). A file that cannot be
+parsed is reported as corrupt (:class:`~binsense.errors.CheckpointError`); running out of
+memory or an I/O error while reading is reported as what it is (:class:`ReadError`), never
+as "corrupt".
 Errors while writing (disk full, permission denied, read-only file system) become one
 :class:`WriteError` line that says what happened.
 
@@ -24,10 +45,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import io
 import json
 import os
 import pickle
 import re
+import stat
 import struct
 import tempfile
 import threading
@@ -106,6 +130,8 @@ def write_error(e: OSError, path: str | os.PathLike, what: str = "write") -> Wri
         errno.EPERM: "choose a folder you can write to (or fix its permissions)",
         errno.EISDIR: "name a file, not a folder",
         errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.ELOOP: "a symbolic link loop (a link that points back to itself); remove the link",
+        errno.ENXIO: "it is a socket or a device that cannot be opened for writing; name a file",
     }.get(e.errno or 0, "check the path and the disk")
     out = WriteError(f"cannot {what} {str(path)!r}: {os_error_text(e)}; {hint}.")
     out.errno, out.strerror, out.filename = e.errno, e.strerror, str(path)
@@ -143,11 +169,126 @@ def _lock_temp(fd: int) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+class _TrackedFile:
+    """The file handed to a writer: it remembers the first ``OSError`` a write raised.
+
+    Some writers turn a failed write into another exception (``torch.save`` into a file
+    raises ``RuntimeError: ... unexpected pos`` when the disk is full) or swallow it;
+    :func:`_run_writer` then reports the write that failed (a :class:`WriteError` that
+    says "the disk is full"), not what the writer made of it.
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def _track(self, method: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return method(*args)
+        except OSError as e:
+            if self.error is None:
+                self.error = e
+            raise
+
+    def write(self, data: Any) -> int:
+        return self._track(self._f.write, data)
+
+    def writelines(self, lines: Any) -> None:
+        self._track(self._f.writelines, lines)
+
+    def flush(self) -> None:
+        self._track(self._f.flush)
+
+    def __getattr__(self, name: str) -> Any:  # tell, seek, fileno, name, ...
+        return getattr(self._f, name)
+
+
+def _run_writer(writer: Callable[[IO[bytes]], None], f: IO[bytes]) -> None:
+    """``writer(f)``; a write that failed is raised as itself (an ``OSError``)."""
+    tracked = _TrackedFile(f)
+    try:
+        writer(tracked)  # type: ignore[arg-type]
+    except OSError:
+        raise
+    except Exception:
+        if tracked.error is not None:
+            raise tracked.error from None
+        raise
+    if tracked.error is not None:  # the writer swallowed it: the file is incomplete
+        raise tracked.error
+
+
+def _is_special(path: Path) -> bool:
+    """Whether ``path`` (links followed) exists and is neither a regular file nor a
+    folder: a character or block device, a FIFO or a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+#: Symbolic links followed before a chain counts as a loop (Linux's limit).
+_MAX_LINKS = 40
+
+
+def _link_target(path: Path) -> Path | None:
+    """The path a chain of symbolic links at ``path`` ends in (``path`` itself when it
+    is not a link), followed as ``cp`` follows a destination link; the target may not
+    exist (a dangling link). ``None`` for a link kept by ``/proc`` (``/dev/stdout`` ->
+    ``/proc/self/fd/1``): it names an open file of a process, which is written through,
+    not replaced."""
+    current = path
+    for _ in range(_MAX_LINKS):
+        if not current.is_symlink():
+            return current
+        if os.path.realpath(current.parent).startswith("/proc/"):
+            return None
+        link = Path(os.readlink(current))
+        current = link if link.is_absolute() else current.parent / link
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+
+
+def _write_through(path: Path, writer: Callable[[IO[bytes]], None]) -> Path:
+    """Open ``path`` (a device, FIFO, socket or ``/proc`` link) and write it directly.
+
+    No temporary file, no rename, no fsync: a device or a pipe has no atomicity to
+    keep. It is opened for appending: a device or pipe ignores that, and a file reached
+    through ``/proc`` (``-o /dev/stdout > out.txt``) keeps what the process wrote to it
+    before. A FIFO blocks here until a reader opens it, as a shell redirection does. A
+    reader that goes away (``BrokenPipeError``, e.g. ``-o /dev/stdout | head``) is
+    raised as it is, so the command ends quietly like any other write to a closed pipe.
+    """
+    try:
+        with open(path, "ab") as f:
+            _run_writer(writer, f)
+            f.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        if isinstance(e, WriteError):
+            raise
+        raise write_error(e, path) from None
+    return path
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -> Path:
     """Write ``path`` atomically: ``writer(fileobj)`` fills a temp file that is renamed.
 
     The file ends up with mode ``0o666 & ~umask``. An ``OSError`` while creating,
-    writing or renaming becomes a :class:`WriteError` that says what happened.
+    writing or renaming becomes a :class:`WriteError` that says what happened (also when
+    the writer turned it into another exception, see :class:`_TrackedFile`).
+
+    Destinations that are not regular files, as ``cp`` treats them:
+
+    - a device, FIFO or socket (``/dev/null``, ``/dev/stdout``, a named pipe) is
+      written directly (:func:`_write_through`): replacing it would turn it into a
+      regular file;
+    - a symbolic link is followed (:func:`_link_target`): the file it points to is
+      written atomically and the link stays; a dangling link creates the file it names,
+      in its folder, which must exist (otherwise one :class:`WriteError` line).
+
+    Returns ``path`` as given.
     """
     path = Path(path)
     tmp: str | None = None
@@ -155,22 +296,34 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        if _is_special(path):
+            return _write_through(path, writer)
+        target = _link_target(path)
+        if target is None:
+            return _write_through(path, writer)
+        if target != path and not target.parent.is_dir():
+            out = WriteError(
+                f"cannot write {str(path)!r}: it is a symbolic link to {str(target)!r}, "
+                "whose folder does not exist; create that folder, or remove the link."
+            )
+            out.errno, out.strerror, out.filename = errno.ENOENT, "dangling link", str(path)
+            raise out
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         _lock_temp(fd)
         with os.fdopen(fd, "wb") as f:
-            writer(f)
+            _run_writer(writer, f)
             f.flush()
             os.fsync(f.fileno())
             if hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), 0o666 & ~current_umask())
             if os.name != "nt":  # rename while the lock is held: no cleaner can take it
-                os.replace(tmp, path)
+                os.replace(tmp, target)
         if os.name == "nt":  # pragma: no cover - Windows cannot rename an open file
-            os.replace(tmp, path)
+            os.replace(tmp, target)
     except BaseException as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, WriteError):
+        if isinstance(e, OSError) and not isinstance(e, (WriteError, BrokenPipeError)):
             raise write_error(e, path) from None
         raise
     return path
@@ -186,9 +339,39 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically ``torch.save`` a checkpoint (tensors, numbers, strings, dicts, lists)."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
+#: The key that marks a sealed file (module docstring) and its version.
+SEAL_KEY = "binsense_sealed"
+SEAL_VERSION = 1
+
+
+def torch_bytes(obj: Any) -> memoryview:
+    """``torch.save(obj)`` into memory: the bytes of the archive (no file touched)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
+
+
+def seal(data: memoryview | bytes) -> dict[str, Any]:
+    """The sealed form of ``torch.save`` bytes: ``{SEAL_KEY: 1, "sha256": hex,
+    "payload": uint8 tensor}`` (module docstring); the tensor shares ``data``'s memory."""
+    view = memoryview(data)
+    payload = torch.frombuffer(view if not view.readonly else bytearray(view), dtype=torch.uint8)
+    return {SEAL_KEY: SEAL_VERSION, "sha256": hashlib.sha256(view).hexdigest(), "payload": payload}
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any, *, checksum: bool = False) -> Path:
+    """Atomically ``torch.save`` a checkpoint (tensors, numbers, strings, dicts, lists).
+
+    The archive is built in memory first and written with ordinary writes, so a full
+    disk is a :class:`WriteError` ("the disk is full"), not torch's ``RuntimeError``.
+    ``checksum``: seal the file with a sha256 of its content (module docstring), which
+    :func:`safe_torch_load` verifies before it parses the content; the trainer seals its
+    checkpoints (data-cache entries carry their own sha256 fingerprint).
+    """
+    data = torch_bytes(obj)
+    if checksum:
+        data = torch_bytes(seal(data))
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def clean_stale_temps(
@@ -308,16 +491,33 @@ def _size_text(path: Path) -> str:
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """Load a checkpoint without executing code (``weights_only=True``).
 
+    A sealed file (module docstring) is verified against its sha256 before its payload
+    is parsed; :func:`load_torch_file` also says whether the file was sealed.
+
     Raises:
-        CheckpointError: the file is missing, truncated, or not a checkpoint.
+        CheckpointError: the file is missing, truncated, not a checkpoint, or its content
+            does not match its checksum.
         ReadError: the file could not be read (an I/O error such as permission denied,
             or not enough memory); the file itself may be fine.
     """
+    return load_torch_file(path, map_location)[0]
+
+
+def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[Any, bool]:
+    """:func:`safe_torch_load`, and whether the file was sealed (carried a checksum)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path.")
+    obj = _torch_load(path, path, map_location)
+    if not _is_sealed(obj):
+        return obj, False
+    return _torch_load(path, io.BytesIO(_unseal(path, obj)), map_location), True
+
+
+def _torch_load(path: Path, source: Path | IO[bytes], map_location: Any) -> Any:
+    """``torch.load(source, weights_only=True)``, its errors in words (``path`` named)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(source, map_location=map_location, weights_only=True)
     except MemoryError:
         raise _out_of_memory(path) from None
     except OSError as e:
@@ -333,6 +533,37 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise _corrupt(path, e) from None
 
 
+def _is_sealed(obj: Any) -> bool:
+    """Whether a loaded archive is a seal (also one whose marker a flipped bit changed)."""
+    return isinstance(obj, dict) and (SEAL_KEY in obj or {"sha256", "payload"} <= obj.keys())
+
+
+def _unseal(path: Path, obj: dict) -> bytes:
+    """The payload bytes of a seal, after checking them against its sha256."""
+    version, digest, payload = obj.get(SEAL_KEY), obj.get("sha256"), obj.get("payload")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SEAL_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has checksum format {version}, newer than this "
+            f"binsense reads (up to {SEAL_VERSION}); upgrade binsense."
+        )
+    if (
+        version != SEAL_VERSION
+        or not isinstance(digest, str)
+        or not isinstance(payload, torch.Tensor)
+        or payload.dtype != torch.uint8
+        or payload.dim() != 1
+    ):
+        raise _corrupt(path, what="its checksum record is damaged")
+    data = payload.contiguous().numpy()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt: its content does not match the sha256 "
+            "recorded when it was written (a damaged disk or copy); retrain it, or resume "
+            "from another copy."
+        )
+    return data.tobytes()
+
+
 def _out_of_memory(path: Path) -> ReadError:
     return ReadError(
         f"not enough memory to load {str(path)!r} ({_size_text(path)} on disk); free memory "
@@ -341,10 +572,11 @@ def _out_of_memory(path: Path) -> ReadError:
     )
 
 
-def _corrupt(path: Path, e: BaseException) -> CheckpointError:
+def _corrupt(path: Path, e: BaseException | None = None, what: str = "") -> CheckpointError:
+    why = what or (type(e).__name__ if e is not None else "unreadable")
     return CheckpointError(
         f"checkpoint {str(path)!r} is corrupt or not a binsense checkpoint "
-        f"({type(e).__name__}); re-create it (train again, or resume from an earlier copy)."
+        f"({why}); re-create it (train again, or resume from an earlier copy)."
     )
 
 
@@ -385,6 +617,8 @@ def folder_lock(folder: str | os.PathLike, holder: str) -> Iterator[None]:
 
 
 __all__ = [
+    "SEAL_KEY",
+    "SEAL_VERSION",
     "ReadError",
     "folder_lock",
     "WriteError",
@@ -396,6 +630,9 @@ __all__ = [
     "current_umask",
     "os_error_text",
     "safe_child",
+    "load_torch_file",
     "safe_torch_load",
+    "seal",
+    "torch_bytes",
     "write_error",
 ]

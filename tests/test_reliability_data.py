@@ -8,6 +8,7 @@ small generated image folder in a temp dir.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -328,3 +329,109 @@ class TestSafeChild:
     @pytest.mark.parametrize("name", ["report-cpu", "report-my preset", "a.b", "-x", "ü"])
     def test_plain_names_pass(self, tmp_path, name):
         assert safe_child(tmp_path, name) == tmp_path / name
+
+
+# ---------------------------------------------------------------- 5b. a full disk under a writer
+
+
+class _FullDisk:
+    """A temporary file on a disk that fills up: the first ``room`` bytes are written,
+    then writes fail with ``ENOSPC`` (torch.save then raised ``unexpected pos``)."""
+
+    room = 1000
+
+    def __init__(self, f) -> None:
+        self.f, self.used = f, 0
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if self.used + size > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.used += size
+        return self.f.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.f, name)
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every file that :func:`atomic_write` opens is on a full disk."""
+    real = os.fdopen
+    monkeypatch.setattr(bio.os, "fdopen", lambda fd, *a, **k: _FullDisk(real(fd, *a, **k)))
+
+
+class TestFullDiskUnderAWriter:
+    """torch.save writing into the file turns ENOSPC into ``RuntimeError: unexpected pos``
+    (issue 24): the write error must still say the disk is full."""
+
+    def test_atomic_torch_save_says_the_disk_is_full(self, tmp_path, full_disk):
+        checkpoint = {"format": 2, "model": {"w": torch.ones(1000)}}
+        for obj in (checkpoint, {"w": torch.ones(1000)}):  # sealed and plain
+            with pytest.raises(WriteError, match="the disk is full") as err:
+                atomic_torch_save(tmp_path / "checkpoint.pt", obj)
+            assert err.value.errno == errno.ENOSPC and "\n" not in str(err.value)
+        assert list(tmp_path.iterdir()) == []
+
+    def test_a_writer_that_hides_the_error_still_says_so(self, tmp_path, full_disk):
+        """Any writer (save_deployed's torch.save into the file, one that swallows the
+        OSError): the failed write is what is reported."""
+        with pytest.raises(WriteError, match="the disk is full"):
+            atomic_write(tmp_path / "model.bsd", lambda f: torch.save({"w": torch.ones(9)}, f))
+
+        def swallowing(f) -> None:
+            with contextlib.suppress(OSError):
+                f.write(bytes(2000))
+
+        with pytest.raises(WriteError, match="the disk is full"):
+            atomic_write(tmp_path / "out.bin", swallowing)
+        assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- 1b. checksums
+
+
+class TestSealedFiles:
+    def test_a_training_checkpoint_is_sealed_and_verified(self, tmp_path):
+        path = atomic_torch_save(
+            tmp_path / "c.pt", {"format": 2, "model": {"w": torch.ones(3)}}, checksum=True
+        )
+        raw = torch.load(path, weights_only=True)  # plain torch can still open it
+        assert raw[bio.SEAL_KEY] == 1 and len(raw["sha256"]) == 64
+        assert bio.load_torch_file(path)[1] is True
+        assert torch.equal(safe_torch_load(path)["model"]["w"], torch.ones(3))
+        # other files (a data-cache entry) stay plain archives
+        plain = atomic_torch_save(tmp_path / "p.pt", {"w": torch.ones(3)})
+        assert bio.load_torch_file(plain)[1] is False
+
+    def test_a_changed_payload_is_corrupt(self, tmp_path):
+        path = atomic_torch_save(
+            tmp_path / "c.pt", {"format": 2, "model": {"w": torch.ones(99)}}, checksum=True
+        )
+        raw = bytearray(path.read_bytes())
+        at = raw.find(torch.ones(99).numpy().tobytes()[:64])
+        assert at > 0
+        raw[at + 10] ^= 0x01  # a weight changes, the archive stays loadable
+        path.write_bytes(bytes(raw))
+        with pytest.raises(CheckpointError, match="does not match the sha256") as err:
+            safe_torch_load(path)
+        assert "\n" not in str(err.value) and "another copy" in str(err.value)
+
+    def test_code_in_a_sealed_payload_is_never_run(self, tmp_path):
+        import pickle
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+        path = tmp_path / "evil.pt"
+        torch.save(bio.seal(pickle.dumps(Evil(), protocol=2)), path)  # a valid checksum
+        with pytest.raises(CheckpointError):
+            safe_torch_load(path)
+        assert not (tmp_path / "pwned").exists()

@@ -3,7 +3,8 @@
 One test class per class of failure: results on mixed data, settings that change the
 weights but not the run id, names that would escape the study folder, code in exports,
 read-only stores and full disks, grid points that diverge, file modes and temporary
-files left by a kill, and (marked slow) a soak of random ``kill -9``.
+files left by a kill, a disk that fills while a training writes its checkpoint (the
+study stops), and (marked slow) a soak of random ``kill -9``.
 
 Two test-only condition kinds are registered here: ``rel_probe`` (seeded input noise,
 with a string and a signed parameter, optionally failing or turning the input to NaN on
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -25,6 +27,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -519,6 +522,108 @@ class TestReadOnlyStore:
         (tmp_path / "s" / ".lock").mkdir(parents=True)
         with pytest.raises(BinsenseError, match=r"\.lock' is a folder"):
             run_study(path, progress=False)
+
+
+class _FullDisk:
+    """A temporary file on a disk that fills up: the first ``room`` bytes are written,
+    then writes fail with ``ENOSPC`` (torch.save then raised ``unexpected pos``)."""
+
+    room = 1000
+
+    def __init__(self, f) -> None:
+        self.f, self.used = f, 0
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if self.used + size > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.used += size
+        return self.f.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.f, name)
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
+class TestFullDiskWhileTraining:
+    def test_a_full_disk_in_a_training_stops_the_study_and_keeps_what_is_stored(
+        self, tmp_path, shared_data, capsys, monkeypatch
+    ):
+        """The disk fills while the second training writes its checkpoint (issue 24): the
+        study stops with one "the disk is full" line — not a failed grid point followed by
+        the rest of the grid — and the first training's rows stay; a rerun finishes."""
+        import binsense.io as bio
+
+        path = write_study(tmp_path / "s.toml", shared_data, grid="seed = [0, 1]")
+        study = load_study(path)
+        first, second = (t.run_id for t in study.training_order())
+        temps: dict[int, str] = {}
+        real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
+
+        def mkstemp(*args, **kwargs):
+            fd, name = real_mkstemp(*args, **kwargs)
+            temps[fd] = name
+            return fd, name
+
+        def fdopen(fd, *args, **kwargs):
+            f = real_fdopen(fd, *args, **kwargs)
+            name = temps.pop(fd, "")
+            full = f"{os.sep}{second}{os.sep}.checkpoint.pt." in name
+            return _FullDisk(f) if full else f
+
+        monkeypatch.setattr(bio.tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(bio.os, "fdopen", fdopen)
+        code = main(["study", "run", str(path), "--no-progress"])
+        captured = capsys.readouterr()
+        lines = [line for line in captured.err.splitlines() if line.strip()]
+        assert code == 1, captured.err  # an environment error, not a mistake
+        assert lines[-1].startswith("error: ") and "the disk is full" in lines[-1], lines
+        assert "grid point(s) failed" not in captured.err and "Traceback" not in captured.err
+        assert "report:" not in captured.out  # stopped: no report of a half-run study
+        with ResultStore(study.store_path, readonly=True) as store:
+            assert store.run_status(first) == "trained"
+            assert len(store.done_draws(first)) == study.draws_per_run  # nothing lost
+            assert store.run_status(second) != "failed" and not store.failures()
+            assert not store.done_draws(second)
+        assert not list((tmp_path / "s").rglob("*.tmp"))
+
+        monkeypatch.undo()  # space freed: the rerun trains the second run only
+        summary = run_study(path, progress=False)
+        assert summary.trained == 1 and not summary.failures
+        with ResultStore(study.store_path, readonly=True) as store:
+            assert store.run_status(second) == "trained"
+            assert len(store.done_draws(second)) == study.draws_per_run
+
+    def test_a_disk_error_under_another_exception_stops_the_study_too(
+        self, tmp_path, shared_data, monkeypatch
+    ):
+        """A library that wraps the OSError, or keeps only its text (torch's C++ errors):
+        still the environment, so the study stops instead of failing each grid point."""
+        from binsense.io import WriteError
+        from binsense.study import runner
+
+        def wrapped(*args, **kwargs):
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "inductor-cache/x")
+            except OSError as e:
+                raise RuntimeError("compilation failed") from e
+
+        def text_only(*args, **kwargs):
+            raise RuntimeError("PytorchStreamWriter failed writing file: No space left on device")
+
+        path = write_study(tmp_path / "s.toml", shared_data, grid="seed = [0, 1]")
+        for fake in (wrapped, text_only):
+            monkeypatch.setattr(runner, "train", fake)
+            with pytest.raises(WriteError, match="the disk is full") as err:
+                run_study(path, progress=False)
+            assert "\n" not in str(err.value)
+            with ResultStore(load_study(path).store_path, readonly=True) as store:
+                assert not store.failures()
 
 
 # ---------------------------------------------------------------- 6. divergence

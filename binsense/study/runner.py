@@ -73,11 +73,17 @@ one draw whose evaluation fails is recorded in the store's ``failures`` table wi
 reason, and the study goes on with the rest of the grid; :class:`StudySummary` lists the
 failures (``binsense study run`` then exits non-zero and the report lists them). A failed
 grid point is tried again by the next run. A full disk, a read-only folder, mixed data or
-a store error stop the study (they would stop every grid point).
+a store error stop the study (they would stop every grid point) with one line, and what
+is stored stays: the store holds every finished draw, the run folder its last complete
+checkpoint (written atomically). A grid point's exception whose cause is such an error
+of the environment (a library that wraps the ``OSError``, or torch's C++ errors that
+carry only the text "No space left on device") stops the study too
+(:func:`environment_cause`), instead of failing one grid point after another.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -98,7 +104,7 @@ from binsense.errors import BinsenseError, SettingsMismatchError
 from binsense.evaluate import evaluate
 from binsense.evaluate.conditions import Clean, Condition
 from binsense.evaluate.noise_conditions import BnBitsCondition, SensorNoiseCondition
-from binsense.io import clean_stale_temps, folder_lock
+from binsense.io import clean_stale_temps, folder_lock, write_error
 from binsense.quant.fixed import FLOAT_BITS
 from binsense.study.export import report_dir, run_dir
 from binsense.study.schema import Evaluation, Study, Training, condition_labels, load_study
@@ -128,6 +134,47 @@ _GRID_POINT: tuple[type[BaseException], ...] = (
     ValueError,
     RuntimeError,
 )
+
+#: ``errno`` values of environment errors that stop the study, also found under a grid
+#: point's exception (:func:`environment_cause`).
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+#: Their messages, for errors that carry only the text (torch's C++ errors).
+_ENVIRONMENT_TEXTS = {"no space left on device": errno.ENOSPC, "disk quota exceeded": errno.EDQUOT}
+
+
+def environment_cause(error: BaseException) -> OSError | None:
+    """The environment error (disk full, quota used up, read-only file system, I/O
+    error) behind a grid point's exception, or ``None``.
+
+    Found in the exception's chain of causes (``__cause__`` / ``__context__``), or in its
+    message when the library kept only the text. Such an error would fail every grid
+    point in turn, so the runner stops the study with it instead.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _ENVIRONMENT_ERRNOS:
+            return current
+        text = str(current).lower()
+        for words, code in _ENVIRONMENT_TEXTS.items():
+            if words in text:
+                return OSError(code, os.strerror(code))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def stop_on_environment(error: BaseException, where: str | os.PathLike) -> None:
+    """Raise the environment error behind ``error`` (:func:`environment_cause`) as one
+    :class:`~binsense.io.WriteError` line naming its file (else ``where``); return if
+    there is none (``error`` is the grid point's own)."""
+    cause = environment_cause(error)
+    if cause is None:
+        return
+    if isinstance(cause, BinsenseError):  # a WriteError: already one line
+        raise cause from None
+    what = "read or write" if cause.errno == errno.EIO else "write"
+    raise write_error(cause, cause.filename or where, what) from None
 
 
 @dataclass(frozen=True)
@@ -324,6 +371,7 @@ class _Runner:
             except _FATAL:
                 raise
             except _GRID_POINT as e:
+                stop_on_environment(e, run_dir(study, training.run_id))
                 self.fail_training(training, e, status, len(pending))
                 return
             self.programs = {}  # the programs of the previous training are not this one's
@@ -432,6 +480,7 @@ class _Runner:
         except _FATAL:
             raise
         except _GRID_POINT as e:
+            stop_on_environment(e, run_dir(self.study, training.run_id))
             self.log(f"run {training.run_id}: no size recorded ({one_line(e)})")
             return
         self.store.set_run_size(training.run_id, totals)
@@ -448,6 +497,7 @@ class _Runner:
                 except _FATAL:
                     raise
                 except _GRID_POINT as e:
+                    stop_on_environment(e, ckpt)
                     self.log(f"run {training.run_id}: no size recorded ({one_line(e)})")
                     return
                 self.record_size(training, model)
@@ -541,6 +591,7 @@ class _Runner:
         except _FATAL:
             raise
         except _GRID_POINT as e:
+            stop_on_environment(e, self.study.out_dir)
             reason = one_line(e)
             self.store.fail_draw(training.run_id, ev.condition_id, draw, reason)
             failure = Failure(
@@ -632,6 +683,7 @@ def run_study(
 
 __all__ = [
     "Failure",
+    "environment_cause",
     "SettingsMismatchError",
     "StudySummary",
     "TrainingProgress",

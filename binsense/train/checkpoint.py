@@ -1,8 +1,17 @@
-"""Checkpoints: atomic save, safe load (``weights_only=True``), model rebuild."""
+"""Checkpoints: atomic save, safe load (``weights_only=True``), model rebuild.
+
+The trainer saves a checkpoint with :func:`binsense.io.atomic_torch_save` and
+``checksum=True``, which seals it: a sha256 over its ``torch.save`` bytes is stored with
+them and verified before they are parsed, so a damaged checkpoint (one flipped bit) is
+a :class:`CheckpointError` ("is corrupt"), never a model with other weights. A
+checkpoint written before checksums still loads; :func:`load_model` then notes, in one
+line (:class:`UncheckedCheckpointWarning`), that damage to it cannot be detected.
+"""
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +19,7 @@ from torch import nn
 
 from binsense.data import dataset_info
 from binsense.errors import CheckpointError
-from binsense.io import safe_torch_load
+from binsense.io import load_torch_file
 from binsense.models import build_model, upgrade_options
 from binsense.resources import check_config_fits
 from binsense.train.config import TrainConfig
@@ -21,15 +30,41 @@ CHECKPOINT_FORMAT = 2
 _READABLE_FORMATS = (1, 2)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a binsense checkpoint (no code is executed) and check its format."""
-    ckpt = safe_torch_load(path)
+class UncheckedCheckpointWarning(UserWarning):
+    """A checkpoint was written before checksums: it loads, but damage goes unnoticed."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], bool]:
+    """Read a binsense checkpoint (no code is executed, its checksum verified) and check
+    its format; also whether it carries a checksum (``False``: written before them)."""
+    ckpt, sealed = load_torch_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") not in _READABLE_FORMATS:
         raise CheckpointError(
             f"{str(path)!r} is not a binsense checkpoint (format {CHECKPOINT_FORMAT}); "
             "point --checkpoint at a run's checkpoint.pt."
         )
-    return ckpt
+    return ckpt, sealed
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a binsense checkpoint (no code is executed, its checksum verified) and check
+    its format (:func:`read_checkpoint`)."""
+    return read_checkpoint(path)[0]
+
+
+def note_unchecked(path: str | os.PathLike) -> None:
+    """One line saying that the checkpoint at ``path`` predates checksums.
+
+    Given once the model is loaded (by :func:`load_model`), so a checkpoint that is then
+    refused for another reason gets only that reason's line.
+    """
+    warnings.warn(
+        f"checkpoint {str(path)!r} predates checksums (an older binsense wrote it): it "
+        "loads as it is, but damage to it cannot be detected; a new training writes one "
+        "with a checksum.",
+        UncheckedCheckpointWarning,
+        stacklevel=3,
+    )
 
 
 def upgrade_state(model: nn.Module, state: dict[str, Any], source: str) -> dict[str, Any]:
@@ -119,7 +154,7 @@ def load_model(
     A checkpoint whose config asks for more memory than the machine has is refused
     before anything is allocated (:func:`binsense.resources.check_config_fits`).
     """
-    ckpt = load_checkpoint(path)
+    ckpt, sealed = read_checkpoint(path)
     config = checkpoint_config(ckpt, path)
     check_config_fits(config, training=False, device="cpu", allow=allow_large)
     model = build_model(config.model, dataset_info(config.dataset), **config.model_options)
@@ -135,6 +170,8 @@ def load_model(
         apply_masks(model, masks_from_state(ckpt["prune_masks"]))
         model = remove_pruned(model)
     model.eval()
+    if not sealed:
+        note_unchecked(path)
     return model, config
 
 

@@ -61,7 +61,9 @@ from binsense.resources import check_config_fits, resolve_device
 from binsense.train.accel import (
     CompiledForward,
     autocast,
+    cpu_name,
     has_conv2d,
+    native_bf16,
     resolve_precision,
     to_channels_last,
 )
@@ -149,6 +151,8 @@ def environment_info(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
+        "native_bf16": native_bf16(device),
         "threads": torch.get_num_threads(),
         "device": str(device),
     }
@@ -517,9 +521,12 @@ class Trainer:
         return row
 
     def evaluate_epoch(self, row: dict[str, Any]) -> None:
-        """Test loss and accuracy into the epoch's metrics row."""
+        """Test loss and accuracy (fp32, uncompiled model) into the epoch's metrics row."""
+        t0 = time.perf_counter()
         result = evaluate(self.model, self.test_loader)
-        row.update(test_loss=result.loss, test_acc=result.accuracy)
+        row.update(
+            test_loss=result.loss, test_acc=result.accuracy, eval_time_s=time.perf_counter() - t0
+        )
 
     def save(self, epoch: int) -> None:
         """Atomic checkpoint and metrics after a finished epoch."""
@@ -539,6 +546,7 @@ class Trainer:
                 "prune_plan": getattr(self.model, "prune_plan", None),
                 "prune_masks": masks_to_state(masks_of(self.model)),
             },
+            checksum=True,
         )
         atomic_write_text(
             self.run_path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.metrics)
