@@ -8,7 +8,8 @@ obscurely: a device this machine does not have, an output path that is a file (o
 folder where a file is meant), a folder that cannot be written, an image folder with
 empty files, symbolic-link loops or test images of another size than the training
 images, a results store that is not binsense's, a ``.lock`` that is a folder, a model
-that cannot fit in memory (:mod:`binsense.resources`; ``--allow-large`` skips that).
+that cannot fit in memory (:mod:`binsense.resources`; ``--allow-large``, before or after
+the command, skips that in every check the command makes, the library's own included).
 
 Everything else meets the safety net in :func:`main`: an :class:`OSError` becomes one
 line saying what happened (disk full, permission denied, read-only file system, a
@@ -178,9 +179,39 @@ def _train_config(args: argparse.Namespace):
 # ---------------------------------------------------------------- pre-flight checks
 
 
+#: Commands that check that a model fits in memory before building it: they take
+#: ``--allow-large`` before or after the command name (:func:`build_parser`).
+MEMORY_CHECKED_COMMANDS = (
+    ("train",), ("eval",), ("study", "run"), ("summary",), ("deploy",), ("export",),
+    ("tone-curves",),
+)  # fmt: skip
+
+
 def _allow_large(args: argparse.Namespace) -> bool | None:
     """``--allow-large`` given: True; else None (then $BINSENSE_ALLOW_LARGE decides)."""
     return True if getattr(args, "allow_large", False) else None
+
+
+@contextlib.contextmanager
+def _large_allowed_while(allow: bool) -> Iterator[None]:
+    """With ``allow``: ``$BINSENSE_ALLOW_LARGE`` set to 1 while the command runs (the
+    old value back afterwards), so that the flag reaches every memory check the command
+    makes, also those deep in the library that take no ``allow`` argument (the study
+    runner's trainings, a checkpoint loaded for distillation)."""
+    from binsense.resources import ALLOW_LARGE_ENV
+
+    if not allow:
+        yield
+        return
+    old = os.environ.get(ALLOW_LARGE_ENV)
+    os.environ[ALLOW_LARGE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ALLOW_LARGE_ENV, None)
+        else:
+            os.environ[ALLOW_LARGE_ENV] = old
 
 
 def _positive(value: int | None, flag: str) -> None:
@@ -484,7 +515,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_memory(config, info, training=True, device=config.device, allow=_allow_large(args))
     _check_test_split(config.dataset, args.data_dir)
     t0 = time.perf_counter()
-    result = train(config, out, data_dir=args.data_dir, resume=args.resume)
+    result = train(
+        config, out, data_dir=args.data_dir, resume=args.resume, allow_large=_allow_large(args)
+    )
     wall = time.perf_counter() - t0
     last = result.metrics[-1] if result.metrics else {}
     print(
@@ -509,7 +542,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_image_folder(config.dataset)
     info = dataset_info(config.dataset)
     _check_memory(config, info, training=False, device=str(device), allow=_allow_large(args))
-    model, config = load_model(args.checkpoint)
+    model, config = load_model(args.checkpoint, allow_large=_allow_large(args))
     data = load_dataset(config.dataset, "test", data_dir=args.data_dir)
     _check_split_shape(data, config.dataset)
     if args.test_subset is not None:
@@ -903,7 +936,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-large",
         action="store_true",
-        help="skip the memory check of train, eval and study run (also: BINSENSE_ALLOW_LARGE=1)",
+        help="skip the memory check of train, eval, study run, summary, deploy, export and "
+        "tone-curves (also after the command; or BINSENSE_ALLOW_LARGE=1)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -981,7 +1015,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="data-set folder (default: $BINSENSE_DATA)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--test-subset", type=int, help="n test images per class (default: all)")
-    p.add_argument("--allow-large", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser(
@@ -1018,7 +1051,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", metavar="FILE", help="write an ONNX file (needs the export extra)")
     p.add_argument("--qonnx", action="store_true", help="the QONNX flavour of --onnx")
     p.add_argument("--c", metavar="DIR", help="write C99 sources to DIR")
-    p.add_argument("--allow-large", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -1032,7 +1064,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], help="a label per checkpoint")
     p.add_argument("--uniform", type=int, metavar="K", help="add the uniform K-level curve")
     p.add_argument("-o", "--out", required=True, metavar="PNG", help="the figure file")
-    p.add_argument("--allow-large", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_tone_curves)
 
     p = sub.add_parser("models", help="list the registered models")
@@ -1088,7 +1119,8 @@ def build_parser() -> argparse.ArgumentParser:
             leaf.add_argument(
                 "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
             )
-        if path in (("train",), ("eval",), ("study", "run")) and "--allow-large" not in own:
+        # a leaf default would overwrite the flag given before the command: SUPPRESS
+        if path in MEMORY_CHECKED_COMMANDS and "--allow-large" not in own:
             leaf.add_argument(
                 "--allow-large",
                 action="store_true",
@@ -1216,6 +1248,11 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
+#: Write errors that are the machine's, not the user's: exit status 1 (disk full, quota,
+#: I/O error). A read-only or forbidden path is the user's to change: status 2.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; every failure is one ``error: ...`` line, never a traceback.
 
@@ -1230,13 +1267,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not debug:  # a warning (e.g. a rebuilt cache entry) is one line, not two
         warnings.showwarning = _one_line_warning
     try:
-        _preflight(args)
-        return int(args.func(args) or 0)
+        with _large_allowed_while(bool(getattr(args, "allow_large", False))):
+            _preflight(args)
+            return int(args.func(args) or 0)
     except BinsenseError as e:
         if debug:
             traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1 if getattr(e, "errno", None) in _ENVIRONMENT_ERRNOS else 2
     except BrokenPipeError:  # e.g. `binsense study results ... | head`
         sys.stderr.close()
         return 0

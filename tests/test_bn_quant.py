@@ -1,5 +1,7 @@
 """Fixed-point quantizer, batch-norm quantization targets, exact BN -> threshold folding."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +13,7 @@ from binsense.evaluate.noise_conditions import BnBitsCondition
 from binsense.layers import BinaryConv2d, BinaryLinear
 from binsense.layers.block import BinaryBlock
 from binsense.layers.bn import (
+    BnPairingWarning,
     QuantizedBatchNorm,
     bn_quantized,
     fold_bn_affine,
@@ -473,3 +476,27 @@ def test_bn_without_affine_params():
     )
     quantize_bn(model, 4, "threshold")  # the first BN feeds no sign, but it has affine params
     assert torch.equal(sign(model[1].norm(x)), expected)
+
+
+def test_threshold_target_warns_once_for_a_bn_sign_pair_outside_a_binary_block():
+    """Issue 24: nn.Sequential(bn, sign) got the affine form without a word (thousands of
+    sign flips at 2 bits); binsense pairs a norm with its sign only through BinaryBlock."""
+    x = torch.randint(-72, 73, (8, 16, 6, 6)).float()
+    loose = nn.Sequential(random_bn(nn.BatchNorm2d(16)), SteSign()).eval()
+    tau, flip = fold_bn_sign(loose[0])
+    with pytest.warns(BnPairingWarning) as record:
+        quantize_bn(loose, 2, "threshold")
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "BinaryBlock" in message and "affine" in message and "\n" not in message
+    thresholds = threshold_sign(x, quantize_fixed(tau.float(), 2).double(), flip)
+    assert not torch.equal(sign(loose(x)), thresholds)  # what the warning is about
+
+    block = BinaryBlock(nn.Identity(), random_bn(nn.BatchNorm2d(16)), SteSign()).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the explicit pair: its threshold, no warning
+        quantize_bn(block, 2, "threshold")
+        assert torch.equal(sign(block(x)), thresholds)
+        quantize_bn(nn.Sequential(random_bn(nn.BatchNorm2d(4))), 2, "threshold")  # no sign
+        quantize_bn(small_bnn(), 2, "threshold")  # the classifier's BN feeds no sign
+        quantize_bn(nn.Sequential(random_bn(nn.BatchNorm2d(16)), SteSign()), 2, "affine")

@@ -165,3 +165,69 @@ def test_cli_deploy_check_on_a_trained_checkpoint(tiny_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "predictions differ on 0, logits differ on 0" in out
     assert "bit-exact 3/3" in out
+
+
+# ---------------------------------------------------------------- the input (issue 24)
+
+#: A float-encoder model, a binary-encoder one and the compact model with a GLT encoder.
+_INPUT_MODELS = [
+    ("mnist_bnn", "mnist", {"width": 0.25}),
+    ("mnist_bnn", "mnist", {"width": 0.25, "encoder": "nbc"}),
+    ("compact_bnn", "cifar10", {"width": 0.125, "encoder": "glt"}),
+]
+
+
+def _codes(info, n: int = 4) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (n, info.in_channels, *info.image_size), generator=g).to(
+        torch.uint8
+    )
+
+
+@pytest.mark.parametrize(("name", "dataset", "options"), _INPUT_MODELS)
+def test_uint8_codes_give_the_logits_of_the_float_images(name, dataset, options):
+    """uint8 images are ADC codes: read as code / 255, exactly as the data pipeline does."""
+    model = _calibrated(name, dataset, **options)
+    deployed = convert(model)
+    codes = _codes(dataset_info(dataset))
+    x = codes.to(torch.float32).div_(255.0)  # binsense.data's DeviceLoader
+    assert torch.equal(deployed(codes), deployed(x))
+    assert torch.equal(deployed.run_ops(codes), model(x))
+    assert torch.equal(deployed.predict(codes), model(x).argmax(1))
+
+
+@pytest.mark.parametrize(("name", "dataset", "options"), _INPUT_MODELS)
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("int64", "dtype torch.int64"),
+        ("int16", "dtype torch.int16"),
+        ("bool", "dtype torch.bool"),
+        ("pixels", "values in [0, 255]"),
+        ("normalised", "values in [-"),
+        ("nan", "NaN values"),
+        ("inf", "infinite values"),
+        ("list", "got list"),
+    ],
+)
+def test_misread_inputs_are_refused_with_one_line(name, dataset, options, case, words):
+    """Integer pixels, floats outside [0, 1], NaN and infinities were misread without a
+    word (every NaN image one class; an index of -2^63 in a GLT code table)."""
+    deployed = convert(_calibrated(name, dataset, **options))
+    codes = _codes(dataset_info(dataset))
+    x = codes.float() / 255
+    bad = {
+        "int64": codes.long(),
+        "int16": codes.to(torch.int16),
+        "bool": codes > 127,
+        "pixels": codes.float(),
+        "normalised": (x - 0.5) / 0.25,
+        "nan": x.clone().index_fill_(0, torch.tensor([1]), float("nan")),
+        "inf": x.clone().index_fill_(0, torch.tensor([2]), float("inf")),
+        "list": x.tolist(),
+    }[case]
+    for entry in (deployed, deployed.predict, deployed.run_ops, lambda t: list(deployed.trace(t))):
+        with pytest.raises(BinsenseError) as info:
+            entry(bad)
+        message = str(info.value)
+        assert words in message and "\n" not in message

@@ -14,6 +14,7 @@ import torch
 from binsense import resources
 from binsense.cli import main
 from binsense.data import dataset_info
+from binsense.errors import BinsenseError
 from binsense.models import check_model
 from binsense.resources import (
     ResourceError,
@@ -178,3 +179,92 @@ def test_devices_are_parsed_and_must_exist() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ResourceError, match="--device cpu"):
             resolve_device("cuda")
+
+
+# ---------------------------------------------------------------- --allow-large (issue 24)
+
+
+@pytest.fixture
+def tiny_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend every device has 1 kB free: every model is refused unless allowed."""
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda device="cpu": 1000)
+    monkeypatch.delenv("BINSENSE_ALLOW_LARGE", raising=False)
+
+
+def _past_the_check(*args, **kwargs):
+    raise BinsenseError("past the memory check")  # exit 2, one line
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_allow_large_reaches_every_check_of_eval_summary_and_study_run(
+    tiny_machine, capsys, tmp_path, monkeypatch, where
+) -> None:
+    """The flag was read by the CLI's own check only; load_model (eval, summary) and the
+    study runner's trainings checked again without it and refused."""
+    import binsense.study.runner as runner
+    import binsense.train.checkpoint as checkpoint
+    from binsense.train.checkpoint import CHECKPOINT_FORMAT
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BINSENSE_CACHE", str(tmp_path / "cache"))
+    config = TrainConfig(model_options={"width": 0.25})
+    torch.save({"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "model": {}}, "c.pt")
+    Path("s.toml").write_text("[train]\nepochs = 1\n[train.model_options]\nwidth = 0.25\n")
+
+    def study_runner(path, preset=None, **kwargs):
+        """The runner's trainings check memory without an ``allow`` argument."""
+        from binsense.study.schema import load_study
+
+        for t in load_study(path, preset).trainings:
+            resources.check_config_fits(t.config, training=True)
+        raise BinsenseError("past the memory check")
+
+    monkeypatch.setattr(checkpoint, "build_model", _past_the_check)  # after load_model's check
+    monkeypatch.setattr(runner, "run_study", study_runner)
+    commands = [
+        (["eval", "--checkpoint", "c.pt"], "evaluating 'mnist_bnn' (width 0.25) needs"),
+        (["summary", "--checkpoint", "c.pt"], "evaluating 'mnist_bnn' (width 0.25) needs"),
+        (["study", "run", "s.toml", "--no-progress"], "(width 0.25) needs at least"),
+    ]
+    for argv, refusal in commands:
+        assert main(argv) == 2
+        line = one_line(capsys.readouterr().err)
+        assert refusal in line and "--allow-large" in line, line
+        flagged = ["--allow-large", *argv] if where == "before" else [*argv, "--allow-large"]
+        assert main(flagged) == 2
+        assert "past the memory check" in one_line(capsys.readouterr().err), argv
+        assert "BINSENSE_ALLOW_LARGE" not in os.environ  # set for the command only
+
+
+@pytest.mark.parametrize("flag", [[], ["--allow-large", "summary"], ["summary", "--allow-large"]])
+def test_summary_checks_memory_before_building_the_model(tiny_machine, capsys, flag) -> None:
+    argv = [*(flag or ["summary"]), "--model", "mnist_bnn", "--width", "0.25"]
+    if not flag:
+        assert main(argv) == 2
+        line = one_line(capsys.readouterr().err)
+        assert "summarising 'mnist_bnn' (width 0.25) needs at least" in line
+        assert "--allow-large" in line
+    else:
+        assert main(argv) == 0
+        assert "Mbit" in capsys.readouterr().out
+
+
+def test_summary_of_a_million_wide_model_is_one_memory_line(small_machine, capsys) -> None:
+    """It tried to allocate 13.8 GB and ended in "unexpected RuntimeError"."""
+    assert main(["summary", "--model", "mnist_bnn", "--width", "1e6"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "summarising 'mnist_bnn' (width 1e+06) needs at least" in line and "PB" in line
+
+
+def test_every_memory_checked_command_takes_the_flag_in_either_position() -> None:
+    """A command's own --allow-large (default False) overwrote the flag given before it."""
+    from binsense.cli import MEMORY_CHECKED_COMMANDS, build_parser
+
+    parser = build_parser()
+    required = {("eval",): ["--checkpoint", "c.pt"], ("study", "run"): ["s.toml"],
+                ("tone-curves",): ["c.pt", "-o", "x.png"]}  # fmt: skip
+    for path in MEMORY_CHECKED_COMMANDS:
+        rest = required.get(path, [])
+        assert not parser.parse_args([*path, *rest]).allow_large
+        assert parser.parse_args(["--allow-large", *path, *rest]).allow_large, path
+        assert parser.parse_args([*path, "--allow-large", *rest]).allow_large, path

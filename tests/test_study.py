@@ -33,7 +33,7 @@ from binsense.errors import BinsenseError, unknown_name
 from binsense.evaluate.conditions import Condition, condition_kinds, register_condition
 from binsense.study import load_study, run_study, study_rows
 from binsense.study.runner import study_lock
-from binsense.study.schema import StudyFileError
+from binsense.study.schema import StudyFileError, run_id_for
 from binsense.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -555,3 +555,26 @@ def test_shipped_study_files_are_valid_in_every_preset(name, trainings):
         study = load_study(REPO / "studies" / f"{name}.toml", preset)
         assert len(study.trainings) == count
         assert study.evaluations[0].kind == "clean"
+
+
+def test_train_recipe_gives_the_recipes_fields_under_the_files(tmp_path, data_root):
+    from binsense.train import TrainConfig
+    from binsense.train.recipes import get_recipe
+
+    # the file's dataset, model, options, epochs and batch size override the recipe's
+    path = write_study(tmp_path / "s.toml", data_root, train='recipe = "cifar10-cnv-30min"')
+    study = load_study(path)
+    recipe = get_recipe("cifar10-cnv-30min").fields
+    for training in study.trainings:
+        c = training.config
+        assert c.lr == recipe["lr"] and c.label_smoothing == 0.1 and c.flip
+        assert c.precision == "auto" and c.compile and c.channels_last
+        assert c.epochs == 1 and c.model == "mnist_bnn" and c.model_options == {"width": 0.125}
+    # the same config as the CLI's --recipe with the same overrides: the same run id
+    fields = {**get_recipe("cifar10-cnv-30min").config_fields(), **{
+        "dataset": f"imagefolder:{data_root}", "model": "mnist_bnn",
+        "model_options": {"width": 0.125}, "epochs": 1, "batch_size": 8, "seed": 0}}  # fmt: skip
+    assert study.trainings[0].run_id == run_id_for(TrainConfig(**fields))
+    path.write_text(path.read_text().replace("cifar10-cnv-30min", "cifar10-cnv-3min"))
+    with pytest.raises(StudyFileError, match="unknown recipe 'cifar10-cnv-3min' — did you mean"):
+        load_study(path)

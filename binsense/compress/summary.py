@@ -608,17 +608,33 @@ def summarize_model(
     name: str,
     dataset: str | None = None,
     options: dict[str, Any] | None = None,
+    *,
+    allow_large: bool | None = None,
     **bits: Any,
 ) -> ModelSummary:
     """:func:`summary` of registry model ``name`` built (on the CPU, freshly
     initialised) for ``dataset`` (default: the model's own) with model ``options``
     (validated by :func:`binsense.models.build_model`). ``bits``: :func:`summary`'s
-    options."""
+    options.
+
+    The model's weights are allocated, so first its size is estimated on the meta device
+    and a model that cannot fit is refused with one line
+    (:func:`binsense.resources.check_model_fits`; ``allow_large`` or
+    ``$BINSENSE_ALLOW_LARGE`` skips that): ``--width 1e6`` is not a 13.8 GB attempt
+    ending in an allocation error.
+    """
     from binsense.data import dataset_info
     from binsense.models import build_model, model_spec
+    from binsense.resources import check_model_fits
 
     spec = model_spec(name)
     info = dataset_info(dataset or spec.default_dataset)
+    width = (options or {}).get("width")
+    shown = f" (width {width:g})" if isinstance(width, int | float) else ""
+    check_model_fits(
+        name, info, options, training=False, allow=allow_large,
+        what=f"summarising {name!r}{shown}",
+    )  # fmt: skip
     with torch.device("cpu"):
         model = build_model(name, info, **(options or {}))
     shape = (info.in_channels, *info.image_size)
@@ -648,7 +664,11 @@ def _model_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    """``binsense summary``: print the table; exit 1 when over ``--max-mbit``."""
+    """``binsense summary``: print the table; exit 1 when over ``--max-mbit``.
+
+    The model is checked to fit in memory before it is built (``--allow-large``, before
+    or after the command, skips that), as ``train`` and ``eval`` check theirs."""
+    allow = True if getattr(args, "allow_large", False) else None
     if args.max_mbit is not None and not (math.isfinite(args.max_mbit) and args.max_mbit > 0):
         raise BinsenseError(f"--max-mbit must be a finite number > 0, got {args.max_mbit}.")
     bits = {"threshold_bits": args.threshold_bits, "bn_bits": args.bn_bits,
@@ -665,7 +685,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         from binsense.data import dataset_info
         from binsense.train import load_model
 
-        model, config = load_model(args.checkpoint)
+        model, config = load_model(args.checkpoint, allow_large=allow)
         info = dataset_info(config.dataset)
         result = summary(
             model, (info.in_channels, *info.image_size),
@@ -677,7 +697,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         options = _model_options(args.model_option)
         if args.width is not None:
             options["width"] = args.width
-        result = summarize_model(args.model, args.dataset, options, **bits)
+        result = summarize_model(args.model, args.dataset, options, allow_large=allow, **bits)
     print(json.dumps(result.to_dict()) if args.json else result.table())
     if args.max_mbit is not None:
         over = result.over_budget(args.max_mbit)

@@ -37,6 +37,7 @@ run-time-dispatched XNOR-popcount kernels and the file format build on its ops.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -494,9 +495,58 @@ class ResidualOp(nn.Module):
 # ---------------------------------------------------------------- the program
 
 
+def model_input(x: Tensor) -> Tensor:
+    """A deployed model's input, checked: float images in [0, 1], or uint8 ADC codes.
+
+    The program reads images as the data pipeline gives them to the trained model:
+    float ``pixel / 255`` (:mod:`binsense.data`), which a binary encoder turns back into
+    the 8-bit code. Anything else would be misread without a word: integer pixels
+    0..255 are all "full scale" after the ADC's clip, a NaN becomes code -2^63 (an index
+    error in the code table) or one arbitrary class. So:
+
+    - a uint8 tensor holds ADC codes and becomes ``x.float() / 255`` exactly as the data
+      pipeline computes it (the same logits as the float images);
+    - any other integer (or bool) dtype is refused: its scale is unknown;
+    - float images must be finite and within [0, 1] (no mean/std normalisation),
+      checked in one ``aminmax`` pass per batch (a NaN makes both bounds NaN; an
+      infinity shows as a bound), as :class:`binsense.noise.SensorNoise` checks its input.
+    """
+    if not isinstance(x, Tensor):
+        raise BinsenseError(
+            f"a deployed model takes a torch.Tensor of images (B, C, H, W), got {type(x).__name__}."
+        )
+    if x.dtype == torch.uint8:  # ADC codes: as the data pipeline makes them [0, 1] floats
+        return x.to(torch.float32).div_(255.0)
+    if not x.is_floating_point():
+        raise BinsenseError(
+            f"a deployed model takes float images in [0, 1] or uint8 codes, got dtype "
+            f"{x.dtype}; convert first, e.g. x.to(torch.uint8) for 8-bit pixels or "
+            "x.float() / 255."
+        )
+    if x.numel():
+        lo, hi = (v.item() for v in torch.aminmax(x))
+        if not (lo >= 0.0 and hi <= 1.0):
+            if math.isnan(lo) or math.isnan(hi):
+                what = "NaN values"
+            elif math.isinf(lo) or math.isinf(hi):
+                what = f"infinite values (range [{lo:g}, {hi:g}])"
+            else:
+                what = f"values in [{lo:g}, {hi:g}]"
+            raise BinsenseError(
+                f"a deployed model takes images in [0, 1] (pixel / 255), got {what}; pass "
+                "pixel / 255 without mean/std normalisation (or uint8 codes), and no NaN."
+            )
+    return x
+
+
 @dataclass
 class DeployedModel:
-    """The integer program: ``ops`` in order; ``forward`` gives the logits."""
+    """The integer program: ``ops`` in order; ``forward`` gives the logits.
+
+    Every entry point (calling it, :meth:`predict`, :meth:`run_ops`, :meth:`trace`)
+    takes float images in [0, 1] or uint8 ADC codes and refuses anything else with one
+    line (:func:`model_input`).
+    """
 
     ops: nn.Sequential
     source: str = ""
@@ -508,6 +558,7 @@ class DeployedModel:
         """The logits: by the packed engine where the C kernel runs
         (:class:`binsense.deploy.engine.PackedEngine`, bits between binary layers), else
         by the op list (:meth:`run_ops`); both give the same integers."""
+        x = model_input(x)
         if not kernels.runs(x):
             return self.ops(x)
         engine = self.__dict__.get("_engine")
@@ -521,16 +572,18 @@ class DeployedModel:
     def run_ops(self, x: Tensor) -> Tensor:
         """The logits by the op list, op by op on ±1 / integer NCHW tensors (the
         reference the packed engine is checked against)."""
-        return self.ops(x)
+        return self.ops(model_input(x))
 
     @torch.no_grad()
     def trace(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
         """Each op's name and output, in order (for per-layer comparisons)."""
+        x = model_input(x)
         for name, op in self.ops.named_children():
             x = op(x)
             yield name, x
 
     def predict(self, x: Tensor) -> Tensor:
+        """The predicted classes: the argmax of the logits (input as for calling it)."""
         return self(x).argmax(1)
 
     def save(self, path, meta: dict | None = None):
@@ -719,6 +772,7 @@ __all__ = [
     "DeployedModel",
     "check_exact",
     "FloatStage",
+    "model_input",
     "MaxPoolInt",
     "PackedConv",
     "PackedLinear",

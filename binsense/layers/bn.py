@@ -52,6 +52,7 @@ the affine form with a straight-through estimator).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -60,7 +61,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from binsense.errors import BinsenseError, unknown_name
-from binsense.layers.block import blocks_of
+from binsense.layers.block import BinaryBlock, ResidualUnit, blocks_of
 from binsense.layers.design import DeSign
 from binsense.layers.norm import bn_sigma, channel_view, check_stats, gamma_beta
 from binsense.quant.fixed import (
@@ -116,6 +117,65 @@ def _sign_fed(model: nn.Module) -> set[int]:
         for b in blocks_of(model)
         if isinstance(b.norm, _BatchNorm) and isinstance(b.act, SignQuantizer)
     }
+
+
+class BnPairingWarning(UserWarning):
+    """``quantize_bn(..., "threshold")`` gave the affine form to batch norms that are not
+    the norm of a :class:`~binsense.layers.BinaryBlock`, in a model that binarises
+    activations outside its blocks: a sign may follow them, unseen (:func:`_unpaired`)."""
+
+
+def _stray_signs(model: nn.Module) -> list[str]:
+    """Names of the sign modules (:class:`SignQuantizer`, :class:`DeSign`) of ``model``
+    that binarise activations outside the explicit pairs: not (part of) a
+    :class:`~binsense.layers.BinaryBlock`'s ``act``, not a
+    :class:`~binsense.layers.block.ResidualUnit`'s ``binarize`` (the stream's sign), not
+    a binary layer's ``weight_quantizer`` (weights, not activations)."""
+    known: set[int] = set()
+    for m in model.modules():
+        owned = [getattr(m, "weight_quantizer", None)]
+        if isinstance(m, BinaryBlock):  # its act (and a DeSign's quantizer)
+            owned.append(m.act)
+        if isinstance(m, ResidualUnit):
+            owned.append(m.binarize)
+        for o in owned:
+            if isinstance(o, nn.Module):
+                known.update(id(x) for x in o.modules())
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, SignQuantizer | DeSign) and id(m) not in known
+    ]
+
+
+def _unpaired(model: nn.Module, plan: list[tuple[_BatchNorm, str, DeSign | None]]) -> None:
+    """Warn once (:class:`BnPairingWarning`) when the ``"threshold"`` target gives the
+    affine form to batch norms outside every :class:`~binsense.layers.BinaryBlock` while
+    the model has a sign outside its blocks: binsense pairs a norm with its sign only
+    through the block (never by guessing from module order), so a user's
+    ``nn.Sequential(bn, sign)`` would otherwise get ``a x + b`` quantized, whose signs
+    differ from the quantized threshold compare (thousands of flips at 2 bits), without
+    a word. A norm outside the blocks in a model without such a sign (a classifier's)
+    gets the affine form silently: nothing binarises its output."""
+    in_blocks = {id(b.norm) for b in blocks_of(model)}
+    outside = [bn for bn, form, _ in plan if form == "affine" and id(bn) not in in_blocks]
+    if not outside:
+        return
+    signs = _stray_signs(model)
+    if not signs:
+        return
+    names = {id(m): name or "(the model)" for name, m in model.named_modules()}
+    shown = ", ".join(names[id(bn)] for bn in outside[:4]) + (", ..." if len(outside) > 4 else "")
+    warnings.warn(
+        f"quantize_bn(target='threshold'): {len(outside)} batch norm(s) ({shown}) are not "
+        f"the norm of a BinaryBlock while the model has a sign outside its BinaryBlocks "
+        f"({', '.join(signs[:4])}{', ...' if len(signs) > 4 else ''}), so binsense cannot "
+        "tell whether a sign follows them: they got the affine form (a x + b quantized), "
+        "whose signs can differ from quantized thresholds; put each (norm, sign) pair in "
+        "a BinaryBlock(conv, norm, act) to quantize its threshold.",
+        BnPairingWarning,
+        stacklevel=3,
+    )
 
 
 def _design_fed(model: nn.Module) -> dict[int, DeSign]:
@@ -274,7 +334,10 @@ def quantize_bn(
             coupled or not), with ``"affine"`` the affine form; a BN whose gamma a DeSign
             reads (``DeSign(bn=...)``) accepts only ``"raw"``, or ``"threshold"`` when
             that DeSign is its block's sign (a :class:`BinsenseError` otherwise: the
-            other forms rewrite gamma).
+            other forms rewrite gamma). A BN outside every BinaryBlock gets the
+            affine form; where the model also binarises activations outside its blocks
+            (a ``nn.Sequential(bn, sign)``), a sign may follow that BN unseen, so
+            ``"threshold"`` then warns once (:class:`BnPairingWarning`) naming the BNs.
         scale: ``"tensor"`` (default: one set of automatic fractional bits per quantized
             tensor, as binsense has always done, so the S0 results are unchanged) or
             ``"channel"`` (each channel its own fractional bits: the fix for a nearly dead
@@ -293,7 +356,10 @@ def quantize_bn(
     _check_scale(scale)
     if check_bits(bits) == FLOAT_BITS:
         return model
-    for bn, form, design in _plan(model, target):
+    plan = _plan(model, target)
+    if target == "threshold":
+        _unpaired(model, plan)
+    for bn, form, design in plan:
         if design is not None:
             _quantize_design_threshold(bn, design, bits, scale)
         else:
@@ -439,6 +505,7 @@ def replace_batchnorm(model: nn.Module, bits: int, qat: bool = True) -> nn.Modul
 __all__ = [
     "BN_SCALES",
     "BN_TARGETS",
+    "BnPairingWarning",
     "QuantizedBatchNorm",
     "bn_quantized",
     "bn_sigma",

@@ -3,7 +3,8 @@
 A study file describes a grid of trainings and a grid of evaluation conditions::
 
     [study]                  # name, description, default_preset
-    [train]                  # base TrainConfig fields
+    [train]                  # base TrainConfig fields (recipe = "NAME": a recipe's
+                             # fields under them, binsense.train.recipes)
     [train.grid]             # TrainConfig field -> list of values (cartesian product)
                              # variant = [{name = ..., <fields>}, ...]: linked settings
                              # ([[train.grid]] blocks: several grids, their union)
@@ -33,14 +34,24 @@ training: its run id is the teacher config's hash. A teacher that is not itself 
 of the grid becomes a *hidden* training (:attr:`Study.teachers`): trained and stored like
 the others, but not evaluated under the conditions nor listed as a grid point.
 :meth:`Study.training_order` puts every teacher before its students.
+
+**Size.** A grid is counted before it is expanded — the product of its list lengths,
+summed over the ``[[train.grid]]`` blocks (and, apart, over the ``[[condition]]``
+blocks) — and a file asking for more than :data:`MAX_GRID_POINTS` trainings (or
+conditions) is refused with one line giving the count, instead of expanding for hours
+(1,000 seeds x 1,000 learning rates is a 16 kB file). Expansion is linear in the number
+of points: each distinct model (data set, model, options) is built on the meta device
+once, not once per seed or learning rate.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import types
@@ -77,8 +88,17 @@ _RENAMED_SECTIONS = {
 #: Condition parameters renamed: one word, "draws", for one Monte-Carlo draw.
 _RENAMED_PARAMETERS = {"instances": "draws", "trials": "draws"}
 _GRID = "grid"
+#: ``[train]`` key naming a training recipe whose fields the file's build on.
+_RECIPE = "recipe"
+
 #: Grid key whose values are tables of linked TrainConfig fields (one named variant each).
 _VARIANT = "variant"
+#: Most trainings a study file may ask for (grid points summed over its ``[[train.grid]]``
+#: blocks), and most evaluation conditions (summed over its ``[[condition]]`` blocks).
+#: The runner trains one model after the other, minutes each, and evaluates every
+#: training under every condition: 100,000 is far beyond any study that can finish,
+#: and small enough that counting, expanding and validating it takes seconds, not hours.
+MAX_GRID_POINTS = 100_000
 
 
 class StudyFileError(BinsenseError):
@@ -274,7 +294,13 @@ class Study:
 
     def training(self, run_id: str) -> Training | None:
         """The training (grid point or hidden teacher) with this run id."""
-        return next((t for t in (*self.trainings, *self.teachers) if t.run_id == run_id), None)
+        return self._by_run_id.get(run_id)
+
+    @functools.cached_property
+    def _by_run_id(self) -> dict[str, Training]:
+        """run id -> training, built once: :meth:`training_order` looks up every
+        student's teacher, which a scan of the trainings made quadratic."""
+        return {t.run_id: t for t in (*self.teachers, *self.trainings)}
 
     def training_order(self) -> list[Training]:
         """Every training to run, grid points and hidden teachers, each teacher before its
@@ -550,7 +576,7 @@ def _expand_trainings(
     one.
     """
     fields = list(TrainConfig.model_fields)
-    base = dict(section)
+    base = _with_recipe(dict(section), place, overlay)
     grids = base.pop(_GRID, {})
     many = isinstance(grids, list)
     if many and (not grids or not all(isinstance(g, Mapping) for g in grids)):
@@ -566,11 +592,44 @@ def _expand_trainings(
                 _where(place, overlay, ("train", key), "train"),
                 f"unknown key {key!r}{_did_you_mean(key, [*fields, _GRID])}",
             )
+    blocks = grids if many else [grids]
+    for index, grid in enumerate(blocks):
+        _check_grid(grid, index if many else None, place, overlay, fields)
+    points = sum(math.prod(len(v) for v in grid.values()) for grid in blocks)
+    if points > MAX_GRID_POINTS:
+        summed = f", summed over its {len(blocks)} blocks" if many else ""
+        raise place.error(
+            _where(place, overlay, ("train", _GRID), "train.grid"),
+            f"asks for {points:,} trainings (the product of its list lengths{summed}), "
+            f"more than the {MAX_GRID_POINTS:,} a study may hold; use fewer values or "
+            "split the grid into several studies",
+        )
     trainings: dict[str, Training] = {}
-    for index, grid in enumerate(grids if many else [grids]):
-        _expand_grid(base, grid, index if many else None, place, overlay, fields, trainings)
+    checked: set[str] = set()
+    for index, grid in enumerate(blocks):
+        _expand_grid(
+            base, grid, index if many else None, place, overlay, fields, trainings, checked
+        )
     where = _where(place, overlay, ("train", "distill"), "train")
-    return list(trainings.values()), _hidden_teachers(trainings, place, where)
+    return list(trainings.values()), _hidden_teachers(trainings, place, where, checked)
+
+
+def _with_recipe(
+    base: dict[str, Any], place: _Place, overlay: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``[train] recipe = "NAME"``: the recipe's fields (:mod:`binsense.train.recipes`)
+    under the file's own, which override them key by key (``model_options`` as a whole),
+    so a study trains exactly what ``binsense train --recipe NAME`` trains (same run ids)."""
+    if _RECIPE not in base:
+        return base
+    from binsense.train.recipes import get_recipe
+
+    name = base.pop(_RECIPE)
+    try:
+        recipe = get_recipe(name)
+    except BinsenseError as e:
+        raise place.error(_where(place, overlay, ("train", _RECIPE), "train"), str(e)) from None
+    return {**recipe.config_fields(), **base}
 
 
 def _grid_where(
@@ -583,6 +642,30 @@ def _grid_where(
     return f"[{_where(place, overlay, ('train', _GRID), 'train.grid')}] #{index + 1}"
 
 
+def _check_grid(
+    grid: Mapping[str, Any],
+    index: int | None,
+    place: _Place,
+    overlay: Mapping[str, Any],
+    fields: list[str],
+) -> None:
+    """A grid's keys are TrainConfig fields (or ``variant``), its values non-empty lists:
+    what counting its points (the product of the list lengths) needs."""
+    for key, values in grid.items():
+        where = _grid_where(place, overlay, key, index)
+        if key not in TrainConfig.model_fields and key != _VARIANT:
+            hint = _did_you_mean(key, [*fields, _VARIANT])
+            raise place.error(where, f"unknown key {key!r}{hint}")
+        if not isinstance(values, list) or not values:
+            raise place.error(where, f"{key!r} must be a non-empty list of values, got {values!r}")
+
+
+def _model_key(config: TrainConfig) -> str:
+    """What :func:`_check_training` depends on: data set, model and model options."""
+    return json.dumps([config.dataset, config.model, config.model_options], sort_keys=True,
+                      default=repr)  # fmt: skip
+
+
 def _expand_grid(
     base: Mapping[str, Any],
     grid: Mapping[str, Any],
@@ -591,15 +674,11 @@ def _expand_grid(
     overlay: Mapping[str, Any],
     fields: list[str],
     trainings: dict[str, Training],
+    checked: set[str],
 ) -> None:
-    """One grid's trainings over ``base``, added to ``trainings`` (by run id)."""
-    for key, values in grid.items():
-        where = _grid_where(place, overlay, key, index)
-        if key not in TrainConfig.model_fields and key != _VARIANT:
-            hint = _did_you_mean(key, [*fields, _VARIANT])
-            raise place.error(where, f"unknown key {key!r}{hint}")
-        if not isinstance(values, list) or not values:
-            raise place.error(where, f"{key!r} must be a non-empty list of values, got {values!r}")
+    """One grid's trainings over ``base`` (checked by :func:`_check_grid`), added to
+    ``trainings`` (by run id). ``checked``: the :func:`_model_key` of every model already
+    built on the meta device; a seed or learning-rate axis adds no model build."""
     variants = _variants(grid, place, _grid_where(place, overlay, _VARIANT, index), fields)
 
     def origin(key: str) -> str:
@@ -619,17 +698,21 @@ def _expand_grid(
         except ValidationError as e:
             key = str(e.errors()[0]["loc"][0]) if e.errors()[0]["loc"] else "train"
             raise place.error(origin(key), _pydantic_problem(e, fields, TrainConfig)) from None
-        _check_training(
-            config, place, {k: origin(k) for k in ("dataset", "model", "model_options")}
-        )
+        key = _model_key(config)
+        if key not in checked:
+            _check_training(
+                config, place, {k: origin(k) for k in ("dataset", "model", "model_options")}
+            )
+            checked.add(key)
         run_id = run_id_for(config)
         trainings.setdefault(run_id, Training(run_id=run_id, config=config, grid=point))
 
 
 def _hidden_teachers(
-    trainings: Mapping[str, Training], place: _Place, where: str
+    trainings: Mapping[str, Training], place: _Place, where: str, checked: set[str]
 ) -> list[Training]:
-    """The teachers (and their teachers) that are not grid points, checked like them."""
+    """The teachers (and their teachers) that are not grid points, checked like them
+    (``checked``: as in :func:`_expand_grid`)."""
     hidden: dict[str, Training] = {}
     for student in trainings.values():
         config = student.config
@@ -638,9 +721,11 @@ def _hidden_teachers(
             if run_id in trainings or run_id in hidden:
                 break
             what = f"{where} distill.teacher (of {student.label()}):"
-            _check_training(
-                teacher, place, dict.fromkeys(("dataset", "model", "model_options"), what)
-            )
+            if _model_key(teacher) not in checked:
+                _check_training(
+                    teacher, place, dict.fromkeys(("dataset", "model", "model_options"), what)
+                )
+                checked.add(_model_key(teacher))
             hidden[run_id] = Training(run_id, teacher, {}, teacher_of=student.label())
             config = teacher
     return list(hidden.values())
@@ -707,6 +792,28 @@ def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
+def _axes(cls: type[Condition], params: Mapping[str, Any]) -> dict[str, list]:
+    """The parameters of a ``[[condition]]`` block that expand: list values, except a
+    single list given to a field that itself holds a list."""
+    return {
+        k: v
+        for k, v in params.items()
+        if isinstance(v, list)
+        and (not _is_sequence_field(cls, k) or (v and isinstance(v[0], list)))
+    }
+
+
+def _condition_points(block: Any) -> int:
+    """How many conditions a ``[[condition]]`` block expands into (the product of its
+    axes' lengths), counted without expanding; 1 for a block :func:`_expand_block`
+    refuses anyway (no table, unknown kind)."""
+    if not isinstance(block, Mapping) or block.get("kind") not in condition_kinds():
+        return 1
+    cls = condition_class(block["kind"])
+    params = {k: v for k, v in block.items() if k != "kind"}
+    return math.prod(len(v) for v in _axes(cls, params).values())
+
+
 def _expand_block(block: Any, index: int, place: _Place, options: EvalOptions) -> list[Evaluation]:
     if not isinstance(block, Mapping):
         raise place.error(place.block(index), f"must be a table, got {block!r}")
@@ -731,12 +838,7 @@ def _expand_block(block: Any, index: int, place: _Place, options: EvalOptions) -
                 )
             hint = _did_you_mean(key, cls.model_fields) if cls.model_fields else " (it has none)"
             raise place.error(where, f"unknown parameter {key!r}{hint}")
-    axes = {
-        k: v
-        for k, v in params.items()
-        if isinstance(v, list)
-        and (not _is_sequence_field(cls, k) or (v and isinstance(v[0], list)))
-    }
+    axes = _axes(cls, params)
     for key, values in axes.items():
         if not values:
             raise place.error(where, f"{key!r} is an empty list; give at least one value")
@@ -780,6 +882,16 @@ def _expand(
     if not isinstance(blocks, list):
         raise place.error("[[condition]]", "must be an array of tables ([[condition]] blocks)")
     block_place = place if _has(overlay, "condition") else _Place(place.file)
+    points = sum(_condition_points(block) for block in blocks)
+    if points > MAX_GRID_POINTS:
+        summed = f", summed over its {len(blocks)} blocks" if len(blocks) > 1 else ""
+        preset = block_place.preset
+        raise block_place.error(
+            f"[[presets.{preset}.condition]]" if preset else "[[condition]]",
+            f"asks for {points:,} conditions (the product of the list lengths{summed}), "
+            f"more than the {MAX_GRID_POINTS:,} a study may hold; use fewer values or "
+            "split it into several studies",
+        )
     evaluations: dict[str, Evaluation] = {}
     for i, block in enumerate(blocks):
         for ev in _expand_block(block, i, block_place, options):
@@ -878,6 +990,7 @@ def load_study(
 
 
 __all__ = [
+    "MAX_GRID_POINTS",
     "CompareSpec",
     "EvalOptions",
     "Evaluation",
