@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from binsense.compress.summary import summary
@@ -26,6 +25,7 @@ from binsense.deploy.fileformat import save_deployed
 from binsense.evaluate import evaluate
 from binsense.io import atomic_write_text
 from binsense.train import TrainConfig, load_model
+from binsense.train.accel import cpu_name
 from binsense.train.recipes import get_recipe
 from binsense.zoo import ZOO_DIR
 
@@ -64,7 +64,9 @@ def main() -> int:
             "input_shape": [info.in_channels, *info.image_size], "zoo": args.name}  # fmt: skip
     save_deployed(deployed, bsd, meta)
     env = provenance["environment"]
-    minutes = sum(m["epoch_time_s"] for m in metrics) / 60
+    minutes = sum(m["epoch_time_s"] + m.get("eval_time_s", 0.0) for m in metrics) / 60
+    started = datetime.fromisoformat(provenance["started"])
+    ended = datetime.fromtimestamp((args.run / "checkpoint.pt").stat().st_mtime, timezone.utc)
     card = {
         "name": args.name,
         "recipe": args.recipe,
@@ -83,9 +85,10 @@ def main() -> int:
         "file_bytes": bsd.stat().st_size,
         "training": {
             "epochs": config.epochs,
-            "train_minutes": round(minutes, 1),
+            "epoch_minutes": round(minutes, 1),
+            "wall_minutes": round((ended - started).total_seconds() / 60, 1),
             "precision": env.get("precision", "fp32"),
-            "machine": env.get("processor"),
+            "machine": env.get("cpu") or cpu_name(),
             "threads": env.get("threads"),
             "torch": env.get("torch"),
             "started": provenance.get("started"),
@@ -94,7 +97,7 @@ def main() -> int:
             f"binsense train --recipe {args.recipe} --seed {config.seed} --out RUN",
             f"python benchmarks/make_zoo.py RUN {args.name} --recipe {args.recipe}",
         ],
-        "made": f"{date.today()} on {platform.processor() or platform.machine()}",
+        "made": f"{date.today()} on {cpu_name()}",
     }
     atomic_write_text(args.zoo / f"{args.name}.json", json.dumps(card, indent=2) + "\n")
     print(f"wrote {bsd} ({card['file_bytes']:,} B) and its card: engine {engine_acc:.2%}")

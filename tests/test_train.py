@@ -12,7 +12,7 @@ from binsense.errors import BinsenseError, CheckpointError
 from binsense.train import TrainConfig, load_model, train
 from binsense.train.checkpoint import load_state_strict
 
-TIMING = {"epoch_time_s", "train_images_per_s"}
+TIMING = {"epoch_time_s", "train_images_per_s", "eval_time_s", "compile_s"}
 
 
 def config(dataset: str, **kw) -> TrainConfig:

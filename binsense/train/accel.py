@@ -61,6 +61,19 @@ def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    import platform
+
+    try:
+        for line in Path(cpuinfo).read_text(encoding="ascii", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def native_bf16(device: torch.device) -> str | None:
     """What computes bf16 natively on ``device`` (``"AMX-BF16"``, ``"AVX512-BF16"``,
     ``"CUDA compute capability 9.0"``), or ``None`` when bf16 would be emulated."""
@@ -178,6 +191,7 @@ __all__ = [
     "CompiledForward",
     "Precision",
     "autocast",
+    "cpu_name",
     "has_conv2d",
     "native_bf16",
     "resolve_precision",
