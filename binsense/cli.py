@@ -682,6 +682,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if args.test_subset is not None:
         data = data.subset(args.test_subset, seed=0)
     deployed = loaded.model
+    classes = deployed(data.images[:1]).shape[1]  # uint8 codes: what the program reads
+    if classes != data.info.num_classes:
+        raise BinsenseError(
+            f"{args.model} predicts {classes} classes, but {name!r} has "
+            f"{data.info.num_classes}: its accuracy would mean nothing; give the data set "
+            "it was trained on (--data)."
+        )
     loader = DeviceLoader(data, args.batch_size, shuffle=False, device="cpu")
     predictions, correct, t0 = [], 0, time.perf_counter()
     for x, y in tqdm(loader, desc="infer", unit="batch", disable=not sys.stderr.isatty()):

@@ -308,6 +308,8 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -
             )
             out.errno, out.strerror, out.filename = errno.ENOENT, "dangling link", str(path)
             raise out
+        # what a killed writer of this same file left behind goes first (never a live one's)
+        clean_stale_temps(target.parent, name=target.name)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         _lock_temp(fd)
         with os.fdopen(fd, "wb") as f:
@@ -375,9 +377,14 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any, *, checksum: bool = Fal
 
 
 def clean_stale_temps(
-    folder: str | os.PathLike, *, recursive: bool = False, min_age_s: float | None = None
+    folder: str | os.PathLike,
+    *,
+    recursive: bool = False,
+    min_age_s: float | None = None,
+    name: str | None = None,
 ) -> list[Path]:
-    """Remove temporary files (``.NAME.*.tmp``) that a killed writer left in ``folder``.
+    """Remove temporary files (``.NAME.*.tmp``) that a killed writer left in ``folder``
+    (only those of the destination ``name``, when given).
 
     A file is removed only when no process holds its advisory lock (a live
     :func:`atomic_write` does) and it was last written more than ``min_age_s`` seconds
@@ -402,7 +409,10 @@ def clean_stale_temps(
                     if recursive and not entry.name.startswith("."):
                         stack.append(entry.path)
                     continue
-                if not entry.is_file(follow_symlinks=False) or not TEMP_PATTERN.match(entry.name):
+                match = TEMP_PATTERN.match(entry.name)
+                if not entry.is_file(follow_symlinks=False) or not match:
+                    continue
+                if name is not None and match["name"] != name:
                     continue
                 if now - entry.stat(follow_symlinks=False).st_mtime < min_age_s:
                     continue

@@ -329,3 +329,10 @@ def test_cli_infer_runs_the_file_and_matches_eval(tiny_data, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
+    # images of the right shape but another class count: refused, not "25 %"
+    from conftest import make_imagefolder
+
+    two = make_imagefolder(tmp_path / "two", classes=2, train=2, test=4)
+    assert main(["infer", str(out), "--data", f"imagefolder:{two}"]) == 2
+    err = capsys.readouterr().err
+    assert "predicts 3 classes, but" in err and "has 2" in err and err.count("\n") == 1

@@ -119,3 +119,25 @@ def test_distillation_in_the_trainer(tiny_data, tmp_path):
     # and the hook changed the objective: plain cross-entropy trains another student
     plain = train(config("mnist_bnn"), progress=False, log=lambda _: None)
     assert plain.metrics[0]["train_loss"] != student.metrics[0]["train_loss"]
+
+
+def test_a_teacher_of_another_data_set_is_refused_before_training(tiny_data, tmp_path):
+    from conftest import make_imagefolder
+    from pydantic import ValidationError
+
+    from binsense.train import TrainConfig, train
+
+    base = dict(model="mnist_bnn", model_options={"width": 0.25}, epochs=1, batch_size=32)
+    teacher = {"model": "mnist_bnn_float", "dataset": "mnist"}
+    with pytest.raises(ValidationError, match="teacher of the same data set"):
+        TrainConfig(dataset=tiny_data, **base, distill={"teacher": teacher})
+    # a finished teacher checkpoint of another data set: refused when it is loaded,
+    # before the student's first step (it used to fail after training, on a shape)
+    other = f"imagefolder:{make_imagefolder(tmp_path / 'two', classes=2)}"
+    train(TrainConfig(dataset=other, **base), tmp_path / "teacher", progress=False)
+    student = TrainConfig(dataset=tiny_data, **base,
+                          distill={"teacher_checkpoint": str(tmp_path / "teacher")})  # fmt: skip
+    with pytest.raises(BinsenseError, match="teacher of the same data set") as err:
+        train(student, tmp_path / "student", progress=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "student" / "checkpoint.pt").exists()

@@ -435,3 +435,21 @@ class TestSealedFiles:
         with pytest.raises(CheckpointError):
             safe_torch_load(path)
         assert not (tmp_path / "pwned").exists()
+
+
+def test_a_killed_writers_temp_file_goes_at_the_next_write_of_that_file(tmp_path):
+    """A ``kill -9`` during ``deploy --out`` (or any output) left ``.NAME.*.tmp``, which
+    nothing removed; the next write of NAME removes it (never a live writer's, never
+    another file's)."""
+    from binsense.io import atomic_write_text
+
+    stale = tmp_path / ".model.bsd.abcd1234.tmp"
+    other = tmp_path / ".report.md.abcd1234.tmp"
+    young = tmp_path / ".model.bsd.zzzz9999.tmp"
+    for p in (stale, other):
+        p.write_bytes(b"half")
+        os.utime(p, (time.time() - 60, time.time() - 60))
+    young.write_bytes(b"being written")  # too young: it may be a live writer's
+    atomic_write_text(tmp_path / "model.bsd", "done")
+    assert not stale.exists() and other.exists() and young.exists()
+    assert (tmp_path / "model.bsd").read_text() == "done"

@@ -614,9 +614,7 @@ def _expand_trainings(
     return list(trainings.values()), _hidden_teachers(trainings, place, where, checked)
 
 
-def _with_recipe(
-    base: dict[str, Any], place: _Place, overlay: Mapping[str, Any]
-) -> dict[str, Any]:
+def _with_recipe(base: dict[str, Any], place: _Place, overlay: Mapping[str, Any]) -> dict[str, Any]:
     """``[train] recipe = "NAME"``: the recipe's fields (:mod:`binsense.train.recipes`)
     under the file's own, which override them key by key (``model_options`` as a whole),
     so a study trains exactly what ``binsense train --recipe NAME`` trains (same run ids)."""

@@ -178,6 +178,18 @@ class TrainDistill(BaseModel):
         return self
 
 
+def check_teacher_data(teacher: str, student: str) -> None:
+    """A distillation teacher sees the student's images and predicts its classes: it
+    must be trained on the student's data set (else the KD term compares logits of
+    other classes, or fails on a shape after the whole training)."""
+    if teacher != student:
+        raise ValueError(
+            f"the teacher is trained on {teacher!r} but the student on {student!r}; "
+            "distillation needs a teacher of the same data set (drop dataset from the "
+            "teacher table)"
+        )
+
+
 class TrainPrune(BaseModel):
     """Gradual block pruning (``[train] prune = {...}``), binsense's choices documented in
     :mod:`binsense.compress.prune`.
@@ -292,9 +304,10 @@ class TrainConfig(BaseModel):
         if len(student) < len(cls.model_fields) - len(_STUDENT_ONLY):
             return v  # another field is invalid: that error is the one to report
         try:
-            TrainConfig(**{**student, **v.teacher})
+            teacher = TrainConfig(**{**student, **v.teacher})
         except ValidationError as e:
             raise ValueError(f"teacher: {_nested_problem(e)}") from None
+        check_teacher_data(teacher.dataset, student["dataset"])
         return v
 
     @field_validator("device")

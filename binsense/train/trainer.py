@@ -75,7 +75,7 @@ from binsense.train.checkpoint import (
     load_model,
     load_state_strict,
 )
-from binsense.train.config import TrainConfig
+from binsense.train.config import TrainConfig, check_teacher_data
 
 InputTransform = Callable[[Tensor], Tensor]
 
@@ -350,6 +350,10 @@ class Trainer:
                 f"the teacher checkpoint {str(path)!r} holds {ckpt.get('epoch', 0)} of its "
                 f"{trained.epochs} epochs; finish the teacher's training first."
             )
+        try:
+            check_teacher_data(trained.dataset, self.config.dataset)
+        except ValueError as e:
+            raise BinsenseError(f"teacher checkpoint {str(path)!r}: {e}.") from None
         wanted = self.config.teacher_config()
         if wanted is not None and trained.config_hash() != wanted.config_hash():
             raise BinsenseError(
