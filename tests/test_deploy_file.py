@@ -336,3 +336,55 @@ def test_cli_infer_runs_the_file_and_matches_eval(tiny_data, tmp_path, capsys):
     assert main(["infer", str(out), "--data", f"imagefolder:{two}"]) == 2
     err = capsys.readouterr().err
     assert "predicts 3 classes, but" in err and "has 2" in err and err.count("\n") == 1
+
+
+def test_huge_or_junk_files_are_refused_before_they_are_read(tmp_path, monkeypatch):
+    """A 40 GB file was read whole (and got memory advice); now the size and the first
+    bytes decide, and nothing else of the file is read."""
+    junk = tmp_path / "junk.bsd"
+    with junk.open("wb") as f:  # sparse: 2 GiB on paper, nothing on disk
+        f.truncate(2 << 30)
+    big = tmp_path / "big.bsd"
+    with big.open("wb") as f:
+        f.write(b"PK\x03\x04")
+        f.truncate(ff.MAX_FILE_BYTES + 1)
+    small_junk = tmp_path / "small.bsd"
+    small_junk.write_bytes(b"\x00" * 4096)
+
+    def no_whole_reads(self):
+        raise AssertionError("the whole file was read")
+
+    monkeypatch.setattr(Path, "read_bytes", no_whole_reads)
+    for path, match in [
+        (junk, "larger than any deployed model"),
+        (big, "larger than any deployed model"),
+        (small_junk, "does not start as one"),
+    ]:
+        with pytest.raises(DeployFileError, match=match) as e:
+            load_deployed(path)
+        _one_line(e)
+
+
+def test_single_bit_flips_are_corrupt_or_harmless_never_another_error(saved, tmp_path):
+    """Every flip either loads a program that computes the same logits (a flip in zip
+    metadata torch does not read) or is one DeployFileError line: never another
+    exception (8 of 15,050 flips escaped as LookupError, AssertionError, RuntimeError)."""
+    data = saved.read_bytes()
+    x = torch.rand(2, 1, 28, 28)
+    want = load_deployed(saved)(x)
+    gen = torch.Generator().manual_seed(0)
+    positions = torch.randint(0, len(data) * 8, (400,), generator=gen).tolist()
+    outcomes = {"corrupt": 0, "same": 0}
+    for bit in positions:
+        raw = bytearray(data)
+        raw[bit // 8] ^= 1 << (bit % 8)
+        path = tmp_path / "flip.bsd"
+        path.write_bytes(bytes(raw))
+        try:
+            model = load_deployed(path)
+        except DeployFileError:
+            outcomes["corrupt"] += 1
+            continue
+        assert torch.equal(model(x), want), bit
+        outcomes["same"] += 1
+    assert outcomes["corrupt"] > 300

@@ -144,10 +144,15 @@ _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _MAX_SIZE = 1 << 40  # bound on any count read from a manifest
 #: What ``torch.load`` raises for bytes that are not a (complete) archive of plain data.
 _UNREADABLE = (
-    OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError,
-    IndexError, TypeError, AttributeError, ImportError, struct.error, zipfile.BadZipFile,
+    OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError, LookupError,
+    TypeError, AttributeError, ImportError, AssertionError, struct.error, zipfile.BadZipFile,
 )  # fmt: skip
 _MAX_MANIFEST = 64 << 20  # bytes of manifest JSON
+#: Largest file read as a deployed model: far above any BNN (a full-width VGG-small is
+#: about 1 MB), far below what reading junk into memory may cost.
+MAX_FILE_BYTES = 1 << 30
+#: A ``torch.save`` archive is a zip file: its first four bytes.
+_ZIP_MAGIC = b"PK\x03\x04"
 _MAX_CONSTANT = 1 << 20  # elements of a tensor stored in 0 bits (all one value)
 
 
@@ -782,6 +787,26 @@ def _corrupt(path: str, why: str) -> DeployFileError:
     )
 
 
+def _check_header(p: Path, name: str) -> None:
+    """Size and first bytes of ``p``, before it is read whole: a file over
+    :data:`MAX_FILE_BYTES`, or one that does not start as a ``torch.save`` archive, is
+    refused in one line without reading (or allocating) the rest."""
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise DeployFileError(
+            f"{name!r} is {size / 2**30:.1f} GiB, larger than any deployed model "
+            f"({MAX_FILE_BYTES / 2**30:.0f} GiB at most): not a binsense deployed model; "
+            "write one with binsense deploy --checkpoint ... --out FILE."
+        )
+    with p.open("rb") as f:
+        head = f.read(len(_ZIP_MAGIC))
+    if head != _ZIP_MAGIC:
+        raise DeployFileError(
+            f"{name!r} is truncated, corrupt or not a binsense deployed model (it does not "
+            "start as one); write it again (binsense deploy --checkpoint ... --out FILE)."
+        )
+
+
 def read_deployed(path: str | os.PathLike) -> DeployedFile:
     """Load a deployed-model file, its manifest and size (errors: module docstring).
 
@@ -791,6 +816,7 @@ def read_deployed(path: str | os.PathLike) -> DeployedFile:
     if not p.is_file():
         raise DeployFileError(f"deployed model {name!r} does not exist; check the path.")
     try:  # read first: an I/O error is not the content's fault, and what follows is
+        _check_header(p, name)  # size and magic before the whole file is read
         data = p.read_bytes()
     except OSError as e:
         why = os_error_text(e)
@@ -828,7 +854,11 @@ def read_deployed(path: str | os.PathLike) -> DeployedFile:
             _DTYPE_NAMES.get(blob.dtype) != key
         ):  # fmt: skip
             raise _corrupt(name, f"blob {str(key)[:40]!r}")
-    if _digest(packed, blobs) != digest:
+    try:  # a damaged tensor record can fail inside the digest itself
+        matches = _digest(packed, blobs) == digest
+    except Exception:  # noqa: BLE001 - whatever a damaged blob raises, it is damage
+        matches = False
+    if not matches:
         raise _corrupt(name, "its checksum does not match its content")
     try:
         inflate = zlib.decompressobj()
@@ -848,7 +878,8 @@ def read_deployed(path: str | os.PathLike) -> DeployedFile:
                 raise _Bad(f"op name {op_name!r}")
             named[op_name] = loader.op(entry)
         source = manifest.get("source", "")
-    except (_Bad, zlib.error, ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
+    except (_Bad, zlib.error, ArithmeticError, AssertionError, AttributeError, LookupError,
+            RuntimeError, TypeError, ValueError) as e:  # fmt: skip
         raise _corrupt(name, str(e)[:200] or type(e).__name__) from None
     model = DeployedModel(nn.Sequential(OrderedDict(named)).eval(), str(source), [])
     return DeployedFile(model, manifest, p.stat().st_size)
