@@ -388,3 +388,37 @@ def test_single_bit_flips_are_corrupt_or_harmless_never_another_error(saved, tmp
         assert torch.equal(model(x), want), bit
         outcomes["same"] += 1
     assert outcomes["corrupt"] > 300
+
+
+def test_crafted_geometry_is_refused_before_anything_runs(saved, tmp_path):
+    """A 7.6 KB file with a conv padding of 65,536 took 9.8 GB in infer: every conv and
+    pool geometry is bounded when the file is read (padding at most the kernel, stride
+    and dilation at most 8, adaptive pools at most 64 wide)."""
+    payload = _payload(saved)
+    manifest = _manifest(payload)
+    ops = manifest["ops"]
+
+    def first(kind: str) -> int:
+        return next(i for i, op in enumerate(ops) if op["op"] == kind)
+
+    def with_op(i: int, op: dict) -> dict:
+        return {**manifest, "ops": [*ops[:i], op, *ops[i + 1 :]]}
+
+    conv = first("PackedConv")
+    stage = first("FloatStage")
+    crafted = [
+        with_op(conv, {**ops[conv], "params": {**ops[conv]["params"], "padding": [65536, 1]}}),
+        with_op(conv, {**ops[conv], "params": {**ops[conv]["params"], "stride": [1, 99]}}),
+    ]
+    text = json.dumps(ops[stage])
+    assert '"padding": [1, 1]' in text  # the float first conv
+    huge = text.replace('"padding": [1, 1]', '"padding": [4096, 4096]', 1)
+    crafted.append(with_op(stage, json.loads(huge)))
+    pool = first("MaxPoolInt")
+    big_pool = json.loads(json.dumps(ops[pool]).replace('"padding": 0', '"padding": 50000', 1))
+    assert big_pool != ops[pool]
+    crafted.append(with_op(pool, big_pool))
+    for i, m in enumerate(crafted):
+        with pytest.raises(DeployFileError, match="is corrupt") as e:
+            load_deployed(_write(tmp_path / f"g{i}.bsd", payload, m))
+        _one_line(e)

@@ -91,6 +91,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from binsense.deploy.program import (
+    MAX_STRIDE,
     DeployedModel,
     FlattenOp,
     FloatStage,
@@ -101,6 +102,7 @@ from binsense.deploy.program import (
     ResidualOp,
     Threshold,
     ToInt8,
+    check_geometry,
     pack_bits,
     unpack_bits,
 )
@@ -148,6 +150,20 @@ _UNREADABLE = (
     TypeError, AttributeError, ImportError, AssertionError, struct.error, zipfile.BadZipFile,
 )  # fmt: skip
 _MAX_MANIFEST = 64 << 20  # bytes of manifest JSON
+#: Largest output of an adaptive pool (binsense's global pools give 1).
+_MAX_POOL_OUTPUT = 64
+#: Most channels a shortcut may add by zero padding.
+_MAX_SIZE_CHANNELS = 1 << 16
+
+
+def _geometry(kernel, padding, stride, dilation) -> None:
+    """:func:`~binsense.deploy.program.check_geometry`, as a damaged-file error."""
+    try:
+        check_geometry(kernel, padding, stride, dilation)
+    except BinsenseError as e:
+        raise _Bad(str(e).rstrip(".")) from None
+
+
 #: Largest file read as a deployed model: far above any BNN (a full-width VGG-small is
 #: about 1 MB), far below what reading junk into memory may cost.
 MAX_FILE_BYTES = 1 << 30
@@ -482,6 +498,8 @@ def _build_leaf(kind: str, a: dict, state: dict[str, Tensor]) -> nn.Module:
             _ints(a, "stride", 1), padding, _ints(a, "dilation", 1), _int(a, "groups", 1),
             _flag(a, "bias"),
         )  # fmt: skip
+        if not isinstance(padding, str):
+            _geometry(conv_args[2], padding, conv_args[3], conv_args[5])
         mode = _choice(a.get("padding_mode"), _PADDING_MODES, "padding_mode")
         if kind == "Conv2d":
             return nn.Conv2d(*conv_args, padding_mode=mode)
@@ -512,10 +530,10 @@ def _build_leaf(kind: str, a: dict, state: dict[str, Tensor]) -> nn.Module:
         return ChannelAffine(_int(a, "channels", 1))
     if kind == "MaxPool2d":
         stride = None if a.get("stride") is None else _ints(a, "stride", 1)
-        return nn.MaxPool2d(
-            _ints(a, "kernel_size", 1), stride, _ints(a, "padding"), _ints(a, "dilation", 1),
-            ceil_mode=_flag(a, "ceil_mode"),
-        )  # fmt: skip
+        pool_args = (_ints(a, "kernel_size", 1), stride, _ints(a, "padding"),
+                     _ints(a, "dilation", 1))  # fmt: skip
+        _geometry(pool_args[0], pool_args[2], stride or 1, pool_args[3])
+        return nn.MaxPool2d(*pool_args, ceil_mode=_flag(a, "ceil_mode"))
     if kind == "AdaptiveAvgPool2d":
         size = a.get("output_size")
         if isinstance(size, list):
@@ -524,6 +542,11 @@ def _build_leaf(kind: str, a: dict, state: dict[str, Tensor]) -> nn.Module:
             size = tuple(None if s is None else _count(s, 1, "output_size") for s in size)
         else:
             size = _count(size, 1, "output_size")
+        if any(
+            s is not None and s > _MAX_POOL_OUTPUT
+            for s in (size if isinstance(size, tuple) else (size,))
+        ):
+            raise _Bad(f"output_size {size!r} (at most {_MAX_POOL_OUTPUT})")
         return nn.AdaptiveAvgPool2d(size)
     if kind == "Flatten":
         start, end = a.get("start_dim"), a.get("end_dim")
@@ -554,7 +577,10 @@ def _build_leaf(kind: str, a: dict, state: dict[str, Tensor]) -> nn.Module:
         return GlobalPool(_choice(a.get("mode"), ("sum", "mean"), "GlobalPool mode"))
     if kind == "Shortcut":
         mode = _choice(a.get("mode"), ("avg_pool", "slice"), "Shortcut mode")
-        return Shortcut(0, _int(a, "pad"), _int(a, "stride", 1), mode)
+        pad, stride = _int(a, "pad"), _int(a, "stride", 1)
+        if pad > _MAX_SIZE_CHANNELS or stride > MAX_STRIDE:
+            raise _Bad(f"shortcut pad {pad}, stride {stride}")
+        return Shortcut(0, pad, stride, mode)
     raise _Bad(f"module type {kind!r}")  # pragma: no cover - checked by the caller
 
 

@@ -195,6 +195,7 @@ class PackedConv(nn.Module):
         op.stride = _plain_pair(params["stride"], "stride", 1)
         op.padding = _plain_pair(params["padding"], "padding", 0)
         op.kernel = _plain_pair(params["kernel"], "kernel", 1)
+        check_geometry(op.kernel, op.padding, op.stride)
         op.out_channels = _plain_int(params["out_channels"], "out_channels")
         op.in_per_group = _plain_int(params["in_per_group"], "in_per_group")
         if op.out_channels % op.groups:
@@ -537,6 +538,33 @@ def model_input(x: Tensor) -> Tensor:
                 "pixel / 255 without mean/std normalisation (or uint8 codes), and no NaN."
             )
     return x
+
+
+#: Largest stride or dilation a deployed file may give a conv or pool.
+MAX_STRIDE = 8
+
+
+def check_geometry(
+    kernel: tuple[int, ...] | int,
+    padding: tuple[int, ...] | int,
+    stride: tuple[int, ...] | int = 1,
+    dilation: tuple[int, ...] | int = 1,
+) -> None:
+    """A conv's or pool's geometry as binsense writes it: padding at most the kernel
+    size (binsense pads by at most half of it), stride and dilation at most
+    :data:`MAX_STRIDE`. A file read from disk is checked with it, so a crafted padding
+    of 65,536 cannot make an activation map of gigabytes (``BinsenseError``)."""
+
+    def pair(v: tuple[int, ...] | int) -> tuple[int, ...]:
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    for k, p, s, d in zip(pair(kernel), pair(padding), pair(stride), pair(dilation), strict=True):
+        if p > k or not 1 <= s <= MAX_STRIDE or not 1 <= d <= MAX_STRIDE:
+            raise BinsenseError(
+                f"geometry kernel {kernel}, padding {padding}, stride {stride}, dilation "
+                f"{dilation}: padding beyond the kernel or stride / dilation above "
+                f"{MAX_STRIDE} is not a binsense layer."
+            )
 
 
 @dataclass
