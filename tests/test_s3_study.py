@@ -22,7 +22,7 @@ from binsense.study import load_study, run_study
 from binsense.study.report import write_report
 from binsense.study.schema import StudyFileError
 from binsense.study.store import ResultStore
-from binsense.train import TrainConfig, load_model, train
+from binsense.train import TrainConfig, load_checkpoint, load_model, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -271,8 +271,8 @@ def test_resume_after_an_interruption(reference, tmp_path, tiny_data, monkeypatc
         assert calls.index(teacher.run_id) < calls.index(student.run_id)
     assert results(out / "results.sqlite") == results(reference / "results.sqlite")
     for t in (teacher, student):
-        mine = torch.load(out / "runs" / t.run_id / "checkpoint.pt", weights_only=True)
-        ref = torch.load(reference / "runs" / t.run_id / "checkpoint.pt", weights_only=True)
+        mine = load_checkpoint(out / "runs" / t.run_id / "checkpoint.pt")
+        ref = load_checkpoint(reference / "runs" / t.run_id / "checkpoint.pt")
         assert mine["model"].keys() == ref["model"].keys()
         assert all(torch.equal(mine["model"][k], ref["model"][k]) for k in ref["model"])
         assert mine["prune_plan"] == ref["prune_plan"]
@@ -308,7 +308,7 @@ def test_pruned_student_checkpoint_is_smaller_and_reloads(reference, tiny_data, 
     n_full = sum(p.numel() for p in full.parameters())
     assert n_small < n_full
     assert pruned_ckpt.stat().st_size < plain_ckpt.stat().st_size
-    ckpt = torch.load(pruned_ckpt, weights_only=True)
+    ckpt = load_checkpoint(pruned_ckpt)
     assert ckpt["complete"] and ckpt["prune_masks"] == {}  # removed for real, no masks
 
     rows = runs(reference / "results.sqlite")

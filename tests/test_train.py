@@ -9,7 +9,7 @@ import torch
 
 from binsense.cli import main
 from binsense.errors import BinsenseError, CheckpointError
-from binsense.train import TrainConfig, load_model, train
+from binsense.train import TrainConfig, load_checkpoint, load_model, train
 from binsense.train.checkpoint import load_state_strict
 
 TIMING = {"epoch_time_s", "train_images_per_s", "eval_time_s", "compile_s"}
@@ -101,7 +101,7 @@ def test_non_finite_loss_is_a_clear_error(tiny_data):
 
 def test_mismatched_checkpoint_is_a_clear_error(tiny_data, tmp_path):
     train(config(tiny_data, epochs=1), tmp_path / "run", progress=False)
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     from binsense.data import dataset_info
     from binsense.models import build_model
 
