@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_imagefolder
+from conftest import FullDisk, make_imagefolder
 
 import binsense.io as bio
 from binsense.data import load_dataset
@@ -334,37 +334,11 @@ class TestSafeChild:
 # ---------------------------------------------------------------- 5b. a full disk under a writer
 
 
-class _FullDisk:
-    """A temporary file on a disk that fills up: the first ``room`` bytes are written,
-    then writes fail with ``ENOSPC`` (torch.save then raised ``unexpected pos``)."""
-
-    room = 1000
-
-    def __init__(self, f) -> None:
-        self.f, self.used = f, 0
-
-    def write(self, data) -> int:
-        size = memoryview(data).nbytes
-        if self.used + size > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.used += size
-        return self.f.write(data)
-
-    def __getattr__(self, name: str):
-        return getattr(self.f, name)
-
-    def __enter__(self) -> _FullDisk:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.f.close()
-
-
 @pytest.fixture
 def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every file that :func:`atomic_write` opens is on a full disk."""
     real = os.fdopen
-    monkeypatch.setattr(bio.os, "fdopen", lambda fd, *a, **k: _FullDisk(real(fd, *a, **k)))
+    monkeypatch.setattr(bio.os, "fdopen", lambda fd, *a, **k: FullDisk(real(fd, *a, **k)))
 
 
 class TestFullDiskUnderAWriter:

@@ -27,7 +27,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +36,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 import torch
-from conftest import make_imagefolder
+from conftest import fill_disk_on, make_imagefolder
 from PIL import Image
 from torch import Tensor, nn
 
@@ -524,32 +523,6 @@ class TestReadOnlyStore:
             run_study(path, progress=False)
 
 
-class _FullDisk:
-    """A temporary file on a disk that fills up: the first ``room`` bytes are written,
-    then writes fail with ``ENOSPC`` (torch.save then raised ``unexpected pos``)."""
-
-    room = 1000
-
-    def __init__(self, f) -> None:
-        self.f, self.used = f, 0
-
-    def write(self, data) -> int:
-        size = memoryview(data).nbytes
-        if self.used + size > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.used += size
-        return self.f.write(data)
-
-    def __getattr__(self, name: str):
-        return getattr(self.f, name)
-
-    def __enter__(self) -> _FullDisk:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.f.close()
-
-
 class TestFullDiskWhileTraining:
     def test_a_full_disk_in_a_training_stops_the_study_and_keeps_what_is_stored(
         self, tmp_path, shared_data, capsys, monkeypatch
@@ -557,27 +530,11 @@ class TestFullDiskWhileTraining:
         """The disk fills while the second training writes its checkpoint (issue 24): the
         study stops with one "the disk is full" line — not a failed grid point followed by
         the rest of the grid — and the first training's rows stay; a rerun finishes."""
-        import binsense.io as bio
 
         path = write_study(tmp_path / "s.toml", shared_data, grid="seed = [0, 1]")
         study = load_study(path)
         first, second = (t.run_id for t in study.training_order())
-        temps: dict[int, str] = {}
-        real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
-
-        def mkstemp(*args, **kwargs):
-            fd, name = real_mkstemp(*args, **kwargs)
-            temps[fd] = name
-            return fd, name
-
-        def fdopen(fd, *args, **kwargs):
-            f = real_fdopen(fd, *args, **kwargs)
-            name = temps.pop(fd, "")
-            full = f"{os.sep}{second}{os.sep}.checkpoint.pt." in name
-            return _FullDisk(f) if full else f
-
-        monkeypatch.setattr(bio.tempfile, "mkstemp", mkstemp)
-        monkeypatch.setattr(bio.os, "fdopen", fdopen)
+        fill_disk_on(monkeypatch, f"{os.sep}{second}{os.sep}.checkpoint.pt.")
         code = main(["study", "run", str(path), "--no-progress"])
         captured = capsys.readouterr()
         lines = [line for line in captured.err.splitlines() if line.strip()]

@@ -5,16 +5,15 @@ disk while it is written is one line that says so."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import fill_disk_on
 
 from binsense.cli import main
 from binsense.errors import BinsenseError, CheckpointError, SettingsMismatchError
@@ -60,7 +59,6 @@ def test_left_over_temp_files_are_removed_on_the_next_run(tiny_data, tmp_path):
     out.mkdir()
     stale = out / ".checkpoint.pt.abc123xy.tmp"
     stale.write_bytes(b"half a checkpoint")
-    import os
     import time
 
     old = time.time() - 60
@@ -155,55 +153,15 @@ def test_a_checkpoint_from_before_checksums_loads_with_a_note(trained, tmp_path,
 # ---------------------------------------------------------------- full disk (issue 24)
 
 
-class _FullDisk:
-    """A temporary file on a disk that fills up: the first ``room`` bytes are written,
-    then writes fail with ``ENOSPC`` (torch.save then raised ``unexpected pos``)."""
-
-    room = 1000
-
-    def __init__(self, f) -> None:
-        self.f, self.used = f, 0
-
-    def write(self, data) -> int:
-        size = memoryview(data).nbytes
-        if self.used + size > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.used += size
-        return self.f.write(data)
-
-    def __getattr__(self, name: str):
-        return getattr(self.f, name)
-
-    def __enter__(self) -> _FullDisk:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.f.close()
-
-
 def test_a_full_disk_while_a_checkpoint_is_written_says_so(tiny_data, tmp_path, monkeypatch):
     """torch.save straight into the file raised RuntimeError("unexpected pos"); the
     checkpoint is now written with plain writes: a WriteError that says the disk is full,
     and the last checkpoint stays as it was."""
-    import binsense.io as bio
 
     out = tmp_path / "run"
     train(_config(tiny_data), out, stop_after=1)
     before = (out / "checkpoint.pt").read_bytes()
-    temps: dict[int, str] = {}
-    real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
-
-    def mkstemp(*args, **kwargs):
-        fd, name = real_mkstemp(*args, **kwargs)
-        temps[fd] = name
-        return fd, name
-
-    def fdopen(fd, *args, **kwargs):
-        f = real_fdopen(fd, *args, **kwargs)
-        return _FullDisk(f) if ".checkpoint.pt." in temps.pop(fd, "") else f
-
-    monkeypatch.setattr(bio.tempfile, "mkstemp", mkstemp)
-    monkeypatch.setattr(bio.os, "fdopen", fdopen)
+    fill_disk_on(monkeypatch, ".checkpoint.pt.")
     with pytest.raises(WriteError, match="the disk is full") as err:
         train(_config(tiny_data), out, resume=True)
     assert "\n" not in str(err.value) and "checkpoint.pt" in str(err.value)
