@@ -9,6 +9,7 @@ trace is shown for user mistakes.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 
@@ -61,3 +62,22 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameErr
     listing = f" (valid: {', '.join(choices)})" if hint.startswith(" —") else hint
     close = hint if hint.startswith(" —") else ""
     return UnknownNameError(sentence(f"unknown {kind} {name!r}{close}{listing}"))
+
+
+def unit_range_problem(x) -> str | None:
+    """Why the float images ``x`` are not in [0, 1] — ``"NaN values"``, ``"infinite
+    values (range [a, b])"`` or ``"values in [a, b]"`` — or ``None`` when they are.
+
+    One ``aminmax`` pass (a NaN makes both bounds NaN; an infinity shows as a bound).
+    The one check behind every "images in [0, 1]" refusal (sensor noise, deployed models).
+    """
+    if not x.numel():
+        return None
+    lo, hi = (v.item() for v in x.aminmax())
+    if lo >= 0.0 and hi <= 1.0:
+        return None
+    if math.isnan(lo) or math.isnan(hi):
+        return "NaN values"
+    if math.isinf(lo) or math.isinf(hi):
+        return f"infinite values (range [{lo:g}, {hi:g}])"
+    return f"values in [{lo:g}, {hi:g}]"

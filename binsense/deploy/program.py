@@ -37,7 +37,6 @@ run-time-dispatched XNOR-popcount kernels and the file format build on its ops.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from torch import Tensor, nn
 
 from binsense.deploy import kernels
 from binsense.encoders.base import FloatEncoder, adc_code
-from binsense.errors import BinsenseError
+from binsense.errors import BinsenseError, unit_range_problem
 from binsense.layers.binary import BinaryConv2d, BinaryLinear, is_binary_layer
 from binsense.layers.block import BinaryBlock, ResidualUnit
 from binsense.layers.design import DeSign, design_thresholds
@@ -524,19 +523,12 @@ def model_input(x: Tensor) -> Tensor:
             f"{x.dtype}; convert first, e.g. x.to(torch.uint8) for 8-bit pixels or "
             "x.float() / 255."
         )
-    if x.numel():
-        lo, hi = (v.item() for v in torch.aminmax(x))
-        if not (lo >= 0.0 and hi <= 1.0):
-            if math.isnan(lo) or math.isnan(hi):
-                what = "NaN values"
-            elif math.isinf(lo) or math.isinf(hi):
-                what = f"infinite values (range [{lo:g}, {hi:g}])"
-            else:
-                what = f"values in [{lo:g}, {hi:g}]"
-            raise BinsenseError(
-                f"a deployed model takes images in [0, 1] (pixel / 255), got {what}; pass "
-                "pixel / 255 without mean/std normalisation (or uint8 codes), and no NaN."
-            )
+    what = unit_range_problem(x)
+    if what is not None:
+        raise BinsenseError(
+            f"a deployed model takes images in [0, 1] (pixel / 255), got {what}; pass "
+            "pixel / 255 without mean/std normalisation (or uint8 codes), and no NaN."
+        )
     return x
 
 

@@ -53,7 +53,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from binsense.errors import BinsenseError
+from binsense.errors import BinsenseError, unit_range_problem
 from binsense.registry import Registry
 
 Kind = Literal["offset", "gain"]
@@ -149,16 +149,12 @@ def _check_signal(x: Tensor) -> Tensor:
             f"{tuple(x.shape)}, which looks channels-last [..., H, W, C]; permute first, "
             "e.g. x.permute(0, 3, 1, 2)."
         )
-    if x.numel():
-        lo, hi = (v.item() for v in torch.aminmax(x))
-        if not (lo >= 0.0 and hi <= 1.0):
-            what = (
-                "NaN values" if math.isnan(lo) or math.isnan(hi) else f"values in [{lo:g}, {hi:g}]"
-            )
-            raise BinsenseError(
-                f"sensor noise expects images in [0, 1] (the normalised sensor signal), got "
-                f"{what}; pass pixel / 255 without mean/std normalisation, and no NaN."
-            )
+    what = unit_range_problem(x)
+    if what is not None:
+        raise BinsenseError(
+            f"sensor noise expects images in [0, 1] (the normalised sensor signal), got "
+            f"{what}; pass pixel / 255 without mean/std normalisation, and no NaN."
+        )
     return x
 
 
