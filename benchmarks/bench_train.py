@@ -26,12 +26,11 @@ import platform
 import statistics
 import time
 from datetime import date
-from pathlib import Path
 
 import torch
 
 from binsense.train import TrainConfig
-from binsense.train.accel import native_bf16
+from binsense.train.accel import _cpu_flags, cpu_name, native_bf16
 from binsense.train.trainer import Trainer
 
 #: name[:width] -> model options; the float twin of a BNN is ``<name>_float``.
@@ -45,18 +44,10 @@ FUSED = {"eager": "0", "fast": "1"}
 
 
 def cpu_facts() -> str:
-    model = "?"
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "?":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    """CPU model and the ISA flags that decide the fast paths (bf16, AMX)."""
+    flags = _cpu_flags()
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{model}; {' '.join(isa) or platform.machine()}"
+    return f"{cpu_name()}; {' '.join(isa) or platform.machine()}"
 
 
 class Case:
