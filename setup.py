@@ -58,6 +58,7 @@ setup(
             sources=[str(SOURCE)],
             extra_compile_args=FLAGS,
             define_macros=[("XNOR_SOURCE_KEY", f'"{digest}"')],
+            libraries=["m"],  # fmaf, in the float convolution's portable path
         )
     ],
     cmdclass={"build_ext": OptionalBuild},

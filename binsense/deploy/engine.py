@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from binsense.deploy import kernels
+from binsense.deploy import floatops, kernels
 from binsense.deploy.program import (
     WORD,
     FlattenOp,
@@ -338,9 +338,6 @@ class PackedEngine:
 FLOAT_CHUNK_BYTES = 8 << 20
 """Largest float32 activation of the float first stage, per chunk of images (bytes)."""
 
-FLOAT_CHUNK_MIN = 32
-"""Fewest images per chunk of the float first stage (the last chunk excepted)."""
-
 
 def _float_input(x: Tensor, stage: FloatStage, pre: nn.Module | None, groups: int) -> Packed:
     """The float first stage and its final sign, packed, computed in chunks of images.
@@ -348,23 +345,21 @@ def _float_input(x: Tensor, stage: FloatStage, pre: nn.Module | None, groups: in
     The stage's activations are the only float tensors of the program, and at study batch
     sizes they are large: a 32-channel 32x32 map of 250 images is 33 MB, above glibc's
     largest mmap threshold (32 MiB), so each such tensor is a fresh mapping whose every
-    page faults on first touch (16,000 faults, 4/5 of the layer's time on the dev VM).
-    Chunks of at least :data:`FLOAT_CHUNK_MIN` images, each activation at most
-    :data:`FLOAT_CHUNK_BYTES`, reuse heap memory that stays in cache. Every image's result
-    is PyTorch's at a batch of ``>= FLOAT_CHUNK_MIN``; the engine's check against the
-    model (:func:`~binsense.deploy.program.check_exact`) covers the chunking.
+    page faults on first touch. Chunks whose activation is at most
+    :data:`FLOAT_CHUNK_BYTES` reuse heap memory that stays in cache. The chunking changes
+    no bit: the stage's conv sums in the one order of :mod:`binsense.deploy.floatops`,
+    image by image, so every image gets the same answer at every batch size.
     """
-    f = pre if pre is not None else stage
+    f = pre if pre is not None else stage.body
     parts: list[Tensor] = []
-    start, step, channels = 0, FLOAT_CHUNK_MIN, 0
+    start, step, channels = 0, 1, 0
     while start < x.shape[0]:
-        rest = x.shape[0] - start
-        n = rest if rest < step + FLOAT_CHUNK_MIN else step  # no short last chunk
-        y = f(x[start : start + n].to(torch.float32)).contiguous()
+        n = min(step, x.shape[0] - start)
+        y = floatops.forward(f, x[start : start + n].to(torch.float32)).contiguous()
         parts.append(kernels.pack_input(y, groups, sign=pre is not None))
         channels = y.shape[1]
-        if start == 0:  # size the next chunks by the bytes of this one's activation
-            step = max(FLOAT_CHUNK_MIN, FLOAT_CHUNK_BYTES * n // max(4 * y.numel(), 1))
+        if start == 0:  # size the next chunks by the bytes of this one-image activation
+            step = max(1, FLOAT_CHUNK_BYTES // max(4 * y.numel(), 1))
         start += n
     words = parts[0] if len(parts) == 1 else torch.cat(parts)
     return Packed(words, channels, groups)

@@ -4,8 +4,9 @@ r"""Trained BNN -> integer program, with bit-packed binary layers (reference eng
 encoder -> blocks -> head) and returns a :class:`DeployedModel`, a list of small ops:
 
 - **input stage**: a binary encoder becomes integer compares on the 8-bit ADC code (its
-  exact code table); a float encoder and a float first block stay float32 modules,
-  computed exactly as in PyTorch, up to their sign;
+  exact code table); a float encoder and a float first block stay float32 modules, up
+  to their sign, their conv summed in the one order of :mod:`binsense.deploy.floatops`
+  (batched PyTorch's on the checked CPUs; the same at every batch size);
 - :class:`PackedConv` / :class:`PackedLinear`: a binary layer on ±1 inputs, its weights
   packed into 64-bit words along the input channels of each group, computed as
   :math:`y = 2\,\mathrm{popcount}(\overline{x \oplus w}) - K` with :math:`K` the fan-in;
@@ -45,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from binsense.deploy import kernels
+from binsense.deploy import floatops, kernels
 from binsense.encoders.base import FloatEncoder, adc_code
 from binsense.errors import BinsenseError, unit_range_problem
 from binsense.layers.binary import BinaryConv2d, BinaryLinear, is_binary_layer
@@ -425,14 +426,16 @@ class PlanesInput(nn.Module):
 
 
 class FloatStage(nn.Module):
-    """Modules kept in float32 (a float encoder or first block, a float head)."""
+    """Modules kept in float32 (a float encoder or first block, a float head); their
+    convs and linear layers in the one fixed summation order of
+    :mod:`binsense.deploy.floatops` (one answer per image, whatever the batch)."""
 
     def __init__(self, *modules: nn.Module) -> None:
         super().__init__()
         self.body = nn.Sequential(*modules).eval()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.body(x.to(torch.float32))
+        return floatops.forward(self.body, x.to(torch.float32))
 
 
 class ToInt8(nn.Module):
@@ -594,6 +597,28 @@ class DeployedModel:
         reference the packed engine is checked against)."""
         return self.ops(model_input(x))
 
+    def float_stages(self) -> list[FloatStage]:
+        """The float stages (first layer, head, a residual unit's float part): the trained
+        model's modules, shared, run in the order of :mod:`binsense.deploy.floatops`."""
+        return [m for m in self.ops.modules() if isinstance(m, FloatStage)]
+
+    def shared_float_stages(self, model: nn.Module) -> list[FloatStage]:
+        """The float stages as modules of the trained ``model`` (this program's own when
+        it was converted from that very model, else those of a fresh conversion)."""
+        own = {id(m) for m in model.modules()}
+        stages = self.float_stages()
+        if all(id(m) in own for stage in stages for m in stage.body):
+            return stages
+        return convert(model).float_stages()
+
+    @torch.no_grad()
+    def reference(self, model: nn.Module, x: Tensor) -> Tensor:
+        """The trained ``model``'s logits on ``x`` with its float layers summed in the
+        deployed order (:func:`~binsense.deploy.floatops.ordered`): what the deployed
+        logits equal bit for bit."""
+        with floatops.ordered(*self.shared_float_stages(model)):
+            return model.eval()(x)
+
     @torch.no_grad()
     def trace(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
         """Each op's name and output, in order (for per-layer comparisons)."""
@@ -753,9 +778,13 @@ def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None)
     (pairs ``(images in [0, 1], labels)``) and count disagreements: predictions, logits
     (bitwise), and each binary layer's integer output against the PyTorch layer's (the
     op list, :meth:`DeployedModel.run_ops`); and the packed engine's logits against the
-    op list's (where the C kernel runs)."""
+    op list's (where the C kernel runs). The reference is the trained model with its
+    float layers (those the deployed model shares) summed in the deployed model's one
+    order (:func:`binsense.deploy.floatops.ordered`): PyTorch's own order depends on
+    the batch size and the CPU, so its last bits are not a contract."""
     model = model.eval()
     deployed = deployed if deployed is not None else convert(model)
+    stages = deployed.shared_float_stages(model)
     seen: dict[int, Tensor] = {}
     hooks = []
     for trained, packed in deployed.layers:
@@ -771,7 +800,8 @@ def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None)
     try:
         for x, _ in loader:
             seen.clear()
-            ref = model(x)
+            with floatops.ordered(*stages):
+                ref = model(x)
             out = deployed.run_ops(x)
             fast = deployed(x)
             engine += int((fast != out).flatten(1).any(1).sum())

@@ -28,16 +28,17 @@ the next layer reads (per pixel, packed along each group's input channels; or fl
 
 **Float parts.** A float first layer is computed in float32 from a per-channel table of
 the encoder's output for each of the 256 pixel values (exact: the encoder is
-element-wise), summed in the tap order and rounding of PyTorch's CPU convolution (found at
-export, :func:`binsense.export.common.conv_form`), then max-pool, the norm and the sign;
+element-wise), summed in the one order of the engine (:mod:`binsense.deploy.floatops`:
+kernel row, column, then channel, one ``fmaf`` a tap, the bias last), then max-pool, the
+norm and the sign;
 the head's norm on the integer popcounts is the norm's own arithmetic
 (:func:`binsense.export.common.norm_affine`, checked on every integer the layer can
-output). An FMA is ``BSN_FMA`` (float64 by
-default, exact on every checked value; define it as ``fmaf`` where that is a hardware
-instruction). Do not compile with ``-ffast-math`` or ``-ffp-contract=fast``: the float
-parts rely on IEEE float32 products and sums. A float linear classifier sums in index
-order (a last-bit difference can move a prediction only at a near tie; count it with
-:func:`binsense.export.c.run_c` against the engine).
+output). An FMA is ``BSN_FMA``, C99's ``fmaf`` by default (exact by definition; one
+``vfma.f32`` on a Cortex-M4F, ``vfmadd`` with ``-mfma`` on x86; link ``-lm``): float32
+arithmetic only, no float64. Do not compile with ``-ffast-math``: the float parts rely
+on IEEE float32 products and sums (no product is ever added in the same expression, so
+``-ffp-contract`` changes nothing). A float linear classifier on ±1 inputs sums in index
+order, the engine's order: the logits equal the engine's bit for bit.
 
 **Popcount** is portable SWAR code (Hacker's Delight 5-1); define
 ``BINSENSE_BUILTIN_POPCOUNT`` to use ``__builtin_popcountll`` (one instruction with
@@ -76,10 +77,7 @@ from binsense.errors import BinsenseError
 from binsense.export.common import (
     FLOAT_EXACT,
     Affine,
-    ConvForm,
-    conv_form,
     float_probe,
-    image_probe,
     integer_probe,
     no_residual,
     norm_affine,
@@ -307,14 +305,6 @@ class _Lowering:
                              "norm, sign")  # fmt: skip
         form = norm_affine(norm, conv.out_channels, float_probe(conv.out_channels, True))
         self.float_mismatches += form.mismatches
-        summing = ConvForm("cij", False)
-        if type(conv) is nn.Conv2d:  # the order and rounding PyTorch's conv sums in
-            with torch.no_grad():
-                probe = image_probe(in_shape)
-                for m in pre:
-                    probe = m(probe)
-            summing = conv_form(conv, probe)
-            self.float_mismatches += summing.mismatches
         shift = None
         if isinstance(rest[0], DeSign):
             f, m, n = rest[0].kernel.shape
@@ -325,7 +315,6 @@ class _Lowering:
             "table": table.numpy(), "weight": weight.numpy(), "conv": conv, "affine": form,
             "bias": None if conv.bias is None else conv.bias.detach().float().numpy(),
             "pool": _pool_params(name, pool), "shift": shift, "conv_shape": conv_shape,
-            "summing": summing,
         }  # fmt: skip
 
     def _int_norm(self, name: str, body: nn.Sequential, bound: int, channels: int) -> Affine:
@@ -433,10 +422,10 @@ static int32_t bsn_popcount64(uint64_t x) {
 #endif
 #endif
 
-/* y = x * a + b rounded once (a fused multiply-add); exact through float64 on the
-   values binsense checked at export. Define as fmaf where that is an instruction. */
+/* y = x * a + b rounded once (a fused multiply-add, C99's fmaf: exact; one instruction
+   on an FPU with FMA). Define BSN_FMA to your core's intrinsic if fmaf is slow there. */
 #ifndef BSN_FMA
-#define BSN_FMA(x, a, b) ((float)((double)(x) * (double)(a) + (double)(b)))
+#define BSN_FMA(x, a, b) fmaf((x), (a), (b))
 #endif
 
 static void bsn_clear(uint64_t *p, size_t n) {
@@ -504,40 +493,30 @@ typedef struct {
     const float *enc;   /* [C_in][256]: the encoder's output for each pixel value */
     const float *w;     /* [C_out][C_in / groups][k_h][k_w] */
     const float *bias;  /* [C_out] or NULL */
-    int order_ijc;      /* taps summed row, column, channel (1) or channel, row, column (0) */
-    int sum_fused;      /* each tap a fused multiply-add (1) or a product then a sum (0) */
     const float *a, *b; int fused;
     const float *shift; int sm, sn;  /* DeSign (C_out, m, n) or NULL */
     bsn_layout out;
 } bsn_fconv;
 
-static float bsn_fconv_tap(const bsn_fconv *L, const uint8_t *img, float acc, int o, int c,
-                           int i, int j, int y, int x) {
-    const bsn_geom *G = &L->g;
-    int iy = y * G->sh - G->ph + i, ix = x * G->sw - G->pw + j, ci = c % G->cin_g;
-    float w, v, t;
-    if (iy < 0 || iy >= G->in_h || ix < 0 || ix >= G->in_w) return acc;  /* zero padding */
-    w = L->w[(((size_t)o * G->cin_g + ci) * G->kh + i) * G->kw + j];
-    v = L->enc[(size_t)c * 256 + img[((size_t)c * G->in_h + iy) * G->in_w + ix]];
-    if (L->sum_fused) return BSN_FMA(w, v, acc);
-    t = w * v;
-    return acc + t;
-}
-
+/* one output of the conv, in the engine's order (binsense.deploy.floatops): kernel row,
+   column, then channel, acc = fma(x, w, acc) from +0, padded taps skipped, bias last */
 static float bsn_fconv_at(const bsn_fconv *L, const uint8_t *img, int o, int y, int x) {
     const bsn_geom *G = &L->g;
     int c0 = (o / (G->cout / G->groups)) * G->cin_g, ci, i, j;
     float acc = 0.0f;
-    if (L->order_ijc) {
-        for (i = 0; i < G->kh; ++i)
-            for (j = 0; j < G->kw; ++j)
-                for (ci = 0; ci < G->cin_g; ++ci)
-                    acc = bsn_fconv_tap(L, img, acc, o, c0 + ci, i, j, y, x);
-    } else {
-        for (ci = 0; ci < G->cin_g; ++ci)
-            for (i = 0; i < G->kh; ++i)
-                for (j = 0; j < G->kw; ++j)
-                    acc = bsn_fconv_tap(L, img, acc, o, c0 + ci, i, j, y, x);
+    for (i = 0; i < G->kh; ++i) {
+        int iy = y * G->sh - G->ph + i;
+        if (iy < 0 || iy >= G->in_h) continue;
+        for (j = 0; j < G->kw; ++j) {
+            int ix = x * G->sw - G->pw + j;
+            if (ix < 0 || ix >= G->in_w) continue;
+            for (ci = 0; ci < G->cin_g; ++ci) {
+                int c = c0 + ci;
+                float w = L->w[(((size_t)o * G->cin_g + ci) * G->kh + i) * G->kw + j];
+                float v = L->enc[(size_t)c * 256 + img[((size_t)c * G->in_h + iy) * G->in_w + ix]];
+                acc = BSN_FMA(v, w, acc);
+            }
+        }
     }
     if (L->bias) acc = acc + L->bias[o];
     return acc;
@@ -762,7 +741,7 @@ MAKEFILE = """# Generated by binsense. `make` builds ./model;
 CC ?= cc
 CFLAGS ?= -std=c99 -O2 -Wall -Wextra -Werror
 model: main.c model.c model.h
-\t$(CC) $(CFLAGS) -o model main.c model.c
+\t$(CC) $(CFLAGS) -o model main.c model.c -lm
 clean:
 \trm -f model
 """
@@ -852,9 +831,8 @@ def generate_c(
                 shift = data.array(f"{p}_SHIFT", "float", prm["shift"])
                 sm, sn = prm["shift"].shape[1:]
             geom = _geom(conv, layer.in_shape, prm["conv_shape"], prm["pool"], layer.out_shape)
-            order, sum_fused = int(prm["summing"].order == "ijc"), int(prm["summing"].fused)
-            decls.append(f"static const bsn_fconv {p} = {{{geom}, {enc}, {wt}, {bias}, {order}, "
-                         f"{sum_fused}, {a}, {b}, {fused}, {shift}, {sm}, {sn}, "
+            decls.append(f"static const bsn_fconv {p} = {{{geom}, {enc}, {wt}, {bias}, "
+                         f"{a}, {b}, {fused}, {shift}, {sm}, {sn}, "
                          f"{layout}}};")  # fmt: skip
             body.append(f"    bsn_run_fconv(&{p}, image, {dst});")
         elif layer.kind in ("bconv", "head_conv"):
@@ -948,6 +926,7 @@ def _source(decls: list[str], body: list[str], runtime: str) -> str:
 #define BINSENSE_MODEL_DATA
 #include "model.h"
 
+#include <math.h>
 #include <stddef.h>
 {runtime}
 /* ---- the layers ---- */
@@ -1004,7 +983,7 @@ def compile_c(folder: str | os.PathLike, flags: list[str] | None = None,
         raise BinsenseError("no C compiler found (set CC or install cc/gcc/clang).")
     folder = Path(folder)
     cmd = [cc, "-std=c99", "-O2", "-Wall", "-Werror", *(flags or []), "-o", str(folder / out),
-           str(folder / "main.c"), str(folder / "model.c")]  # fmt: skip
+           str(folder / "main.c"), str(folder / "model.c"), "-lm"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         first = (done.stderr.strip().splitlines() or ["(no output)"])[0]

@@ -17,11 +17,8 @@ A :class:`~binsense.layers.norm.ChannelAffine` or a
 same float32 results as the trained model, :func:`norm_affine` tries both arithmetic
 forms and keeps the one that reproduces the module on probe inputs: every integer the
 layer can output when its input is a popcount (an exhaustive check, as for the integer
-thresholds), a float sample otherwise. An FMA is computed as
-``(float)((double) x * a + b)``: the product of two float32 numbers is exact in float64,
-so this differs from a true FMA only when the float64 sum lands exactly half-way between
-two float32 numbers (double rounding, probability about :math:`2^{-29}`); the check
-above covers that too.
+thresholds), a float sample otherwise. An FMA is the exact one of
+:func:`binsense.deploy.floatops.fma` (float64 with the double-rounding case mended).
 """
 
 from __future__ import annotations
@@ -33,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from binsense.deploy import floatops
 from binsense.deploy.program import (
     DeployedModel,
     PackedConv,
@@ -128,8 +126,9 @@ class Affine:
 
 
 def fma32(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``x * a + b`` rounded once to float32 (through float64; module docstring)."""
-    return (x.astype(np.float64) * a.astype(np.float64) + b.astype(np.float64)).astype(np.float32)
+    """``x * a + b`` rounded once to float32, exactly (:func:`binsense.deploy.floatops.fma`)."""
+    x, a, b = (torch.from_numpy(np.asarray(v, np.float32)) for v in (x, a, b))
+    return floatops.fma(x, a, b).numpy()
 
 
 def _candidates(m: nn.Module, channels: int) -> list[tuple[np.ndarray, np.ndarray, bool]]:
@@ -205,11 +204,6 @@ def float_probe(channels: int, spatial: bool, seed: int = 0) -> Tensor:
 __all__ = [
     "FLOAT_EXACT",
     "Affine",
-    "ConvForm",
-    "conv_form",
-    "conv_taps",
-    "emulate_conv",
-    "image_probe",
     "float_probe",
     "fma32",
     "integer_probe",
@@ -251,80 +245,3 @@ def load_for_export(
             )
     info = dataset_info(dataset)
     return deployed, (info.in_channels, *info.image_size), dataset
-
-
-# ---------------------------------------------------------------- float convs
-
-
-@dataclass(frozen=True)
-class ConvForm:
-    """How a float conv sums its taps: ``order`` ``"ijc"`` (kernel row, column, then input
-    channel: the FMA chain of oneDNN's direct convolution) or ``"cij"``; ``fused``: each
-    step ``acc = fma(x, w, acc)`` (else ``acc + x * w``); the bias, if any, is added last.
-    ``mismatches``: probe outputs where this form differs from the module (0: exact)."""
-
-    order: str
-    fused: bool
-    mismatches: int = 0
-
-
-def conv_taps(order: str, cin_g: int, kh: int, kw: int) -> list[tuple[int, int, int]]:
-    """The ``(c, i, j)`` taps of a conv in summation ``order``."""
-    if order == "ijc":
-        return [(c, i, j) for i in range(kh) for j in range(kw) for c in range(cin_g)]
-    return [(c, i, j) for c in range(cin_g) for i in range(kh) for j in range(kw)]
-
-
-def emulate_conv(conv: nn.Conv2d, x: np.ndarray, form: ConvForm) -> np.ndarray:
-    """``conv(x)`` in float32, summing the taps as ``form`` says (zero padding)."""
-    w = conv.weight.detach().float().cpu().numpy()
-    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    n, c_in, h, wd = x.shape
-    g = conv.groups
-    cin_g, cout_g = c_in // g, conv.out_channels // g
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
-    xp = np.pad(x.astype(np.float32), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    out = np.zeros((n, conv.out_channels, ho, wo), np.float32)
-    for gi in range(g):
-        acc = np.zeros((n, cout_g, ho, wo), np.float32)
-        for c, i, j in conv_taps(form.order, cin_g, kh, kw):
-            xs = xp[
-                :, gi * cin_g + c, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw
-            ]
-            ws = w[gi * cout_g : (gi + 1) * cout_g, c, i, j].reshape(1, -1, 1, 1)
-            if form.fused:
-                acc = fma32(xs[:, None], ws, acc)
-            else:
-                acc = acc + (xs[:, None] * ws).astype(np.float32)
-        out[:, gi * cout_g : (gi + 1) * cout_g] = acc
-    if conv.bias is not None:
-        out = out + conv.bias.detach().float().cpu().numpy().reshape(1, -1, 1, 1)
-    return out
-
-
-@torch.no_grad()
-def conv_form(conv: nn.Conv2d, probe: Tensor) -> ConvForm:
-    """The summation form that reproduces the float conv ``conv`` bit for bit on the
-    batch ``probe`` (real inputs, float32); the closest when none does (mismatches > 0).
-
-    PyTorch's CPU conv (oneDNN) may pick another kernel, with another order, for a batch
-    of one image than for larger batches, so its own outputs can depend on the batch
-    size; the probe batch (8 images) stands for batched evaluation."""
-    conv = conv.eval()
-    ref = conv(probe).numpy()
-    best: ConvForm | None = None
-    for order, fused in (("ijc", True), ("cij", True), ("ijc", False), ("cij", False)):
-        form = ConvForm(order, fused)
-        bad = int(np.sum(emulate_conv(conv, probe.numpy(), form) != ref))
-        if best is None or bad < best.mismatches:
-            best = ConvForm(order, fused, bad)
-        if bad == 0:
-            break
-    assert best is not None
-    return best
-
-
-def image_probe(shape: tuple[int, int, int], n: int = 8, seed: int = 0) -> Tensor:
-    """``n`` random images of ``shape`` as the loader gives them (pixel / 255, float32)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, *shape), generator=g).float().div_(255.0)

@@ -21,17 +21,14 @@ every integer below :math:`2^{24}` exactly, whatever the summation order. Then
 
 The float parts are the trained model's float32 modules: a float encoder and first
 layer, a head norm, a float classifier. A norm is written in the arithmetic PyTorch uses
-(:func:`binsense.export.common.norm_affine`, checked bit for bit, with FMAs computed in
-float64). The float first conv is written as the chain of multiply-adds PyTorch's CPU
-convolution computes (``Slice`` of each tap, ``Mul``, ``Add``, one rounding a step), in
-the tap order and rounding found at export by probing the module
-(:func:`binsense.export.common.conv_form`: oneDNN's direct convolution sums kernel row,
-column, then channel, as FMAs), so the first layer's signs equal PyTorch's. PyTorch's own
-conv takes another order for a batch of one image, so PyTorch itself can differ in the
-last bit between batch sizes; the export follows batched evaluation. A float linear
-classifier sums in onnxruntime's order (a last-bit difference in a logit can move a
-prediction only at a near tie). :func:`run_onnx` against the engine counts any
-difference on real images (``benchmarks/bench_export.py``).
+(:func:`binsense.export.common.norm_affine`, checked bit for bit on every integer it can
+see, or on a probe). The float convs and a float classifier on ±1 inputs follow the one
+summation order of :mod:`binsense.deploy.floatops`, the engine's at every batch size:
+a conv is the chain of exact fused multiply-adds (``Slice`` of each tap, kernel row,
+column, then channel; :meth:`GraphBuilder.fma`, float64 with the halfway case mended),
+the bias last; a classifier is its products summed left to right by ``CumSum``
+(onnxruntime's ``Gemm`` sums in blocks of K, another order once K > 128). The graph gives
+the engine's logits bit for bit at any batch (tests: every family, batch 1 and 32).
 
 **Size.** Binary weights are stored as bits: a ``uint8`` initializer, 8 weights a byte,
 unpacked in the graph by ``BitShift`` and ``BitwiseAnd`` (constant-folded by
@@ -66,11 +63,7 @@ from binsense.errors import BinsenseError
 from binsense.export.common import (
     FLOAT_EXACT,
     Affine,
-    ConvForm,
-    conv_form,
-    conv_taps,
     float_probe,
-    image_probe,
     integer_probe,
     no_residual,
     norm_affine,
@@ -133,8 +126,9 @@ class GraphBuilder:
     flavour = "ONNX"
     #: The batch dimension of the input and outputs (a name: any batch size).
     batch: str | int = "N"
-    #: Write a float first conv as PyTorch's chain of multiply-adds (else one ``Conv``).
-    exact_float_conv = True
+    #: Write the float convs and a float head on ±1 inputs in the one order of
+    #: :mod:`binsense.deploy.floatops` (else one ``Conv`` / ``Gemm``).
+    exact_float = True
 
     def __init__(self) -> None:
         self.onnx = require_onnx()
@@ -149,6 +143,7 @@ class GraphBuilder:
         self.threshold_values = 0
         self.float_mismatches = 0
         self.opsets = {"": OPSET}
+        self.casts: dict[str, str] = {}  # float64 casts and constants, shared
 
     # ---------------------------------------------------------------- basics
     def name(self, base: str) -> str:
@@ -293,76 +288,123 @@ class GraphBuilder:
         b = self.float_const(f"{base}_b", form.b.reshape(shape))
         if not form.fused:
             return self.node("Add", [self.node("Mul", [x, a], f"{base}_ax"), b], base)
-        double = self.onnx.TensorProto.DOUBLE
-        xd = self.node("Cast", [x], f"{base}_x64", to=double)
-        ad = self.node("Cast", [a], f"{base}_a64", to=double)
-        bd = self.node("Cast", [b], f"{base}_b64", to=double)
-        y = self.node("Add", [self.node("Mul", [xd, ad], f"{base}_ax64"), bd], f"{base}_y64")
-        return self.node("Cast", [y], base, to=self.onnx.TensorProto.FLOAT)
+        return self.fma(self.f64(x), self.f64(a), b, base)
 
-    def module(self, x: str, m: nn.Module, shape: tuple, base: str, integer_in: int,
-               probe: torch.Tensor | None = None) -> str:  # fmt: skip
+    def module(self, x: str, m: nn.Module, shape: tuple, base: str, integer_in: int) -> str:
         """One float-stage module (children in order for containers). ``integer_in``:
         the largest magnitude of integer inputs (0 for real-valued inputs): norms on
-        integers are checked on every integer. ``probe``: sample inputs of a stage that
-        reads images (a float conv's summation order is found on them)."""
+        integers are checked on every integer."""
         for name, child in _children(m, base):
             with torch.no_grad():
                 out_shape = tuple(child.eval()(torch.zeros(2, *shape)).shape[1:])
-                out_probe = None if probe is None else child(probe)
-            x, integer_in = self._step(x, child, shape, name, integer_in, probe)
-            shape, probe = out_shape, out_probe
+            x, integer_in = self._leaf(x, child, shape, name, integer_in)
+            shape = out_shape
         return x
 
-    def _step(self, x: str, m: nn.Module, shape: tuple, base: str, integer_in: int,
-              probe: torch.Tensor | None) -> tuple[str, int]:  # fmt: skip
-        x, integer_in = self._leaf(x, m, shape, base, integer_in, probe)
-        return x, integer_in
+    def f64(self, x: str) -> str:
+        """``x`` cast to float64 (one ``Cast`` per tensor, shared)."""
+        if x not in self.casts:
+            self.casts[x] = self.node("Cast", [x], to=self.onnx.TensorProto.DOUBLE)
+        return self.casts[x]
 
-    def fma_conv(self, x: str, conv: nn.Conv2d, form: ConvForm, shape: tuple, base: str) -> str:
-        """A float conv as the chain of multiply-adds PyTorch computes (``form``: the
-        order of the taps, fused or not), so that it rounds exactly as PyTorch does."""
+    def shared(self, base: str, value: float) -> str:
+        """A float64 scalar constant, one per graph."""
+        if base not in self.casts:
+            self.casts[base] = self.const(base, np.float64(value), double=True)
+        return self.casts[base]
+
+    def fma(self, x64: str, a64: str, b: str, base: str) -> str:
+        """``x * a + b`` rounded once to float32 (``x64``, ``a64``: float32 values held as
+        float64; ``b`` float32; broadcast): the exact emulation of
+        :func:`binsense.deploy.floatops.fma` in graph nodes (float64 product and sum,
+        TwoSum error, the halfway case mended)."""
+        tp = self.onnx.TensorProto
+        b64 = self.f64(b)
+        p = self.node("Mul", [x64, a64])
+        s = self.node("Add", [p, b64])
+        t = self.node("Sub", [s, p])
+        err = self.node("Add", [self.node("Sub", [p, self.node("Sub", [s, t])]),
+                                self.node("Sub", [b64, t])])  # fmt: skip
+        near = self.node("Cast", [s], to=tp.FLOAT)
+        d = self.node("Sub", [s, self.f64(near)])
+        two, zero = self.shared("fma_two", 2.0), self.shared("fma_zero", 0.0)
+        other = self.node("Add", [self.f64(near), self.node("Mul", [d, two])])
+        other32 = self.node("Cast", [other], to=tp.FLOAT)
+        halfway = self.node("And", [
+            self.node("And", [self.node("Not", [self.node("Equal", [d, zero])]),
+                              self.node("Equal", [self.f64(other32), other])]),
+            self.node("Not", [self.node("Equal", [err, zero])])])  # fmt: skip
+        up = self.node("Max", [near, other32])
+        down = self.node("Min", [near, other32])
+        side = self.node("Where", [self.node("Greater", [err, zero]), up, down])
+        return self.node("Where", [halfway, side, near], base)
+
+    def fma_conv(self, x: str, conv: nn.Conv2d, shape: tuple, base: str) -> str:
+        """A float conv in the one order of :mod:`binsense.deploy.floatops`: per group,
+        ``Slice`` each tap (kernel row, column, then channel) and chain exact FMAs from +0
+        (zero padding: a padded tap adds an exact 0), the bias added last."""
         (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-        _, h, w = shape
+        c_in, h, w = shape
+        g = conv.groups
+        cg, og = c_in // g, conv.out_channels // g
         ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if getattr(conv, "input_quantizer", None) is not None:
+            x = self.sign(x, f"{base}_in")
         if ph or pw:
             pads = self.const(f"{base}_pads", np.array([0, 0, ph, pw, 0, 0, ph, pw]))
             x = self.node("Pad", [x, pads], f"{base}_padded")
-        weight = conv.weight.detach().float().cpu().numpy()
+        with torch.no_grad():
+            weight = getattr(conv, "binary_weight", lambda: conv.weight)()
+        weight = weight.detach().float().cpu().numpy()
         self.float_params += int(weight.size)
-        double = self.onnx.TensorProto.DOUBLE
-        xd = self.node("Cast", [x], f"{base}_x64", to=double) if form.fused else x
-        acc = None
         axes = self.const(f"{base}_axes", np.array([1, 2, 3]))
         steps = self.const(f"{base}_steps", np.array([1, sh, sw]))
-        for c, i, j in conv_taps(form.order, shape[0], kh, kw):
-            t = f"{base}_{c}_{i}_{j}"
-            start = self.const(f"{t}_s", np.array([c, i, j]))
-            end = self.const(
-                f"{t}_e", np.array([c + 1, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1])
-            )
-            tap = self.node("Slice", [xd, start, end, axes, steps], f"{t}_x")
-            wt = weight[:, c, i, j].reshape(1, -1, 1, 1)
-            if form.fused:
-                prod = self.node(
-                    "Mul", [tap, self.const(f"{t}_w", wt.astype(np.float64), double=True)]
-                )
-                total = (
-                    prod
-                    if acc is None
-                    else self.node("Add", [self.node("Cast", [acc], f"{t}_acc64", to=double), prod])
-                )
-                acc = self.node("Cast", [total], f"{t}_acc", to=self.onnx.TensorProto.FLOAT)
-            else:
-                prod = self.node("Mul", [tap, self.const(f"{t}_w", wt.astype(np.float32))])
-                acc = prod if acc is None else self.node("Add", [acc, prod], f"{t}_acc")
-        assert acc is not None
+        x64 = self.f64(x)
+        groups = []
+        for gi in range(g):
+            acc = self.const(f"{base}_g{gi}_zero", np.float32(0.0))
+            rows = slice(gi * og, (gi + 1) * og)
+            for i in range(kh):
+                for j in range(kw):
+                    for c in range(cg):
+                        ch = gi * cg + c
+                        t = f"{base}_{ch}_{i}_{j}"
+                        start = self.const("start", np.array([ch, i, j]))
+                        stop = [ch + 1, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1]
+                        end = self.const("end", np.array(stop))
+                        tap = self.node("Slice", [x64, start, end, axes, steps])
+                        wt = weight[rows, c, i, j].reshape(1, -1, 1, 1).astype(np.float64)
+                        acc = self.fma(tap, self.const(f"{t}_w", wt, double=True), acc, t)
+            groups.append(acc)
+        acc = groups[0] if g == 1 else self.node("Concat", groups, f"{base}_groups", axis=1)
         if conv.bias is not None:
             bias = self.float_const(
                 f"{base}_bias", conv.bias.detach().cpu().numpy().reshape(1, -1, 1, 1)
             )
             acc = self.node("Add", [acc, bias], base)
         return acc
+
+    def ordered_linear(self, x: str, m: nn.Linear, base: str) -> str:
+        """A float linear layer on ±1 inputs in the one order of
+        :mod:`binsense.deploy.floatops`: the products (exact: ±w) summed left to right by
+        ``CumSum`` (sequential in onnxruntime; its ``Gemm`` sums in blocks of K), the last
+        partial sum taken, the bias added last."""
+        with torch.no_grad():
+            weight = getattr(m, "binary_weight", lambda: m.weight)()
+        weight = weight.detach().float().cpu().numpy()
+        self.float_params += int(weight.size)
+        k = weight.shape[1]
+        xu = self.node("Unsqueeze", [x, self.const(f"{base}_ax1", np.array([1]))], f"{base}_x")
+        products = self.node("Mul", [xu, self.const(f"{base}_w", weight)], f"{base}_products")
+        sums = self.node("CumSum", [products, self.const(f"{base}_axis", np.array(-1))])
+        last = self.node("Gather", [sums, self.const(f"{base}_last", np.array([k - 1]))],
+                         f"{base}_last_sum", axis=2)  # fmt: skip
+        y = self.node("Squeeze", [last, self.const(f"{base}_ax2", np.array([2]))], f"{base}_sum")
+        if m.bias is not None:
+            y = self.node(
+                "Add", [y, self.float_const(f"{base}_bias", m.bias.detach().numpy())], base
+            )
+        return y
 
     def _layer_inputs(self, x: str, m: nn.Module, base: str) -> list[str]:
         """A conv's or linear layer's inputs: ``x`` (through its input sign, if any), its
@@ -380,8 +422,8 @@ class GraphBuilder:
             inputs.append(self.float_const(f"{base}_bias", m.bias.detach().cpu().numpy()))
         return inputs
 
-    def _leaf(self, x: str, m: nn.Module, shape: tuple, base: str, integer_in: int,
-              probe: torch.Tensor | None) -> tuple[str, int]:  # fmt: skip
+    def _leaf(self, x: str, m: nn.Module, shape: tuple, base: str,
+              integer_in: int) -> tuple[str, int]:  # fmt: skip
         if isinstance(m, FloatEncoder):
             mean = self.float_const(f"{base}_mean", m.mean.cpu().numpy())
             std = self.float_const(f"{base}_std", m.std.cpu().numpy())
@@ -389,20 +431,15 @@ class GraphBuilder:
         if isinstance(m, nn.Conv2d):
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
                 raise BinsenseError(f"{base}: the export needs a conv with numeric zero padding.")
-            attrs = {"strides": list(m.stride), "pads": [*m.padding, *m.padding],
-                     "dilations": list(m.dilation), "group": m.groups}  # fmt: skip
-            if (
-                type(m) is nn.Conv2d
-                and self.exact_float_conv
-                and probe is not None
-                and m.dilation == (1, 1)
-                and m.groups == 1
-            ):
-                form = conv_form(m, probe)
-                self.float_mismatches += form.mismatches
-                return self.fma_conv(x, m, form, shape, base), 0
+            if self.exact_float and m.dilation == (1, 1):
+                return self.fma_conv(x, m, shape, base), 0
+            attrs = {"kernel_shape": list(m.kernel_size), "strides": list(m.stride),
+                     "pads": [*m.padding, *m.padding], "dilations": list(m.dilation),
+                     "group": m.groups}  # fmt: skip
             return self.node("Conv", self._layer_inputs(x, m, base), base, **attrs), 0
         if isinstance(m, nn.Linear):
+            if self.exact_float and integer_in == 1 and getattr(m, "input_quantizer", None) is None:
+                return self.ordered_linear(x, m, base), 0
             return self.node("Gemm", self._layer_inputs(x, m, base), base, transB=1), 0
         if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Identity) or type(m).__name__ in (
             "ChannelAffine",
@@ -487,8 +524,7 @@ class GraphBuilder:
             if isinstance(op, PlanesInput):
                 x, integer_in = self.planes(x, op, out_shape), 1
             elif isinstance(op, FloatStage):
-                probe = image_probe(input_shape) if x == "image" else None
-                x = self.module(x, op.body, shape, name, integer_in, probe)
+                x = self.module(x, op.body, shape, name, integer_in)
                 integer_in = 0
             elif isinstance(op, ToInt8):
                 pass

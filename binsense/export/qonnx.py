@@ -22,12 +22,13 @@ the ``qonnx`` package's executor:
 
 The graph has a fixed batch of 1 (FINN's convention); run ``InferShapes`` (qonnx) before
 ``qonnx.core.onnx_exec.execute_onnx``, as for any QONNX model. A float first layer stays
-one standard ``Conv`` (FINN maps it; it may round differently from PyTorch's in the last
-bit, unlike the standard export's multiply-add chain). The binary convolutions and matrix
-products stay standard ``Conv`` / ``MatMul`` on ±1 values (FINN's streamlining turns them
-into XNOR-popcount units). :func:`run_qonnx` evaluates the graph with ``onnx.reference``
-and this module's implementations of the two
-ops (the published semantics above); the test suite checks it against the packed
+one standard ``Conv`` and a float classifier one ``Gemm`` (FINN maps them; onnxruntime
+may sum them in another order than the engine's, :mod:`binsense.deploy.floatops`, and so
+differ in the last bit, unlike the standard export's ordered chains). The binary
+convolutions and matrix products stay standard ``Conv`` / ``MatMul`` on ±1 values
+(FINN's streamlining turns them into XNOR-popcount units). :func:`run_qonnx` evaluates
+the graph with ``onnx.reference`` and this module's implementations of the two ops (the
+published semantics above); the test suite checks it against the packed
 engine.
 """
 
@@ -52,7 +53,7 @@ class QonnxBuilder(GraphBuilder):
 
     flavour = "QONNX"
     batch = 1  # FINN's convention (qonnx's executor needs fixed shapes)
-    exact_float_conv = False  # a standard Conv, which FINN maps (module docstring)
+    exact_float = False  # a standard Conv and Gemm, which FINN maps (module docstring)
 
     def __init__(self) -> None:
         super().__init__()

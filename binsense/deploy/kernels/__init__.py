@@ -138,7 +138,7 @@ def _compile(folder: Path) -> Path | None:
             os.close(fd)
             try:
                 run = subprocess.run(
-                    [cc, *flags, str(SOURCE), "-o", tmp],
+                    [cc, *flags, str(SOURCE), "-o", tmp, "-lm"],
                     capture_output=True,
                     text=True,
                     timeout=300,
@@ -175,6 +175,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "xnor_fused_split": ([_INT], _INT),
         "xnor_split_panels": ([_P, _I64, _P], None),
         "xnor_pool_bits": ([_P, _I64, _I64, _I64, _I64, _I64, _P, _P], None),
+        "xnor_float_conv": ([_P, _P, _P, _P, _P], _INT),
     }
     for name, (args, res) in sig.items():
         fn = getattr(lib, name)
@@ -611,6 +612,37 @@ def linear(module, x: Tensor, backend: str | None = None) -> Tensor:
     panels = _cached(module, "_xnor_panels", _weights_key(ww), lambda: pack_b(ww))
     c = gemm_packed(pack_input(x, 1), panels, ww.shape[0], backend=backend)
     return (2 * c - module.fan_in).to(torch.int64)
+
+
+def float_conv(
+    x: Tensor,
+    taps: Tensor,
+    bias: Tensor | None,
+    out_channels: int,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    groups: int,
+) -> Tensor | None:
+    """A float convolution in the one fixed order of :mod:`binsense.deploy.floatops` by the
+    C kernel (``xnor_float_conv``), or ``None`` where the library is not built. ``taps``:
+    the weight as ``(G, KH, KW, C / G, O / G)`` float32 (:func:`floatops.tap_major`)."""
+    lib = library()
+    if lib is None:
+        return None
+    x = x.to(torch.float32).contiguous()
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    y = torch.empty(n, out_channels, ho, wo, dtype=torch.float32)
+    if y.numel() == 0:
+        return y
+    dims = torch.tensor(
+        [n, c, h, w, out_channels, groups, kh, kw, sh, sw, ph, pw, ho, wo], dtype=torch.int64
+    )
+    b = None if bias is None else bias.to(torch.float32).contiguous()
+    _check(lib.xnor_float_conv(_ptr(x), _ptr(taps), _ptr(b), _ptr(y), _ptr(dims)))
+    return y
 
 
 def runs(x: Tensor) -> bool:

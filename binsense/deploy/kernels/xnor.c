@@ -28,6 +28,7 @@
  * With int32 output (mode 0) the im2col rows of each block are built, and y = 2 C +
  * bias[n, p] written in (B, C_out, H', W').
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -913,4 +914,81 @@ void xnor_pool_bits(const uint64_t *words, int64_t B, int64_t H, int64_t W, int6
                     o[w] = (any & ~dn[w]) | (all & dn[w]);
                 }
             }
+}
+
+/* ------------------------------------------------------------------ float convolution */
+
+/* The float parts of a deployed model (a float first conv, a float head) in ONE order,
+ * whatever the batch and the CPU: for each image, group and output position, the
+ * accumulator starts at +0 and takes each tap (kernel row i, column j, then input channel
+ * c, the taps outside the image skipped: zero padding) as acc = fmaf(x, w, acc), one
+ * rounding per tap; the bias, if any, is added last (one rounding). A linear layer is the
+ * 1 x 1 case: its inputs in index order. This is the order of oneDNN's direct
+ * convolution on AVX2 / AVX-512 CPUs (so the engine equals batched PyTorch there) and of
+ * onnxruntime's GEMM on ±1 inputs; the exports write the same chain.
+ *
+ * w: (G, KH, KW, C / G, O / G) float32 (the taps of each group, k-major, the output
+ * channels contiguous); x: (N, C, H, W); y: (N, O, HO, WO). The accumulators of one
+ * position run over the output channels (vectorised: fmaf is one vfmadd on an FMA CPU).
+ * No mul + add pair appears anywhere, so -ffp-contract cannot change a result. */
+static inline __attribute__((always_inline)) void float_conv_body(
+    const float *x, const float *w, const float *bias, float *y, float *acc, int64_t N,
+    int64_t C, int64_t H, int64_t W, int64_t O, int64_t G, int64_t KH, int64_t KW,
+    int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t HO, int64_t WO) {
+    const int64_t cg = C / G, og = O / G, taps = KH * KW * cg;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t oy = 0; oy < HO; oy++)
+                for (int64_t ox = 0; ox < WO; ox++) {
+                    for (int64_t o = 0; o < og; o++) acc[o] = 0.0f;
+                    for (int64_t i = 0; i < KH; i++) {
+                        const int64_t iy = oy * SH - PH + i;
+                        if (iy < 0 || iy >= H) continue;
+                        for (int64_t j = 0; j < KW; j++) {
+                            const int64_t ix = ox * SW - PW + j;
+                            if (ix < 0 || ix >= W) continue;
+                            const float *xp = x + ((n * C + g * cg) * H + iy) * W + ix;
+                            const float *wt = w + (g * taps + (i * KW + j) * cg) * og;
+                            for (int64_t c = 0; c < cg; c++, wt += og) {
+                                const float v = xp[c * H * W];
+                                for (int64_t o = 0; o < og; o++) acc[o] = fmaf(v, wt[o], acc[o]);
+                            }
+                        }
+                    }
+                    float *out = y + ((n * O + g * og) * HO + oy) * WO + ox;
+                    for (int64_t o = 0; o < og; o++)
+                        out[o * HO * WO] = bias ? acc[o] + bias[g * og + o] : acc[o];
+                }
+}
+
+static void float_conv_portable(const float *x, const float *w, const float *bias, float *y,
+                                float *acc, const int64_t *d) {
+    float_conv_body(x, w, bias, y, acc, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8],
+                    d[9], d[10], d[11], d[12], d[13]);
+}
+
+#ifdef XNOR_X86
+__attribute__((target("avx2,fma"))) static void float_conv_fma(const float *x, const float *w,
+                                                                 const float *bias, float *y,
+                                                                 float *acc, const int64_t *d) {
+    float_conv_body(x, w, bias, y, acc, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8],
+                    d[9], d[10], d[11], d[12], d[13]);
+}
+#endif
+
+/* d: N, C, H, W, O, G, KH, KW, SH, SW, PH, PW, HO, WO. Returns 0, or 1 when out of memory.
+ * Both paths give the same bits (fmaf is exact: correctly rounded by its definition). */
+int xnor_float_conv(const float *x, const float *w, const float *bias, float *y,
+                    const int64_t *d) {
+    float *acc = malloc(sizeof(float) * (size_t)(d[4] / d[5] > 0 ? d[4] / d[5] : 1));
+    if (!acc) return 1;
+#ifdef XNOR_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        float_conv_fma(x, w, bias, y, acc, d);
+    else
+#endif
+        float_conv_portable(x, w, bias, y, acc, d);
+    free(acc);
+    return 0;
 }
