@@ -1,15 +1,22 @@
 """QONNX flavour: BipolarQuant for every binarisation, MultiThreshold for the folded
 thresholds and the thermometer encoder, in the QONNX domain; evaluated with the ops'
 published semantics it gives the packed engine's logits; a non-threshold encoder (NBC)
-is refused with one line."""
+is refused with one line. The ``qonnx`` package's own tools accept every family's graph:
+``LowerConvsToMatMul`` (FINN's lowering) leaves no ``Conv`` and the same logits, and
+``inference_cost`` counts the binary weights and MACs that ``binsense summary`` counts."""
 
 from __future__ import annotations
+
+import warnings
+from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from test_export_c import calibrated, real_images
 
+from binsense.compress.summary import summary
 from binsense.deploy import convert
 from binsense.errors import BinsenseError
 
@@ -17,10 +24,20 @@ pytest.importorskip("onnx", reason='the export extra is not installed: pip insta
 from binsense.export.qonnx import (  # noqa: E402
     QONNX_DOMAIN,
     build_qonnx,
+    export_qonnx,
     multithreshold,
     run_qonnx,
     thermometer_thresholds,
 )
+
+#: The families the QONNX tests export: DeSign thresholds (float first layer), a binary
+#: thermometer encoder with grouped convs and channel shuffles, grouped convs after a
+#: float first layer.
+FAMILIES = [
+    ("mnist_bnn", "mnist", {"width": 0.25, "design": "2x2", "design_coupled": True}),
+    ("compact_bnn", "cifar10", {"width": 0.125, "encoder": "uniform"}),
+    ("vgg_small", "cifar10", {"width": 0.0625, "groups": 2}),
+]
 
 
 def _ops(model) -> list[tuple[str, str]]:
@@ -66,14 +83,7 @@ def test_thermometer_encoder_is_one_multithreshold_per_plane():
     assert tuple(inits[first.input[1]].dims) == (table.shape[0] * table.shape[2], 1)
 
 
-@pytest.mark.parametrize(
-    ("name", "dataset", "options"),
-    [
-        ("mnist_bnn", "mnist", {"width": 0.25, "design": "2x2", "design_coupled": True}),
-        ("compact_bnn", "cifar10", {"width": 0.125, "encoder": "uniform"}),
-        ("vgg_small", "cifar10", {"width": 0.0625, "groups": 2}),
-    ],
-)
+@pytest.mark.parametrize(("name", "dataset", "options"), FAMILIES)
 def test_published_semantics_give_the_engine_logits(name, dataset, options):
     deployed = convert(calibrated(name, dataset, **options))
     images = real_images(dataset, 6)
@@ -94,3 +104,85 @@ def test_nbc_encoder_is_refused_with_one_line():
     with pytest.raises(BinsenseError, match="not thresholds"):
         build_qonnx(deployed, (1, 28, 28))
     assert torch.is_tensor(deployed.ops[0].table)
+
+
+# ---------------------------------------------------------------- the qonnx package's tools
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=lambda f: f"{f[0]}-{'-'.join(f[2])}")
+def exported(request, tmp_path_factory) -> SimpleNamespace:
+    """One family's QONNX file, its model, export info and the logits of 2 real images
+    (``run_qonnx``: the engine's, checked above)."""
+    name, dataset, options = request.param
+    model = calibrated(name, dataset, **options)
+    deployed = convert(model)
+    images = real_images(dataset, 2)
+    shape = tuple(images.shape[1:])
+    path = tmp_path_factory.mktemp("qonnx") / f"{name}.onnx"
+    info = export_qonnx(deployed, path, shape)
+    x = images.float().div_(255.0).numpy()
+    return SimpleNamespace(model=model, shape=shape, path=path, info=info, x=x,
+                           logits=run_qonnx(path, x))  # fmt: skip
+
+
+def _conv_weights(model) -> list[tuple[object, np.ndarray]]:
+    """Every ``Conv`` node with its weight array (an initializer, or the float initializer
+    that its ``BipolarQuant`` reads)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producer = {out: n for n in model.graph.node for out in n.output}
+    convs = []
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            w = node.input[1]
+            if w not in inits and producer[w].op_type == "BipolarQuant":
+                w = producer[w].input[0]
+            convs.append((node, inits[w]))
+    return convs
+
+
+def test_every_conv_has_its_kernel_shape_and_a_group_qonnx_lowers(exported):
+    import onnx
+
+    convs = _conv_weights(onnx.load(exported.path))
+    assert convs
+    for node, w in convs:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["kernel_shape"] == list(w.shape[2:]), node.name
+        group = attrs.get("group", 1)
+        assert group == 1 or w.shape[:2] == (group, 1), node.name  # dense or depthwise
+
+
+def test_qonnx_lowering_leaves_no_conv_and_the_same_logits(exported):
+    pytest.importorskip("qonnx", reason='qonnx is not installed: pip install -e ".[dev]"')
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.fold_constants import FoldConstantsFiltered
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+
+    wrapper = ModelWrapper(str(exported.path)).transform(InferShapes())
+    before = Counter(n.op_type for n in wrapper.graph.node)
+    # FINN folds the BipolarQuant of each weight initializer before lowering (FoldQuantWeights)
+    wrapper = wrapper.transform(FoldConstantsFiltered(lambda _, n: n.op_type == "BipolarQuant"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lowered = wrapper.transform(LowerConvsToMatMul())
+    assert not [str(w.message) for w in caught if "skipping" in str(w.message)]
+    after = Counter(n.op_type for n in lowered.graph.node)
+    assert before["Conv"] > 0 and after["Conv"] == 0
+    assert after["MatMul"] == before["MatMul"] + before["Conv"]
+    got = np.concatenate([execute_onnx(lowered, {"image": x[None]})["logits"] for x in exported.x])
+    assert np.array_equal(got.view(np.uint32), exported.logits.view(np.uint32))
+
+
+def test_qonnx_inference_cost_counts_what_summary_counts(exported):
+    pytest.importorskip("qonnx", reason='qonnx is not installed: pip install -e ".[dev]"')
+    from qonnx.util.inference_cost import inference_cost
+
+    cost = inference_cost(str(exported.path))["total_cost"]
+    model = summary(exported.model, exported.shape)
+    assert cost["mem_w_BIPOLAR"] == exported.info.binary_weights == model.params_1bit
+    assert cost["op_mac_BIPOLAR_BIPOLAR"] == model.binary_macs  # XNOR-popcount MACs
+    assert cost["total_macs"] == model.binary_macs + model.float_macs

@@ -73,7 +73,7 @@ from binsense.export.common import (
     threshold_arrays,
 )
 from binsense.io import atomic_write
-from binsense.layers.binary import BinaryConv2d, BinaryLinear
+from binsense.layers.binary import BinaryConv2d, BinaryLinear, is_binary_layer
 from binsense.layers.block import BinaryBlock
 from binsense.layers.design import DeSign
 from binsense.models.compact import ChannelShuffle, GlobalPool
@@ -97,7 +97,15 @@ def require_onnx() -> Any:
 
 @dataclass
 class ExportInfo:
-    """What an export wrote: file size, the bits it holds, float disagreement checks."""
+    """What an export wrote: file size, the bits it holds, float disagreement checks.
+
+    ``binary_weights`` has one definition in every export (ONNX, QONNX, C) and in
+    ``binsense summary`` (its 1-bit parameters, :mod:`binsense.compress.summary`): the ±1
+    weights of the binary layers (:func:`binsense.layers.binary.is_binary_layer`), a
+    binary-weight first conv on real pixels included. A binary encoder's ±1 code table is
+    no weight: ``code_table_entries`` counts it (standard ONNX only; QONNX writes the
+    encoder as thresholds).
+    """
 
     path: str
     file_bytes: int
@@ -106,13 +114,19 @@ class ExportInfo:
     threshold_values: int
     float_mismatches: int = 0
     notes: list[str] = field(default_factory=list)
+    code_table_entries: int = 0
 
     def line(self) -> str:
         bits = self.binary_weights
+        table = (
+            f", and a ±1 encoder code table of {self.code_table_entries:,} entries"
+            if self.code_table_entries
+            else ""
+        )
         return (
             f"wrote {self.path}: {self.file_bytes:,} bytes for {bits:,} binary weights "
             f"({bits / 8:,.0f} bytes as bits), {self.float_params:,} float parameters "
-            f"and {self.threshold_values:,} integer thresholds"
+            f"and {self.threshold_values:,} integer thresholds{table}"
         )
 
 
@@ -138,7 +152,8 @@ class GraphBuilder:
         self.nodes: list = []
         self.inits: list = []
         self.names: set[str] = set()
-        self.binary_weights = 0
+        self.binary_weights = 0  # weights of binary layers only (ExportInfo)
+        self.code_table_entries = 0  # a binary encoder's ±1 code table (not weights)
         self.float_params = 0
         self.threshold_values = 0
         self.float_mismatches = 0
@@ -207,9 +222,14 @@ class GraphBuilder:
         return "minus_one"
 
     def binary_weight(self, base: str, pm1: np.ndarray) -> str:
+        """The ±1 weights ``pm1`` of a binary layer (counted in ``binary_weights``) as
+        :meth:`bit_tensor`."""
+        self.binary_weights += int(pm1.size)
+        return self.bit_tensor(base, pm1)
+
+    def bit_tensor(self, base: str, pm1: np.ndarray) -> str:
         """A float32 ±1 tensor of ``pm1``'s shape, stored as bits and unpacked in the graph:
         ``bit = (byte >> [0..7]) & 1``, ``w = 2 bit - 1``."""
-        self.binary_weights += int(pm1.size)
         packed = self.const(f"{base}_bits", pack_bits_u8(pm1 > 0))
         if "bit_shifts" not in self.names:
             self.const("bit_shifts", np.arange(8, dtype=np.uint8).reshape(1, 8))
@@ -266,7 +286,8 @@ class GraphBuilder:
         c, _, k = table.shape
         offsets = self.const("code_offsets", (np.arange(c) * 256).reshape(1, c, 1, 1))
         index = self.node("Add", [codes, offsets], "code_index")
-        pm = self.binary_weight("code_table", np.where(table, 1, -1).reshape(c * 256, k))
+        self.code_table_entries += int(table.size)  # not binary weights (ExportInfo)
+        pm = self.bit_tensor("code_table", np.where(table, 1, -1).reshape(c * 256, k))
         gathered = self.node("Gather", [pm, index], "planes_nchwk", axis=0)  # N,C,H,W,K
         moved = self.node("Transpose", [gathered], "planes_nckhw", perm=[0, 1, 4, 2, 3])
         out_shape = self.const("planes_shape", np.array([-1, c * k, *shape[1:]]))
@@ -356,7 +377,7 @@ class GraphBuilder:
         with torch.no_grad():
             weight = getattr(conv, "binary_weight", lambda: conv.weight)()
         weight = weight.detach().float().cpu().numpy()
-        self.float_params += int(weight.size)
+        self._count_weights(conv, int(weight.size))
         axes = self.const(f"{base}_axes", np.array([1, 2, 3]))
         steps = self.const(f"{base}_steps", np.array([1, sh, sw]))
         x64 = self.f64(x)
@@ -392,7 +413,7 @@ class GraphBuilder:
         with torch.no_grad():
             weight = getattr(m, "binary_weight", lambda: m.weight)()
         weight = weight.detach().float().cpu().numpy()
-        self.float_params += int(weight.size)
+        self._count_weights(m, int(weight.size))
         k = weight.shape[1]
         xu = self.node("Unsqueeze", [x, self.const(f"{base}_ax1", np.array([1]))], f"{base}_x")
         products = self.node("Mul", [xu, self.const(f"{base}_w", weight)], f"{base}_products")
@@ -488,6 +509,15 @@ class GraphBuilder:
                 )
             return self.node(op, [x], base, axes=[2, 3], keepdims=0), 0
         raise BinsenseError(f"{base}: a {type(m).__name__} module does not export to ONNX.")
+
+    def _count_weights(self, m: nn.Module, n: int) -> None:
+        """``n`` weights of ``m`` written as float taps (:meth:`fma_conv`,
+        :meth:`ordered_linear`): binary weights if ``m`` is a binary layer
+        (:class:`ExportInfo`'s one definition), else float parameters."""
+        if is_binary_layer(m):
+            self.binary_weights += n
+        else:
+            self.float_params += n
 
     def _weight(self, base: str, w: np.ndarray) -> str:
         if not np.all(np.abs(w) == 1):
@@ -590,6 +620,7 @@ def write_model(model: Any, path: str | os.PathLike, builder: GraphBuilder) -> E
     return ExportInfo(
         str(written), len(data), builder.binary_weights, builder.float_params,
         builder.threshold_values, builder.float_mismatches,
+        code_table_entries=builder.code_table_entries,
     )  # fmt: skip
 
 
