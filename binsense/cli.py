@@ -727,6 +727,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise BinsenseError("give --onnx FILE (standard or --qonnx) or --c DIR (one of them).")
     if args.qonnx and args.onnx is None:
         raise BinsenseError("--qonnx is a flavour of --onnx FILE: give --onnx too.")
+    if args.target is not None and args.c is None:
+        raise BinsenseError("--target picks the flavour of --c DIR: give --c too.")
     if args.onnx is not None:
         require_onnx()  # before any work: one line on how to install the extra
     deployed, shape, dataset = load_for_export(args.checkpoint, args.deployed, _allow_large(args))
@@ -738,7 +740,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if info.float_mismatches:
             print(f"  warning: float layers differ from PyTorch on {info.float_mismatches} probes")
     else:
-        cinfo = export_c(deployed, args.c, shape)
+        cinfo = export_c(deployed, args.c, shape, target=args.target or "host")
         print(f"C for {where}: {cinfo.line()}")
         if cinfo.float_mismatches:
             print(f"  warning: float layers differ from PyTorch on {cinfo.float_mismatches} probes")
@@ -1058,6 +1060,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", metavar="FILE", help="write an ONNX file (needs the export extra)")
     p.add_argument("--qonnx", action="store_true", help="the QONNX flavour of --onnx")
     p.add_argument("--c", metavar="DIR", help="write C99 sources to DIR")
+    p.add_argument(
+        "--target",
+        choices=["host", "cortex-m4"],
+        help="with --c: host (default; main.c reads raw images) or cortex-m4 (a Makefile "
+        "for arm-none-eabi-gcc building model.o; README.md gives flash and RAM)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

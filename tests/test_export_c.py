@@ -1,11 +1,16 @@
-"""C export: builds with ``cc -std=c99 -O2 -Wall -Werror`` and gives the packed engine's
-logits bit for bit (so its predictions) on real images, for the MNIST BNN and CIFAR-10
-VGG-small-like BNNs (float first layer or binary encoder, DeSign thresholds, grouped convs,
-channel shuffles); portable and builtin popcounts agree; memory figures are consistent."""
+"""C export: builds with ``cc -std=c99 -O2 -Wall -Wextra -Werror -pedantic`` and gives the
+packed engine's logits bit for bit (so its predictions) on real images, for the MNIST BNN
+and CIFAR-10 VGG-small-like BNNs (float first layer or binary encoder, DeSign thresholds,
+grouped convs, channel shuffles, block-pruned compact models); portable and builtin
+popcounts agree; memory figures are consistent; binary weights cost their bits (within
+10 %); the arena is the largest input + output pair; single precision only; the
+Cortex-M4 target builds with ``arm-none-eabi-gcc`` where it is installed."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -13,10 +18,21 @@ import torch
 from conftest import SHARED_DATA
 from test_deploy_program import _calibrated
 
+from binsense.compress.prune import prune, remove_pruned
 from binsense.data import load_dataset
 from binsense.deploy import convert
+from binsense.deploy.program import PackedConv, PackedLinear, PlanesInput, Threshold, ToInt8
 from binsense.errors import BinsenseError
-from binsense.export.c import compile_c, export_c, find_compiler, generate_c, run_c
+from binsense.export.c import (
+    CORTEX_M4_CC,
+    build_cortex_m4,
+    compile_c,
+    export_c,
+    find_compiler,
+    generate_c,
+    run_c,
+)
+from binsense.export.common import op_shapes
 
 calibrated = _calibrated  # a model with random BN parameters (negative gammas too)
 
@@ -31,6 +47,25 @@ def real_images(dataset: str, n: int = 32) -> torch.Tensor:
 
 needs_cc = pytest.mark.skipif(find_compiler() is None, reason="no C compiler (cc, gcc, clang)")
 
+#: the compact grouped BNN (4 groups of 4, 8 and 16 channels after a 24-plane encoder):
+#: its groups start at bit offsets no word boundary meets
+GROUPED = ("compact_bnn", "cifar10", {"width": 0.25, "encoder": "nbc"})
+#: block-pruned to a quarter of its 16-channel units and reduced: groups of 4 and 8 channels
+PRUNED = ("compact_bnn", "cifar10", {"width": 0.5, "encoder": "nbc", "prune": 0.75})
+
+
+def model_for(name: str, dataset: str, options: dict) -> torch.nn.Module:
+    """``calibrated(name, dataset, **options)``; with ``prune``: that fraction of every
+    site's 16-channel units pruned (BN score) and removed, as a pruned checkpoint is."""
+    options = dict(options)
+    fraction = options.pop("prune", None)
+    model = calibrated(name, dataset, **options)
+    if fraction:
+        prune(model, fraction, block_size=16)
+        model = remove_pruned(model).eval()
+    return model
+
+
 FAMILIES = [
     ("mnist_bnn", "mnist", {"width": 0.25}),
     ("mnist_bnn", "mnist", {"width": 0.25, "design": "2x2", "design_coupled": True}),
@@ -38,13 +73,16 @@ FAMILIES = [
     ("vgg_small", "cifar10", {"width": 0.0625, "head": "float", "norm": "channel_affine"}),
     ("compact_bnn", "cifar10", {"width": 0.125, "encoder": "uniform"}),
     ("mnist_bnn", "mnist", {"width": 0.25, "encoder": "nbc"}),
+    GROUPED,
+    PRUNED,
+    ("compact_bnn", "cifar10", {"width": 0.125, "first_layer": "binary"}),  # ±1 float conv
 ]
 
 
 @needs_cc
 @pytest.mark.parametrize(("name", "dataset", "options"), FAMILIES)
 def test_compiled_c_equals_the_engine_bit_for_bit(name, dataset, options, tmp_path):
-    model = calibrated(name, dataset, **options)
+    model = model_for(name, dataset, options)
     deployed = convert(model)
     images = real_images(dataset, 24)
     info = export_c(deployed, tmp_path, tuple(images.shape[1:]))
@@ -70,14 +108,52 @@ def test_builtin_popcount_and_pedantic_build_agree(tmp_path):
     assert np.array_equal(a, b) and np.array_equal(a, deployed(images.float() / 255).numpy())
 
 
-def test_memory_figures_match_the_sources():
-    deployed = convert(calibrated("vgg_small", "cifar10", width=0.0625, groups=2))
+def arrays(header: str) -> dict[str, tuple[str, int]]:
+    """The ``const`` arrays of ``model.h``: name -> (C type, element count)."""
+    found = re.findall(r"static const (\w+) (\w+)\[(\d+)\]", header)
+    return {name: (ctype, int(n)) for ctype, name, n in found}
+
+
+SIZES = {"uint32_t": 4, "int32_t": 4, "float": 4, "int16_t": 2, "uint16_t": 2, "uint8_t": 1}
+
+
+def arena_words(deployed, shape: tuple) -> int:
+    """The largest input + output pair of the layers that store bits (the encoder's or
+    float first layer's signs, each threshold's output), in 32-bit words: computed from
+    the op shapes, not by the exporter."""
+    shapes = op_shapes(deployed, shape)
+    bits = [
+        int(np.prod(s))
+        for op, s in zip(deployed.ops, shapes, strict=True)
+        if isinstance(op, PlanesInput | ToInt8 | Threshold)
+    ]
+    words = [-(-b // 32) for b in bits]
+    return max([words[0]] + [a + b for a, b in zip(words, words[1:], strict=False)])
+
+
+@pytest.mark.parametrize(
+    ("name", "dataset", "options"),
+    [("vgg_small", "cifar10", {"width": 0.0625, "groups": 2}), GROUPED],
+)
+def test_memory_figures_match_the_sources(name, dataset, options):
+    deployed = convert(model_for(name, dataset, options))
     files, info = generate_c(deployed, (3, 32, 32))
     header = files["model.h"]
     arena = int(re.search(r"#define MODEL_ARENA_WORDS (\d+)", header).group(1))
-    assert info.activation_bytes == 8 * arena and "malloc" not in files["model.c"]
-    packed = sum(op.weight_words.numel() for op in deployed.ops if hasattr(op, "weight_words"))
-    assert info.weight_bytes >= 8 * packed  # packed words, plus thresholds and float parts
+    assert "static uint32_t arena[MODEL_ARENA_WORDS];" in files["model.c"]
+    assert "malloc" not in files["model.c"]
+    # the arena holds the largest input + output pair, not a fixed size
+    assert arena == arena_words(deployed, (3, 32, 32))
+    assert info.activation_bytes == 4 * arena
+    assert f"#define MODEL_ACTIVATION_BYTES {4 * arena}" in header
+    # every const array is counted once, and the binary weights are the L<k>_W bit streams
+    found = arrays(header)
+    assert info.weight_bytes == sum(SIZES[t] * n for t, n in found.values())
+    assert f"#define MODEL_WEIGHT_BYTES {info.weight_bytes}" in header
+    streams = [SIZES[t] * n for k, (t, n) in found.items() if re.fullmatch(r"L\d+_W", k)
+               and t == "uint32_t"]  # fmt: skip
+    assert info.binary_weight_bytes == sum(streams)
+    assert f"#define MODEL_BINARY_WEIGHT_BYTES {info.binary_weight_bytes}" in header
     assert info.binary_weights == sum(
         int(np.prod(op.weight_pm1.shape)) if hasattr(op, "weight_pm1") else
         op.weight_words.shape[0] * op.fan_in
@@ -99,3 +175,127 @@ def test_a_broken_build_is_one_line(tmp_path):
     with pytest.raises(BinsenseError, match="the C build failed"):
         compile_c(tmp_path)
     assert torch.__version__  # the environment is intact
+
+
+# ---------------------------------------------------------------- as small as its bits
+
+
+def stored_bits(deployed) -> int:
+    """The ±1 weights of the deployed binary layers, counted from the ops."""
+    return sum(
+        op.weight_pm1.numel()
+        if isinstance(op, PackedConv)
+        else op.weight_words.shape[0] * op.fan_in
+        for op in deployed.ops
+        if isinstance(op, PackedConv | PackedLinear)
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "dataset", "options"),
+    [
+        GROUPED,
+        PRUNED,
+        ("vgg_small", "cifar10", {"width": 0.125}),
+        ("cnv", "cifar10", {"width": 0.125}),
+        ("mnist_bnn", "mnist", {"width": 0.25}),
+    ],
+)
+def test_binary_weights_cost_their_bits_within_ten_percent(name, dataset, options):
+    deployed = convert(model_for(name, dataset, options))
+    shape = (1, 28, 28) if dataset == "mnist" else (3, 32, 32)
+    files, info = generate_c(deployed, shape)
+    bits = stored_bits(deployed)
+    streams = sum(4 * n for k, (t, n) in arrays(files["model.h"]).items()
+                  if re.fullmatch(r"L\d+_W", k) and t == "uint32_t")  # fmt: skip
+    assert streams == info.binary_weight_bytes
+    assert bits / 8 <= info.binary_weight_bytes <= 1.10 * bits / 8
+    # and the float first layer, thresholds and tables do not hide in another array
+    layers = sum(isinstance(op, PackedConv | PackedLinear) for op in deployed.ops)
+    assert info.binary_weight_bytes <= -(-bits // 8) + 4 * layers
+
+
+@needs_cc
+@pytest.mark.parametrize(
+    ("name", "dataset", "options"),
+    [
+        ("vgg_small", "cifar10", {"width": 0.0625, "head": "float", "design": "2x2x4_shift"}),
+        ("mnist_bnn", "mnist", {"width": 0.25}),
+        GROUPED,
+    ],
+)
+def test_model_c_is_single_precision(name, dataset, options, tmp_path):
+    deployed = convert(model_for(name, dataset, options))
+    shape = (1, 28, 28) if dataset == "mnist" else (3, 32, 32)
+    export_c(deployed, tmp_path, shape)
+    source = (tmp_path / "model.c").read_text() + (tmp_path / "model.h").read_text()
+    assert "double" not in source
+    # no implicit float -> double either (a float literal without f, a double libm call)
+    cmd = [find_compiler(), "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic",
+           "-Wdouble-promotion", "-c", "-o", str(tmp_path / "model.o"),
+           str(tmp_path / "model.c")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_cortex_m4_target_writes_an_object_build_and_its_memory(tmp_path):
+    deployed = convert(model_for(*GROUPED))
+    info = export_c(deployed, tmp_path, (3, 32, 32), target="cortex-m4")
+    assert sorted(info.files) == ["Makefile", "README.md", "model.c", "model.h"]  # no main.c
+    make = (tmp_path / "Makefile").read_text()
+    assert "CC = arm-none-eabi-gcc" in make
+    assert "-mcpu=cortex-m4 -mthumb -mfpu=fpv4-sp-d16 -mfloat-abi=hard" in make
+    assert "-c -o model.o model.c" in make and "main.c" not in make
+    readme = (tmp_path / "README.md").read_text()
+    flash = info.weight_bytes + info.code_bytes
+    ram = info.activation_bytes + info.stack_bytes
+    assert f"**{flash:,}**" in readme and f"**{ram:,}**" in readme
+    assert f"| {info.activation_bytes:,} |" in readme and f"| {info.weight_bytes:,} |" in readme
+    assert info.code_bytes > 1000 and info.stack_bytes >= 4 * 10
+    for option in ("BINSENSE_BUILTIN_POPCOUNT", "BSN_POPCOUNT32", "BSN_FMA"):
+        assert f"`{option}" in readme
+    host = generate_c(deployed, (3, 32, 32))[0]
+    assert "main.c" in host and "README.md" in host and "cc -std=c99" in host["README.md"]
+    assert host["model.c"] == (tmp_path / "model.c").read_text()  # one model, two builds
+    with pytest.raises(BinsenseError, match="unknown C target"):
+        generate_c(deployed, (3, 32, 32), target="avr")
+
+
+@pytest.mark.skipif(shutil.which(CORTEX_M4_CC) is None, reason="no arm-none-eabi-gcc")
+@pytest.mark.parametrize(
+    ("name", "dataset", "options"),
+    [GROUPED, PRUNED, ("vgg_small", "cifar10", {"width": 0.0625, "head": "float"})],
+)
+def test_cortex_m4_object_builds_and_its_sections_match(name, dataset, options, tmp_path,
+                                                        record_property):  # fmt: skip
+    deployed = convert(model_for(name, dataset, options))
+    info = export_c(deployed, tmp_path, (3, 32, 32), target="cortex-m4")
+    sizes = build_cortex_m4(tmp_path)
+    record_property("arm_size", sizes)
+    print(f"{name} {options}: .text {sizes['text']:,} B, .data {sizes['data']:,} B, .bss "
+          f"{sizes['bss']:,} B, stack frames {sizes['stack']:,} B (exporter: flash "
+          f"{info.weight_bytes + info.code_bytes:,}, arena {info.activation_bytes:,}, stack "
+          f"{info.stack_bytes:,})")  # fmt: skip
+    assert sizes["bss"] == info.activation_bytes and sizes["data"] == 0
+    assert info.weight_bytes < sizes["text"] <= info.weight_bytes + info.code_bytes
+    assert 0 < sizes["stack"] <= info.stack_bytes
+    undefined = subprocess.run(["arm-none-eabi-nm", "-u", str(tmp_path / "model.o")],
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "__aeabi_d" not in undefined  # no soft-float double routine: single precision
+
+
+def test_cli_exports_the_cortex_m4_target(tmp_path, capsys):
+    from binsense.cli import main
+    from binsense.deploy.fileformat import save_deployed
+
+    deployed = convert(calibrated("mnist_bnn", "mnist", width=0.25))
+    save_deployed(deployed, tmp_path / "m.bsd", meta={"dataset": "mnist"})
+    out = tmp_path / "c"
+    args = ["export", "--deployed", str(tmp_path / "m.bsd"), "--c", str(out)]
+    assert main([*args, "--target", "cortex-m4"]) == 0
+    assert "target cortex-m4" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["Makefile", "README.md", "model.c", "model.h"]
+    assert "arm-none-eabi-gcc" in (out / "Makefile").read_text()
+    assert main(["export", "--deployed", str(tmp_path / "m.bsd"), "--target", "cortex-m4",
+                 "--onnx", str(tmp_path / "m.onnx")]) == 2  # fmt: skip
+    assert "--target picks the flavour of --c DIR" in capsys.readouterr().err

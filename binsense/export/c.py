@@ -1,30 +1,46 @@
-r"""A deployed BNN as dependency-free C99: XNOR-popcount layers, no heap, no libm.
+r"""A deployed BNN as C99: XNOR-popcount layers, no heap (libm's ``fmaf`` for float parts).
 
 ``export_c(deployed, "out/", input_shape=(1, 28, 28))`` writes
 
 - ``model.h``: the API (``model_predict``, ``model_logits``, sizes as macros) and, inside
   ``#ifdef BINSENSE_MODEL_DATA`` (defined by ``model.c`` only), the model as ``const``
-  arrays: binary weights packed 64 to a ``uint64_t`` word, integer thresholds ``int32_t``
-  with their directions ``int8_t``, the float first layer and head parameters as exact
-  hexadecimal float literals;
+  arrays: each binary layer's weights as one dense bit stream of ``uint32_t`` words,
+  integer thresholds ``int16_t`` (``int32_t`` only for a fan-in of 32,767 or more) with
+  one direction bit each, a binary encoder's code table as bits, the float first layer
+  and head parameters as exact hexadecimal float literals;
 - ``model.c``: the layers and ``int model_predict(const uint8_t *image)`` /
   ``void model_logits(const uint8_t *image, float *logits)``; ``image`` is
   ``C x H x W`` bytes, channel-planar (the pixel values 0..255 the model was trained on);
-- ``main.c``: ``./model IMAGES.raw [--logits]`` reads raw images back to back and prints
-  one prediction (or the logits) per line;
-- ``Makefile``.
+- ``README.md``: flash (``const`` data + a code estimate) and RAM (arena + a stack
+  estimate), the build line and the ``-D`` options;
+- for ``target="host"`` (default): ``main.c``, ``./model IMAGES.raw [--logits]`` reads
+  raw images back to back and prints one prediction (or the logits) per line, and a
+  ``Makefile`` building it; for ``target="cortex-m4"``: a ``Makefile`` building
+  ``model.o`` with ``arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -mfpu=fpv4-sp-d16
+  -mfloat-abi=hard`` (no ``main``, no I/O: link it into a firmware).
+
+**As small as its bits.** A layer of :math:`C_{out}` filters of :math:`K` weights stores
+:math:`C_{out} K` bits in :math:`\lceil C_{out} K / 32 \rceil` words: the filters follow
+each other with no padding per tap, group or channel (an earlier layout padded each
+group's channels to a 64-bit word per tap, 2-5x the bits for the compact grouped and
+block-pruned models, whose groups are 4-16 channels wide). Block pruning
+(:mod:`binsense.compress.prune`) removes whole channels, so a pruned model is a smaller
+dense model here: nothing of it is stored. Activations are dense bit streams too.
 
 **Layers.** A binary conv computes, at each output position,
 :math:`y = 2\,\mathrm{popcount}(\overline{x \oplus w}) - K_{\text{valid}}` over the
 *in-bounds* taps only: skipping a padded tap is exactly PyTorch's zero padding (no border
 correction needed), with :math:`K_{\text{valid}}` the channels times the taps inside the
-image. The conv, its max-pool (recomputing the window's conv outputs) and its integer
-threshold are fused, so only packed bits are stored between layers: one static arena of
-``uint64_t`` words holds a layer's input at one end and its output at the other
-(``MODEL_ARENA_WORDS``, the peak activation memory, is printed at export). Channel
+image. A tap reads its group's ``cin_g`` bits at any bit offset of the input and of
+the weight stream (two words shifted together, ``bsn_get``); without groups, a kernel
+row's in-bounds taps are one run of bits. The conv, its max-pool (recomputing the
+window's conv outputs) and its integer threshold are fused, so only packed bits are
+stored between layers: one static arena of ``uint32_t`` words holds a layer's input at
+one end and its output at the other, sized to the largest such pair
+(``MODEL_ARENA_WORDS``, the peak activation memory, printed at export). Channel
 shuffles and flattening cost nothing: each layer writes its bits directly in the layout
-the next layer reads (per pixel, packed along each group's input channels; or flat in
-``C, H, W`` order for a fully connected layer).
+the next layer reads (per pixel along all channels, group ``g`` at ``g * cin_g``; or
+flat in ``C, H, W`` order for a fully connected layer).
 
 **Float parts.** A float first layer is computed in float32 from a per-channel table of
 the encoder's output for each of the 256 pixel values (exact: the encoder is
@@ -38,12 +54,15 @@ output). An FMA is ``BSN_FMA``, C99's ``fmaf`` by default (exact by definition; 
 arithmetic only, no float64. Do not compile with ``-ffast-math``: the float parts rely
 on IEEE float32 products and sums (no product is ever added in the same expression, so
 ``-ffp-contract`` changes nothing). A float linear classifier on ±1 inputs sums in index
-order, the engine's order: the logits equal the engine's bit for bit.
+order, the engine's order: the logits equal the engine's bit for bit. ``model.c`` builds
+clean under ``-Wdouble-promotion`` (the Cortex-M4 Makefile sets it): no ``double``.
+A float first conv with ±1 weights (``first_layer = "binary"`` on a float encoder)
+stores them as bits and multiplies by ``±1.0f``, the same values.
 
-**Popcount** is portable SWAR code (Hacker's Delight 5-1); define
-``BINSENSE_BUILTIN_POPCOUNT`` to use ``__builtin_popcountll`` (one instruction with
-``-mpopcnt`` on x86, ``CNT`` on AArch64), or define ``BSN_POPCOUNT64(x)`` yourself (an
-intrinsic of your core).
+**Popcount** is portable SWAR code on 32-bit words (Hacker's Delight 5-1: a Cortex-M4
+has no popcount instruction); define ``BINSENSE_BUILTIN_POPCOUNT`` to use
+``__builtin_popcountl`` (one instruction with ``-mpopcnt`` on x86, ``CNT`` on AArch64),
+or define ``BSN_POPCOUNT32(x)`` yourself (an intrinsic of your core).
 """
 
 from __future__ import annotations
@@ -61,7 +80,6 @@ import torch
 from torch import nn
 
 from binsense.deploy.program import (
-    WORD,
     DeployedModel,
     FlattenOp,
     FloatStage,
@@ -71,6 +89,7 @@ from binsense.deploy.program import (
     PlanesInput,
     Threshold,
     ToInt8,
+    unpack_bits,
 )
 from binsense.encoders.base import ADC_MAX, FloatEncoder, adc_code
 from binsense.errors import BinsenseError
@@ -84,7 +103,7 @@ from binsense.export.common import (
     op_shapes,
 )
 from binsense.io import atomic_write_text
-from binsense.layers.binary import BinaryConv2d
+from binsense.layers.binary import BinaryConv2d, is_binary_layer
 from binsense.layers.block import BinaryBlock
 from binsense.layers.design import DeSign
 from binsense.models.compact import ChannelShuffle, GlobalPool
@@ -96,7 +115,9 @@ MAX_ENUMERATION = 1 << 17
 
 @dataclass
 class CExportInfo:
-    """What the C export wrote, and its memory."""
+    """What the C export wrote, and its memory. ``binary_weights``: the ±1 weights of the
+    binary layers, as :class:`binsense.export.onnx.ExportInfo` and ``binsense summary``
+    count them (a binary encoder's code table is not counted)."""
 
     folder: str
     weight_bytes: int
@@ -105,13 +126,20 @@ class CExportInfo:
     binary_weights: int
     float_mismatches: int = 0
     files: list[str] = field(default_factory=list)
+    #: bytes of the binary weights' bit streams (within 4 bytes a layer of their bits / 8)
+    binary_weight_bytes: int = 0
+    #: ``host`` or ``cortex-m4`` (:data:`TARGETS`)
+    target: str = "host"
+    #: Cortex-M4 estimates (README.md): Thumb-2 code plus layer descriptors, and stack
+    code_bytes: int = 0
+    stack_bytes: int = 0
 
     def line(self) -> str:
         return (
-            f"wrote {', '.join(self.files)} to {self.folder}: weight memory "
-            f"{self.weight_bytes:,} bytes ({self.binary_weights:,} binary weights), peak "
-            f"activation buffer {self.activation_bytes:,} bytes (static), input image "
-            f"{self.input_bytes:,} bytes"
+            f"wrote {', '.join(self.files)} to {self.folder} (target {self.target}): weight "
+            f"memory {self.weight_bytes:,} bytes ({self.binary_weights:,} binary weights in "
+            f"{self.binary_weight_bytes:,} bytes), peak activation buffer "
+            f"{self.activation_bytes:,} bytes (static), input image {self.input_bytes:,} bytes"
         )
 
 
@@ -129,10 +157,9 @@ class _Data:
         flat = np.asarray(values).reshape(-1)
         if flat.size == 0:
             raise BinsenseError(f"an empty array {name} in the C export.")
-        if ctype == "uint64_t":
-            items = [f"0x{int(v) & (2**64 - 1):016x}u" for v in flat.astype(np.int64)]
-            items = [f"UINT64_C({s[:-1]})" for s in items]
-            size = 8
+        if ctype == "uint32_t":  # bit streams: hexadecimal words
+            items = [f"0x{int(v):08x}u" for v in flat.astype(np.uint32)]
+            size = 4
         elif ctype == "float":
             f32 = flat.astype(np.float32)
             if not np.all(np.isfinite(f32)):
@@ -140,7 +167,7 @@ class _Data:
             items = [_float_literal(float(v)) for v in f32]
             size = 4
         else:
-            size = {"int32_t": 4, "int8_t": 1, "uint16_t": 2}[ctype]
+            size = {"int32_t": 4, "int16_t": 2, "int8_t": 1, "uint16_t": 2, "uint8_t": 1}[ctype]
             items = [str(int(v)) for v in flat]
         self.bytes += size * flat.size
         body = ",\n".join(
@@ -148,6 +175,18 @@ class _Data:
         )  # fmt: skip
         self.lines.append(f"static const {ctype} {name}[{flat.size}] = {{\n{body}\n}};\n")
         return name
+
+
+def _stream(bits: np.ndarray) -> np.ndarray:
+    """Bools as one dense bit stream of ``uint32`` words: bit ``i`` is bit ``i % 32`` of
+    word ``i // 32``, with no padding but the last word's tail (0). Every binary array of
+    the export is one such stream, so it costs its bit count rounded up to 4 bytes,
+    whatever the group widths, kernel sizes or pruned channel counts."""
+    flat = np.asarray(bits, dtype=bool).reshape(-1)
+    words = -(-flat.size // 32)
+    padded = np.zeros(words * 32, dtype=bool)
+    padded[: flat.size] = flat
+    return np.packbits(padded, bitorder="little").view("<u4").astype(np.uint32)
 
 
 def _float_literal(v: float) -> str:
@@ -392,43 +431,26 @@ def _pool_params(name: str, pool: nn.MaxPool2d | None) -> tuple[int, int, int] |
 
 
 def _layout(consumer: _Layer, producer_shape: tuple) -> tuple[str, int]:
-    """``(C initializer of the bsn_layout the consumer reads, words)``."""
-    perm = "NULL"
-    if consumer.kind in ("bconv", "head_conv"):
-        op: PackedConv = consumer.params["op"]
-        c, h, w = producer_shape
-        g, cg = op.groups, op.in_per_group
-        wg = -(-cg // WORD)
-        return f"{{0, {h}, {w}, {g}, {cg}, {wg}, {perm}}}", h * w * g * wg
-    h, w = (producer_shape[1], producer_shape[2]) if len(producer_shape) == 3 else (1, 1)
+    """``(C initializer of the bsn_layout the consumer reads, words)``: a dense bit
+    stream, per pixel along all channels (a conv reads group ``g``'s channels at
+    ``g * cin_g``) or flat in ``C, H, W`` order (a fully connected layer); ``uint32``
+    words, no padding between pixels or groups (the arena holds the bits and no more)."""
     n = int(np.prod(producer_shape))
-    return f"{{1, {h}, {w}, 1, {n}, 0, {perm}}}", -(-n // WORD)
+    h, w = (producer_shape[1], producer_shape[2]) if len(producer_shape) == 3 else (1, 1)
+    flat = 0 if consumer.kind in ("bconv", "head_conv") else 1
+    return f"{{{flat}, {h}, {w}, {producer_shape[0]}, PERM}}", -(-n // 32)
 
 
 RUNTIME = r"""
 //@base
-/* ---- popcount: portable SWAR (Hacker's Delight 5-1), or your own BSN_POPCOUNT64 ---- */
-#ifndef BSN_POPCOUNT64
-#if defined(BINSENSE_BUILTIN_POPCOUNT) && (defined(__GNUC__) || defined(__clang__))
-#define BSN_POPCOUNT64(x) ((int32_t)__builtin_popcountll(x))
-#else
-static int32_t bsn_popcount64(uint64_t x) {
-    x = x - ((x >> 1) & UINT64_C(0x5555555555555555));
-    x = (x & UINT64_C(0x3333333333333333)) + ((x >> 2) & UINT64_C(0x3333333333333333));
-    x = (x + (x >> 4)) & UINT64_C(0x0F0F0F0F0F0F0F0F);
-    return (int32_t)((x * UINT64_C(0x0101010101010101)) >> 56);
-}
-#define BSN_POPCOUNT64(x) bsn_popcount64(x)
-#endif
-#endif
-
-/* y = x * a + b rounded once (a fused multiply-add, C99's fmaf: exact; one instruction
-   on an FPU with FMA). Define BSN_FMA to your core's intrinsic if fmaf is slow there. */
+/* y = x * a + b rounded once (a fused multiply-add, C99's fmaf: exact; one vfma.f32 on
+   a Cortex-M4F, vfmadd on x86 with -mfma). Define BSN_FMA to your core's intrinsic if
+   fmaf is slow there. All float arithmetic below is single precision. */
 #ifndef BSN_FMA
 #define BSN_FMA(x, a, b) fmaf((x), (a), (b))
 #endif
 
-static void bsn_clear(uint64_t *p, size_t n) {
+static void bsn_clear(uint32_t *p, size_t n) {
     size_t i;
     for (i = 0; i < n; ++i) p[i] = 0;
 }
@@ -440,42 +462,104 @@ static float bsn_affine(float x, float a, float b, int fused) {
     return t + b;
 }
 
-/* Where a layer writes bit (c, y, x): per pixel, packed along each group's channels
-   (flat = 0), or flat in C, H, W order (flat = 1). perm: channel shuffles. */
-typedef struct { int flat, h, w, groups, cg, wg; const uint16_t *perm; } bsn_layout;
+/* Where a layer writes bit (c, y, x) of its output, a dense bit stream of uint32 words:
+   per pixel along all channels, bit (y * w + x) * c_all + c (flat = 0, a conv reads it),
+   or in C, H, W order, bit (c * h + y) * w + x (flat = 1). perm8 / perm16: channel
+   shuffles (uint8_t up to 256 channels), or NULL. */
+typedef struct { int flat, h, w, c; const uint8_t *perm8; const uint16_t *perm16; } bsn_layout;
 
-static void bsn_put(const bsn_layout *L, uint64_t *out, int c, int y, int x) {
+static void bsn_put(const bsn_layout *L, uint32_t *out, int c, int y, int x) {
     size_t i;
-    if (L->perm) c = L->perm[c];
-    if (L->flat) {
+    if (L->perm8) c = L->perm8[c];
+    else if (L->perm16) c = L->perm16[c];
+    if (L->flat)
         i = ((size_t)c * (size_t)L->h + (size_t)y) * (size_t)L->w + (size_t)x;
-        out[i >> 6] |= (uint64_t)1 << (i & 63);
-    } else {
-        int g = c / L->cg, j = c % L->cg;
-        i = ((size_t)(y * L->w + x) * (size_t)L->groups + (size_t)g) * (size_t)L->wg
-            + (size_t)(j >> 6);
-        out[i] |= (uint64_t)1 << (j & 63);
-    }
+    else
+        i = ((size_t)y * (size_t)L->w + (size_t)x) * (size_t)L->c + (size_t)c;
+    out[i >> 5] |= (uint32_t)1 << (i & 31);
 }
 
+//@bit
+static int bsn_bit(const uint32_t *p, size_t i) {
+    return (int)((p[i >> 5] >> (i & 31)) & 1u);
+}
+
+//@match
+/* ---- popcount: portable SWAR (Hacker's Delight 5-1), or your own BSN_POPCOUNT32 ---- */
+#ifndef BSN_POPCOUNT32
+#if defined(BINSENSE_BUILTIN_POPCOUNT) && (defined(__GNUC__) || defined(__clang__))
+#define BSN_POPCOUNT32(x) ((int32_t)__builtin_popcountl((unsigned long)(x)))
+#else
+static int32_t bsn_popcount32(uint32_t x) {
+    x = x - ((x >> 1) & UINT32_C(0x55555555));
+    x = (x & UINT32_C(0x33333333)) + ((x >> 2) & UINT32_C(0x33333333));
+    x = (x + (x >> 4)) & UINT32_C(0x0F0F0F0F);
+    return (int32_t)((uint32_t)(x * UINT32_C(0x01010101)) >> 24);
+}
+#define BSN_POPCOUNT32(x) bsn_popcount32(x)
+#endif
+#endif
+
+/* n (1..32) bits of the stream p from bit pos in the low bits (the bits above them are
+   the stream's next ones or 0: the caller masks); reads no word beyond the one holding
+   bit pos + n - 1 */
+static uint32_t bsn_get(const uint32_t *p, size_t pos, int n) {
+    size_t i = pos >> 5;
+    int s = (int)(pos & 31);
+    uint32_t v = p[i] >> s;
+    if (s + n > 32) v |= p[i + 1] << (32 - s);
+    return v;
+}
+
+/* how many of the n bits of stream a from bit pa equal those of b from bit pb:
+   the popcount of their XNOR. Both at word boundaries (channels in multiples of 32):
+   whole words; else two words shifted together per 32 bits */
+static int32_t bsn_match(const uint32_t *a, size_t pa, const uint32_t *b, size_t pb,
+                         int32_t n) {
+    int32_t pop = 0;
+    uint32_t m = 0xFFFFFFFFu;
+    if (((pa | pb) & 31) == 0) {
+        const uint32_t *x = a + (pa >> 5), *y = b + (pb >> 5);
+        for (; n >= 32; n -= 32) pop += BSN_POPCOUNT32((uint32_t)~(*x++ ^ *y++));
+        if (n > 0) pop += BSN_POPCOUNT32((uint32_t)~(*x ^ *y) & (((uint32_t)1 << n) - 1));
+        return pop;
+    }
+    while (n > 0) {
+        int k = n < 32 ? (int)n : 32;
+        if (k < 32) m = ((uint32_t)1 << k) - 1;
+        pop += BSN_POPCOUNT32((uint32_t)~(bsn_get(a, pa, k) ^ bsn_get(b, pb, k)) & m);
+        pa += 32;
+        pb += 32;
+        n -= 32;
+    }
+    return pop;
+}
+
+//@thr_type
+/* integer thresholds of a layer, one per channel and position class (tm, tn): int16 or
+   int32 (t16 or t32), and the direction bits (up: 1 -> y >= tau, 0 -> y <= tau) */
+typedef struct { const int16_t *t16; const int32_t *t32; const uint32_t *up; int tm, tn; } bsn_thr;
+
 //@threshold
-static int bsn_threshold(int32_t y, const int32_t *tau, const int8_t *flip, int idx) {
-    return flip[idx] > 0 ? y >= tau[idx] : y <= tau[idx];
+static int bsn_threshold(const bsn_thr *T, int32_t y, int idx) {
+    int32_t tau = T->t16 ? (int32_t)T->t16[idx] : T->t32[idx];
+    return ((T->up[idx >> 5] >> (idx & 31)) & 1u) ? y >= tau : y <= tau;
 }
 
 //@planes
-/* ---- a binary encoder: ADC code -> planes, by its code table ---- */
-typedef struct { int c, h, w, k, wk; const uint64_t *table; bsn_layout out; } bsn_planes;
+/* ---- a binary encoder: ADC code -> planes, by its code table (a bit stream) ---- */
+typedef struct { int c, h, w, k; const uint32_t *table; bsn_layout out; } bsn_planes;
 
-static void bsn_run_planes(const bsn_planes *P, const uint8_t *img, uint64_t *out) {
+static void bsn_run_planes(const bsn_planes *P, const uint8_t *img, uint32_t *out) {
     int y, x, c, k;
     for (y = 0; y < P->h; ++y)
         for (x = 0; x < P->w; ++x)
             for (c = 0; c < P->c; ++c) {
                 int code = img[((size_t)c * P->h + y) * P->w + x];
-                const uint64_t *t = P->table + ((size_t)c * 256 + code) * P->wk;
+                size_t row = ((size_t)c * 256 + (size_t)code) * (size_t)P->k;
                 for (k = 0; k < P->k; ++k)
-                    if ((t[k >> 6] >> (k & 63)) & 1) bsn_put(&P->out, out, c * P->k + k, y, x);
+                    if (bsn_bit(P->table, row + (size_t)k))
+                        bsn_put(&P->out, out, c * P->k + k, y, x);
             }
 }
 
@@ -491,7 +575,8 @@ typedef struct {
 typedef struct {
     bsn_geom g;
     const float *enc;   /* [C_in][256]: the encoder's output for each pixel value */
-    const float *w;     /* [C_out][C_in / groups][k_h][k_w] */
+    const float *w;     /* [C_out][C_in / groups][k_h][k_w], or NULL: */
+    const uint32_t *wbits;  /* ±1 weights as bits (1: +1.0f), same order, or NULL */
     const float *bias;  /* [C_out] or NULL */
     const float *a, *b; int fused;
     const float *shift; int sm, sn;  /* DeSign (C_out, m, n) or NULL */
@@ -512,7 +597,8 @@ static float bsn_fconv_at(const bsn_fconv *L, const uint8_t *img, int o, int y, 
             if (ix < 0 || ix >= G->in_w) continue;
             for (ci = 0; ci < G->cin_g; ++ci) {
                 int c = c0 + ci;
-                float w = L->w[(((size_t)o * G->cin_g + ci) * G->kh + i) * G->kw + j];
+                size_t wi = (((size_t)o * G->cin_g + ci) * G->kh + i) * G->kw + j;
+                float w = L->w ? L->w[wi] : ((L->wbits[wi >> 5] >> (wi & 31)) & 1u) ? 1.0f : -1.0f;
                 float v = L->enc[(size_t)c * 256 + img[((size_t)c * G->in_h + iy) * G->in_w + ix]];
                 acc = BSN_FMA(v, w, acc);
             }
@@ -522,7 +608,7 @@ static float bsn_fconv_at(const bsn_fconv *L, const uint8_t *img, int o, int y, 
     return acc;
 }
 
-static void bsn_run_fconv(const bsn_fconv *L, const uint8_t *img, uint64_t *out) {
+static void bsn_run_fconv(const bsn_fconv *L, const uint8_t *img, uint32_t *out) {
     const bsn_geom *G = &L->g;
     int o, y, x, a, b;
     for (o = 0; o < G->cout; ++o)
@@ -555,35 +641,46 @@ static void bsn_run_fconv(const bsn_fconv *L, const uint8_t *img, uint64_t *out)
 /* ---- a binary conv on packed bits, zero padding exactly as PyTorch: skipped taps ---- */
 typedef struct {
     bsn_geom g;
-    int wg;              /* words per group's input channels */
-    const uint64_t *w;   /* [C_out][k_h][k_w][wg], padding bits 1 */
-    const int32_t *tau; const int8_t *flip; int tm, tn;  /* thresholds (C_out, m, n) */
+    const uint32_t *w;  /* bit stream [C_out][k_h][k_w][cin_g]: C_out * fan-in bits */
+    bsn_thr t;          /* thresholds (C_out, tm, tn); NULL in a head */
     bsn_layout out;
 } bsn_bconv;
 
-static int32_t bsn_bconv_at(const bsn_bconv *L, const uint64_t *in, int o, int y, int x) {
+/* y = 2 popcount(xnor) - K_valid over the taps inside the image. A tap's cin_g bits are
+   contiguous in the input (pixel-major) and in the weights; without groups, so are a
+   kernel row's in-bounds taps: one run each */
+static int32_t bsn_bconv_at(const bsn_bconv *L, const uint32_t *in, int o, int y, int x) {
     const bsn_geom *G = &L->g;
-    int grp = o / (G->cout / G->groups), i, j, k, taps = 0;
-    int32_t pop = 0;
-    const uint64_t *w = L->w + (size_t)o * G->kh * G->kw * L->wg;
+    int grp = o / (G->cout / G->groups), i, j, cin = G->groups * G->cin_g;
+    int x0 = x * G->sw - G->pw, j0 = x0 < 0 ? -x0 : 0;
+    int j1 = G->in_w - x0 < G->kw ? G->in_w - x0 : G->kw;
+    int32_t pop = 0, bits = 0;
+    size_t wo = (size_t)o * (size_t)G->kh * (size_t)G->kw * (size_t)G->cin_g;
     for (i = 0; i < G->kh; ++i) {
         int iy = y * G->sh - G->ph + i;
-        if (iy < 0 || iy >= G->in_h) continue;
-        for (j = 0; j < G->kw; ++j) {
-            int ix = x * G->sw - G->pw + j;
-            const uint64_t *a, *b;
-            if (ix < 0 || ix >= G->in_w) continue;
-            a = in + ((size_t)(iy * G->in_w + ix) * G->groups + grp) * L->wg;
-            b = w + (size_t)(i * G->kw + j) * L->wg;
-            for (k = 0; k < L->wg; ++k) pop += BSN_POPCOUNT64(~(a[k] ^ b[k]));
-            ++taps;
+        size_t a, b;
+        if (iy < 0 || iy >= G->in_h || j1 <= j0) continue;
+        a = ((size_t)iy * (size_t)G->in_w + (size_t)(x0 + j0)) * (size_t)cin
+            + (size_t)grp * (size_t)G->cin_g;
+        b = wo + (size_t)(i * G->kw + j0) * (size_t)G->cin_g;
+        if (G->groups == 1) {
+            int32_t n = (int32_t)(j1 - j0) * G->cin_g;
+            pop += bsn_match(in, a, L->w, b, n);
+            bits += n;
+        } else {
+            for (j = j0; j < j1; ++j) {
+                pop += bsn_match(in, a, L->w, b, G->cin_g);
+                bits += G->cin_g;
+                a += (size_t)cin;
+                b += (size_t)G->cin_g;
+            }
         }
     }
-    return 2 * pop - taps * G->cin_g;
+    return 2 * pop - bits;
 }
 
 //@bconv_run
-static int32_t bsn_bconv_pooled(const bsn_bconv *L, const uint64_t *in, int o, int y, int x) {
+static int32_t bsn_bconv_pooled(const bsn_bconv *L, const uint32_t *in, int o, int y, int x) {
     const bsn_geom *G = &L->g;
     int a, b, first = 1;
     int32_t v = 0;
@@ -600,46 +697,41 @@ static int32_t bsn_bconv_pooled(const bsn_bconv *L, const uint64_t *in, int o, i
     return v;
 }
 
-static void bsn_run_bconv(const bsn_bconv *L, const uint64_t *in, uint64_t *out) {
+static void bsn_run_bconv(const bsn_bconv *L, const uint32_t *in, uint32_t *out) {
     const bsn_geom *G = &L->g;
     int o, y, x;
     for (o = 0; o < G->cout; ++o)
         for (y = 0; y < G->out_h; ++y)
             for (x = 0; x < G->out_w; ++x) {
                 int32_t v = bsn_bconv_pooled(L, in, o, y, x);
-                int idx = (o * L->tm + y % L->tm) * L->tn + x % L->tn;
-                if (bsn_threshold(v, L->tau, L->flip, idx)) bsn_put(&L->out, out, o, y, x);
+                int idx = (o * L->t.tm + y % L->t.tm) * L->t.tn + x % L->t.tn;
+                if (bsn_threshold(&L->t, v, idx)) bsn_put(&L->out, out, o, y, x);
             }
 }
 
 //@blin_at
 /* ---- a binary fully connected layer on flat bits ---- */
 typedef struct {
-    int n_in, n_out, words;
-    const uint64_t *w;   /* [n_out][words], padding bits 1 */
-    const int32_t *tau; const int8_t *flip;
+    int n_in, n_out;
+    const uint32_t *w;  /* bit stream [n_out][n_in] */
+    bsn_thr t;          /* thresholds (n_out); NULL in a head */
     bsn_layout out;
 } bsn_blin;
 
-static int32_t bsn_blin_at(const bsn_blin *L, const uint64_t *in, int o) {
-    const uint64_t *w = L->w + (size_t)o * L->words;
-    int32_t pop = 0;
-    int k;
-    for (k = 0; k < L->words; ++k) pop += BSN_POPCOUNT64(~(in[k] ^ w[k]));
-    return 2 * pop - L->n_in;
+static int32_t bsn_blin_at(const bsn_blin *L, const uint32_t *in, int o) {
+    return 2 * bsn_match(in, 0, L->w, (size_t)o * (size_t)L->n_in, L->n_in) - L->n_in;
 }
 
 //@blin_run
-static void bsn_run_blin(const bsn_blin *L, const uint64_t *in, uint64_t *out) {
+static void bsn_run_blin(const bsn_blin *L, const uint32_t *in, uint32_t *out) {
     int o;
     for (o = 0; o < L->n_out; ++o)
-        if (bsn_threshold(bsn_blin_at(L, in, o), L->tau, L->flip, o))
-            bsn_put(&L->out, out, o, 0, 0);
+        if (bsn_threshold(&L->t, bsn_blin_at(L, in, o), o)) bsn_put(&L->out, out, o, 0, 0);
 }
 
 //@head_lin
 static void bsn_head_lin(const bsn_blin *L, const float *a, const float *b, int fused,
-                         const uint64_t *in, float *logits) {
+                         const uint32_t *in, float *logits) {
     int o;
     for (o = 0; o < L->n_out; ++o)
         logits[o] = bsn_affine((float)bsn_blin_at(L, in, o), a[o], b[o], fused);
@@ -648,7 +740,7 @@ static void bsn_head_lin(const bsn_blin *L, const float *a, const float *b, int 
 //@head_conv
 /* ---- a binary 1x1 conv head, global pool (sum or mean), norm ---- */
 static void bsn_head_conv(const bsn_bconv *L, int mean, const float *a, const float *b,
-                          int fused, const uint64_t *in, float *logits) {
+                          int fused, const uint32_t *in, float *logits) {
     const bsn_geom *G = &L->g;
     int o, y, x;
     for (o = 0; o < G->cout; ++o) {
@@ -665,14 +757,13 @@ static void bsn_head_conv(const bsn_bconv *L, int mean, const float *a, const fl
 //@head_float
 /* ---- a float linear head on ±1 bits ---- */
 static void bsn_head_float(int n_in, int n_out, const float *w, const float *bias,
-                           const float *a, const float *b, int fused, const uint64_t *in,
+                           const float *a, const float *b, int fused, const uint32_t *in,
                            float *logits) {
     int o, i;
     for (o = 0; o < n_out; ++o) {
         float acc = 0.0f;
         const float *row = w + (size_t)o * n_in;
-        for (i = 0; i < n_in; ++i)
-            acc = ((in[i >> 6] >> (i & 63)) & 1) ? acc + row[i] : acc - row[i];
+        for (i = 0; i < n_in; ++i) acc = bsn_bit(in, (size_t)i) ? acc + row[i] : acc - row[i];
         if (bias) acc = acc + bias[o];
         logits[o] = a ? bsn_affine(acc, a[o], b[o], fused) : acc;
     }
@@ -682,19 +773,19 @@ static void bsn_head_float(int n_in, int n_out, const float *w, const float *bia
 #: Runtime chunks each layer kind needs (a static function left unused is an error
 #: under -Wall -Werror).
 _NEEDS = {
-    "planes": ("planes",),
+    "planes": ("bit", "planes"),
     "fconv": ("geom", "fconv"),
-    "bconv": ("geom", "threshold", "bconv_at", "bconv_run"),
-    "blin": ("threshold", "blin_at", "blin_run"),
-    "head_lin": ("blin_at", "head_lin"),
-    "head_conv": ("geom", "bconv_at", "head_conv"),
-    "head_float": ("head_float",),
+    "bconv": ("geom", "match", "thr_type", "threshold", "bconv_at", "bconv_run"),
+    "blin": ("match", "thr_type", "threshold", "blin_at", "blin_run"),
+    "head_lin": ("match", "thr_type", "blin_at", "head_lin"),
+    "head_conv": ("geom", "match", "thr_type", "bconv_at", "head_conv"),
+    "head_float": ("bit", "head_float"),
 }
 
 
 def _runtime(kinds: set[str]) -> str:
     """The runtime chunks the layer ``kinds`` need, in order."""
-    wanted = {"base"} | {chunk for kind in kinds for chunk in _NEEDS[kind]}
+    wanted = _chunks(kinds)
     parts = RUNTIME.split("//@")
     keep = [part.split("\n", 1)[1] for part in parts[1:] if part.split("\n", 1)[0] in wanted]
     return "".join(keep)
@@ -735,16 +826,72 @@ int main(int argc, char **argv) {
 }
 """
 
-MAKEFILE = """# Generated by binsense. `make` builds ./model;
-# `make CFLAGS+=-DBINSENSE_BUILTIN_POPCOUNT` uses the compiler's popcount.
+#: The targets of :func:`export_c`: ``host`` (a program: ``main.c`` reads raw images) and
+#: ``cortex-m4`` (``model.o`` for a Cortex-M4F firmware: no ``main``, no I/O).
+TARGETS = ("host", "cortex-m4")
+
+#: The strict C99 flags every export builds under (warnings are errors).
+STRICT_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+
+#: The Cortex-M4F cross compiler and its flags: Thumb-2, the single-precision FPv4 FPU
+#: (``fmaf`` is one ``vfma.f32``), hard-float calling convention.
+CORTEX_M4_CC = "arm-none-eabi-gcc"
+CORTEX_M4_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"]
+
+#: ``-Wdouble-promotion`` makes any float64 arithmetic in ``model.c`` a build error (an
+#: FPv4-SP has no double unit: a double would be a slow software routine); the section
+#: flags let the linker drop what a firmware does not call; ``-fstack-usage`` writes
+#: ``model.su``, each function's stack frame.
+CORTEX_M4_EXTRA = ["-Wdouble-promotion", "-ffunction-sections", "-fdata-sections",
+                   "-fstack-usage"]  # fmt: skip
+
+MAKEFILE = """# Generated by binsense. `make` builds ./model (main.c reads raw images).
+# `make DEFS=-DBINSENSE_BUILTIN_POPCOUNT` uses the compiler's popcount (README.md: options).
 # Keep IEEE float semantics (no -ffast-math).
 CC ?= cc
-CFLAGS ?= -std=c99 -O2 -Wall -Wextra -Werror
+CFLAGS ?= {flags}
+DEFS ?=
 model: main.c model.c model.h
-\t$(CC) $(CFLAGS) -o model main.c model.c -lm
+\t$(CC) $(CFLAGS) $(DEFS) -o model main.c model.c -lm
 clean:
 \trm -f model
 """
+
+MAKEFILE_CORTEX_M4 = """# Generated by binsense: model.o for a Cortex-M4F (Thumb-2, FPv4-SP FPU).
+# `make` builds model.o and prints its sections; model.su lists each function's stack.
+# Link model.o into your firmware and call model_predict / model_logits (README.md).
+# `make DEFS=-DBSN_POPCOUNT32=my_popcount` etc.: README.md lists the options.
+# Keep IEEE float semantics (no -ffast-math).
+CC = {cc}
+SIZE = arm-none-eabi-size
+ARCH = {arch}
+CFLAGS = {flags}
+DEFS =
+model.o: model.c model.h
+\t$(CC) $(ARCH) $(CFLAGS) $(DEFS) -c -o model.o model.c
+\t$(SIZE) model.o
+clean:
+\trm -f model.o model.su
+"""
+
+#: Thumb-2 code bytes of each runtime chunk at ``-O2`` (arm-none-eabi-gcc 12.2,
+#: ``CORTEX_M4_FLAGS``), measured on exports that use it, rounded up: the code estimate
+#: of README.md. ``model_logits`` adds about ``_CALL_BYTES`` a layer.
+_CODE_BYTES = {
+    "base": 120, "bit": 32, "match": 392, "thr_type": 0, "threshold": 64, "planes": 184,
+    "geom": 0, "fconv": 424, "bconv_at": 384, "bconv_run": 408, "blin_at": 40,
+    "blin_run": 112, "head_lin": 96, "head_conv": 128, "head_float": 120, "api": 64,
+}  # fmt: skip
+_CALL_BYTES = 28
+
+#: Bytes of each layer descriptor (a ``const`` struct) with 4-byte ints and pointers.
+_DESCRIPTOR_BYTES = {"planes": 44, "fconv": 136, "bconv": 120, "head_conv": 120,
+                     "blin": 56, "head_lin": 56, "head_float": 0}  # fmt: skip
+
+#: The deepest call chain's stack (model_predict -> model_logits -> a layer -> its
+#: popcount), measured with ``-fstack-usage`` as above and rounded up, without the
+#: logits array (4 bytes a class, added).
+_STACK_BYTES = 512
 
 
 def _geom(op_or_conv: Any, in_shape: tuple, conv_shape: tuple, pool, out_shape: tuple) -> str:
@@ -763,13 +910,18 @@ def _geom(op_or_conv: Any, in_shape: tuple, conv_shape: tuple, pool, out_shape: 
     )
 
 
-def _threshold_data(data: _Data, prefix: str, th: Threshold) -> tuple[str, str, int, int]:
+def _threshold_data(data: _Data, prefix: str, th: Threshold) -> str:
+    """The ``bsn_thr`` initializer of ``th``: thresholds as ``int16_t`` where they fit
+    (any fan-in below 32,767), else ``int32_t``; the directions as one bit each."""
     tau, flip = th.tau.cpu().numpy(), th.flip.cpu().numpy()
-    if np.abs(tau).max(initial=0) >= 1 << 31:
+    big = int(np.abs(tau).max(initial=0))
+    if big >= 1 << 31:
         raise BinsenseError(f"{prefix}: thresholds beyond int32.")
     m, n = (tau.shape[1], tau.shape[2]) if tau.ndim == 3 else (1, 1)
-    return (data.array(f"{prefix}_TAU", "int32_t", tau), data.array(f"{prefix}_FLIP", "int8_t",
-            flip), m, n)  # fmt: skip
+    t16 = data.array(f"{prefix}_TAU", "int16_t", tau) if big < 1 << 15 else "NULL"
+    t32 = data.array(f"{prefix}_TAU", "int32_t", tau) if big >= 1 << 15 else "NULL"
+    up = data.array(f"{prefix}_UP", "uint32_t", _stream(flip > 0))
+    return f"{{{t16}, {t32}, {up}, {m}, {n}}}"
 
 
 def _affine_data(data: _Data, prefix: str, form: Affine) -> tuple[str, str, int]:
@@ -777,15 +929,29 @@ def _affine_data(data: _Data, prefix: str, form: Affine) -> tuple[str, str, int]
             form.b), int(form.fused))  # fmt: skip
 
 
+def _binary_stream(data: _Data, name: str, bits: np.ndarray) -> tuple[str, int]:
+    """A binary layer's weights as one bit stream (``_stream``): its name and bytes."""
+    words = _stream(bits)
+    return data.array(name, "uint32_t", words), 4 * words.size
+
+
+NO_THRESHOLDS = "{NULL, NULL, NULL, 1, 1}"
+NO_LAYOUT = "{0, 1, 1, 1, NULL, NULL}"
+
+
 def generate_c(
-    deployed: DeployedModel, input_shape: tuple[int, int, int]
+    deployed: DeployedModel, input_shape: tuple[int, int, int], target: str = "host"
 ) -> tuple[dict[str, str], CExportInfo]:
-    """The C files of ``deployed`` (name -> text) and their memory figures."""
+    """The C files of ``deployed`` for ``target`` (name -> text, :data:`TARGETS`) and
+    their memory figures."""
+    if target not in TARGETS:
+        raise BinsenseError(f"unknown C target {target!r}: one of {', '.join(TARGETS)}.")
     low = _Lowering(deployed, input_shape)
     data = _Data()
     decls: list[str] = []
     body: list[str] = []
     binary_weights = 0
+    binary_bytes = 0
     c, h, w = low.input_shape
     # one arena: layer k writes at its start (k even) or end (k odd), reading the other
     layouts = [
@@ -798,32 +964,39 @@ def generate_c(
     for k, layer in enumerate(low.layers):
         p = f"L{k}"
         layout, n_out = layouts[k]
+        perms = "NULL, NULL"
         if k + 1 < len(low.layers) and low.layers[k + 1].in_perm is not None:
             perm = low.layers[k + 1].in_perm.astype(np.int64)
-            layout = layout.replace("NULL", data.array(f"{p}_PERM", "uint16_t", perm))
+            if perm.max(initial=0) < 1 << 8:  # a byte a channel where it fits
+                perms = f"{data.array(f'{p}_PERM', 'uint8_t', perm)}, NULL"
+            else:
+                perms = f"NULL, {data.array(f'{p}_PERM', 'uint16_t', perm)}"
+        layout = layout.replace("PERM", perms)
         src = dst
         dst = "arena" if k % 2 == 0 else f"arena + MODEL_ARENA_WORDS - {n_out}"
         if layer.produces_bits:
             body.append(f"    bsn_clear({dst}, {n_out});")
         prm = layer.params
         if layer.kind == "planes":
-            table = prm["table"]  # (C, 256, K) bool
+            table = prm["table"]  # (C, 256, K) bool: one bit stream, K bits a code
             if not torch.equal(adc_code(torch.arange(256.0).div_(255.0)), torch.arange(256.0)):
                 raise BinsenseError("the ADC code of pixel p / 255 is not p on this machine.")
             ch, _, kk = table.shape
-            wk = -(-kk // WORD)
-            padded = np.zeros((ch, 256, wk * WORD), dtype=bool)
-            padded[..., :kk] = table
-            weights = (padded.reshape(ch, 256, wk, WORD).astype(np.uint64)
-                       << np.arange(WORD, dtype=np.uint64)).sum(-1, dtype=np.uint64)  # fmt: skip
-            t = data.array(f"{p}_TABLE", "uint64_t", weights.view(np.int64))
-            decls.append(f"static const bsn_planes {p} = {{{ch}, {h}, {w}, {kk}, {wk}, {t}, "
+            t = data.array(f"{p}_TABLE", "uint32_t", _stream(table))
+            decls.append(f"static const bsn_planes {p} = {{{ch}, {h}, {w}, {kk}, {t}, "
                          f"{layout}}};")  # fmt: skip
             body.append(f"    bsn_run_planes(&{p}, image, {dst});")
         elif layer.kind == "fconv":
             conv = prm["conv"]
+            if is_binary_layer(conv):  # binary weights on real pixels (CExportInfo)
+                binary_weights += int(conv.weight.numel())
             enc = data.array(f"{p}_ENC", "float", prm["table"])
-            wt = data.array(f"{p}_W", "float", prm["weight"])
+            weight = prm["weight"]
+            if np.all(np.abs(weight) == 1):  # ±1 weights: bits, expanded to ±1.0f (exact)
+                wt, wbits = "NULL", f"{p}_W"
+                binary_bytes += _binary_stream(data, wbits, weight > 0)[1]
+            else:
+                wt, wbits = data.array(f"{p}_W", "float", weight), "NULL"
             bias = "NULL" if prm["bias"] is None else data.array(f"{p}_BIAS", "float", prm["bias"])
             a, b, fused = _affine_data(data, p, prm["affine"])
             shift, sm, sn = "NULL", 1, 1
@@ -831,43 +1004,46 @@ def generate_c(
                 shift = data.array(f"{p}_SHIFT", "float", prm["shift"])
                 sm, sn = prm["shift"].shape[1:]
             geom = _geom(conv, layer.in_shape, prm["conv_shape"], prm["pool"], layer.out_shape)
-            decls.append(f"static const bsn_fconv {p} = {{{geom}, {enc}, {wt}, {bias}, "
+            decls.append(f"static const bsn_fconv {p} = {{{geom}, {enc}, {wt}, {wbits}, {bias}, "
                          f"{a}, {b}, {fused}, {shift}, {sm}, {sn}, "
                          f"{layout}}};")  # fmt: skip
             body.append(f"    bsn_run_fconv(&{p}, image, {dst});")
         elif layer.kind in ("bconv", "head_conv"):
             op: PackedConv = prm["op"]
             binary_weights += op.weight_pm1.numel()
-            wt = data.array(f"{p}_W", "uint64_t", op.weight_words.cpu().numpy())
-            wg = op.weight_words.shape[-1]
+            # C_out x k_h x k_w x cin_g bits, one stream: no per-tap or per-group padding
+            bits = unpack_bits(op.weight_words.cpu(), op.in_per_group, -1).numpy()
+            wt, size = _binary_stream(data, f"{p}_W", bits)
+            binary_bytes += size
             geom = _geom(op, layer.in_shape, prm["conv_shape"], prm["pool"],
                          layer.out_shape if layer.kind == "bconv"
                          else prm["conv_shape"])  # fmt: skip
             if layer.kind == "bconv":
-                tau, flip, tm, tn = _threshold_data(data, p, prm["threshold"])
-                decls.append(f"static const bsn_bconv {p} = {{{geom}, {wg}, {wt}, {tau}, {flip}, "
-                             f"{tm}, {tn}, {layout}}};")  # fmt: skip
+                thr = _threshold_data(data, p, prm["threshold"])
+                decls.append(f"static const bsn_bconv {p} = {{{geom}, {wt}, {thr}, {layout}}};")
                 body.append(f"    bsn_run_bconv(&{p}, {src}, {dst});")
             else:
                 a, b, fused = _affine_data(data, p, prm["affine"])
-                decls.append(f"static const bsn_bconv {p} = {{{geom}, {wg}, {wt}, NULL, NULL, "
-                             "1, 1, {0, 1, 1, 1, 1, 0, NULL}};")  # fmt: skip
+                decls.append(f"static const bsn_bconv {p} = {{{geom}, {wt}, {NO_THRESHOLDS}, "
+                             f"{NO_LAYOUT}}};")  # fmt: skip
                 body.append(f"    bsn_head_conv(&{p}, {int(prm['mean'])}, {a}, {b}, {fused}, "
                             f"{src}, logits);")  # fmt: skip
         elif layer.kind in ("blin", "head_lin"):
             op: PackedLinear = prm["op"]  # type: ignore[no-redef]
             n_out, n_words = op.weight_words.shape
             binary_weights += n_out * op.fan_in
-            wt = data.array(f"{p}_W", "uint64_t", op.weight_words.cpu().numpy())
+            bits = unpack_bits(op.weight_words.cpu(), op.fan_in, -1).numpy()  # n_out x fan_in
+            wt, size = _binary_stream(data, f"{p}_W", bits)
+            binary_bytes += size
             if layer.kind == "blin":
-                tau, flip, _, _ = _threshold_data(data, p, prm["threshold"])
-                decls.append(f"static const bsn_blin {p} = {{{op.fan_in}, {n_out}, {n_words}, "
-                             f"{wt}, {tau}, {flip}, {layout}}};")  # fmt: skip
+                thr = _threshold_data(data, p, prm["threshold"])
+                decls.append(f"static const bsn_blin {p} = {{{op.fan_in}, {n_out}, {wt}, {thr}, "
+                             f"{layout}}};")  # fmt: skip
                 body.append(f"    bsn_run_blin(&{p}, {src}, {dst});")
             else:
                 a, b, fused = _affine_data(data, p, prm["affine"])
-                decls.append(f"static const bsn_blin {p} = {{{op.fan_in}, {n_out}, {n_words}, "
-                             f"{wt}, NULL, NULL, {{0, 1, 1, 1, 1, 0, NULL}}}};")  # fmt: skip
+                decls.append(f"static const bsn_blin {p} = {{{op.fan_in}, {n_out}, {wt}, "
+                             f"{NO_THRESHOLDS}, {NO_LAYOUT}}};")  # fmt: skip
                 body.append(f"    bsn_head_lin(&{p}, {a}, {b}, {fused}, {src}, logits);")
         elif layer.kind == "head_float":
             weight = prm["weight"]
@@ -879,15 +1055,29 @@ def generate_c(
             body.append(f"    bsn_head_float({weight.shape[1]}, {weight.shape[0]}, {wt}, {bias}, "
                         f"{a}, {b}, {fused}, {src}, logits);")  # fmt: skip
     classes = low.layers[-1].out_shape[0]
-    header = _header(low.input_shape, classes, arena, data)
-    runtime = _runtime({layer.kind for layer in low.layers})
-    source = _source(decls, body, runtime)
-    info = CExportInfo("", data.bytes, arena * 8, c * h * w, binary_weights, low.float_mismatches)
-    files = {"model.h": header, "model.c": source, "main.c": MAIN_C, "Makefile": MAKEFILE}
+    kinds = {layer.kind for layer in low.layers}
+    header = _header(low.input_shape, classes, arena, data, binary_bytes)
+    source = _source(decls, body, _runtime(kinds))
+    info = CExportInfo("", data.bytes, arena * 4, c * h * w, binary_weights, low.float_mismatches)
+    info.binary_weight_bytes = binary_bytes
+    info.target = target
+    info.code_bytes = (sum(_CODE_BYTES[chunk] for chunk in _chunks(kinds) | {"api"})
+                       + _CALL_BYTES * len(low.layers)
+                       + sum(_DESCRIPTOR_BYTES[layer.kind] for layer in low.layers))  # fmt: skip
+    info.stack_bytes = _STACK_BYTES + 4 * classes
+    files = {"model.h": header, "model.c": source}
+    if target == "host":
+        files["main.c"] = MAIN_C
+        files["Makefile"] = MAKEFILE.format(flags=" ".join(STRICT_FLAGS))
+    else:
+        files["Makefile"] = MAKEFILE_CORTEX_M4.format(
+            cc=CORTEX_M4_CC, arch=" ".join(CORTEX_M4_FLAGS),
+            flags=" ".join(STRICT_FLAGS + CORTEX_M4_EXTRA))  # fmt: skip
+    files["README.md"] = _readme(info, low.input_shape, classes, len(low.layers))
     return files, info
 
 
-def _header(shape: tuple, classes: int, arena: int, data: _Data) -> str:
+def _header(shape: tuple, classes: int, arena: int, data: _Data, binary_bytes: int) -> str:
     c, h, w = shape
     return f"""/* A binary neural network exported by binsense (binsense.export.c). C99, no heap.
    model.c defines BINSENSE_MODEL_DATA before including this file; other files see the API. */
@@ -902,11 +1092,13 @@ def _header(shape: tuple, classes: int, arena: int, data: _Data) -> str:
 /* one image: C x H x W bytes, channel-planar, pixel values 0..255 */
 #define MODEL_INPUT_BYTES {c * h * w}
 #define MODEL_CLASSES {classes}
-/* peak activation memory: one static arena of packed bits */
+/* peak activation memory: one static arena of packed bits (uint32_t words), the largest
+   input + output pair of a layer */
 #define MODEL_ARENA_WORDS {arena}
-#define MODEL_ACTIVATION_BYTES {arena * 8}
-/* all const arrays below */
+#define MODEL_ACTIVATION_BYTES {arena * 4}
+/* all const arrays below; of which the binary weights (bit streams) */
 #define MODEL_WEIGHT_BYTES {data.bytes}
+#define MODEL_BINARY_WEIGHT_BYTES {binary_bytes}
 
 /* The class of one image (the first largest logit). */
 int model_predict(const uint8_t *image);
@@ -922,7 +1114,8 @@ void model_logits(const uint8_t *image, float *logits);
 
 
 def _source(decls: list[str], body: list[str], runtime: str) -> str:
-    return f"""/* A binary neural network exported by binsense (binsense.export.c). C99, no heap. */
+    return f"""/* A binary neural network exported by binsense (binsense.export.c). C99, no heap,
+   float32 arithmetic only. */
 #define BINSENSE_MODEL_DATA
 #include "model.h"
 
@@ -932,7 +1125,7 @@ def _source(decls: list[str], body: list[str], runtime: str) -> str:
 /* ---- the layers ---- */
 {chr(10).join(decls)}
 
-static uint64_t arena[MODEL_ARENA_WORDS];
+static uint32_t arena[MODEL_ARENA_WORDS];
 
 void model_logits(const uint8_t *image, float *logits) {{
 {chr(10).join(body)}
@@ -949,12 +1142,92 @@ int model_predict(const uint8_t *image) {{
 """
 
 
+def _readme(info: CExportInfo, shape: tuple, classes: int, layers: int) -> str:
+    """README.md of an export: what it is, its flash and RAM, how to build it, options."""
+    c, h, w = shape
+    flash = info.weight_bytes + info.code_bytes
+    ram = info.activation_bytes + info.stack_bytes
+    bits = info.binary_weights
+    if info.target == "host":
+        build = (
+            "```sh\nmake            # or:\ncc " + " ".join(STRICT_FLAGS)
+            + " -o model main.c model.c -lm\n./model IMAGES.raw [--logits]\n```\n\n"
+            "`./model` reads raw images (`MODEL_INPUT_BYTES` each) back to back and prints "
+            "one prediction (or the logits) per line."
+        )  # fmt: skip
+    else:
+        build = (
+            f"```sh\nmake            # or:\n{CORTEX_M4_CC} {' '.join(CORTEX_M4_FLAGS)} \\\n"
+            f"    {' '.join(STRICT_FLAGS + CORTEX_M4_EXTRA)} \\\n    -c -o model.o model.c\n"
+            "```\n\n`make` also prints the sections (`arm-none-eabi-size`); `model.su` gives "
+            "each function's stack frame. Link `model.o` into your firmware: it needs no "
+            "`main`, no I/O and no heap, only libc's `memset` (GCC turns the clearing of "
+            "the arena into it) and libm's `fmaf` where the compiler does not inline it "
+            "(GCC emits one `vfma.f32`)."
+        )  # fmt: skip
+    return f"""# A binary neural network in C99 (binsense export, target `{info.target}`)
+
+`model.h` declares the API, `model.c` holds the {layers} layers and their data
+(`#include "model.h"` from your code):
+
+```c
+int model_predict(const uint8_t *image);              /* the class, 0..{classes - 1} */
+void model_logits(const uint8_t *image, float *logits);  /* MODEL_CLASSES floats */
+```
+
+`image`: {c} x {h} x {w} bytes (`MODEL_INPUT_BYTES` = {info.input_bytes:,}), channel-planar,
+the pixel values 0..255 the model was trained on. The logits equal the binsense engine's
+bit for bit. Not reentrant: one static activation arena.
+
+## Memory (computed by the exporter)
+
+| | bytes | |
+|---|---:|---|
+| flash: `const` data | {info.weight_bytes:,} | `MODEL_WEIGHT_BYTES`: all the arrays |
+| of which binary weights | {info.binary_weight_bytes:,} | {bits:,} ±1 weights: {bits / 8:,.0f} B |
+| flash: code and layer tables (estimate) | {info.code_bytes:,} | Thumb-2, `-O2` |
+| **flash, total (estimate)** | **{flash:,}** | |
+| RAM: activation arena (`.bss`) | {info.activation_bytes:,} | `MODEL_ACTIVATION_BYTES` |
+| RAM: stack (estimate) | {info.stack_bytes:,} | deepest call, logits included |
+| **RAM, total (estimate)** | **{ram:,}** | the input image is the caller's |
+
+The estimates are for a Cortex-M4 (`arm-none-eabi-gcc -O2`); `arm-none-eabi-size model.o`
+gives the exact `.text` (code, `const` data), `.data` and `.bss`.
+
+## Build
+
+{build}
+
+Keep IEEE float semantics: no `-ffast-math` (clang: add `-ffp-contract=off`). The code
+is C99 with float32 arithmetic only (`-Wdouble-promotion` is clean).
+
+## Options (`-D`, e.g. `make DEFS="-DBINSENSE_BUILTIN_POPCOUNT"`)
+
+- `BINSENSE_BUILTIN_POPCOUNT`: popcounts by `__builtin_popcountl` (GCC, clang): one
+  instruction with `-mpopcnt` on x86 or `CNT` on AArch64. A Cortex-M4 has no popcount
+  instruction (GCC calls libgcc's `__popcountsi2`): keep the portable default there
+  (SWAR, Hacker's Delight 5-1, inlined).
+- `BSN_POPCOUNT32(x)`: your own popcount of a `uint32_t` (an intrinsic of your core).
+- `BSN_FMA(x, a, b)`: your own exact fused multiply-add `x * a + b` in float
+  (default: C99 `fmaf`, one `vfma.f32` on the Cortex-M4F).
+"""
+
+
+def _chunks(kinds: set[str]) -> set[str]:
+    """The runtime chunks of ``kinds`` (:data:`_NEEDS`), with the base."""
+    return {"base"} | {chunk for kind in kinds for chunk in _NEEDS[kind]}
+
+
 def export_c(
-    deployed: DeployedModel, folder: str | os.PathLike, input_shape: tuple[int, int, int]
+    deployed: DeployedModel,
+    folder: str | os.PathLike,
+    input_shape: tuple[int, int, int],
+    target: str = "host",
 ) -> CExportInfo:
-    """Write ``model.h``, ``model.c``, ``main.c`` and a ``Makefile`` to ``folder``
-    (module docstring); each file atomically."""
-    files, info = generate_c(deployed, tuple(input_shape))
+    """Write the C files of ``target`` (:data:`TARGETS`) to ``folder``, each atomically:
+    ``model.h``, ``model.c``, ``README.md`` (memory figures, build line, options) and a
+    ``Makefile``; ``main.c`` for the host (module docstring)."""
+    files, info = generate_c(deployed, tuple(input_shape), target)
     folder = Path(folder)
     for name, text in files.items():
         atomic_write_text(folder / name, text)
@@ -976,19 +1249,48 @@ def find_compiler() -> str | None:
 
 def compile_c(folder: str | os.PathLike, flags: list[str] | None = None,
               out: str = "model") -> Path:  # fmt: skip
-    """Compile an export with ``cc -std=c99 -O2 -Wall -Werror`` (plus ``flags``); the
-    binary's path. One line of error when no compiler is found or the build fails."""
+    """Compile a host export with ``cc -std=c99 -O2 -Wall -Wextra -Werror -pedantic``
+    (:data:`STRICT_FLAGS`, plus ``flags``); the binary's path. One line of error when no
+    compiler is found or the build fails."""
     cc = find_compiler()
     if cc is None:
         raise BinsenseError("no C compiler found (set CC or install cc/gcc/clang).")
     folder = Path(folder)
-    cmd = [cc, "-std=c99", "-O2", "-Wall", "-Werror", *(flags or []), "-o", str(folder / out),
+    cmd = [cc, *STRICT_FLAGS, *(flags or []), "-o", str(folder / out),
            str(folder / "main.c"), str(folder / "model.c"), "-lm"]  # fmt: skip
+    _build(cmd)
+    return folder / out
+
+
+def _build(cmd: list[str]) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         first = (done.stderr.strip().splitlines() or ["(no output)"])[0]
         raise BinsenseError(f"the C build failed: {first}")
-    return folder / out
+    return done
+
+
+def build_cortex_m4(folder: str | os.PathLike, flags: list[str] | None = None) -> dict[str, int]:
+    """Compile an export's ``model.c`` into ``model.o`` for a Cortex-M4F as its Makefile
+    does (:data:`CORTEX_M4_CC`, :data:`CORTEX_M4_FLAGS`, strict flags, plus ``flags``) and
+    measure it with ``arm-none-eabi-size``: ``{"text", "data", "bss"}`` bytes and
+    ``"stack"``, the sum of the frames of ``model.su`` (a bound on the deepest call
+    chain: the code has no recursion). One line of error without the toolchain or when
+    the build fails."""
+    folder = Path(folder)
+    size = CORTEX_M4_CC.replace("gcc", "size")
+    if shutil.which(CORTEX_M4_CC) is None or shutil.which(size) is None:
+        raise BinsenseError(f"no {CORTEX_M4_CC} / {size} found (the GNU Arm toolchain).")
+    obj = folder / "model.o"
+    _build([CORTEX_M4_CC, *CORTEX_M4_FLAGS, *STRICT_FLAGS, *CORTEX_M4_EXTRA, *(flags or []),
+            "-c", "-o", str(obj), str(folder / "model.c")])  # fmt: skip
+    line = _build([size, str(obj)]).stdout.strip().splitlines()[-1].split()
+    stack = 0
+    su = folder / "model.su"
+    if su.is_file():
+        frames = [int(f.split("\t")[1]) for f in su.read_text().splitlines() if "\t" in f]
+        stack = sum(frames)
+    return {"text": int(line[0]), "data": int(line[1]), "bss": int(line[2]), "stack": stack}
 
 
 def run_c(binary: str | os.PathLike, images: np.ndarray, logits: bool = False) -> np.ndarray:
@@ -1009,7 +1311,9 @@ def run_c(binary: str | os.PathLike, images: np.ndarray, logits: bool = False) -
 
 
 __all__ = [
+    "TARGETS",
     "CExportInfo",
+    "build_cortex_m4",
     "compile_c",
     "export_c",
     "find_compiler",
