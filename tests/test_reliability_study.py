@@ -742,16 +742,27 @@ def _phase(folder: Path, study) -> str:
     return "evaluating"
 
 
+#: The soak's study: every training prunes (gradual block pruning, the blocks removed
+#: at the end) and distils from a float teacher (a hidden training, trained first), and
+#: every condition is evaluated through the deployed integer program (``engine``).
+SOAK_TRAIN = """\
+prune = { target = 0.5, block_size = 8, every = 5 }
+distill = { teacher = { model = "mnist_bnn_float" } }
+"""
+
+
 @pytest.mark.slow
 def test_kill_9_soak(tmp_path):
-    """At least 20 SIGKILLs at random moments (start-up, training, checkpoint writes,
-    evaluation, store writes). The study is driven to completion through the kills, in as
-    many fresh folders (cycles) as it takes; every finished store must equal that of an
-    uninterrupted run, with no temporary file left behind.
+    """At least 20 SIGKILLs at random moments (start-up, teacher and student training,
+    pruning, checkpoint writes, evaluation through the packed engine, store writes) on a
+    study that prunes, distils and evaluates through the engine (:data:`SOAK_TRAIN`).
+    The study is driven to completion through the kills, in as many fresh folders
+    (cycles) as it takes; every finished store must equal that of an uninterrupted run,
+    with no temporary file left behind.
 
     ``BINSENSE_SOAK_KILLS`` (default 24) and ``BINSENSE_SOAK_SEED`` (default 15) set the
     number of kills and the random seed; the summary line is printed (``-s``) and written
-    to ``$BINSENSE_SOAK_REPORT`` if set.
+    to ``$BINSENSE_SOAK_REPORT`` if set (``benchmarks/soak_kill9.py`` runs it).
     """
     seed = int(os.environ.get("BINSENSE_SOAK_SEED", "15"))
     kills_wanted = int(os.environ.get("BINSENSE_SOAK_KILLS", "24"))
@@ -759,6 +770,7 @@ def test_kill_9_soak(tmp_path):
     data = make_imagefolder(tmp_path / "imgs", classes=2, train=120, test=3)
     path = write_study(
         tmp_path / "soak.toml", data, epochs=3, grid="seed = [0, 1, 2]", draws=3, delay=0.1,
+        train=SOAK_TRAIN, presets='engine = "binsense"\n',
     )  # fmt: skip
     study = load_study(path)
     total = len(study.trainings) * study.draws_per_run
