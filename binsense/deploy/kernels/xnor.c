@@ -976,6 +976,60 @@ __attribute__((target("avx2,fma"))) static void float_conv_fma(const float *x, c
 }
 #endif
 
+#ifdef XNOR_X86
+/* O / G a multiple of 8: blocks of up to 64 output channels whose accumulators stay in 8
+   ymm registers across a position's taps; _mm256_fmadd_ps rounds once, as fmaf, and each
+   output takes the same taps in the same order, so the bits are float_conv_body's. */
+__attribute__((target("avx2,fma"))) static void float_conv_blocked(const float *x,
+                                                                     const float *w,
+                                                                     const float *bias,
+                                                                     float *y, const int64_t *d) {
+    const int64_t N = d[0], C = d[1], H = d[2], W = d[3], O = d[4], G = d[5], KH = d[6];
+    const int64_t KW = d[7], SH = d[8], SW = d[9], PH = d[10], PW = d[11], HO = d[12];
+    const int64_t WO = d[13], cg = C / G, og = O / G, taps = KH * KW * cg;
+    float tmp[64];
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t ob = 0; ob < og; ob += 64) {
+                const int nv = (int)((og - ob < 64 ? og - ob : 64) / 8);
+                for (int64_t oy = 0; oy < HO; oy++)
+                    for (int64_t ox = 0; ox < WO; ox++) {
+                        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0,
+                               a5 = a0, a6 = a0, a7 = a0;
+                        for (int64_t i = 0; i < KH; i++) {
+                            const int64_t iy = oy * SH - PH + i;
+                            if (iy < 0 || iy >= H) continue;
+                            for (int64_t j = 0; j < KW; j++) {
+                                const int64_t ix = ox * SW - PW + j;
+                                if (ix < 0 || ix >= W) continue;
+                                const float *xp = x + ((n * C + g * cg) * H + iy) * W + ix;
+                                const float *wt = w + (g * taps + (i * KW + j) * cg) * og + ob;
+                                for (int64_t c = 0; c < cg; c++, wt += og) {
+                                    const __m256 v = _mm256_broadcast_ss(xp + c * H * W);
+                                    a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(wt), a0);
+                                    if (nv > 1) a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(wt + 8), a1);
+                                    if (nv > 2) a2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(wt + 16), a2);
+                                    if (nv > 3) a3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(wt + 24), a3);
+                                    if (nv > 4) a4 = _mm256_fmadd_ps(v, _mm256_loadu_ps(wt + 32), a4);
+                                    if (nv > 5) a5 = _mm256_fmadd_ps(v, _mm256_loadu_ps(wt + 40), a5);
+                                    if (nv > 6) a6 = _mm256_fmadd_ps(v, _mm256_loadu_ps(wt + 48), a6);
+                                    if (nv > 7) a7 = _mm256_fmadd_ps(v, _mm256_loadu_ps(wt + 56), a7);
+                                }
+                            }
+                        }
+                        _mm256_storeu_ps(tmp, a0), _mm256_storeu_ps(tmp + 8, a1);
+                        _mm256_storeu_ps(tmp + 16, a2), _mm256_storeu_ps(tmp + 24, a3);
+                        _mm256_storeu_ps(tmp + 32, a4), _mm256_storeu_ps(tmp + 40, a5);
+                        _mm256_storeu_ps(tmp + 48, a6), _mm256_storeu_ps(tmp + 56, a7);
+                        float *out = y + ((n * O + g * og + ob) * HO + oy) * WO + ox;
+                        const float *bb = bias ? bias + g * og + ob : NULL;
+                        for (int o = 0; o < nv * 8; o++)
+                            out[o * HO * WO] = bb ? tmp[o] + bb[o] : tmp[o];
+                    }
+            }
+}
+#endif
+
 /* d: N, C, H, W, O, G, KH, KW, SH, SW, PH, PW, HO, WO. Returns 0, or 1 when out of memory.
  * Both paths give the same bits (fmaf is exact: correctly rounded by its definition). */
 int xnor_float_conv(const float *x, const float *w, const float *bias, float *y,
@@ -984,7 +1038,9 @@ int xnor_float_conv(const float *x, const float *w, const float *bias, float *y,
     if (!acc) return 1;
 #ifdef XNOR_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && (d[4] / d[5]) % 8 == 0)
+        float_conv_blocked(x, w, bias, y, d);
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         float_conv_fma(x, w, bias, y, acc, d);
     else
 #endif
