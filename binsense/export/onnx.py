@@ -510,6 +510,12 @@ class GraphBuilder:
             return self.node(op, [x], base, axes=[2, 3], keepdims=0), 0
         raise BinsenseError(f"{base}: a {type(m).__name__} module does not export to ONNX.")
 
+    def binary_conv(self, x: str, op: PackedConv, name: str) -> str:
+        """A packed conv as one ``Conv`` on ±1 values (every output an integer, exact in
+        float32 whatever the summation order)."""
+        w = self.binary_weight(name, pm1_weight(op))
+        return self.node("Conv", [x, w], name, group=op.groups, **conv_attrs(op))
+
     def _count_weights(self, m: nn.Module, n: int) -> None:
         """``n`` weights of ``m`` written as float taps (:meth:`fma_conv`,
         :meth:`ordered_linear`): binary weights if ``m`` is a binary layer
@@ -561,11 +567,7 @@ class GraphBuilder:
             elif isinstance(op, PackedConv):
                 if op.fan_in >= FLOAT_EXACT:
                     raise BinsenseError(f"{name}: fan-in {op.fan_in} is too large for float32.")
-                w = self.binary_weight(name, pm1_weight(op))
-                x = self.node(
-                    "Conv", [x, w], name, strides=list(op.stride), pads=[*op.padding,
-                    *op.padding], group=op.groups, kernel_shape=list(op.kernel),
-                )  # fmt: skip
+                x = self.binary_conv(x, op, name)
                 integer_in = op.fan_in
             elif isinstance(op, PackedLinear):
                 w = self.binary_weight(name, np.ascontiguousarray(pm1_weight(op).T))
@@ -609,6 +611,12 @@ def _children(m: nn.Module, base: str) -> list[tuple[str, nn.Module]]:
             for leaf in _children(child, f"{base}_{name}")
         ]
     return [(base, m)]
+
+
+def conv_attrs(op: PackedConv) -> dict[str, list[int]]:
+    """A packed conv's ``Conv`` attributes, ``group`` aside."""
+    return {"strides": list(op.stride), "pads": [*op.padding, *op.padding],
+            "kernel_shape": list(op.kernel)}  # fmt: skip
 
 
 def write_model(model: Any, path: str | os.PathLike, builder: GraphBuilder) -> ExportInfo:

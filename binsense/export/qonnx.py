@@ -44,10 +44,16 @@ from typing import Any
 
 import numpy as np
 
-from binsense.deploy.program import DeployedModel, PlanesInput, Threshold
+from binsense.deploy.program import DeployedModel, PackedConv, PlanesInput, Threshold
 from binsense.errors import BinsenseError
-from binsense.export.common import threshold_arrays
-from binsense.export.onnx import ExportInfo, GraphBuilder, require_onnx, write_model
+from binsense.export.common import pm1_weight, threshold_arrays
+from binsense.export.onnx import (
+    ExportInfo,
+    GraphBuilder,
+    conv_attrs,
+    require_onnx,
+    write_model,
+)
 
 #: The QONNX custom-op domain (``qonnx.custom_op.general``).
 QONNX_DOMAIN = "qonnx.custom_op.general"
@@ -64,80 +70,25 @@ class QonnxBuilder(GraphBuilder):
         super().__init__()
         self.opsets[QONNX_DOMAIN] = 1
 
-    def program(self, deployed: DeployedModel, input_shape: tuple[int, int, int]) -> Any:
-        """The QONNX model of ``deployed``: the standard program, its grouped convs split
-        (:meth:`split_grouped_convs`)."""
-        model = super().program(deployed, input_shape)
-        self.split_grouped_convs(model.graph)
-        return model
-
-    def split_grouped_convs(self, graph: Any) -> None:
-        """Rewrite each grouped ``Conv`` that is not depthwise (qonnx's lowering handles
-        ``group`` 1 and ``group = C_in = C_out`` only), in place: per group a ``Slice`` of
-        the input channels (which keeps qonnx's ``BIPOLAR`` datatype) and a ``Conv`` (its
-        weights: a ``BipolarQuant`` of the group's float ±1 initializer, or the group's
-        float initializer), then one ``Concat``."""
-        from onnx import helper, numpy_helper
-
-        inits = {i.name: i for i in graph.initializer}
-        producer = {out: n for n in graph.node for out in n.output}
-        nodes: list = []
-        dropped: set[str] = set()
-        for node in graph.node:
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            g = int(attrs.get("group", 1))
-            if node.op_type != "Conv" or g == 1:
-                nodes.append(node)
-                continue
-            quant = producer.get(node.input[1])
-            if quant is not None and quant.op_type == "BipolarQuant" and quant.input[0] in inits:
-                w_init = inits[quant.input[0]]
-            else:
-                quant, w_init = None, inits.get(node.input[1])
-            if w_init is None:  # weights computed in the graph: not written by the export
-                nodes.append(node)
-                continue
-            w = numpy_helper.to_array(w_init)
-            og, cg = w.shape[0] // g, w.shape[1]
-            if og == 1 and cg == 1:  # depthwise: qonnx lowers it
-                nodes.append(node)
-                continue
-            bias = numpy_helper.to_array(inits[node.input[2]]) if len(node.input) > 2 else None
-            base = node.output[0]
-            axis = self.name(f"{base}_axis")
-            graph.initializer.append(numpy_helper.from_array(np.array([1]), axis))
-            outs = []
-            for i in range(g):
-                bounds = [self.name(f"{base}_g{i}_{end}") for end in ("start", "end")]
-                for name, at in zip(bounds, (i * cg, (i + 1) * cg), strict=True):
-                    graph.initializer.append(numpy_helper.from_array(np.array([at]), name))
-                part = self.name(f"{base}_in_g{i}")
-                nodes.append(helper.make_node("Slice", [node.input[0], *bounds, axis], [part]))
-                w_name = self.name(f"{base}_g{i}_w_float" if quant else f"{base}_g{i}_w")
-                graph.initializer.append(numpy_helper.from_array(w[i * og : (i + 1) * og], w_name))
-                if quant is not None:
-                    quantized = self.name(f"{base}_g{i}_w")
-                    nodes.append(helper.make_node("BipolarQuant", [w_name, quant.input[1]],
-                                                  [quantized], domain=QONNX_DOMAIN))  # fmt: skip
-                    w_name = quantized
-                inputs = [part, w_name]
-                if bias is not None:
-                    inputs.append(self.name(f"{base}_g{i}_bias"))
-                    graph.initializer.append(
-                        numpy_helper.from_array(bias[i * og : (i + 1) * og], inputs[-1])
-                    )
-                outs.append(self.name(f"{base}_g{i}"))
-                nodes.append(helper.make_node("Conv", inputs, [outs[-1]], **{**attrs, "group": 1}))
-            nodes.append(helper.make_node("Concat", outs, [base], axis=1))
-            dropped.update(node.input[1:] if quant is None else [quant.output[0], w_init.name])
-            if len(node.input) > 2:
-                dropped.add(node.input[2])
-        kept = [n for n in nodes if not (n.op_type == "BipolarQuant" and n.output[0] in dropped)]
-        del graph.node[:]
-        graph.node.extend(kept)
-        unused = [i for i in graph.initializer if i.name in dropped]
-        for init in unused:
-            graph.initializer.remove(init)
+    def binary_conv(self, x: str, op: PackedConv, name: str) -> str:
+        """A packed conv as a dense or depthwise ``Conv`` (qonnx's ``LowerConvsToMatMul``
+        lowers no other grouping): a grouped one is, per group, a ``Slice`` of its input
+        channels (which keeps qonnx's ``BIPOLAR`` datatype) and a ``Conv``, then one
+        ``Concat``."""
+        g, cg = op.groups, op.in_per_group
+        og = op.out_channels // g
+        if g == 1 or (og == 1 and cg == 1):
+            return super().binary_conv(x, op, name)
+        pm1 = pm1_weight(op)
+        axis = self.const(f"{name}_axis", np.array([1]))
+        outs = []
+        for i in range(g):
+            start = self.const(f"{name}_g{i}_start", np.array([i * cg]))
+            end = self.const(f"{name}_g{i}_end", np.array([(i + 1) * cg]))
+            part = self.node("Slice", [x, start, end, axis], f"{name}_in_g{i}")
+            w = self.binary_weight(f"{name}_g{i}", pm1[i * og : (i + 1) * og])
+            outs.append(self.node("Conv", [part, w], f"{name}_g{i}", group=1, **conv_attrs(op)))
+        return self.node("Concat", outs, name, axis=1)
 
     def sign(self, x: str, base: str = "sign") -> str:
         """``BipolarQuant(x, 1.0)``."""
