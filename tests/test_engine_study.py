@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from binsense.study import runner as runner_module
+from binsense.study import execute as runner_module
 from binsense.study.runner import run_study
 from binsense.study.schema import StudyFileError, load_study
 

@@ -562,7 +562,7 @@ class TestFullDiskWhileTraining:
         """A library that wraps the OSError, or keeps only its text (torch's C++ errors):
         still the environment, so the study stops instead of failing each grid point."""
         from binsense.io import WriteError
-        from binsense.study import runner
+        from binsense.study import execute as runner
 
         def wrapped(*args, **kwargs):
             try:
@@ -611,7 +611,7 @@ class TestDivergence:
         assert "failed:" in capsys.readouterr().out
 
     def test_a_loss_that_becomes_nan_fails_the_training(self, tmp_path, shared_data, monkeypatch):
-        from binsense.study import runner
+        from binsense.study import execute as runner
 
         def nan_loss(*args, **kwargs):  # what the trainer raises when the loss is not finite
             raise BinsenseError(
@@ -627,7 +627,7 @@ class TestDivergence:
         assert summary.trained == summary.evaluated == 0
 
     def test_inf_batch_norm_statistics_fail_the_training(self, tmp_path, shared_data, monkeypatch):
-        from binsense.study import runner
+        from binsense.study import execute as runner
 
         real = runner.train
 

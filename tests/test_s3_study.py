@@ -204,7 +204,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_data: str) -> Path:
 def _recording_train(monkeypatch, calls: list[str], stop: str | None = None):
     """Replace the runner's ``train``: record each call's run id; for the run ``stop``,
     train one epoch, then raise KeyboardInterrupt (an interrupted process)."""
-    import binsense.study.runner as runner
+    import binsense.study.execute as runner
 
     real = train  # binsense.train.train, whatever the runner holds now
 

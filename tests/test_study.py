@@ -367,7 +367,7 @@ def test_rerun_skips_everything(finished, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished study must not train again")
 
-    monkeypatch.setattr("binsense.study.runner.train", no_training)
+    monkeypatch.setattr("binsense.study.execute.train", no_training)
     summary = run_study(finished, progress=False)
     assert (summary.trained, summary.evaluated) == (0, 0)
     assert summary.skipped == len(study.trainings) * (1 + study.draws_per_run)
@@ -378,7 +378,7 @@ def test_rerun_skips_everything(finished, monkeypatch):
 
 
 def test_trained_runs_are_loaded_not_retrained_for_new_conditions(finished, monkeypatch, tmp_path):
-    monkeypatch.setattr("binsense.study.runner.train", None)  # calling it would fail
+    monkeypatch.setattr("binsense.study.execute.train", None)  # calling it would fail
     path = tmp_path / "more.toml"
     path.write_text(finished.read_text().replace("level = [0.2, 0.5]", "level = [0.2, 0.5, 0.8]"))
     summary = run_study(path, out=finished.with_suffix(""), progress=False)

@@ -24,7 +24,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     summary = run_study(
         args.file, args.preset, data_dir=args.data_dir, out=args.out,
-        progress=False if args.no_progress else None,
+        progress=False if args.no_progress else None, executor=args.executor,
+        address=args.address,
     )  # fmt: skip
     print(summary.line())
     status = cmd_report(args)
@@ -185,6 +186,15 @@ def add_study_commands(subparsers: argparse._SubParsersAction) -> None:
     _common(q)
     q.add_argument("--data-dir", help="data-set folder (default: $BINSENSE_DATA)")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="where trainings and evaluations run: local (default) or ray (a local Ray with "
+        "this machine's cores, or the cluster at --address); overrides [executor] kind",
+    )
+    q.add_argument(
+        "--address", help="Ray cluster address: auto (the one `ray start` made) or HOST:PORT"
+    )
     q.set_defaults(func=cmd_run)
 
     q = sub.add_parser("results", help="export the results table")

@@ -78,8 +78,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 #: Prefix of data-set names that point at a local image folder (``imagefolder:PATH``).
 IMAGEFOLDER_PREFIX = "imagefolder:"
 
-_SECTIONS = ("study", "train", "condition", "evaluation", "report", "presets")
-_PRESET_SECTIONS = ("study", "train", "condition", "evaluation", "report")
+_SECTIONS = ("study", "train", "condition", "evaluation", "report", "executor", "presets")
+_PRESET_SECTIONS = ("study", "train", "condition", "evaluation", "report", "executor")
 #: Names changed for one vocabulary; a file using them gets a line saying what to write.
 _RENAMED_SECTIONS = {
     "eval": "the [eval] table is now [evaluation]",
@@ -142,6 +142,28 @@ class EvalOptions(BaseModel):
     engine: typing.Literal["pytorch", "binsense"] = Field(
         "pytorch", description="what computes the logits: the PyTorch model or its deployed program"
     )
+
+
+class ExecutorOptions(BaseModel):
+    """The ``[executor]`` table: where the study's trainings and evaluations run.
+
+    ``kind = "local"`` (default) runs them one after another in this process; ``"ray"``
+    runs each training, and each trained run's batch of evaluations, as a Ray task
+    (:mod:`binsense.study.ray_executor`, ``docs/scale-out.md``) on the cluster at
+    ``address`` (``"auto"``: the one ``ray start`` made on this machine; none: a local
+    Ray with this machine's cores). ``cpus`` and ``gpus`` are each task's resource
+    request (default: the training's ``threads`` CPUs, no GPU); ``retries`` how often a
+    task whose worker died is run again (it resumes from its last epoch checkpoint).
+    Where the study runs does not change its rows: the executor is not part of any id.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    kind: typing.Literal["local", "ray"] = Field("local", description="local or ray")
+    address: str | None = Field(None, description="Ray cluster address (auto or HOST:PORT)")
+    cpus: float | None = Field(None, gt=0, description="CPUs per task (default: threads)")
+    gpus: float = Field(0, ge=0, description="GPUs per task (e.g. 1 or 0.5)")
+    retries: int = Field(3, ge=0, le=100, description="retries of a task whose worker died")
 
 
 #: Keys of one ``[[report.compare]]`` block.
@@ -291,6 +313,7 @@ class Study:
     out_dir: Path
     report: ReportOptions = ReportOptions()
     teachers: tuple[Training, ...] = ()
+    executor: ExecutorOptions = ExecutorOptions()
 
     def training(self, run_id: str) -> Training | None:
         """The training (grid point or hidden teacher) with this run id."""
@@ -853,7 +876,10 @@ def _expand_block(block: Any, index: int, place: _Place, options: EvalOptions) -
 
 def _expand(
     doc: Mapping[str, Any], place: _Place, overlay: Mapping[str, Any]
-) -> tuple[StudyInfo, list[Training], list[Evaluation], EvalOptions, ReportOptions, list[Training]]:
+) -> tuple[
+    StudyInfo, list[Training], list[Evaluation], EvalOptions, ReportOptions, list[Training],
+    ExecutorOptions,
+]:  # fmt: skip
     for key in doc:
         if key in _RENAMED_SECTIONS:
             raise StudyFileError(f"{place.file}: {_RENAMED_SECTIONS[key]}; rename it")
@@ -874,6 +900,10 @@ def _expand(
     report = _validated(
         ReportOptions, _table(doc, "report", place, "[report]"), place,
         _where(place, overlay, ("report",), "report"),
+    )  # fmt: skip
+    executor = _validated(
+        ExecutorOptions, _table(doc, "executor", place, "[executor]"), place,
+        _where(place, overlay, ("executor",), "executor"),
     )  # fmt: skip
     trainings, teachers = _expand_trainings(_table(doc, "train", place, "[train]"), place, overlay)
     blocks = doc.get("condition", [{"kind": "clean"}])
@@ -910,7 +940,7 @@ def _expand(
             )
         except BinsenseError as e:
             raise place.error(_where(place, overlay, ("report",), "report"), str(e)) from None
-    return info, trainings, list(evaluations.values()), options, report, teachers
+    return info, trainings, list(evaluations.values()), options, report, teachers, executor
 
 
 def load_study(
@@ -939,7 +969,9 @@ def load_study(
     presets = doc.get("presets", {})
     if not isinstance(presets, Mapping):
         raise StudyFileError(f"{file}: [presets] must be a table of [presets.NAME] tables")
-    info, trainings, evaluations, options, report, teachers = _expand(doc, _Place(file), {})
+    info, trainings, evaluations, options, report, teachers, executor = _expand(
+        doc, _Place(file), {}
+    )
     for name, overlay in presets.items():
         try:  # a preset names the report folder (report-NAME): one plain path component
             safe_child(path.parent, f"report-{name}", what=f"preset name {name!r} (report folder)")
@@ -969,7 +1001,7 @@ def load_study(
             raise StudyFileError(
                 f"{file}: unknown preset {chosen!r}{source} (presets: {listed}){hint}"
             )
-        info, trainings, evaluations, options, report, teachers = _expand(
+        info, trainings, evaluations, options, report, teachers, executor = _expand(
             deep_merge(doc, presets[chosen]), _Place(file, chosen), presets[chosen]
         )
     return Study(
@@ -984,6 +1016,7 @@ def load_study(
         out_dir=Path(out) if out is not None else path.with_suffix(""),
         report=report,
         teachers=tuple(teachers),
+        executor=executor,
     )
 
 
@@ -992,6 +1025,7 @@ __all__ = [
     "CompareSpec",
     "EvalOptions",
     "Evaluation",
+    "ExecutorOptions",
     "ReportOptions",
     "Study",
     "StudyFileError",

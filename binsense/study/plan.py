@@ -1,0 +1,173 @@
+"""The plan of a study: what is left to train and to evaluate, as tasks with edges.
+
+:func:`make_plan` reads a frozen :class:`StoreSnapshot` of the results store and the
+expanded :class:`~binsense.study.schema.Study`, and returns a :class:`Plan`:
+
+- a :class:`TrainTask` for every training that is not trained (or whose checkpoint is
+  gone), with an explicit edge to the teacher training it distils from when that teacher
+  is itself still to train (``after``);
+- an :class:`EvalTask` per trained-or-to-be-trained run with draws that are not stored:
+  all of that run's pending ``(condition, draw)`` pairs, so one worker keeps one test
+  loader and one deployed-program cache for them; it waits for the run's training when
+  there is one;
+- the trained runs whose run row has no model size yet (``sizes``);
+- how many steps of the study's bar are already done (``skipped``).
+
+The plan is a pure function of the study and the snapshot: it touches no store, no
+model, no file but the checkpoints it checks for. An executor
+(:mod:`binsense.study.executors`) runs its tasks; the driver alone records their
+outcomes (:mod:`binsense.study.record`), and plans again on the next run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from binsense.train.checkpoint import checkpoint_path
+
+if TYPE_CHECKING:
+    from binsense.study.schema import EvalOptions, Evaluation, Study, Training
+    from binsense.study.store import ResultStore
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """What the plan needs from the store, read once: per run id its status, its stored
+    ``(condition_id, draw)`` pairs, its test-data fingerprints per condition, and whether
+    its row has a model size."""
+
+    status: dict[str, str | None]
+    done: dict[str, frozenset[tuple[str, int]]]
+    fingerprints: dict[str, dict[str, frozenset[str]]]
+    sized: frozenset[str]
+
+    @classmethod
+    def read(cls, store: ResultStore, run_ids: Iterable[str]) -> StoreSnapshot:
+        ids = list(dict.fromkeys(run_ids))
+        rows = {r: store.run_row(r) for r in ids}
+        return cls(
+            status={r: (row or {}).get("status") for r, row in rows.items()},
+            done={r: frozenset(store.done_draws(r)) for r in ids},
+            fingerprints={
+                r: {c: frozenset(f) for c, f in store.data_fingerprints(r).items()} for r in ids
+            },
+            sized=frozenset(r for r, row in rows.items() if row and row.get("size")),
+        )
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """Train (or resume) one run in its run folder.
+
+    ``status``: the store's status when planned (``None``: never started);
+    ``teacher_checkpoint``: the checkpoint of the teacher training it distils from, in the
+    teacher's run folder; ``after``: that teacher's run id when it is itself in the plan
+    (the task waits for it); ``evaluate``: whether the run is a grid point (a hidden
+    teacher is trained, never evaluated); ``pending``: its draws still to evaluate.
+    """
+
+    training: Training
+    run_dir: Path
+    status: str | None
+    teacher_checkpoint: Path | None
+    after: str | None
+    evaluate: bool
+    pending: int
+
+    @property
+    def run_id(self) -> str:
+        return self.training.run_id
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """Evaluate the pending ``items`` (``(evaluation, draw)`` pairs) of one run from its
+    checkpoint. ``stored_fingerprints``: the test-data fingerprints of the run's stored
+    rows, per planned condition (new rows on other data are refused); ``after``: the
+    run id whose training must finish first (itself), or ``None``."""
+
+    training: Training
+    checkpoint: Path
+    items: tuple[tuple[Evaluation, int], ...]
+    options: EvalOptions
+    stored_fingerprints: dict[str, frozenset[str]]
+    after: str | None
+
+    @property
+    def run_id(self) -> str:
+        return self.training.run_id
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The tasks left in a study (module docstring); ``trainings`` in an order where each
+    teacher comes before its students."""
+
+    trainings: tuple[TrainTask, ...]
+    evaluations: tuple[EvalTask, ...]
+    sizes: tuple[Training, ...]
+    skipped: int
+
+    @property
+    def empty(self) -> bool:
+        return not (self.trainings or self.evaluations or self.sizes)
+
+    def lines(self) -> list[str]:
+        """The plan as text, one task per line (``binsense study show``-style)."""
+        out = []
+        for t in self.trainings:
+            wait = f", after run {t.after}" if t.after else ""
+            out.append(f"train {t.run_id} ({t.training.label()}){wait}")
+        for e in self.evaluations:
+            wait = f", after run {e.after}" if e.after else ""
+            out.append(f"evaluate {e.run_id}: {len(e.items)} draw(s){wait}")
+        out += [f"size {t.run_id}" for t in self.sizes]
+        return out
+
+
+def make_plan(study: Study, snapshot: StoreSnapshot) -> Plan:
+    """The tasks left in ``study`` given the store's ``snapshot`` (module docstring)."""
+    hidden = {t.run_id for t in study.teachers}
+    conditions = {e.condition_id for e in study.evaluations}
+    trains: dict[str, TrainTask] = {}
+    evals: list[EvalTask] = []
+    sizes: list[Training] = []
+    skipped = 0
+    for training in study.training_order():  # every teacher before its students
+        run_id = training.run_id
+        folder = study.run_dir(run_id)
+        status = snapshot.status.get(run_id)
+        done = snapshot.done.get(run_id, frozenset())
+        graded = run_id not in hidden
+        items = tuple(
+            (ev, d)
+            for ev in (study.evaluations if graded else ())
+            for d in range(ev.draws)
+            if (ev.condition_id, d) not in done
+        )
+        skipped += (study.draws_per_run if graded else 0) - len(items)
+        trained = status == "trained" and checkpoint_path(folder).is_file()
+        skipped += status == "trained"  # (a lost checkpoint is trained again: one step)
+        if not trained:
+            teacher = training.teacher_id
+            trains[run_id] = TrainTask(
+                training, folder, status,
+                None if teacher is None else checkpoint_path(study.run_dir(teacher)),
+                teacher if teacher in trains else None, graded, len(items),
+            )  # fmt: skip
+        elif run_id not in snapshot.sized:
+            sizes.append(training)
+        if items:
+            stored = snapshot.fingerprints.get(run_id, {})
+            task = EvalTask(
+                training, checkpoint_path(folder), items, study.eval,
+                {c: f for c, f in stored.items() if c in conditions}, None if trained else run_id,
+            )  # fmt: skip
+            evals.append(task)
+    return Plan(tuple(trains.values()), tuple(evals), tuple(sizes), skipped)
+
+
+__all__ = ["EvalTask", "Plan", "StoreSnapshot", "TrainTask", "make_plan"]
