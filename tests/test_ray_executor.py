@@ -21,6 +21,7 @@ import pytest
 from binsense.cli import main
 from binsense.errors import BinsenseError
 from binsense.study import load_study, run_study
+from binsense.study.execute import run_printer
 from binsense.study.plan import StoreSnapshot, make_plan
 from binsense.study.store import ResultStore
 
@@ -158,25 +159,39 @@ def test_plan_has_the_teacher_edge_and_is_empty_when_done(local_reference, tmp_p
     assert done.empty and done.skipped == 4 * (1 + 3) + 1
 
 
-def test_ray_rows_equal_local_rows(cluster, local_reference, tmp_path, tiny_data, capsys):
+def test_worker_lines_name_their_run(capsys):
+    run_printer("0123abcd")("epoch 1/2  loss 0.5")
+    assert capsys.readouterr().out == "[run 0123abcd] epoch 1/2  loss 0.5\n"
+
+
+@pytest.mark.parametrize("mode", ["shared", "object-store"])
+def test_ray_rows_equal_local_rows(cluster, local_reference, tmp_path, tiny_data, mode):
+    """The study on Ray, its run folders written by the workers in the study folder
+    (``shared``) or sent back through Ray's object store: rows, run rows and trained
+    weights bit for bit those of the local executor."""
     ref_path, ref = local_reference
     path = write(tmp_path, tiny_data)
+    path.write_text(path.read_text() + f'\n[executor]\ncheckpoints = "{mode}"\n')
     logged: list[str] = []
     summary = run_study(path, progress=False, log=logged.append, executor="ray")
     assert summary.failed == 0 and (summary.trained, summary.evaluated) == (5, 12)
     assert "on ray" in summary.line()
-    assert any("checkpoints in" in line and "every node sees" in line for line in logged)
+    said = "which every node sees" if mode == "shared" else "through Ray's object store"
+    assert any("checkpoints" in line and said in line for line in logged)
     db, ref_db = summary.study.store_path, ref.study.store_path
     assert rows(db) == rows(ref_db)  # bitwise: same keys, accuracies, losses, engine
     assert {r[-1] for r in rows(db)} == {"binsense"}
     assert runs(db) == runs(ref_db)
     assert checkpoints(summary.study.out_dir) == checkpoints(ref.study.out_dir)
-    assert "[run " in capsys.readouterr().out  # worker epoch lines name their run
+    assert len(checkpoints(summary.study.out_dir)) == 5
 
 
-def test_a_half_ray_store_continues_locally(cluster, local_reference, tmp_path, tiny_data):
-    """Ray trains and evaluates part of the study (a store then has a draw missing and
-    a run untrained); the local executor finishes it with the same rows."""
+def test_a_half_store_continues_on_the_other_executor(
+    cluster, local_reference, tmp_path, tiny_data
+):
+    """A store Ray filled halfway (a draw missing, a run untrained) is finished by the
+    local executor, and a store the local executor filled halfway by Ray: the rows of
+    an uninterrupted run."""
     path = write(tmp_path, tiny_data)
     first = run_study(path, progress=False, log=lambda s: None, executor="ray")
     study = first.study
@@ -187,6 +202,11 @@ def test_a_half_ray_store_continues_locally(cluster, local_reference, tmp_path, 
     (study.run_dir(victim) / "checkpoint.pt").unlink()
     again = run_study(path, progress=False, log=lambda s: None)
     assert (again.trained, again.evaluated) == (1, 1)
+    assert rows(study.store_path) == rows(local_reference[1].study.store_path)
+    with sqlite3.connect(study.store_path) as conn:  # and a half local store on Ray
+        conn.execute("DELETE FROM results WHERE run_id = ? AND draw = 0", (victim,))
+    back = run_study(path, progress=False, log=lambda s: None, executor="ray")
+    assert (back.trained, back.evaluated) == (0, 2)
     assert rows(study.store_path) == rows(local_reference[1].study.store_path)
 
 
@@ -234,39 +254,59 @@ def _wait_for_orphans(timeout: float = 90) -> None:
         time.sleep(0.2)
 
 
-DRIVER = """\
-import sys
-from binsense.study import run_study
-run_study(sys.argv[1], progress=False, executor="ray")
-"""
-
-
-def test_a_driver_killed_with_kill_9_resumes(local_reference, tmp_path, tiny_data):
-    """``kill -9`` of the driver once a run is stored: the rerun (on Ray) completes with
-    the rows of an uninterrupted run; a second driver on a running study is refused."""
-    path = write(tmp_path, tiny_data)
-    study = load_study(path)
+def _driver(path: Path) -> subprocess.Popen:
+    """``binsense study run FILE --executor ray`` in a process of its own."""
+    command = [sys.executable, "-m", "binsense", "study", "run", str(path), "--no-progress"]
     env = {**os.environ, "BINSENSE_THREADS": "1"}
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(path)], env=env)
+    return subprocess.Popen([*command, "--executor", "ray"], env=env, stderr=subprocess.PIPE)
+
+
+def _wait_for_rows(driver: subprocess.Popen, db: Path, more_than: int) -> int:
+    """Wait until the store holds more than ``more_than`` rows (the driver still running)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and driver.poll() is None:
+        if db.is_file():
+            with contextlib.suppress(sqlite3.OperationalError):  # (tables not made yet)
+                with sqlite3.connect(db) as conn:
+                    count = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+                if count > more_than:
+                    return count
+        time.sleep(0.1)
+    raise AssertionError("the driver finished before it could be stopped")
+
+
+def test_a_driver_stopped_by_ctrl_c_or_kill_9_resumes(local_reference, tmp_path, tiny_data):
+    """Ctrl-C (SIGINT) once a row is stored: the driver cancels its tasks, exits 130 and
+    keeps the rows; ``kill -9`` of the next driver: a second driver meanwhile is refused;
+    then a rerun (on Ray) completes with the rows of an uninterrupted run."""
+    path = write(tmp_path, tiny_data)
+    db = load_study(path).store_path
+    driver = _driver(path)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and driver.poll() is None:
-            if study.store_path.is_file():
-                with sqlite3.connect(study.store_path) as conn:
-                    if conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]:
-                        break
-            time.sleep(0.1)
-        assert driver.poll() is None, "the driver finished before it could be killed"
-        with pytest.raises(BinsenseError, match="another"):  # the lock is held
+        _wait_for_rows(driver, db, 0)
+        driver.send_signal(signal.SIGINT)
+        assert driver.wait(timeout=60) == 130
+        assert "interrupted" in driver.stderr.read().decode()
+    finally:
+        driver.kill()
+    first = rows(db)
+    assert 0 < len(first) < 12
+    _wait_for_orphans()
+    assert not ray_task_pids()  # the cancelled tasks are gone
+
+    driver = _driver(path)
+    try:
+        _wait_for_rows(driver, db, len(first))
+        with pytest.raises(BinsenseError, match="another"):  # the study lock is held
             run_study(path, progress=False)
         driver.send_signal(signal.SIGKILL)
     finally:
         driver.wait(timeout=60)
-    stored = len(rows(study.store_path))
-    assert 0 < stored < 12
+    second = rows(db)
+    assert set(first) <= set(second) and len(second) < 12
     _wait_for_orphans()
     assert main(["study", "run", str(path), "--no-progress", "--executor", "ray"]) == 0
-    assert rows(study.store_path) == rows(local_reference[1].study.store_path)
+    assert rows(db) == rows(local_reference[1].study.store_path)
 
 
 def test_ray_missing_or_unreachable_is_one_line(tmp_path, tiny_data, monkeypatch, capsys):

@@ -34,12 +34,14 @@ class WorkerLost(BinsenseError):
 
 @dataclass
 class Handle:
-    """A submitted unit: ``done``, then ``value`` (its return) or ``error`` (raised)."""
+    """A submitted unit: ``done``, then ``value`` (its return) or ``error`` (raised);
+    ``ship_to``: the run folder its files go to (Ray's object-store mode)."""
 
     ref: Any = None
     done: bool = False
     value: Any = None
     error: BaseException | None = None
+    ship_to: Any = None
 
 
 class Executor(Protocol):

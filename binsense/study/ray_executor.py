@@ -11,10 +11,14 @@ kind = "ray"`` in the study file). The driver plans, submits and records
   Ray sets a worker's ``OMP_NUM_THREADS`` to its CPU request; the training still sets
   torch's thread count to its ``threads`` (part of its identity: the same threads give
   the same weights, wherever they run).
-- **Checkpoints** are written to the run folders in the study folder, which every node
-  must see at the same path (one machine, or shared storage: NFS, a parallel file
-  system). :meth:`RayExecutor.start` checks it up front with a task on every node, and
-  says which in one line; a cluster that does not see the folder is refused.
+- **Checkpoints.** Where every node sees the study folder at the same path (one
+  machine, or shared storage: NFS, a parallel file system), workers write the run
+  folders there. Where some node does not, run folders travel through Ray's object
+  store: a training runs in a folder on its node (``$TMPDIR/binsense-ray/...``, seeded
+  with the run folder's files so that it resumes), and returns the folder's files,
+  which the driver writes into the study folder atomically; an evaluation task gets the
+  checkpoint's bytes. :meth:`RayExecutor.start` probes every node up front and says
+  which in one line (``[executor] checkpoints`` forces either).
 - **Faults.** A task whose worker dies (killed, out of memory, a lost node) is run again
   up to ``retries`` times; a training resumes from its last epoch checkpoint
   (:func:`binsense.train.train` with ``resume=True``). After the last retry the grid
@@ -32,14 +36,20 @@ end; a cluster at an address is joined and left running.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from binsense.errors import BinsenseError
-from binsense.io import atomic_write_text
+from binsense.io import atomic_write, atomic_write_text
+from binsense.study.execute import execute_evaluations, execute_training
 from binsense.study.executors import Handle, WorkerLost
+from binsense.study.plan import EvalTask, TrainTask
 from binsense.study.schema import ExecutorOptions, Study
 
 
@@ -67,6 +77,61 @@ class _Raised:
         self.error = error
 
 
+# ---------------------------------------------------------------- object-store mode
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shipped:
+    """A unit's outcome and the files of its node-local run folder (name -> bytes)."""
+
+    outcome: Any
+    files: dict[str, bytes]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """A run folder's files (not its lock or temporaries) as bytes."""
+    if not folder.is_dir():
+        return {}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
+def _write_files(folder: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        atomic_write(folder / name, lambda f, data=data: f.write(data))
+
+
+def _node_folder(study_key: str, name: str) -> Path:
+    return Path(tempfile.gettempdir()) / "binsense-ray" / study_key / name
+
+
+def _train_on_node(
+    task: TrainTask, seed: dict[str, bytes], teacher: bytes | None, study_key: str, kwargs: dict
+) -> _Shipped:
+    """:func:`execute_training` in a folder on this node: seeded with the run folder's
+    files unless a killed try left one here (as recent or more); teacher's checkpoint
+    from its bytes. Returns the outcome and the folder's files."""
+    folder = _node_folder(study_key, task.run_id)
+    if not folder.is_dir():
+        _write_files(folder, seed)
+    teacher_path = None
+    if teacher is not None:
+        teacher_path = _node_folder(study_key, f"{task.run_id}.teacher") / "checkpoint.pt"
+        _write_files(teacher_path.parent, {teacher_path.name: teacher})
+    local = dataclasses.replace(task, run_dir=folder, teacher_checkpoint=teacher_path)
+    return _Shipped(execute_training(local, **kwargs), _files(folder))
+
+
+def _evaluate_on_node(task: EvalTask, checkpoint: bytes, study_key: str, kwargs: dict) -> Any:
+    """:func:`execute_evaluations` on the checkpoint's bytes, written on this node."""
+    path = _node_folder(study_key, f"{task.run_id}.eval") / "checkpoint.pt"
+    _write_files(path.parent, {path.name: checkpoint})
+    return execute_evaluations(dataclasses.replace(task, checkpoint=path), **kwargs)
+
+
 def _sees(path: str) -> tuple[str, bool]:
     """On one node: its address and whether ``path`` exists there."""
     import ray
@@ -86,6 +151,8 @@ class RayExecutor:
         self.ray = _import_ray()
         self.started_here = False
         self.remote: Any = None
+        self.shipping = False  # run folders through the object store
+        self.study_key = ""
 
     def start(self, study: Study, log: Callable[[str], None]) -> None:
         """Connect to (or start) Ray, and check that every node sees the study folder."""
@@ -135,31 +202,47 @@ class RayExecutor:
         finally:
             marker.unlink(missing_ok=True)
         blind = [ip for ip, ok in seen if not ok]
-        if blind:
+        mode = self.options.checkpoints
+        if blind and mode == "shared":
             raise BinsenseError(
                 f"{len(blind)} of the Ray cluster's {len(nodes)} nodes ({', '.join(blind)}) "
-                f"do not see the study folder {folder}: put it on storage that every node "
-                "mounts at the same path (NFS, a parallel file system), or run the study "
-                "locally."
+                f"do not see the study folder {folder}, but [executor] checkpoints = "
+                '"shared": put it on storage that every node mounts at the same path (NFS, '
+                'a parallel file system), or set checkpoints = "auto".'
             )
+        self.shipping = mode == "object-store" or bool(blind)
+        self.study_key = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
         res = ray.cluster_resources()
         cpus = self.options.cpus
         per = f"{cpus:g} CPU(s)" if cpus else "the training's threads as CPUs"
         gpus = f", {self.options.gpus:g} GPU(s)" if self.options.gpus else ""
+        if not self.shipping:
+            where = f"checkpoints in {folder}, which every node sees"
+        else:
+            why = f"{len(blind)} of {len(nodes)} node(s) do not see it" if blind else "as asked"
+            where = f"checkpoints travel through Ray's object store to {folder} ({why})"
         return (
             f"ray: {len(nodes)} node(s), {res.get('CPU', 0):g} CPU(s), {res.get('GPU', 0):g} "
-            f"GPU(s); each task asks {per}{gpus}; checkpoints in {folder}, which every node "
-            "sees"
+            f"GPU(s); each task asks {per}{gpus}; {where}"
         )
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Handle:
         task = args[0]
         cpus = self.options.cpus or task.training.config.threads or 1
-        ref = self.remote.options(
+        handle = Handle()
+        if self.shipping and fn is execute_training:
+            teacher = task.teacher_checkpoint
+            data = None if teacher is None else teacher.read_bytes()
+            fn, args = _train_on_node, (task, _files(task.run_dir), data, self.study_key, kwargs)
+            kwargs, handle.ship_to = {}, task.run_dir
+        elif self.shipping and fn is execute_evaluations:
+            data = task.checkpoint.read_bytes()
+            fn, args, kwargs = _evaluate_on_node, (task, data, self.study_key, kwargs), {}
+        handle.ref = self.remote.options(
             num_cpus=cpus, num_gpus=self.options.gpus, max_retries=self.options.retries,
             retry_exceptions=False,
         ).remote(fn, args, kwargs)  # fmt: skip
-        return Handle(ref=ref)
+        return handle
 
     def wait(self, handles: Sequence[Handle]) -> list[Handle]:
         ray = self.ray
@@ -180,6 +263,9 @@ class RayExecutor:
             else:
                 if isinstance(value, _Raised):
                     handle.error = value.error
+                elif isinstance(value, _Shipped):  # the driver writes the run folder
+                    _write_files(handle.ship_to, value.files)
+                    handle.value = value.outcome
                 else:
                     handle.value = value
             done.append(handle)

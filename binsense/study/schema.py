@@ -154,7 +154,10 @@ class ExecutorOptions(BaseModel):
     Ray with this machine's cores). ``cpus`` and ``gpus`` are each task's resource
     request (default: the training's ``threads`` CPUs, no GPU); ``retries`` how often a
     task whose worker died is run again (it resumes from its last epoch checkpoint).
-    Where the study runs does not change its rows: the executor is not part of any id.
+    ``checkpoints``: ``"shared"`` (every node sees the study folder), ``"object-store"``
+    (run folders travel through Ray's object store), ``"auto"`` (shared where every node
+    sees the folder, else the object store). Where the study runs does not change its
+    rows: the executor is not part of any id.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
@@ -164,6 +167,9 @@ class ExecutorOptions(BaseModel):
     cpus: float | None = Field(None, gt=0, description="CPUs per task (default: threads)")
     gpus: float = Field(0, ge=0, description="GPUs per task (e.g. 1 or 0.5)")
     retries: int = Field(3, ge=0, le=100, description="retries of a task whose worker died")
+    checkpoints: typing.Literal["auto", "shared", "object-store"] = Field(
+        "auto", description="how run folders reach the workers (Ray)"
+    )
 
 
 #: Keys of one ``[[report.compare]]`` block.
