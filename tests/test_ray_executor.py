@@ -316,3 +316,33 @@ def test_ray_missing_or_unreachable_is_one_line(tmp_path, tiny_data, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "binsense[ray]" in err[0]
     assert not (tmp_path / "s" / "runs").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("device", "gpus", "asked"), [("cpu", None, 0), ("cuda", None, 1), ("cuda", 0.5, 0.5)]
+)
+def test_each_task_asks_its_resources(tmp_path, tiny_data, device, gpus, asked):
+    """A training on a CUDA device asks one GPU (one grid point per GPU of a machine),
+    unless ``[executor] gpus`` says otherwise; CPUs: the training's threads."""
+    from binsense.study.ray_executor import RayExecutor
+    from binsense.study.schema import ExecutorOptions
+
+    path = write(tmp_path, tiny_data)
+    path.write_text(path.read_text().replace("threads = 1", f'threads = 2\ndevice = "{device}"'))
+    study = load_study(path)
+    task = make_plan(study, StoreSnapshot({}, {}, {}, frozenset())).trainings[0]
+    executor = RayExecutor(ExecutorOptions(kind="ray", gpus=gpus))
+    asked_for: dict = {}
+
+    class Remote:  # what ray.remote(fn) gives: .options(...).remote(...)
+        def options(self, **kwargs):
+            asked_for.update(kwargs)
+            return self
+
+        def remote(self, *args):
+            return "ref"
+
+    executor.remote = Remote()
+    executor.submit(lambda *a, **k: None, task)
+    assert asked_for["num_gpus"] == asked and asked_for["num_cpus"] == 2
+    assert asked_for["max_retries"] == 3 and asked_for["retry_exceptions"] is False

@@ -215,7 +215,10 @@ class RayExecutor:
         res = ray.cluster_resources()
         cpus = self.options.cpus
         per = f"{cpus:g} CPU(s)" if cpus else "the training's threads as CPUs"
-        gpus = f", {self.options.gpus:g} GPU(s)" if self.options.gpus else ""
+        if self.options.gpus is None:
+            gpus = ", 1 GPU per CUDA task"
+        else:
+            gpus = f", {self.options.gpus:g} GPU(s)" if self.options.gpus else ""
         if not self.shipping:
             where = f"checkpoints in {folder}, which every node sees"
         else:
@@ -228,7 +231,14 @@ class RayExecutor:
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Handle:
         task = args[0]
-        cpus = self.options.cpus or task.training.config.threads or 1
+        config = task.training.config
+        cpus = self.options.cpus or config.threads or 1
+        gpus = self.options.gpus
+        if gpus is None:  # one GPU per CUDA task: Ray sets its CUDA_VISIBLE_DEVICES
+            device = config.device
+            if isinstance(task, EvalTask):
+                device = task.options.device or device
+            gpus = 1 if device.startswith("cuda") else 0
         handle = Handle()
         if self.shipping and fn is execute_training:
             teacher = task.teacher_checkpoint
@@ -239,7 +249,7 @@ class RayExecutor:
             data = task.checkpoint.read_bytes()
             fn, args, kwargs = _evaluate_on_node, (task, data, self.study_key, kwargs), {}
         handle.ref = self.remote.options(
-            num_cpus=cpus, num_gpus=self.options.gpus, max_retries=self.options.retries,
+            num_cpus=cpus, num_gpus=gpus, max_retries=self.options.retries,
             retry_exceptions=False,
         ).remote(fn, args, kwargs)  # fmt: skip
         return handle

@@ -152,7 +152,8 @@ class ExecutorOptions(BaseModel):
     (:mod:`binsense.study.ray_executor`, ``docs/scale-out.md``) on the cluster at
     ``address`` (``"auto"``: the one ``ray start`` made on this machine; none: a local
     Ray with this machine's cores). ``cpus`` and ``gpus`` are each task's resource
-    request (default: the training's ``threads`` CPUs, no GPU); ``retries`` how often a
+    request (default: the training's ``threads`` CPUs; one GPU for a training on a
+    CUDA device, so that one machine's GPUs train one grid point each); ``retries`` how often a
     task whose worker died is run again (it resumes from its last epoch checkpoint).
     ``checkpoints``: ``"shared"`` (every node sees the study folder), ``"object-store"``
     (run folders travel through Ray's object store), ``"auto"`` (shared where every node
@@ -165,7 +166,9 @@ class ExecutorOptions(BaseModel):
     kind: typing.Literal["local", "ray"] = Field("local", description="local or ray")
     address: str | None = Field(None, description="Ray cluster address (auto or HOST:PORT)")
     cpus: float | None = Field(None, gt=0, description="CPUs per task (default: threads)")
-    gpus: float = Field(0, ge=0, description="GPUs per task (e.g. 1 or 0.5)")
+    gpus: float | None = Field(
+        None, ge=0, description="GPUs per task (default: 1 for a CUDA training, else 0)"
+    )
     retries: int = Field(3, ge=0, le=100, description="retries of a task whose worker died")
     checkpoints: typing.Literal["auto", "shared", "object-store"] = Field(
         "auto", description="how run folders reach the workers (Ray)"
