@@ -346,3 +346,18 @@ def test_each_task_asks_its_resources(tmp_path, tiny_data, device, gpus, asked):
     executor.submit(lambda *a, **k: None, task)
     assert asked_for["num_gpus"] == asked and asked_for["num_cpus"] == 2
     assert asked_for["max_retries"] == 3 and asked_for["retry_exceptions"] is False
+
+
+def test_a_failing_training_on_ray_is_recorded_and_the_grid_goes_on(cluster, tmp_path, tiny_data):
+    """A grid point that diverges fails on its worker as it does locally: recorded with
+    its reason, its students failed with "its teacher failed", the rest of the grid run."""
+    path = write(tmp_path, tiny_data)
+    text = path.read_text().replace("seed = [0, 1]", "seed = [0]")
+    text = text.replace("seed = 0 }, alpha", "seed = 0, lr = 1e30 }, alpha")
+    path.write_text(text)
+    summary = run_study(path, progress=False, log=lambda s: None, executor="ray")
+    reasons = sorted(f.reason for f in summary.failures)
+    assert len(reasons) == 2 and "its teacher" in reasons[0] and "became nan" in reasons[1]
+    assert (summary.trained, summary.evaluated) == (1, 3)  # the plain seed-0 run
+    with ResultStore(summary.study.store_path, readonly=True) as store:
+        assert sorted(r["status"] for r in store.runs()) == ["failed", "failed", "trained"]
