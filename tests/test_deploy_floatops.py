@@ -58,13 +58,22 @@ CONVS = [  # (n, c, h, w, o, k, stride, padding, groups)
     (2, 3, 12, 12, 8, 3, 1, 0, 1),
     (2, 8, 9, 9, 8, 3, 2, 1, 2),
     (4, 40, 1, 1, 10, 1, 1, 0, 1),  # a linear layer
+    (2, 3, 13, 11, 64, 3, 1, 0, 1),  # CNV's first conv: 4-position blocks and row ends
+    (2, 3, 10, 10, 96, 3, 2, 1, 1),  # 64 + 32 channels, stride 2, padding
+    (1, 4, 7, 9, 48, 3, 1, 1, 2),  # 24 channels per group: the AVX2 block, not AVX-512's
 ]
+#: The C paths the float conv has (each a kernel of its own for some shapes).
+PATHS = ["portable", "avx2", "avx512"]
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(("n", "c", "h", "w", "o", "k", "s", "p", "g"), CONVS)
-def test_kernel_equals_the_reference_bit_for_bit(n, c, h, w, o, k, s, p, g):
+def test_kernel_equals_the_reference_bit_for_bit(monkeypatch, path, n, c, h, w, o, k, s, p, g):
     if kernels.library() is None:
         pytest.skip("the C kernel library is not built here")
+    if kernels._FORCED[path] not in kernels.available():
+        pytest.skip(f"this CPU has no {path} path")
+    monkeypatch.setenv(kernels.ENV, path)
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(n, c, h, w, generator=gen)
     weight = torch.randn(o, c // g, k, k, generator=gen)

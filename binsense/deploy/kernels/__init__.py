@@ -175,7 +175,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "xnor_fused_split": ([_INT], _INT),
         "xnor_split_panels": ([_P, _I64, _P], None),
         "xnor_pool_bits": ([_P, _I64, _I64, _I64, _I64, _I64, _P, _P], None),
-        "xnor_float_conv": ([_P, _P, _P, _P, _P], _INT),
+        "xnor_float_conv": ([_P, _P, _P, _P, _P, _INT], _INT),
     }
     for name, (args, res) in sig.items():
         fn = getattr(lib, name)
@@ -641,7 +641,8 @@ def float_conv(
         [n, c, h, w, out_channels, groups, kh, kw, sh, sw, ph, pw, ho, wo], dtype=torch.int64
     )
     b = None if bias is None else bias.to(torch.float32).contiguous()
-    _check(lib.xnor_float_conv(_ptr(x), _ptr(taps), _ptr(b), _ptr(y), _ptr(dims)))
+    isa = _ISA.get(backend(), 0)  # the XNOR kernels' path (0, the best, under "torch")
+    _check(lib.xnor_float_conv(_ptr(x), _ptr(taps), _ptr(b), _ptr(y), _ptr(dims), isa))
     return y
 
 

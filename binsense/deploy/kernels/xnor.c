@@ -1030,17 +1030,99 @@ __attribute__((target("avx2,fma"))) static void float_conv_blocked(const float *
 }
 #endif
 
-/* d: N, C, H, W, O, G, KH, KW, SH, SW, PH, PW, HO, WO. Returns 0, or 1 when out of memory.
- * Both paths give the same bits (fmaf is exact: correctly rounded by its definition). */
+#ifdef XNOR_X86
+/* AVX-512, stride 1 in x and O / G a multiple of 16: the lanes of a zmm are 16
+   neighbouring output positions of a row, and 16 output channels are 16 accumulators.
+   A tap (kernel row i, column j, input channel c) is one load of 16 input values and
+   16 FMAs with the taps' weights broadcast, so the FMAs, not the loads, set the pace;
+   the outputs are stored 16 at a time. A lane whose tap falls in the padding, or whose
+   position is past the row's end, is masked out of that FMA (mask3: its accumulator is
+   kept), which is the skip of float_conv_body. So every output takes its taps in the
+   one order with one rounding each: the same bits. */
+__attribute__((target("avx512f"))) static void float_conv_avx512(const float *x,
+                                                                   const float *w,
+                                                                   const float *bias,
+                                                                   float *y, const int64_t *d) {
+    const int64_t N = d[0], C = d[1], H = d[2], W = d[3], O = d[4], G = d[5], KH = d[6];
+    const int64_t KW = d[7], SH = d[8], PH = d[10], PW = d[11], HO = d[12], WO = d[13];
+    const int64_t cg = C / G, og = O / G, taps = KH * KW * cg, plane = H * W;
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t oy = 0; oy < HO; oy++)
+                for (int64_t ox = 0; ox < WO; ox += 16) {
+                    const __mmask16 live = _mm512_cmplt_epi32_mask(
+                        lane, _mm512_set1_epi32((int)(WO - ox < 16 ? WO - ox : 16)));
+                    for (int64_t ob = 0; ob < og; ob += 16) {
+                        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0,
+                               a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0,
+                               a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
+                        for (int64_t i = 0; i < KH; i++) {
+                            const int64_t iy = oy * SH - PH + i;
+                            if (iy < 0 || iy >= H) continue;
+                            for (int64_t j = 0; j < KW; j++) {
+                                const int64_t ix = ox - PW + j; /* lane 0's input column */
+                                const __m512i col = _mm512_add_epi32(lane, _mm512_set1_epi32((int)ix));
+                                const __mmask16 m =
+                                    live & _mm512_cmpge_epi32_mask(col, _mm512_setzero_si512()) &
+                                    _mm512_cmplt_epi32_mask(col, _mm512_set1_epi32((int)W));
+                                if (!m) continue;
+                                const float *xp = x + (n * C + g * cg) * plane + iy * W + ix;
+                                const float *wt = w + (g * taps + (i * KW + j) * cg) * og + ob;
+                                for (int64_t c = 0; c < cg; c++, wt += og, xp += plane) {
+                                    const __m512 v = _mm512_maskz_loadu_ps(m, xp);
+#define TAP(A, O) A = _mm512_mask3_fmadd_ps(v, _mm512_set1_ps(wt[O]), A, m)
+                                    TAP(a0, 0), TAP(a1, 1), TAP(a2, 2), TAP(a3, 3);
+                                    TAP(a4, 4), TAP(a5, 5), TAP(a6, 6), TAP(a7, 7);
+                                    TAP(a8, 8), TAP(a9, 9), TAP(a10, 10), TAP(a11, 11);
+                                    TAP(a12, 12), TAP(a13, 13), TAP(a14, 14), TAP(a15, 15);
+#undef TAP
+                                }
+                            }
+                        }
+                        float *out = y + ((n * O + g * og + ob) * HO + oy) * WO + ox;
+                        const float *bb = bias ? bias + g * og + ob : NULL;
+#define OUT(A, O)                                                                         \
+    _mm512_mask_storeu_ps(out + (O) * HO * WO, live,                                      \
+                          bb ? _mm512_add_ps(A, _mm512_set1_ps(bb[O])) : A)
+                        OUT(a0, 0), OUT(a1, 1), OUT(a2, 2), OUT(a3, 3), OUT(a4, 4);
+                        OUT(a5, 5), OUT(a6, 6), OUT(a7, 7), OUT(a8, 8), OUT(a9, 9);
+                        OUT(a10, 10), OUT(a11, 11), OUT(a12, 12), OUT(a13, 13);
+                        OUT(a14, 14), OUT(a15, 15);
+#undef OUT
+                    }
+                }
+}
+#endif
+
+/* d: N, C, H, W, O, G, KH, KW, SH, SW, PH, PW, HO, WO; isa as the XNOR kernels' (0: the
+ * best this CPU has, 1 portable, 2 AVX2, 3 AVX-512). Returns 0, 1 when out of memory, -1
+ * when this CPU cannot run `isa`. Every path gives the same bits (fmaf and the vector
+ * FMAs are exact: correctly rounded by their definition; one order of taps). */
 int xnor_float_conv(const float *x, const float *w, const float *bias, float *y,
-                    const int64_t *d) {
-    float *acc = malloc(sizeof(float) * (size_t)(d[4] / d[5] > 0 ? d[4] / d[5] : 1));
+                    const int64_t *d, int isa) {
+    const int64_t og = d[4] / d[5];
+    if (isa == ISA_AUTO) isa = best_isa();
+#ifdef XNOR_X86
+    const int f = xnor_features();
+    if ((isa == ISA_AVX512 && !(f & FEAT_AVX512)) || (isa == ISA_AVX2 && !(f & FEAT_AVX2)))
+        return -1;
+    const int fma = __builtin_cpu_supports("fma");
+    if (isa == ISA_AVX512 && og % 16 == 0 && d[9] == 1) {
+        float_conv_avx512(x, w, bias, y, d);
+        return 0;
+    }
+    if (isa >= ISA_AVX2 && fma && og % 8 == 0) {
+        float_conv_blocked(x, w, bias, y, d);
+        return 0;
+    }
+#else
+    if (isa > ISA_PORTABLE) return -1;
+#endif
+    float *acc = malloc(sizeof(float) * (size_t)(og > 0 ? og : 1));
     if (!acc) return 1;
 #ifdef XNOR_X86
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && (d[4] / d[5]) % 8 == 0)
-        float_conv_blocked(x, w, bias, y, d);
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (isa >= ISA_AVX2 && fma)
         float_conv_fma(x, w, bias, y, acc, d);
     else
 #endif
