@@ -8,8 +8,10 @@ obscurely: a device this machine does not have, an output path that is a file (o
 folder where a file is meant), a folder that cannot be written, an image folder with
 empty files, symbolic-link loops or test images of another size than the training
 images, a results store that is not binsense's, a ``.lock`` that is a folder, a model
-that cannot fit in memory (:mod:`binsense.resources`; ``--allow-large``, before or after
-the command, skips that in every check the command makes, the library's own included).
+that cannot fit in memory, or a deployed program whose activations cannot fit for the
+images and batch size at hand (:mod:`binsense.resources`,
+:meth:`binsense.deploy.DeployedModel.check_memory`; ``--allow-large``, before or after the
+command, skips that in every check the command makes, the library's own included).
 
 Everything else meets the safety net in :func:`main`: an :class:`OSError` becomes one
 line saying what happened (disk full, permission denied, read-only file system, a
@@ -577,6 +579,19 @@ def _deployed_size_line(path: str | Path, size: int, checkpoint: str | None, mod
     return line
 
 
+def _check_program_memory(deployed: Any, data: Any, args: argparse.Namespace, name: str) -> None:
+    """Walk ``deployed`` over ``data``'s image shape (one line if an op does not fit it)
+    and refuse a batch of ``--batch-size`` images whose activations cannot fit in memory
+    (:meth:`~binsense.deploy.DeployedModel.check_memory`; ``--allow-large`` skips that),
+    before any op runs."""
+    shape = tuple(data.images.shape[1:])
+    batch = max(1, min(args.batch_size, len(data)))
+    what = f"running {name} on a batch of {batch} images of shape {'x'.join(map(str, shape))}"
+    deployed.check_memory(
+        shape, batch, what=what, allow=_allow_large(args), fix="give a smaller --batch-size"
+    )
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from binsense.data import DeviceLoader, dataset_info, load_dataset
     from binsense.deploy import check_exact, convert
@@ -622,6 +637,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     data = load_dataset(config.dataset, "test", data_dir=args.data_dir)
     if args.test_subset is not None:
         data = data.subset(args.test_subset, seed=config.seed)
+    _check_program_memory(deployed, data, args, args.load or config.model)
     loader = DeviceLoader(data, args.batch_size, shuffle=False, device="cpu")
     t0 = time.perf_counter()
     result = check_exact(model, loader, deployed)
@@ -682,6 +698,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if args.test_subset is not None:
         data = data.subset(args.test_subset, seed=0)
     deployed = loaded.model
+    _check_program_memory(deployed, data, args, args.model)  # before any op runs
     classes = deployed(data.images[:1]).shape[1]  # uint8 codes: what the program reads
     if classes != data.info.num_classes:
         raise BinsenseError(
@@ -945,8 +962,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-large",
         action="store_true",
-        help="skip the memory check of train, eval, study run, summary, deploy, export and "
-        "tone-curves (also after the command; or BINSENSE_ALLOW_LARGE=1)",
+        help="skip the memory check of train, eval, study run, summary, deploy, infer, export "
+        "and tone-curves (also after the command; or BINSENSE_ALLOW_LARGE=1)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -1043,6 +1060,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, help="n images per class (default: all)")
     p.add_argument("--threads", type=int, default=1, help="kernel threads (default 1)")
     p.add_argument("--predictions", metavar="CSV", help="write index,label,prediction rows")
+    p.add_argument(  # SUPPRESS: keeps the flag given before the command
+        "--allow-large",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="run even if the program's activations for a batch exceed the available memory",
+    )
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser(

@@ -220,11 +220,13 @@ def check_fits(
     what: str = "this model",
     allow: bool | None = None,
     available: int | None = None,
+    fix: str = "use a smaller width (or model)",
 ) -> None:
     """Refuse (:class:`ResourceError`) when ``needed_bytes`` exceed the available memory.
 
     ``available`` overrides the measured amount (tests); ``allow`` (or
     ``$BINSENSE_ALLOW_LARGE``) skips the check. Unknown available memory never refuses.
+    ``fix`` is what the refusal tells the user to do first.
     """
     if large_allowed(allow):
         return
@@ -233,7 +235,7 @@ def check_fits(
         return
     raise ResourceError(
         f"{what} needs at least {format_bytes(needed_bytes)} of memory, but {device} has "
-        f"{format_bytes(free)} available; use a smaller width (or model), or pass "
+        f"{format_bytes(free)} available; {fix}, or pass "
         f"--allow-large (or set {ALLOW_LARGE_ENV}=1) to try anyway."
     )
 

@@ -38,6 +38,7 @@ run-time-dispatched XNOR-popcount kernels and the file format build on its ops.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -562,6 +563,213 @@ def check_geometry(
             )
 
 
+# ---------------------------------------------------------------- shapes and memory
+# The per-image shape of every op's output, found from the ops' plain parameters without
+# running a packed op, and the activation memory that follows from it; a file's program
+# is checked against the input before any op runs (issue 24).
+
+#: Bytes counted per activation element: int64, the widest intermediate of any op.
+BYTES_PER_ELEMENT = 8
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _image(shape: tuple[int, ...], what: str) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise BinsenseError(f"{what} takes (C, H, W) maps, got shape {shape}")
+    return shape  # type: ignore[return-value]
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # type: ignore[return-value]
+
+
+def _pool_side(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    """PyTorch's max-pool output length (``pooling_output_shape``), 0 where it refuses."""
+    if 2 * p > k:  # pad at most half of the kernel (PyTorch's check of 2-D pools)
+        return 0
+    out = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
+    if ceil and (out - 1) * s >= n + p:  # the last window starts inside the input
+        out -= 1
+    return out
+
+
+#: What a float module's forward may raise on an input it does not fit.
+_META_ERRORS = (
+    BinsenseError, RuntimeError, ValueError, IndexError, TypeError, AttributeError,
+    NotImplementedError, AssertionError, ArithmeticError,
+)  # fmt: skip
+
+
+def _meta_run(module: nn.Module, shape: tuple[int, ...], workspace: bool) -> tuple[tuple, int]:
+    """``(output shape, peak elements)`` of the float module ``module`` on one image of
+    ``shape``: a copy of it on the meta device (no memory; its tensors are swapped for
+    meta ones, not copied) runs its own forward; the peak is the largest input plus
+    output of any of its modules (with ``workspace``, a conv or linear layer adds 4x its
+    output: the float64 temporaries of :func:`~binsense.deploy.floatops.fma` in the
+    PyTorch fallback of the fixed-order float conv)."""
+    memo: dict[int, object] = {}
+    for t in (*module.parameters(), *module.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = (
+            nn.Parameter(meta, requires_grad=False) if isinstance(t, nn.Parameter) else meta
+        )
+    body = copy.deepcopy(module, memo)
+    peak = [0]
+
+    def hook(m: nn.Module, inputs: tuple, out) -> None:
+        size = sum(i.numel() for i in inputs if isinstance(i, Tensor))
+        if isinstance(out, Tensor):
+            work = 4 * out.numel() if workspace and isinstance(m, nn.Conv2d | nn.Linear) else 0
+            peak[0] = max(peak[0], size + out.numel() + work)
+
+    for m in body.modules():
+        m.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            out = body.eval()(torch.empty(1, *shape, device="meta"))
+    except _META_ERRORS as e:  # whatever the forward raises: the shape does not fit
+        first = (str(e).splitlines() or [type(e).__name__])[0].rstrip(".")
+        raise BinsenseError(
+            f"{type(module).__name__} cannot take shape {shape}: {first[:200]}"
+        ) from None
+    if not isinstance(out, Tensor) or out.dim() < 2:
+        raise BinsenseError(f"{type(module).__name__} does not give a batch of maps or vectors")
+    return tuple(out.shape[1:]), peak[0]
+
+
+def op_footprint(
+    op: nn.Module, shape: tuple[int, ...], workspace: bool = False
+) -> tuple[tuple[int, ...], int]:
+    """``(output shape, peak elements)`` of ``op`` on one image whose input has ``shape``
+    (no batch axis), from the op's parameters: no packed op runs, a float stage runs on
+    the meta device. Every geometry field is checked against ``shape`` (channels, fan-in,
+    a map smaller than a kernel, ...): a mismatch is one :class:`BinsenseError` line, as
+    is an op type this walk does not know.
+
+    The peak counts the op's input and output elements and, with ``workspace``, the
+    temporaries of the PyTorch fallback path (:meth:`DeployedModel.memory_bytes`).
+    """
+    from binsense.models.compact import ChannelShuffle
+
+    shape = tuple(int(s) for s in shape)
+    n_in = _numel(shape)
+    if isinstance(op, PackedConv):
+        c, h, w = _image(shape, "PackedConv")
+        if c != op.in_per_group * op.groups:
+            raise BinsenseError(
+                f"PackedConv takes {op.in_per_group * op.groups} channels ({op.in_per_group} "
+                f"per group, {op.groups} group(s)), got {c}"
+            )
+        (kh, kw), (sh, sw), (ph, pw) = _pair(op.kernel), _pair(op.stride), _pair(op.padding)
+        hp, wp = h + 2 * ph, w + 2 * pw
+        if hp < kh or wp < kw:
+            raise BinsenseError(
+                f"PackedConv's {kh}x{kw} kernel does not fit a {h}x{w} map (padding {ph}, {pw})"
+            )
+        out = (op.out_channels, (hp - kh) // sh + 1, (wp - kw) // sw + 1)
+        work = 0
+        if workspace:  # input bits as int64 (x3), one tap's XNOR words (x4), int32 sums
+            words = -(-op.in_per_group // WORD)
+            work = 3 * op.groups * words * WORD * hp * wp + _numel(out)
+            work += 4 * (op.out_channels // op.groups) * out[1] * out[2] * words
+        return out, n_in + _numel(out) + work
+    if isinstance(op, PackedLinear):
+        if len(shape) != 1 or shape[0] != op.fan_in:
+            raise BinsenseError(
+                f"PackedLinear takes vectors of {op.fan_in} values, got shape {shape}"
+            )
+        rows, words = op.weight_words.shape
+        work = 3 * words * WORD + 4 * rows * words if workspace else 0
+        return (int(rows),), n_in + int(rows) + work
+    if isinstance(op, MaxPoolInt):
+        c, h, w = _image(shape, "MaxPoolInt")
+        p = op.pool
+        k, d, pad = _pair(p.kernel_size), _pair(p.dilation), _pair(p.padding)
+        s = _pair(p.stride if p.stride is not None else p.kernel_size)
+        sides = tuple(
+            _pool_side(n, *g, p.ceil_mode) for n, *g in zip((h, w), k, s, pad, d, strict=True)
+        )
+        if min(sides) < 1:
+            raise BinsenseError(
+                f"MaxPoolInt (kernel {p.kernel_size}, stride {p.stride}, padding {p.padding}, "
+                f"dilation {p.dilation}) does not fit a {h}x{w} map"
+            )
+        out = (c, *sides)
+        return out, n_in + _numel(out)
+    if isinstance(op, Threshold):
+        tau = op.tau
+        if shape[:1] != tuple(tau.shape[:1]) or (tau.dim() == 3 and len(shape) != 3):
+            layout = "(C, m, n) per position class" if tau.dim() == 3 else "(C,)"
+            raise BinsenseError(
+                f"Threshold holds {tau.shape[0]} channel thresholds {layout}, got shape {shape}"
+            )
+        return shape, 2 * n_in
+    if isinstance(op, PlanesInput):
+        c, h, w = _image(shape, "PlanesInput")
+        tc, _, k = op.table.shape
+        if c != tc:
+            raise BinsenseError(f"PlanesInput codes {tc} colour channel(s), got {c}")
+        out = (c * k, h, w)
+        return out, n_in + 2 * _numel(out)  # the gathered bits, then the int64 ±1
+    if isinstance(op, FloatStage):
+        out, peak = _meta_run(op.body, shape, workspace)
+        return out, n_in + peak
+    if isinstance(op, ToInt8):
+        return shape, 2 * n_in
+    if isinstance(op, FlattenOp):
+        if not shape:
+            raise BinsenseError("FlattenOp takes maps or vectors, got a scalar")
+        return (n_in,), 2 * n_in
+    if isinstance(op, ChannelShuffle):
+        if not shape or shape[0] % op.groups:
+            raise BinsenseError(
+                f"ChannelShuffle of {op.groups} groups takes channels divisible by "
+                f"{op.groups}, got shape {shape}"
+            )
+        return shape, 2 * n_in
+    if isinstance(op, ResidualOp):
+        _image(shape, "ResidualOp")
+        peaks = []
+        s = shape
+        for part in ("conv1", "threshold1", "conv2", "rest"):
+            try:
+                s, peak = op_footprint(getattr(op, part), s, workspace)
+            except BinsenseError as e:
+                raise BinsenseError(f"ResidualOp {part}: {e}") from None
+            peaks.append(peak)
+        short, peak_short = _meta_run(op.shortcut, shape, workspace)
+        if short != s:
+            raise BinsenseError(f"ResidualOp's shortcut gives shape {short}, its branch {s}")
+        post, peak_post = _meta_run(op.post, s, workspace)
+        # the stream (kept for the shortcut) + the largest part + branch and shortcut at the sum
+        return post, n_in + max(*peaks, peak_short, peak_post) + 2 * _numel(s)
+    raise BinsenseError(
+        f"the shape walk does not know the op type {type(op).__name__}, so its memory "
+        "cannot be estimated"
+    )
+
+
+def _checked_shape(input_shape) -> tuple[int, int, int]:
+    """An image shape ``(C, H, W)`` of positive integers, else one :class:`BinsenseError`."""
+    if not (isinstance(input_shape, tuple | list) and len(input_shape) == 3) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in input_shape
+    ):
+        raise BinsenseError(f"an image shape is (C, H, W) positive integers, got {input_shape!r}.")
+    return tuple(input_shape)  # type: ignore[return-value]
+
+
+def op_output_shape(op: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The output shape of ``op`` (no batch axis) for inputs of ``shape``, without running
+    a packed op (:func:`op_footprint`)."""
+    return op_footprint(op, shape)[0]
+
+
 @dataclass
 class DeployedModel:
     """The integer program: ``ops`` in order; ``forward`` gives the logits.
@@ -581,7 +789,7 @@ class DeployedModel:
         """The logits: by the packed engine where the C kernel runs
         (:class:`binsense.deploy.engine.PackedEngine`, bits between binary layers), else
         by the op list (:meth:`run_ops`); both give the same integers."""
-        x = model_input(x)
+        x = self._input(x)
         if not kernels.runs(x):
             return self.ops(x)
         engine = self.__dict__.get("_engine")
@@ -595,7 +803,19 @@ class DeployedModel:
     def run_ops(self, x: Tensor) -> Tensor:
         """The logits by the op list, op by op on ±1 / integer NCHW tensors (the
         reference the packed engine is checked against)."""
-        return self.ops(model_input(x))
+        return self.ops(self._input(x))
+
+    def _input(self, x: Tensor) -> Tensor:
+        """:func:`model_input`, and images of a shape the program fits: the first batch of
+        each shape is walked (:meth:`activation_shapes`), so a wrong channel count or size
+        is one line naming the op, never garbage from a kernel that trusts its shapes."""
+        x = model_input(x)
+        fitted = self.__dict__.setdefault("_fitted_shapes", set())
+        shape = tuple(x.shape[1:])
+        if shape not in fitted:
+            self.activation_shapes(shape)
+            fitted.add(shape)
+        return x
 
     def float_stages(self) -> list[FloatStage]:
         """The float stages (first layer, head, a residual unit's float part): the trained
@@ -622,7 +842,7 @@ class DeployedModel:
     @torch.no_grad()
     def trace(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
         """Each op's name and output, in order (for per-layer comparisons)."""
-        x = model_input(x)
+        x = self._input(x)
         for name, op in self.ops.named_children():
             x = op(x)
             yield name, x
@@ -630,6 +850,101 @@ class DeployedModel:
     def predict(self, x: Tensor) -> Tensor:
         """The predicted classes: the argmax of the logits (input as for calling it)."""
         return self(x).argmax(1)
+
+    def _walk(self, input_shape, workspace: bool) -> list[tuple[tuple[int, ...], int]]:
+        """``(output shape, peak elements)`` of every op on one image (:func:`op_footprint`);
+        the first op that does not fit its input is one :class:`BinsenseError` line."""
+        shape = _checked_shape(input_shape)
+        shown = "x".join(map(str, shape))
+        steps = []
+        for name, op in self.ops.named_children():
+            try:
+                out, peak = op_footprint(op, shape, workspace)
+            except BinsenseError as e:
+                raise BinsenseError(
+                    f"the deployed program cannot run on images of shape {shown}: op {name!r}: "
+                    f"{str(e).rstrip('.')}; give images of the size it was built for."
+                ) from None
+            steps.append((out, peak))
+            shape = out
+        return steps
+
+    def activation_shapes(self, input_shape: tuple[int, int, int]) -> list[tuple[int, ...]]:
+        """The output shape (no batch axis) of every op for images ``input_shape``
+        (``C, H, W``), from the ops' parameters: no packed op runs, a float stage runs on
+        the meta device (no memory). Every geometry field is checked against the input:
+        a channel count, fan-in or map size that does not fit, or an op type the walk
+        does not know, is one :class:`BinsenseError` line naming the op."""
+        return [shape for shape, _ in self._walk(input_shape, False)]
+
+    def memory_bytes(
+        self, input_shape: tuple[int, int, int], batch: int = 1, *, workspace: bool | None = None
+    ) -> int:
+        r"""Estimated activation memory (bytes) of running this program on ``batch``
+        images of ``input_shape`` (``C, H, W``), from :meth:`activation_shapes`' walk:
+
+        .. math:: \text{bytes} = 8 \, B \, \max_i \,(\text{in}_i + \text{out}_i
+                  + \text{work}_i)
+
+        with :math:`B` the batch, :math:`\text{in}_i` and :math:`\text{out}_i` the
+        elements of one image's input and output of op :math:`i` (the ops run one after
+        the other, so one op's input and output are alive at a time; a float stage counts
+        its input plus its largest module's input and output, a residual unit the stream,
+        its largest part, and its branch and shortcut at the sum), and 8 bytes an element:
+        int64, the widest intermediate. With ``workspace`` (default: when the C kernel
+        does not run, :func:`binsense.deploy.kernels.backend` ``"torch"``),
+        :math:`\text{work}_i` adds the PyTorch fallback's temporaries: for a packed conv
+        or linear layer its input bits, padded to whole words, three times over (the
+        padded copy, the bits as int64, shifted), four copies of one tap's XNOR words
+        (:math:`C_\text{out}/G \cdot H' W' \cdot` words: the XNOR and the popcount's
+        steps) and, for a conv, its output again (the int32 sums); for a float conv or
+        linear layer four float64 copies of its output (the exact FMA). It is 0 on the C
+        path, whose buffers hold words (64 activations each). Measured peaks of resident
+        memory (VGG-small, the compact BNN and the ResNet-18 BNN, at batch 64 on the
+        PyTorch path and 250 on the C path) were 0.1 to 0.7 times the estimate.
+
+        An upper-ish estimate: the activations are int8 (±1), int32 (popcounts) or
+        float32, so 8 bytes an element leaves room for the short-lived copies an op makes
+        (a dtype conversion, a padded map). Not counted: the program's weights (in memory
+        once it is loaded), a PyTorch model run beside it (``deploy --check``), and the
+        allocator's own overhead.
+        """
+        batch = _plain_int(batch, "batch")
+        if workspace is None:
+            workspace = kernels.backend() == "torch"
+        steps = self._walk(input_shape, workspace)
+        peak = max([_numel(_checked_shape(input_shape)), *(p for _, p in steps)])
+        return BYTES_PER_ELEMENT * batch * peak
+
+    def check_memory(
+        self,
+        input_shape: tuple[int, int, int],
+        batch: int = 1,
+        *,
+        what: str | None = None,
+        allow: bool | None = None,
+        available: int | None = None,
+        workspace: bool | None = None,
+        fix: str = "give fewer images at a time",
+    ) -> int:
+        """Refuse to run on ``batch`` images of ``input_shape`` before any op runs: the
+        geometry walk (:meth:`activation_shapes`; :class:`BinsenseError`), then
+        :func:`binsense.resources.check_fits` on :meth:`memory_bytes` (a
+        :class:`~binsense.resources.ResourceError` line naming ``--allow-large``;
+        ``allow`` or ``$BINSENSE_ALLOW_LARGE`` skip it, ``available`` overrides the
+        measured memory; ``fix``: what the refusal tells the user to do first). Returns
+        the estimate in bytes."""
+        from binsense.resources import check_fits
+
+        needed = self.memory_bytes(input_shape, batch, workspace=workspace)
+        if what is None:
+            shown = "x".join(map(str, _checked_shape(input_shape)))
+            what = (
+                f"running the deployed {self.source or 'program'} on a batch of {batch} "
+                f"images of shape {shown}"
+            )
+        check_fits(needed, device="cpu", what=what, allow=allow, available=available, fix=fix)
+        return needed
 
     def save(self, path, meta: dict | None = None):
         """Write this program to a file (:func:`binsense.deploy.fileformat.save_deployed`)."""
@@ -824,6 +1139,8 @@ __all__ = [
     "FloatStage",
     "model_input",
     "MaxPoolInt",
+    "op_footprint",
+    "op_output_shape",
     "PackedConv",
     "PackedLinear",
     "PlanesInput",

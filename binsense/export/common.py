@@ -1,6 +1,7 @@
 r"""What every exporter needs from a :class:`~binsense.deploy.program.DeployedModel`.
 
-- :func:`op_shapes`: each op's output shape for one input size (exports are static);
+- :func:`op_shapes`: each op's output shape for one input size (exports are static),
+  computed without running an op, after a memory check;
 - :func:`norm_affine`: a per-channel norm of a float stage as ``y = a x + b`` *in the
   arithmetic PyTorch uses*, checked bit for bit against the module;
 - :func:`pm1_weight`, :func:`threshold_arrays`: the ±1 weights and the integer
@@ -58,16 +59,21 @@ def no_residual(deployed: DeployedModel, what: str) -> None:
         )
 
 
-@torch.no_grad()
 def op_shapes(deployed: DeployedModel, input_shape: tuple[int, int, int]) -> list[tuple]:
     """The output shape (without the batch axis) of every op, for images ``input_shape``
-    (``C, H, W``)."""
-    x = torch.zeros(1, *input_shape)
-    shapes = []
-    for op in deployed.ops:
-        x = op(x)
-        shapes.append(tuple(x.shape[1:]))
-    return shapes
+    (``C, H, W``), by the analytic walk (:meth:`DeployedModel.activation_shapes`: no op
+    runs, every geometry field checked against the input, one line if one does not fit).
+
+    The program's activations are checked first to fit in memory for two images
+    (:meth:`DeployedModel.check_memory`; ``--allow-large`` or ``BINSENSE_ALLOW_LARGE=1``
+    skips that): an export holds arrays as large as one image's maps (DeSign thresholds
+    tiled over a map, the C arena) and the ONNX builder runs float modules on two images.
+    """
+    shown = "x".join(map(str, input_shape))
+    what = f"exporting the deployed {deployed.source or 'program'} for images of shape {shown}"
+    fix = "give the image size the program was built for"
+    deployed.check_memory(input_shape, 2, what=what, workspace=False, fix=fix)
+    return deployed.activation_shapes(input_shape)
 
 
 def pm1_weight(op: PackedConv | PackedLinear) -> np.ndarray:
