@@ -25,8 +25,10 @@ and of onnxruntime's MLAS GEMM; on ±1 inputs (a float head after a binary layer
 FMA is an exact add and the definition is the plain left-to-right sum.
 
 **Two implementations, the same bits.** The C kernel (``xnor_float_conv`` in
-:mod:`binsense.deploy.kernels`: ``fmaf``, one ``vfmadd`` on an FMA CPU) runs wherever the
-kernel library is built; :func:`conv2d_reference` is the PyTorch fallback. PyTorch has no
+:mod:`binsense.deploy.kernels`: ``fmaf``, one ``vfmadd`` on an FMA CPU; on the XNOR
+kernels' path, portable, AVX2 with 64 output channels in registers, or AVX-512 with 16
+output positions per register and padded taps masked out) runs wherever the kernel
+library is built; :func:`conv2d_reference` is the PyTorch fallback. PyTorch has no
 fused multiply-add, so :func:`fma` computes it exactly through float64: the product of
 two float32 values is exact in float64 (24 + 24 < 53 bits), the sum is rounded once to
 float64, and the one case where rounding twice (to float64, then float32) differs from
