@@ -79,7 +79,9 @@ class TestCacheIntegrity:
 
         with pytest.warns(DataCacheWarning) as caught:
             again = load_dataset(name, "test")
-        (warning,) = caught
+        # one cache warning (other warnings, e.g. from a library's background thread, may
+        # be recorded in the same block: the suite once saw one)
+        (warning,) = [w for w in caught if issubclass(w.category, DataCacheWarning)]
         text = str(warning.message)
         assert "is damaged" in text and "rebuilding it" in text and "\n" not in text
         assert fresh.fingerprint[:16] in text
