@@ -23,6 +23,7 @@ from binsense.errors import BinsenseError
 from binsense.study import load_study, run_study
 from binsense.study.execute import run_printer
 from binsense.study.plan import StoreSnapshot, make_plan
+from binsense.study.runner import study_lock
 from binsense.study.store import ResultStore
 
 ray = pytest.importorskip("ray")
@@ -261,44 +262,45 @@ def _driver(path: Path) -> subprocess.Popen:
     return subprocess.Popen([*command, "--executor", "ray"], env=env, stderr=subprocess.PIPE)
 
 
-def _wait_for_rows(driver: subprocess.Popen, db: Path, more_than: int) -> int:
-    """Wait until the store holds more than ``more_than`` rows (the driver still running)."""
+def _wait_for_checkpoints(driver: subprocess.Popen, out: Path, count: int) -> None:
+    """Wait until ``count`` run folders hold a checkpoint (the driver still running)."""
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and driver.poll() is None:
-        if db.is_file():
-            with contextlib.suppress(sqlite3.OperationalError):  # (tables not made yet)
-                with sqlite3.connect(db) as conn:
-                    count = conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-                if count > more_than:
-                    return count
-        time.sleep(0.1)
-    raise AssertionError("the driver finished before it could be stopped")
+    while len(list(out.glob("runs/*/checkpoint.pt"))) < count:
+        assert driver.poll() is None, "the driver finished before it could be stopped"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
 
 
 def test_a_driver_stopped_by_ctrl_c_or_kill_9_resumes(local_reference, tmp_path, tiny_data):
-    """Ctrl-C (SIGINT) once a row is stored: the driver cancels its tasks, exits 130 and
-    keeps the rows; ``kill -9`` of the next driver: a second driver meanwhile is refused;
-    then a rerun (on Ray) completes with the rows of an uninterrupted run."""
+    """Ctrl-C (SIGINT) once a training has its checkpoint: the driver cancels its tasks,
+    exits 130 and keeps what is stored. ``kill -9`` of the next driver once another run
+    has its checkpoint (a second driver meanwhile is refused). A rerun (on Ray) then
+    completes with the rows of an uninterrupted run. Each signal comes while work is
+    left: the evaluations of a run are submitted only after its training is recorded."""
     path = write(tmp_path, tiny_data)
-    db = load_study(path).store_path
+    study = load_study(path)
+    db = study.store_path
     driver = _driver(path)
     try:
-        _wait_for_rows(driver, db, 0)
+        _wait_for_checkpoints(driver, study.out_dir, 1)
+        t0 = time.monotonic()
         driver.send_signal(signal.SIGINT)
         assert driver.wait(timeout=60) == 130
+        assert time.monotonic() - t0 < 10  # at once, not when the running tasks end
         assert "interrupted" in driver.stderr.read().decode()
     finally:
         driver.kill()
-    first = rows(db)
-    assert 0 < len(first) < 12
+    first = rows(db) if db.is_file() else []
+    assert len(first) < 12
     _wait_for_orphans()
     assert not ray_task_pids()  # the cancelled tasks are gone
 
+    trained = len(list(study.out_dir.glob("runs/*/checkpoint.pt")))
     driver = _driver(path)
     try:
-        _wait_for_rows(driver, db, len(first))
-        with pytest.raises(BinsenseError, match="another"):  # the study lock is held
-            run_study(path, progress=False)
+        _wait_for_checkpoints(driver, study.out_dir, trained + 1)
+        with pytest.raises(BinsenseError, match="another"), study_lock(study.out_dir):
+            pass  # the study lock is held: a second driver is refused
         driver.send_signal(signal.SIGKILL)
     finally:
         driver.wait(timeout=60)

@@ -139,6 +139,11 @@ def _sees(path: str) -> tuple[str, bool]:
     return ray.util.get_node_ip_address(), os.path.exists(path)
 
 
+#: How long the driver blocks in ``ray.wait`` at a time: Python handles a Ctrl-C only
+#: when the call returns, so a longer wait would delay it until some task ends.
+WAIT_SLICE_S = 0.2
+
+
 class RayExecutor:
     """Units as Ray tasks (module docstring)."""
 
@@ -257,7 +262,9 @@ class RayExecutor:
     def wait(self, handles: Sequence[Handle]) -> list[Handle]:
         ray = self.ray
         by_ref = {h.ref: h for h in handles}
-        ready, _ = ray.wait(list(by_ref), num_returns=1)
+        ready: list = []
+        while not ready:  # in slices: Ctrl-C is handled between them, not after a task ends
+            ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=WAIT_SLICE_S)
         done = []
         for ref in ready:
             handle = by_ref[ref]
