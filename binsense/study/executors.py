@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from binsense.errors import BinsenseError
-from binsense.study.schema import ExecutorOptions, Study
+from binsense.study.schema import Study
 
 
 class WorkerLost(BinsenseError):
@@ -94,18 +94,4 @@ class LocalExecutor:
         return None
 
 
-#: Executor kinds, for the CLI's choices and error messages.
-EXECUTORS = ("local", "ray")
-
-
-def make_executor(options: ExecutorOptions) -> Executor:
-    """The executor that ``options`` (the study's ``[executor]`` table, with the CLI's
-    ``--executor`` / ``--address`` over it) asks for."""
-    if options.kind == "local":
-        return LocalExecutor()
-    from binsense.study.ray_executor import RayExecutor
-
-    return RayExecutor(options)
-
-
-__all__ = ["EXECUTORS", "Executor", "Handle", "LocalExecutor", "WorkerLost", "make_executor"]
+__all__ = ["Executor", "Handle", "LocalExecutor", "WorkerLost"]

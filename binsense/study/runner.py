@@ -110,11 +110,11 @@ from binsense.study.execute import (
     run_printer,
     test_loader,
 )
-from binsense.study.executors import Executor, Handle, WorkerLost, make_executor
+from binsense.study.executors import Executor, Handle, LocalExecutor, WorkerLost
 from binsense.study.export import report_dir, run_dir
 from binsense.study.plan import EvalTask, Plan, StoreSnapshot, TrainTask, make_plan
 from binsense.study.record import Failure, Recorder
-from binsense.study.schema import Study, Training, condition_labels, load_study
+from binsense.study.schema import ExecutorOptions, Study, Training, condition_labels, load_study
 from binsense.study.store import ResultStore
 from binsense.train.trainer import nonfinite_state
 
@@ -310,6 +310,16 @@ class _Driver:
             self.recorder.evaluation(task, outcome)
 
 
+def make_executor(options: ExecutorOptions) -> Executor:
+    """The executor that ``options`` (the study's ``[executor]`` table, with the CLI's
+    ``--executor`` / ``--address`` over it) asks for; Ray is imported only for ``ray``."""
+    if options.kind == "local":
+        return LocalExecutor()
+    from binsense.study.ray_executor import RayExecutor
+
+    return RayExecutor(options)
+
+
 def run_study(
     path: str | os.PathLike,
     preset: str | None = None,
@@ -394,6 +404,7 @@ __all__ = [
     "TrainingProgress",
     "check_output_names",
     "environment_cause",
+    "make_executor",
     "nonfinite_state",
     "one_line",
     "run_study",
