@@ -255,11 +255,23 @@ def _wait_for_orphans(timeout: float = 90) -> None:
         time.sleep(0.2)
 
 
+def _sigint_as_in_a_shell() -> None:
+    """In the child before exec: SIGINT unblocked and at its default, as a shell gives
+    it. A child inherits its parent thread's signal mask and ignored signals, and the
+    test process may have SIGINT blocked (a library's threads; the full suite once did),
+    which would make Ctrl-C a no-op for the driver under test."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _driver(path: Path) -> subprocess.Popen:
     """``binsense study run FILE --executor ray`` in a process of its own."""
     command = [sys.executable, "-m", "binsense", "study", "run", str(path), "--no-progress"]
     env = {**os.environ, "BINSENSE_THREADS": "1"}
-    return subprocess.Popen([*command, "--executor", "ray"], env=env, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [*command, "--executor", "ray"], env=env, stderr=subprocess.PIPE,
+        preexec_fn=_sigint_as_in_a_shell,
+    )  # fmt: skip
 
 
 def _wait_for_checkpoints(driver: subprocess.Popen, out: Path, count: int) -> None:
