@@ -39,14 +39,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from binsense import tomlfile
 from binsense.compress.summary import add_summary_command
 from binsense.errors import BinsenseError
 from binsense.study.cli import add_study_commands
-
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 # TrainConfig fields that get a dedicated flag; everything else via --set KEY=VALUE.
 _TRAIN_FLAGS = {
@@ -68,21 +64,13 @@ _TRAIN_FLAGS = {
 }
 
 
-def _parse_value(text: str) -> Any:
-    """A TOML literal (``0.25``, ``true``, ``"x"``, ``[1, 2]``) or else a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def _key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise BinsenseError(f"{flag} expects KEY=VALUE, got {item!r}.")
-        out[key.strip().replace("-", "_")] = _parse_value(value.strip())
+        out[key.strip().replace("-", "_")] = tomlfile.literal(value.strip())
     return out
 
 
@@ -133,7 +121,7 @@ def validation_message(err: ValidationError, what: str) -> str:
 def _read_config_file(path: Path) -> dict[str, Any]:
     """A TOML file of training options; every problem is one line naming the file."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomlfile.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BinsenseError(f"config file {str(path)!r} does not exist.") from None
     except UnicodeDecodeError as e:
@@ -145,7 +133,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise BinsenseError(
             f"cannot read config file {str(path)!r}: {e.strerror or e}; check the path."
         ) from None
-    except tomllib.TOMLDecodeError as e:
+    except tomlfile.TOMLDecodeError as e:
         raise BinsenseError(f"{path}: invalid TOML: {e}.") from None
 
 
@@ -283,13 +271,13 @@ def _check_data_dir(data_dir: str | None) -> None:
         )
 
 
-_IMAGEFOLDER = "imagefolder:"
-
-
 def _image_folder(name: str) -> Path | None:
-    if not name.lower().startswith(_IMAGEFOLDER) or not name[len(_IMAGEFOLDER) :]:
+    """The folder of an ``imagefolder:PATH`` data-set name, else None."""
+    from binsense.data.registry import IMAGEFOLDER_PREFIX as prefix
+
+    if not name.lower().startswith(prefix) or not name[len(prefix) :]:
         return None
-    return Path(name[len(_IMAGEFOLDER) :]).expanduser()
+    return Path(name[len(prefix) :]).expanduser()
 
 
 def _scan_image_tree(folder: Path, extensions: frozenset[str]) -> None:
@@ -983,7 +971,7 @@ def build_parser() -> argparse.ArgumentParser:
             dest=field,
             help=text,
             default=None,
-            type=_parse_value if field not in ("dataset", "model") else str,
+            type=tomlfile.literal if field not in ("dataset", "model") else str,
         )
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument(

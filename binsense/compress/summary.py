@@ -85,17 +85,13 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from binsense import tomlfile
 from binsense.errors import BinsenseError
 from binsense.layers.binary import is_binary_layer
 from binsense.layers.block import BinaryBlock
 from binsense.layers.design import DeSign
 from binsense.layers.norm import ChannelAffine
 from binsense.quant.sign import SignQuantizer
-
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 #: Bits in one Mbit: 2^20, Larq's binary-prefix convention (module docstring).
 BITS_PER_MBIT = 2**20
@@ -645,21 +641,13 @@ def summarize_model(
 # ---------------------------------------------------------------------- command line
 
 
-def _parse_value(text: str) -> Any:
-    """A TOML literal (``0.25``, ``true``, ``"x"``, ``[1, 2]``) or else a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def _model_options(items: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise BinsenseError(f"--model-option expects KEY=VALUE, got {item!r}.")
-        out[key.strip().replace("-", "_")] = _parse_value(value.strip())
+        out[key.strip().replace("-", "_")] = tomlfile.literal(value.strip())
     return out
 
 

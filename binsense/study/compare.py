@@ -343,14 +343,13 @@ def _split_top(text: str) -> list[str]:
 def _value(text: str) -> Any:
     """A selector value: the TOML value it spells (``0``, ``0.05``, ``true``, a table),
     else the text itself (``NBC-8``, ``none``)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except (tomllib.TOMLDecodeError, KeyError):
-        return text.strip().strip("\"'") if text.strip()[:1] in "\"'" else text.strip()
+    from binsense import tomlfile
+
+    value = tomlfile.literal(text)
+    if value is not text:
+        return value
+    stripped = text.strip()  # not a TOML literal: the text, without its quotes
+    return stripped.strip("\"'") if stripped[:1] in "\"'" else stripped
 
 
 def parse_selector(text: str, flag: str = "--a") -> dict[str, Any]:

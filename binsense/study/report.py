@@ -57,6 +57,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 import binsense
+from binsense.data.registry import IMAGEFOLDER_PREFIX
 from binsense.errors import BinsenseError
 from binsense.io import atomic_write, atomic_write_text, safe_child
 from binsense.study.export import (
@@ -68,7 +69,6 @@ from binsense.study.export import (
     study_rows,
 )
 from binsense.study.schema import (
-    IMAGEFOLDER_PREFIX,
     Evaluation,
     Study,
     Training,

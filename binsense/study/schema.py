@@ -64,19 +64,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from binsense import tomlfile
+from binsense.data.registry import IMAGEFOLDER_PREFIX
 from binsense.errors import BinsenseError
 from binsense.errors import did_you_mean as _did_you_mean
 from binsense.evaluate.conditions import Condition, condition_class, condition_kinds
 from binsense.io import safe_child
 from binsense.train import TrainConfig
-
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-#: Prefix of data-set names that point at a local image folder (``imagefolder:PATH``).
-IMAGEFOLDER_PREFIX = "imagefolder:"
 
 _SECTIONS = ("study", "train", "condition", "evaluation", "report", "executor", "presets")
 _PRESET_SECTIONS = ("study", "train", "condition", "evaluation", "report", "executor")
@@ -522,8 +516,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise StudyFileError(f"cannot read study file {str(path)!r}: {e}.") from None
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+        return tomlfile.loads(text)
+    except tomlfile.TOMLDecodeError as e:
         msg = str(e)
         m = re.search(r"\s*\(at line (\d+), column (\d+)\)", msg)
         if m:

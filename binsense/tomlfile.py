@@ -1,0 +1,36 @@
+"""TOML in one place: the standard library's ``tomllib`` (Python >= 3.11) or its
+backport ``tomli`` (3.10), and what binsense reads with it.
+
+- :func:`loads`: a document (study files, ``--config`` files);
+- :func:`literal`: one value as a user types it on the command line (``0.25``,
+  ``true``, ``"x"``, ``[1, 2]``), or the text itself when it is not a TOML literal
+  (``--set model=vgg_small``, ``--model-option encoder=nbc``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+#: A TOML syntax error (its message ends in "(at line L, column C)").
+TOMLDecodeError = tomllib.TOMLDecodeError
+
+
+def loads(text: str) -> dict[str, Any]:
+    """A TOML document as a dict (:data:`TOMLDecodeError` on a syntax error)."""
+    return tomllib.loads(text)
+
+
+def literal(text: str) -> Any:
+    """A TOML literal (``0.25``, ``true``, ``"x"``, ``[1, 2]``) or else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except TOMLDecodeError:
+        return text
+
+
+__all__ = ["TOMLDecodeError", "literal", "loads"]
