@@ -25,8 +25,8 @@ kind = "ray"`` in the study file). The driver plans, submits and records
   point is recorded as failed and the study goes on. The driver alone writes the store,
   so a driver killed mid-study resumes on the next run exactly as a local one
   (the store holds every recorded outcome; run folders their last epoch checkpoints).
-- **Ctrl-C** cancels the cluster's tasks (:meth:`RayExecutor.cancel`); what is stored
-  stays.
+- **Ctrl-C** stops the tasks (:meth:`RayExecutor.cancel`: a local Ray is shut down, a
+  cluster's tasks are cancelled); what is stored stays.
 - **Progress.** The driver's bar counts the whole study; workers print their epoch
   lines prefixed with ``[run ID]`` (Ray forwards them, with its own worker prefix).
 
@@ -36,6 +36,7 @@ end; a cluster at an address is joined and left running.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -289,14 +290,24 @@ class RayExecutor:
         return done
 
     def cancel(self, handles: Sequence[Handle]) -> None:
+        """Stop the tasks still running (Ctrl-C, a fatal error): best effort, so that the
+        error that stops the study is the one the user sees. A Ray started here is shut
+        down by :meth:`close`, which ends its workers: its tasks are not cancelled one by
+        one, because Ray 2.60 aborts the driver when a task is force-cancelled as its
+        result arrives ("Tried to complete task that was not pending", seen here once in
+        about five Ctrl-C's). On a cluster the tasks are cancelled."""
+        if self.started_here:
+            return
         for h in handles:
             if not h.done:
-                self.ray.cancel(h.ref, force=True)
+                with contextlib.suppress(Exception):
+                    self.ray.cancel(h.ref, force=True)
 
     def close(self) -> None:
         if self.started_here:
-            self.ray.shutdown()
             self.started_here = False
+            with contextlib.suppress(Exception):  # (as cancel: never hide the real error)
+                self.ray.shutdown()
 
 
 __all__ = ["RayExecutor"]
