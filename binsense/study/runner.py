@@ -255,10 +255,13 @@ class _Driver:
 
     def preflight(self, plan: Plan) -> None:
         """Refuse new rows on other test data than a run's stored rows, before any work."""
+        fingerprints: dict[tuple[str, str | None], str] = {}  # one load per data set
         for task in plan.evaluations:
             if task.stored_fingerprints:
-                _, fingerprint = test_loader(task.training, task.options, self.data_dir)
-                check_test_data(task, fingerprint)
+                key = (task.training.config.dataset, task.options.device)
+                if key not in fingerprints:
+                    _, fingerprints[key] = test_loader(task.training, task.options, self.data_dir)
+                check_test_data(task, fingerprints[key])
 
     def drop_blocked(self, queue: list[TrainTask | EvalTask]) -> list[TrainTask | EvalTask]:
         """Fail the trainings whose teacher failed (their students in turn), and drop the
