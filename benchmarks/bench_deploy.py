@@ -68,14 +68,8 @@ from torch import nn
 
 from binsense.data import dataset_info
 from binsense.deploy import convert, kernels
-from binsense.deploy.program import (
-    FloatStage,
-    PackedConv,
-    PackedLinear,
-    ResidualOp,
-    Threshold,
-    pack_bits,
-)
+from binsense.deploy.bits import pack_bits
+from binsense.deploy.ir import FloatStage, PackedConv, PackedLinear, ResidualOp, Threshold
 from binsense.layers import BinaryConv2d
 from binsense.models import build_model
 

@@ -10,8 +10,8 @@ from binsense.data import dataset_info
 from binsense.encoders import ENCODERS
 from binsense.errors import BinsenseError
 from binsense.layers import BinaryBlock, blocks_of, is_binary_layer
+from binsense.layers.shape import ChannelShuffle, GlobalPool
 from binsense.models import build_model, check_model, count_parameters
-from binsense.models.compact import ChannelShuffle, GlobalPool
 from binsense.quant import SignQuantizer
 
 CIFAR = dataset_info("cifar10")

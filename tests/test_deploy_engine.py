@@ -12,6 +12,7 @@ from torch import nn
 
 from binsense.data import dataset_info
 from binsense.deploy import convert, kernels
+from binsense.deploy.bits import pack_bits
 from binsense.deploy.engine import (
     Packed,
     PackedEngine,
@@ -20,7 +21,7 @@ from binsense.deploy.engine import (
     _PlanesWords,
     _regroup,
 )
-from binsense.deploy.program import MaxPoolInt, PackedConv, Threshold, pack_bits
+from binsense.deploy.ir import MaxPoolInt, PackedConv, Threshold
 from binsense.layers import BinaryConv2d, DeSign
 from binsense.quant import SteSign
 

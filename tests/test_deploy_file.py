@@ -26,7 +26,8 @@ from binsense.deploy.fileformat import (
     read_deployed,
     save_deployed,
 )
-from binsense.deploy.program import DeployedModel, FloatStage
+from binsense.deploy.ir import FloatStage
+from binsense.deploy.program import DeployedModel
 from binsense.errors import BinsenseError, CheckpointError
 from binsense.models import build_model
 from binsense.train import TrainConfig, train
@@ -72,7 +73,7 @@ def test_round_trip_is_bit_identical(name, dataset, options, tmp_path):
     attach_layers(loaded, model)  # every packed layer's integers too
     result = check_exact(model, [(x, None)], loaded)
     assert result.exact and result.logit_mismatches == 0 and result.layers >= 2
-    assert DeployedModel.load(path).predict(x).tolist() == expected.argmax(1).tolist()
+    assert load_deployed(path).predict(x).tolist() == expected.argmax(1).tolist()
 
 
 def _float_size(model: nn.Module) -> int:

@@ -18,26 +18,20 @@ from binsense import resources
 from binsense.cli import main
 from binsense.data import dataset_info
 from binsense.deploy import convert, kernels
-from binsense.deploy import program as prog
+from binsense.deploy import ir as deploy_ops
 from binsense.deploy.fileformat import load_deployed, save_deployed
-from binsense.deploy.program import (
-    DeployedModel,
-    FlattenOp,
-    MaxPoolInt,
-    PackedConv,
-    PackedLinear,
-    Threshold,
-    op_footprint,
-    op_output_shape,
-)
+from binsense.deploy.ir import FlattenOp, MaxPoolInt, PackedConv, PackedLinear, Threshold
+from binsense.deploy.program import DeployedModel
+from binsense.deploy.shapes import op_footprint, op_output_shape
 from binsense.errors import BinsenseError
 from binsense.layers.binary import BinaryConv2d, BinaryLinear
 from binsense.resources import ResourceError
 
 #: Every op type of a program: none may run while shapes and memory are estimated.
 _OP_TYPES = (
-    prog.PackedConv, prog.PackedLinear, prog.MaxPoolInt, prog.Threshold, prog.PlanesInput,
-    prog.FloatStage, prog.ToInt8, prog.FlattenOp, prog.ResidualOp,
+    deploy_ops.PackedConv, deploy_ops.PackedLinear, deploy_ops.MaxPoolInt,
+    deploy_ops.Threshold, deploy_ops.PlanesInput, deploy_ops.FloatStage, deploy_ops.ToInt8,
+    deploy_ops.FlattenOp, deploy_ops.ResidualOp,
 )  # fmt: skip
 
 #: One model of each family: float first layer, binary encoder + DeSign, groups, CNV,
@@ -74,7 +68,7 @@ def ops_run(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     for cls in _OP_TYPES:
         watch(cls)
-    from binsense.models.compact import ChannelShuffle
+    from binsense.layers.shape import ChannelShuffle
 
     watch(ChannelShuffle)
     for name in ("conv2d", "linear", "conv2d_words"):

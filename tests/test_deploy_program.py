@@ -12,7 +12,9 @@ from torch import nn
 from binsense.cli import main
 from binsense.data import dataset_info
 from binsense.deploy import check_exact, convert
-from binsense.deploy.program import PackedConv, PackedLinear, Threshold, pack_bits, popcount64
+from binsense.deploy.bits import pack_bits, popcount64
+from binsense.deploy.folding import fold_pair, pair_folds
+from binsense.deploy.ir import PackedConv, PackedLinear, Threshold
 from binsense.errors import BinsenseError
 from binsense.layers import BinaryConv2d, BinaryLinear, ChannelAffine, DeSign, quantize_bn
 from binsense.models import build_model
@@ -88,6 +90,24 @@ def test_thresholds_equal_the_trained_pair_on_every_integer(kind):
     with torch.no_grad():
         expected = act(norm(y.contiguous()))
     assert torch.equal(threshold(y.to(torch.int32)).float(), expected)
+    # the float64 rule of the folding table agrees, except where float32 rounds the norm's
+    # output onto the threshold (the affine case: -0.2 * 10 + 2 is 0.0 in float32, -3e-8
+    # in float64); that is why the deployed thresholds come from enumeration
+    folded = fold_pair(norm, act, integer_input=True, channels=c)
+    differ = folded.apply(y.contiguous()).float() != expected
+    with torch.no_grad():
+        near = norm(y.contiguous()).abs() < 1e-5
+    assert not (differ & ~near).any()
+    assert differ.any() == (kind == "affine")
+
+
+def test_a_pair_outside_the_folding_table_is_refused_in_one_line():
+    bn = _bn(4)
+    with pytest.raises(BinsenseError, match="no threshold: ReLU is not a sign"):
+        Threshold(bn, nn.ReLU(), 9, 4, spatial=True)
+    with pytest.raises(BinsenseError, match="only shifts"):
+        Threshold(bn, DeSign("2x2", quantizer=None), 9, 4, spatial=True)
+    assert not pair_folds(nn.LayerNorm(4), SteSign()) and pair_folds(bn, SteSign())
 
 
 def _calibrated(name: str, dataset: str, **options) -> nn.Module:

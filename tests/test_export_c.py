@@ -21,10 +21,12 @@ from test_deploy_program import _calibrated
 from binsense.compress.prune import prune, remove_pruned
 from binsense.data import load_dataset
 from binsense.deploy import convert
-from binsense.deploy.program import PackedConv, PackedLinear, PlanesInput, Threshold, ToInt8
+from binsense.deploy.ir import PackedConv, PackedLinear, PlanesInput, Threshold, ToInt8
 from binsense.errors import BinsenseError
 from binsense.export.c import (
     CORTEX_M4_CC,
+    RUNTIME,
+    STRICT_FLAGS,
     build_cortex_m4,
     compile_c,
     export_c,
@@ -299,3 +301,17 @@ def test_cli_exports_the_cortex_m4_target(tmp_path, capsys):
     assert main(["export", "--deployed", str(tmp_path / "m.bsd"), "--target", "cortex-m4",
                  "--onnx", str(tmp_path / "m.onnx")]) == 2  # fmt: skip
     assert "--target picks the flavour of --c DIR" in capsys.readouterr().err
+
+
+@needs_cc
+@pytest.mark.parametrize("defs", [[], ["-DBINSENSE_BUILTIN_POPCOUNT"]])
+def test_the_c_runtime_file_compiles_whole_under_the_strict_flags(tmp_path, defs):
+    """The runtime is a real C file: all of its chunks compile together (no model needs
+    them all), under the flags of the generated Makefile; a chunk that does not build, or
+    a stray line before the first chunk, fails here, not in a user's build."""
+    source = tmp_path / "runtime_all.c"
+    source.write_text("#include <math.h>\n#include <stddef.h>\n#include <stdint.h>\n" + RUNTIME)
+    cmd = [find_compiler(), *STRICT_FLAGS, "-Wno-unused-function", *defs, "-fsyntax-only"]
+    done = subprocess.run([*cmd, str(source)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert RUNTIME.lstrip().startswith("/*") and "\n//@base\n" in RUNTIME

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from binsense.deploy import kernels
-from binsense.deploy.program import PackedConv, PackedLinear, pack_bits, popcount64
+from binsense.deploy.bits import pack_bits, popcount64
+from binsense.deploy.ir import PackedConv, PackedLinear
 from binsense.errors import BinsenseError
 from binsense.layers import BinaryConv2d, BinaryLinear
 

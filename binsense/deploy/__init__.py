@@ -1,8 +1,11 @@
-"""Deployment: trained BNN -> integer form. Every folding rule that turns a block's
-(norm, activation) pair into integer thresholds (:mod:`binsense.deploy.folding`), and the
-conversion of a recipe model into an integer program with bit-packed binary layers and
-its exactness check (:mod:`binsense.deploy.program`), the XNOR-popcount kernels
-(:mod:`binsense.deploy.kernels`) and the file format (:mod:`binsense.deploy.fileformat`).
+"""Deployment: trained BNN -> integer form, in layers that each import only those below:
+the bit helpers (:mod:`~binsense.deploy.bits`), the folding table and rules that turn a
+block's (norm, activation) pair into integer thresholds (:mod:`~binsense.deploy.folding`),
+the op set (:mod:`~binsense.deploy.ir`), their shapes and memory
+(:mod:`~binsense.deploy.shapes`), the packed engine (:mod:`~binsense.deploy.engine`) on the
+XNOR-popcount kernels (:mod:`~binsense.deploy.kernels`), the conversion of a recipe model
+into a program and its exactness check (:mod:`~binsense.deploy.program`), and the file
+format (:mod:`~binsense.deploy.fileformat`).
 """
 
 from binsense.deploy.fileformat import DeployFileError, load_deployed, save_deployed
@@ -13,9 +16,10 @@ from binsense.deploy.folding import (
     fold_bn_sign,
     fold_norm_sign,
     fold_pair,
+    fold_problem,
     fold_sign_threshold,
     norm_params64,
-    register_folding_rule,
+    pair_folds,
     threshold_design,
     threshold_sign,
 )
@@ -27,16 +31,19 @@ __all__ = [
     "DeployedModel",
     "Thresholds",
     "check_exact",
+    "check_loader_memory",
     "convert",
     "bn_params64",
     "fold_bn_design",
     "fold_bn_sign",
     "fold_norm_sign",
     "fold_pair",
+    "fold_problem",
     "fold_sign_threshold",
+    "file_input_shape",
     "load_deployed",
     "norm_params64",
-    "register_folding_rule",
+    "pair_folds",
     "save_deployed",
     "threshold_design",
     "threshold_sign",

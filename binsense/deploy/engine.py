@@ -47,24 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from binsense.deploy import floatops, kernels
-from binsense.deploy.program import (
-    WORD,
-    FlattenOp,
-    FloatStage,
-    MaxPoolInt,
-    PackedConv,
-    PackedLinear,
-    PlanesInput,
-    Threshold,
-    ToInt8,
-    pack_bits,
-    unpack_bits,
-)
+from binsense.deploy import floatops, ir, kernels
+from binsense.deploy.bits import WORD, pack_bits, unpack_bits
 from binsense.encoders.base import adc_code
 from binsense.errors import BinsenseError
 from binsense.layers.block import BinaryBlock
 from binsense.layers.design import design_thresholds
+from binsense.layers.shape import ChannelShuffle
 from binsense.quant.sign import SignQuantizer
 
 
@@ -119,7 +108,7 @@ def _regroup(p: Packed, groups: int, perm: Tensor | None = None) -> Packed:
 class _Conv:
     """A PackedConv on packed input; its C-side tables cached per input size."""
 
-    def __init__(self, conv: PackedConv) -> None:
+    def __init__(self, conv: ir.PackedConv) -> None:
         self.conv = conv
         self._key: tuple | None = None
         self._tables: tuple = ()
@@ -151,13 +140,15 @@ class _FusedConv(_Conv):
     """PackedConv [+ non-overlapping MaxPoolInt] + Threshold: one fused C call (and a pool
     on bits)."""
 
-    def __init__(self, conv: PackedConv, pool: MaxPoolInt | None, threshold: Threshold) -> None:
+    def __init__(
+        self, conv: ir.PackedConv, pool: ir.MaxPoolInt | None, threshold: ir.Threshold
+    ) -> None:
         super().__init__(conv)
         self.threshold = threshold
         self.k = pool.pool.kernel_size if pool is not None else 1
 
     @staticmethod
-    def fits(pool: MaxPoolInt | None) -> bool:
+    def fits(pool: ir.MaxPoolInt | None) -> bool:
         if pool is None:
             return True
         p = pool.pool
@@ -201,7 +192,7 @@ class _PlanesWords:
     """A binary encoder's planes packed straight from the ADC code: per colour channel a
     256-entry table of its planes' bits at their place in the pixel's word."""
 
-    def __init__(self, op: PlanesInput) -> None:
+    def __init__(self, op: ir.PlanesInput) -> None:
         table = op.table  # bool (C, 256, K)
         c, _, k = table.shape
         self.channels = c * k
@@ -209,7 +200,7 @@ class _PlanesWords:
         self.lut = shifted.sum(-1)  # (C, 256): distinct bits, so the sum is the OR
 
     @staticmethod
-    def fits(op: PlanesInput) -> bool:
+    def fits(op: ir.PlanesInput) -> bool:
         """Whether the planes of a pixel fit one word."""
         return _planes(op) <= WORD
 
@@ -224,7 +215,7 @@ class _PlanesWords:
 class _PackedLinearFromMap:
     """Flatten + PackedLinear on a packed map: weight columns in ``(H, W, word)`` order."""
 
-    def __init__(self, linear: PackedLinear) -> None:
+    def __init__(self, linear: ir.PackedLinear) -> None:
         self.linear = linear
         self._key: tuple | None = None
 
@@ -268,7 +259,7 @@ class PackedEngine:
     def _next_conv_groups(self, i: int) -> int | None:
         """Groups of the packed conv at or after op ``i`` past layout-only ops, else None."""
         for op in self.ops[i:]:
-            if isinstance(op, PackedConv):
+            if isinstance(op, ir.PackedConv):
                 return op.groups
             if not _is_shuffle(op):
                 return None
@@ -289,20 +280,20 @@ class PackedEngine:
         while i < n:
             op = ops[i]
             nxt = ops[i + 1] if i + 1 < n else None
-            if isinstance(op, PlanesInput) and isinstance(nxt, PackedConv):
+            if isinstance(op, ir.PlanesInput) and isinstance(nxt, ir.PackedConv):
                 if _PlanesWords.fits(op):
                     h = self._step(i, lambda op=op: _PlanesWords(op))(h)
                 else:
                     h = Packed(kernels.pack_input(op(h), nxt.groups), _planes(op), nxt.groups)
                 i += 1
-            elif isinstance(op, FloatStage) and isinstance(nxt, ToInt8):
+            elif isinstance(op, ir.FloatStage) and isinstance(nxt, ir.ToInt8):
                 # (pre-activation stage or None, groups of the next conv): found once
                 pre, groups = self._step(
                     i, lambda i=i, op=op: (_pre_sign(op), self._next_conv_groups(i + 2) or 1)
                 )
                 h = _float_input(h, op, pre, groups)
                 i += 2
-            elif isinstance(h, Packed) and isinstance(op, PackedConv):
+            elif isinstance(h, Packed) and isinstance(op, ir.PackedConv):
                 h, i = self._conv(i, h)
             elif isinstance(h, Packed) and _is_shuffle(op):
                 groups = self._next_conv_groups(i + 1) or 1
@@ -310,8 +301,8 @@ class PackedEngine:
                 i += 1
             elif (
                 isinstance(h, Packed)
-                and isinstance(op, FlattenOp)
-                and (isinstance(nxt, PackedLinear))
+                and isinstance(op, ir.FlattenOp)
+                and (isinstance(nxt, ir.PackedLinear))
             ):
                 h = _regroup(h, 1)
                 h = self._step(i, lambda nxt=nxt: _PackedLinearFromMap(nxt))(h)
@@ -327,9 +318,9 @@ class PackedEngine:
         ops, conv = self.ops, self.ops[i]
         h = _regroup(h, conv.groups)
         rest = ops[i + 1 : i + 3]
-        pool = rest[0] if rest and isinstance(rest[0], MaxPoolInt) else None
+        pool = rest[0] if rest and isinstance(rest[0], ir.MaxPoolInt) else None
         thr = rest[1 if pool is not None else 0] if len(rest) > (pool is not None) else None
-        if isinstance(thr, Threshold) and _FusedConv.fits(pool):
+        if isinstance(thr, ir.Threshold) and _FusedConv.fits(pool):
             step = self._step(i, lambda: _FusedConv(conv, pool, thr))
             return step(h), i + (3 if pool is not None else 2)
         return self._step(i, lambda: _Conv(conv))(h), i + 1
@@ -339,7 +330,7 @@ FLOAT_CHUNK_BYTES = 8 << 20
 """Largest float32 activation of the float first stage, per chunk of images (bytes)."""
 
 
-def _float_input(x: Tensor, stage: FloatStage, pre: nn.Module | None, groups: int) -> Packed:
+def _float_input(x: Tensor, stage: ir.FloatStage, pre: nn.Module | None, groups: int) -> Packed:
     """The float first stage and its final sign, packed, computed in chunks of images.
 
     The stage's activations are the only float tensors of the program, and at study batch
@@ -365,7 +356,7 @@ def _float_input(x: Tensor, stage: FloatStage, pre: nn.Module | None, groups: in
     return Packed(words, channels, groups)
 
 
-def _pre_sign(stage: FloatStage):
+def _pre_sign(stage: ir.FloatStage):
     """The stage up to the pre-activation of its final sign quantizer (a float first block
     ``conv -> [pool] -> norm -> sign``), or None when it ends otherwise."""
     *head, last = stage.body
@@ -378,10 +369,10 @@ def _pre_sign(stage: FloatStage):
 
 
 def _is_shuffle(op: nn.Module) -> bool:
-    return type(op).__name__ == "ChannelShuffle"
+    return isinstance(op, ChannelShuffle)
 
 
-def _planes(op: PlanesInput) -> int:
+def _planes(op: ir.PlanesInput) -> int:
     c, _, k = op.table.shape
     return c * k
 

@@ -1,7 +1,7 @@
 r"""Deployed-model files: a :class:`~binsense.deploy.program.DeployedModel` on disk, as bits.
 
 ``save_deployed(deployed, "model.bsd")`` writes the integer program;
-``load_deployed("model.bsd")`` (or ``DeployedModel.load``) gives it back, computing the
+``load_deployed("model.bsd")`` gives it back, computing the
 same logits bit for bit. ``binsense deploy --checkpoint RUN/checkpoint.pt --out model.bsd``
 writes one; ``binsense deploy --load model.bsd --checkpoint RUN/checkpoint.pt --check``
 checks it against the PyTorch model.
@@ -90,22 +90,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from binsense.deploy.program import (
-    MAX_STRIDE,
-    DeployedModel,
-    FlattenOp,
-    FloatStage,
-    MaxPoolInt,
-    PackedConv,
-    PackedLinear,
-    PlanesInput,
-    ResidualOp,
-    Threshold,
-    ToInt8,
-    check_geometry,
-    pack_bits,
-    unpack_bits,
-)
+from binsense.deploy import ir
+from binsense.deploy.bits import pack_bits, unpack_bits
+from binsense.deploy.program import DeployedModel, convert
 from binsense.encoders.base import FloatEncoder
 from binsense.errors import BinsenseError, CheckpointError
 from binsense.io import ReadError, atomic_write, os_error_text
@@ -114,7 +101,7 @@ from binsense.layers.block import BinaryBlock, Shortcut
 from binsense.layers.bn import QuantizedBatchNorm
 from binsense.layers.design import DeSign
 from binsense.layers.norm import ChannelAffine
-from binsense.models.compact import ChannelShuffle, GlobalPool
+from binsense.layers.shape import ChannelShuffle, GlobalPool
 from binsense.quant.sign import SignQuantizer, SteSign
 from binsense.zoo import resolve_deployed_path
 
@@ -157,9 +144,9 @@ _MAX_SIZE_CHANNELS = 1 << 16
 
 
 def _geometry(kernel, padding, stride, dilation) -> None:
-    """:func:`~binsense.deploy.program.check_geometry`, as a damaged-file error."""
+    """:func:`~binsense.deploy.ir.check_geometry`, as a damaged-file error."""
     try:
-        check_geometry(kernel, padding, stride, dilation)
+        ir.check_geometry(kernel, padding, stride, dilation)
     except BinsenseError as e:
         raise _Bad(str(e).rstrip(".")) from None
 
@@ -578,7 +565,7 @@ def _build_leaf(kind: str, a: dict, state: dict[str, Tensor]) -> nn.Module:
     if kind == "Shortcut":
         mode = _choice(a.get("mode"), ("avg_pool", "slice"), "Shortcut mode")
         pad, stride = _int(a, "pad"), _int(a, "stride", 1)
-        if pad > _MAX_SIZE_CHANNELS or stride > MAX_STRIDE:
+        if pad > _MAX_SIZE_CHANNELS or stride > ir.MAX_STRIDE:
             raise _Bad(f"shortcut pad {pad}, stride {stride}")
         return Shortcut(0, pad, stride, mode)
     raise _Bad(f"module type {kind!r}")  # pragma: no cover - checked by the caller
@@ -650,12 +637,12 @@ class _Loader:
             couplings.append((m, _name(args["coupled"])))
         return m.eval()
 
-    def stage(self, entry: dict) -> FloatStage:
+    def stage(self, entry: dict) -> ir.FloatStage:
         modules = entry.get("modules")
         if not isinstance(modules, list) or not modules:
             raise _Bad("a FloatStage without modules")
         couplings: list[tuple[DeSign, str]] = []
-        stage = FloatStage(*(self.module(m, couplings) for m in modules))
+        stage = ir.FloatStage(*(self.module(m, couplings) for m in modules))
         paths = dict(stage.body.named_modules())
         for design, path in couplings:
             bn = paths.get(path)
@@ -670,8 +657,8 @@ class _Loader:
         if kind not in OP_TYPES:
             raise self.refuse(kind, "op", OP_TYPES)
         if kind in ("PackedConv", "PackedLinear", "Threshold", "PlanesInput"):
-            cls = {"PackedConv": PackedConv, "PackedLinear": PackedLinear,
-                   "Threshold": Threshold, "PlanesInput": PlanesInput}[kind]  # fmt: skip
+            cls = {"PackedConv": ir.PackedConv, "PackedLinear": ir.PackedLinear,
+                   "Threshold": ir.Threshold, "PlanesInput": ir.PlanesInput}[kind]  # fmt: skip
             params = _dict(entry.get("params", {}), f"{kind} parameters")
             refs = _dict(entry.get("tensors", {}), f"{kind} tensors")
             tensors = {_name(k): self.reader.get(v) for k, v in refs.items()}
@@ -684,24 +671,24 @@ class _Loader:
         if kind == "FloatStage":
             return self.stage(entry)
         if kind == "ToInt8":
-            return ToInt8()
+            return ir.ToInt8()
         if kind == "FlattenOp":
-            return FlattenOp()
+            return ir.FlattenOp()
         if kind == "MaxPoolInt":
             pool = self.module(entry.get("pool"), [])
             if not isinstance(pool, nn.MaxPool2d):
                 raise _Bad("MaxPoolInt without a MaxPool2d")
-            return MaxPoolInt(pool)
+            return ir.MaxPoolInt(pool)
         if kind == "ChannelShuffle":
             return ChannelShuffle(_int(_dict(entry.get("params"), "params"), "groups", 1))
         # ResidualOp
         parts = [self.op(entry.get(k)) for k in ("conv1", "threshold1", "conv2", "rest")]
-        types = (PackedConv, Threshold, PackedConv, FloatStage)
+        types = (ir.PackedConv, ir.Threshold, ir.PackedConv, ir.FloatStage)
         if not all(isinstance(p, t) for p, t in zip(parts, types, strict=True)):
             raise _Bad("a ResidualOp whose parts are not conv, threshold, conv, float stage")
         shortcut = self.module(entry.get("shortcut"), [])
         post = self.module(entry.get("post"), [])
-        return ResidualOp.from_parts(*parts, shortcut, post)  # type: ignore[arg-type]
+        return ir.ResidualOp.from_parts(*parts, shortcut, post)  # type: ignore[arg-type]
 
 
 def _name(value: Any) -> str:
@@ -716,7 +703,7 @@ def _name(value: Any) -> str:
 def _op_entry(name: str, op: nn.Module, w: _Writer) -> dict:
     t = type(op)
     entry: dict[str, Any] = {"name": name, "op": t.__name__}
-    if t in (PackedConv, PackedLinear, Threshold, PlanesInput):
+    if t in (ir.PackedConv, ir.PackedLinear, ir.Threshold, ir.PlanesInput):
         params, tensors = op.spec()
         entry["params"] = params
         width = params.get("in_per_group", params.get("fan_in", 0))  # bits in a word row
@@ -724,18 +711,18 @@ def _op_entry(name: str, op: nn.Module, w: _Writer) -> dict:
             k: w.add(f"{name}.{k}", v, "words" if k == "weight_words" else None, width)
             for k, v in tensors.items()
         }
-    elif t is FloatStage:
+    elif t is ir.FloatStage:
         scope = {id(m): path for path, m in op.body.named_modules()}
         entry["modules"] = [
             _module_entry(m, f"{name}.{i}", w, scope) for i, m in enumerate(op.body)
         ]
-    elif t in (ToInt8, FlattenOp):
+    elif t in (ir.ToInt8, ir.FlattenOp):
         pass
-    elif t is MaxPoolInt:
+    elif t is ir.MaxPoolInt:
         entry["pool"] = _module_entry(op.pool, f"{name}.pool", w, {})
     elif t is ChannelShuffle:
         entry["params"] = {"groups": op.groups}
-    elif t is ResidualOp:
+    elif t is ir.ResidualOp:
         for part in ("conv1", "threshold1", "conv2", "rest"):
             entry[part] = _op_entry(f"{name}.{part}", getattr(op, part), w)
         entry["shortcut"] = _module_entry(op.shortcut, f"{name}.shortcut", w, {})
@@ -924,9 +911,9 @@ def packed_ops(deployed: DeployedModel) -> list[nn.Module]:
     """The packed binary ops of ``deployed`` in forward order (as ``convert`` lists them)."""
     out: list[nn.Module] = []
     for op in deployed.ops:
-        if isinstance(op, PackedConv | PackedLinear):
+        if isinstance(op, ir.PackedConv | ir.PackedLinear):
             out.append(op)
-        elif isinstance(op, ResidualOp):
+        elif isinstance(op, ir.ResidualOp):
             out += [op.conv1, op.conv2]
     return out
 
@@ -935,8 +922,6 @@ def attach_layers(deployed: DeployedModel, model: nn.Module, path: str = "the fi
     """Pair the packed ops of a loaded ``deployed`` with the binary layers of the PyTorch
     ``model`` it was converted from, for :func:`~binsense.deploy.check_exact`'s per-layer
     counts; a file whose program does not have the model's shape is refused."""
-    from binsense.deploy.program import convert
-
     reference = convert(model)
     ours = [type(op).__name__ for op in deployed.ops]
     theirs = [type(op).__name__ for op in reference.ops]

@@ -46,7 +46,6 @@ with :func:`register_folding_rule` (see ``docs/architecture.md``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -208,57 +207,58 @@ class Thresholds:
         return threshold_sign(x, self.tau, self.flip)
 
 
-FoldingRule = Callable[[nn.Module, nn.Module, bool, int], Thresholds]
-_RULES: list[tuple[type, type, FoldingRule]] = []
+#: The norms that fold: per-channel affine maps in eval mode (:func:`norm_params64`).
+FOLDABLE_NORMS = (_BatchNorm, ChannelAffine, nn.Identity)
 
 
-def register_folding_rule(
-    norm_type: type | tuple[type, ...], act_type: type
-) -> Callable[[FoldingRule], FoldingRule]:
-    """Decorator: ``rule(norm, act, integer_input, channels) -> Thresholds`` for a pair."""
+def fold_problem(norm: nn.Module, act: nn.Module) -> str | None:
+    """Why ``act(norm(x))`` does not deploy as integer compares, or None when it does.
 
-    def add(rule: FoldingRule) -> FoldingRule:
-        _RULES.append((norm_type, act_type, rule))  # type: ignore[arg-type]
-        return rule
+    The one answer to "does this (norm, act) pair fold": a norm of
+    :data:`FOLDABLE_NORMS` followed by a sign (:class:`~binsense.quant.SignQuantizer`) or
+    a DeSign that signs. :func:`~binsense.deploy.program.convert` (through
+    :class:`~binsense.deploy.ir.Threshold`), the size summary
+    (:mod:`binsense.compress.summary`) and :func:`fold_pair` all consult it.
+    """
+    if not isinstance(norm, FOLDABLE_NORMS):
+        return f"{type(norm).__name__} is not a per-channel affine norm"
+    if isinstance(act, DeSign):
+        if act.quantizer is None:
+            return (
+                "this DeSign only shifts (quantizer=None): the sign comes later (after a "
+                "residual add), so the pair does not fold on its own"
+            )
+        return None
+    if isinstance(act, SignQuantizer):
+        return None
+    return f"{type(act).__name__} is not a sign"
 
-    return add
 
-
-_NORMS = (_BatchNorm, ChannelAffine, nn.Identity)
-
-
-@register_folding_rule(_NORMS, SignQuantizer)
-def _norm_then_sign(norm: nn.Module, act: nn.Module, integer_input: bool, channels: int):
-    return Thresholds(*fold_norm_sign(norm, integer_input, channels))
-
-
-@register_folding_rule(_NORMS, DeSign)
-def _norm_then_design(norm: nn.Module, act: nn.Module, integer_input: bool, channels: int):
-    if act.quantizer is None:
-        raise BinsenseError(
-            "this DeSign only shifts (quantizer=None): the sign comes later (after a "
-            "residual add), so the pair does not fold on its own."
-        )
-    return Thresholds(*fold_bn_design(norm, act, integer_input))
+def pair_folds(norm: nn.Module, act: nn.Module) -> bool:
+    """Whether ``act(norm(x))`` deploys as integer compares (:func:`fold_problem`)."""
+    return fold_problem(norm, act) is None
 
 
 def fold_pair(
     norm: nn.Module, act: nn.Module, *, integer_input: bool = False, channels: int | None = None
 ) -> Thresholds:
-    """The :class:`Thresholds` of ``act(norm(x))`` in eval mode, by the registered rules.
+    """The :class:`Thresholds` of ``act(norm(x))`` in eval mode, in float64: the sign rule
+    (:func:`fold_norm_sign`) or the DeSign rule (:func:`fold_bn_design`).
 
-    Raises :class:`BinsenseError` for a pair without a rule (e.g. a ReLU: a float block).
+    Raises :class:`BinsenseError` for a pair that does not fold (:func:`fold_problem`;
+    e.g. a ReLU: a float block).
     """
-    for norm_type, act_type, rule in reversed(_RULES):
-        if isinstance(norm, norm_type) and isinstance(act, act_type):
-            c = channels
-            if c is None and hasattr(norm, "num_features"):
-                c = norm.num_features
-            return rule(norm, act, integer_input, c)
-    raise BinsenseError(
-        f"no folding rule for {type(norm).__name__} followed by {type(act).__name__}; "
-        "only binary blocks (norm then sign or DeSign) fold into thresholds."
-    )
+    problem = fold_problem(norm, act)
+    if problem is not None:
+        raise BinsenseError(
+            f"no folding rule for {type(norm).__name__} followed by {type(act).__name__}: "
+            f"{problem}; only binary blocks (norm then sign or DeSign) fold into thresholds."
+        )
+    if isinstance(act, DeSign):
+        return Thresholds(*fold_bn_design(norm, act, integer_input))
+    if channels is None and hasattr(norm, "num_features"):
+        channels = norm.num_features
+    return Thresholds(*fold_norm_sign(norm, integer_input, channels))
 
 
 __all__ = [
@@ -267,10 +267,12 @@ __all__ = [
     "fold_bn_design",
     "fold_bn_sign",
     "fold_norm_sign",
+    "FOLDABLE_NORMS",
     "fold_pair",
+    "fold_problem",
     "fold_sign_threshold",
     "norm_params64",
-    "register_folding_rule",
+    "pair_folds",
     "threshold_design",
     "threshold_sign",
 ]

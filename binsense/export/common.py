@@ -31,15 +31,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from binsense.deploy import floatops
-from binsense.deploy.program import (
-    DeployedModel,
-    PackedConv,
-    PackedLinear,
-    ResidualOp,
-    Threshold,
-    unpack_bits,
-)
+from binsense.deploy import floatops, ir
+from binsense.deploy.bits import unpack_bits
+from binsense.deploy.program import DeployedModel
 from binsense.errors import BinsenseError
 from binsense.layers.bn import QuantizedBatchNorm
 from binsense.layers.design import design_thresholds
@@ -52,7 +46,7 @@ FLOAT_EXACT = 1 << 24
 
 def no_residual(deployed: DeployedModel, what: str) -> None:
     """Raise one line when ``deployed`` holds a residual unit (not exported)."""
-    if any(isinstance(op, ResidualOp) for op in deployed.ops):
+    if any(isinstance(op, ir.ResidualOp) for op in deployed.ops):
         raise BinsenseError(
             f"the {what} export does not support residual units (the ResNet-18 BNN); run it "
             "with the packed engine (binsense deploy)."
@@ -76,16 +70,16 @@ def op_shapes(deployed: DeployedModel, input_shape: tuple[int, int, int]) -> lis
     return deployed.activation_shapes(input_shape)
 
 
-def pm1_weight(op: PackedConv | PackedLinear) -> np.ndarray:
+def pm1_weight(op: ir.PackedConv | ir.PackedLinear) -> np.ndarray:
     """The ±1 weights of a packed op as int8: ``(C_out, C_in/g, k_h, k_w)`` for a conv,
     ``(out, fan_in)`` for a linear layer."""
-    if isinstance(op, PackedConv):
+    if isinstance(op, ir.PackedConv):
         return op.weight_pm1.cpu().numpy().astype(np.int8)
     bits = unpack_bits(op.weight_words.cpu(), op.fan_in, 1)
     return np.where(bits.numpy(), 1, -1).astype(np.int8)
 
 
-def threshold_arrays(th: Threshold, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+def threshold_arrays(th: ir.Threshold, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
     """``(tau, flip)`` int64 for a threshold on outputs of ``shape`` (no batch axis):
     ``(C,)`` per channel, or ``(C, m, n)`` per DeSign position class (tiled from the
     top-left corner of the ``H x W`` map by the caller)."""

@@ -47,17 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from binsense.deploy.program import (
-    DeployedModel,
-    FlattenOp,
-    FloatStage,
-    MaxPoolInt,
-    PackedConv,
-    PackedLinear,
-    PlanesInput,
-    Threshold,
-    ToInt8,
-)
+from binsense.deploy import ir
+from binsense.deploy.program import DeployedModel
 from binsense.encoders.base import ADC_MAX, FloatEncoder
 from binsense.errors import BinsenseError
 from binsense.export.common import (
@@ -76,7 +67,8 @@ from binsense.io import atomic_write
 from binsense.layers.binary import BinaryConv2d, BinaryLinear, is_binary_layer
 from binsense.layers.block import BinaryBlock
 from binsense.layers.design import DeSign
-from binsense.models.compact import ChannelShuffle, GlobalPool
+from binsense.layers.norm import ChannelAffine
+from binsense.layers.shape import ChannelShuffle, GlobalPool
 from binsense.quant.sign import SignQuantizer
 
 #: The standard opset the graphs use (``BitwiseAnd`` needs 18).
@@ -251,7 +243,7 @@ class GraphBuilder:
         shape = self.const(f"{base}_shape", np.array(pm1.shape, dtype=np.int64))
         return self.node("Reshape", [pm, shape], f"{base}_w")
 
-    def threshold(self, y: str, th: Threshold, shape: tuple, base: str) -> str:
+    def threshold(self, y: str, th: ir.Threshold, shape: tuple, base: str) -> str:
         """±1 of the deployed threshold: ``+1`` iff ``flip * y >= flip * tau``."""
         tau, flip = threshold_arrays(th, shape)
         self.threshold_values += int(tau.size)
@@ -278,7 +270,7 @@ class GraphBuilder:
         axes = self.const(f"{base}_axes", np.array([1, 2]))
         return self.node("Slice", [tiles, start, end, axes], f"{base}_map")
 
-    def planes(self, x: str, op: PlanesInput, shape: tuple) -> str:
+    def planes(self, x: str, op: ir.PlanesInput, shape: tuple) -> str:
         """A binary encoder: ``codes = Clip(Round(255 x), 0, 255)``, then a ``Gather`` of
         the ±1 code table (channel ``c``'s row ``256 c + code``), planes channel-major."""
         codes = self.adc_codes(x)
@@ -462,9 +454,7 @@ class GraphBuilder:
             if self.exact_float and integer_in == 1 and getattr(m, "input_quantizer", None) is None:
                 return self.ordered_linear(x, m, base), 0
             return self.node("Gemm", self._layer_inputs(x, m, base), base, transB=1), 0
-        if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Identity) or type(m).__name__ in (
-            "ChannelAffine",
-        ):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Identity | ChannelAffine):
             channels = shape[0]
             spatial = len(shape) == 3
             if integer_in and integer_in <= MAX_ENUMERATION:
@@ -510,7 +500,7 @@ class GraphBuilder:
             return self.node(op, [x], base, axes=[2, 3], keepdims=0), 0
         raise BinsenseError(f"{base}: a {type(m).__name__} module does not export to ONNX.")
 
-    def binary_conv(self, x: str, op: PackedConv, name: str) -> str:
+    def binary_conv(self, x: str, op: ir.PackedConv, name: str) -> str:
         """A packed conv as one ``Conv`` on ±1 values (every output an integer, exact in
         float32 whatever the summation order)."""
         w = self.binary_weight(name, pm1_weight(op))
@@ -557,28 +547,28 @@ class GraphBuilder:
         shapes = op_shapes(deployed, input_shape)
         x, shape, integer_in = "image", tuple(input_shape), 0
         for (name, op), out_shape in zip(deployed.ops.named_children(), shapes, strict=True):
-            if isinstance(op, PlanesInput):
+            if isinstance(op, ir.PlanesInput):
                 x, integer_in = self.planes(x, op, out_shape), 1
-            elif isinstance(op, FloatStage):
+            elif isinstance(op, ir.FloatStage):
                 x = self.module(x, op.body, shape, name, integer_in)
                 integer_in = 0
-            elif isinstance(op, ToInt8):
+            elif isinstance(op, ir.ToInt8):
                 pass
-            elif isinstance(op, PackedConv):
+            elif isinstance(op, ir.PackedConv):
                 if op.fan_in >= FLOAT_EXACT:
                     raise BinsenseError(f"{name}: fan-in {op.fan_in} is too large for float32.")
                 x = self.binary_conv(x, op, name)
                 integer_in = op.fan_in
-            elif isinstance(op, PackedLinear):
+            elif isinstance(op, ir.PackedLinear):
                 w = self.binary_weight(name, np.ascontiguousarray(pm1_weight(op).T))
                 x = self.node("MatMul", [x, w], name)
                 integer_in = op.fan_in
-            elif isinstance(op, MaxPoolInt):
+            elif isinstance(op, ir.MaxPoolInt):
                 x = self._maxpool(x, op.pool, name)
-            elif isinstance(op, Threshold):
+            elif isinstance(op, ir.Threshold):
                 x = self.threshold(x, op, out_shape, name)
                 integer_in = 1
-            elif isinstance(op, FlattenOp):
+            elif isinstance(op, ir.FlattenOp):
                 x = self.node("Flatten", [x], name, axis=1)
             elif isinstance(op, ChannelShuffle):
                 x = self.channel_shuffle(x, op.groups, shape, name)
@@ -613,7 +603,7 @@ def _children(m: nn.Module, base: str) -> list[tuple[str, nn.Module]]:
     return [(base, m)]
 
 
-def conv_attrs(op: PackedConv) -> dict[str, list[int]]:
+def conv_attrs(op: ir.PackedConv) -> dict[str, list[int]]:
     """A packed conv's ``Conv`` attributes, ``group`` aside."""
     return {"strides": list(op.stride), "pads": [*op.padding, *op.padding],
             "kernel_shape": list(op.kernel)}  # fmt: skip

@@ -44,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from binsense.deploy.program import DeployedModel, PackedConv, PlanesInput, Threshold
+from binsense.deploy import ir
+from binsense.deploy.program import DeployedModel
 from binsense.errors import BinsenseError
 from binsense.export.common import pm1_weight, threshold_arrays
 from binsense.export.onnx import (
@@ -70,7 +71,7 @@ class QonnxBuilder(GraphBuilder):
         super().__init__()
         self.opsets[QONNX_DOMAIN] = 1
 
-    def binary_conv(self, x: str, op: PackedConv, name: str) -> str:
+    def binary_conv(self, x: str, op: ir.PackedConv, name: str) -> str:
         """A packed conv as a dense or depthwise ``Conv`` (qonnx's ``LowerConvsToMatMul``
         lowers no other grouping): a grouped one is, per group, a ``Slice`` of its input
         channels (which keeps qonnx's ``BIPOLAR`` datatype) and a ``Conv``, then one
@@ -108,7 +109,7 @@ class QonnxBuilder(GraphBuilder):
             out_bias=float(bias), out_dtype=dtype,
         )  # fmt: skip
 
-    def threshold(self, y: str, th: Threshold, shape: tuple, base: str) -> str:
+    def threshold(self, y: str, th: ir.Threshold, shape: tuple, base: str) -> str:
         """``MultiThreshold`` of ``flip * y`` (one threshold per channel), or of
         ``flip * (y - tau_map)`` at 0 for DeSign position classes."""
         tau, flip = threshold_arrays(th, shape)
@@ -122,7 +123,7 @@ class QonnxBuilder(GraphBuilder):
                        f"{base}_fy")  # fmt: skip
         return self.multithreshold(fy, np.zeros((c, 1)), base, 2, -1, "BIPOLAR")
 
-    def planes(self, x: str, op: PlanesInput, shape: tuple) -> str:
+    def planes(self, x: str, op: ir.PlanesInput, shape: tuple) -> str:
         """A thermometer: ``MultiThreshold`` of the code, one threshold per plane."""
         table = op.table.cpu().numpy()  # (C, 256, K) bool
         c, n, k = table.shape

@@ -1,5 +1,6 @@
 """Training-time layers: binary convolution / linear with injected quantizers, the binary
-block and residual unit, block norms, batch-norm quantization, the DeSign activation.
+block and residual unit, block norms, channel shuffle and global pooling, batch-norm
+quantization, the DeSign activation.
 
 Folding into the deployed integer form lives in :mod:`binsense.deploy`.
 """
@@ -28,6 +29,7 @@ from binsense.layers.design import (
     levels_to_thresholds,
 )
 from binsense.layers.norm import NORMS, ChannelAffine, bn_sigma, make_norm
+from binsense.layers.shape import ChannelShuffle, GlobalPool
 
 __all__ = [
     "BN_TARGETS",
@@ -37,7 +39,9 @@ __all__ = [
     "BinaryConv2d",
     "BinaryLinear",
     "ChannelAffine",
+    "ChannelShuffle",
     "DeSign",
+    "GlobalPool",
     "QuantizedBatchNorm",
     "ResidualUnit",
     "Shortcut",

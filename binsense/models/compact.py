@@ -13,10 +13,11 @@ is binsense's choice**, not the paper's:
   (grouped binary 3x3 conv -> [pool] -> norm -> sign), ``base x 2^s x width`` channels in
   stage ``s``, ``groups`` groups in every conv (the ``groups`` option, default 4);
 - **channel shuffle** (``shuffle = true``, the default; ShuffleNet, Zhang et al. CVPR
-  2018): a :class:`ChannelShuffle` module *between* two grouped blocks, after the first
-  block's sign, so each block keeps its explicit ``(norm, act)`` pair for the deploy
-  step, and every group of a grouped conv sees channels of every group of the one before
-  (without it, the groups stay separate paths until the head);
+  2018): a :class:`~binsense.layers.ChannelShuffle` module *between* two grouped
+  blocks, after the first block's sign, so each block keeps its explicit
+  ``(norm, act)`` pair for the deploy step, and every group of a grouped conv sees
+  channels of every group of the one before (without it, the groups stay separate paths
+  until the head);
 - **downsampling** at the first block of every stage after the first:
   ``downsample = "max_pool"`` (default) puts a 2x2 max-pool between the conv and its norm
   (conv -> pool -> norm -> sign, as in BinaryNet: the max of integer popcounts, before
@@ -50,75 +51,20 @@ Size at ``width = 1`` (``base = 64``: channels 64-128-256, ``depth = 2``,
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 
 from binsense.data import DatasetInfo
 from binsense.errors import BinsenseError
 from binsense.layers.block import BinaryBlock
 from binsense.layers.design import DeSign
+from binsense.layers.shape import ChannelShuffle, GlobalPool
 from binsense.models.recipe import Components, RecipeModel, Width, scaled
 from binsense.quant.sign import get_quantizer
 
 PositiveInt = Annotated[int, Field(ge=1)]
-
-
-class ChannelShuffle(nn.Module):
-    """ShuffleNet's channel shuffle: ``(B, g*n, H, W)`` viewed as ``(B, g, n, H, W)``,
-    transposed to ``(B, n, g, H, W)`` and flattened; channel ``k*n + j`` (group ``k``,
-    index ``j``) moves to position ``j*g + k``. No parameters.
-
-    :meth:`channel_permutation` gives that map, so block pruning
-    (:mod:`binsense.compress.prune`) can follow channels through the shuffle.
-    """
-
-    def __init__(self, groups: int) -> None:
-        super().__init__()
-        self.groups = int(groups)
-
-    def channel_permutation(self, channels: int) -> Tensor:
-        """``p[c]``: the output position of input channel ``c``."""
-        g = self.groups
-        if channels % g:
-            raise BinsenseError(f"channel shuffle of {g} groups needs channels divisible by "
-                                f"{g}, got {channels}.")  # fmt: skip
-        c = torch.arange(channels)
-        n = channels // g
-        return (c % n) * g + c // n
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c = x.shape[:2]
-        g = self.groups
-        return x.view(b, g, c // g, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
-
-    def extra_repr(self) -> str:
-        return f"groups={self.groups}"
-
-
-class GlobalPool(nn.Module):
-    """Global pooling over all positions: ``(B, C, H, W) -> (B, C)``, the sum or the mean.
-
-    Channel-wise (a channel that is all zeros pools to zero), so pruning passes through it.
-    """
-
-    #: pruning may follow channels through this module (a zero channel stays zero)
-    prune_passthrough: ClassVar[bool] = True
-
-    def __init__(self, mode: Literal["sum", "mean"] = "mean") -> None:
-        super().__init__()
-        if mode not in ("sum", "mean"):
-            raise BinsenseError(f"global pool mode must be 'sum' or 'mean', got {mode!r}.")
-        self.mode = mode
-
-    def forward(self, x: Tensor) -> Tensor:
-        dims = tuple(range(2, x.dim()))
-        return x.sum(dims) if self.mode == "sum" else x.mean(dims)
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}"
 
 
 def compact_bnn(
@@ -202,4 +148,4 @@ def compact_bnn(
     return RecipeModel(encoder, nn.Sequential(*blocks), head)
 
 
-__all__ = ["ChannelShuffle", "GlobalPool", "compact_bnn"]
+__all__ = ["compact_bnn"]

@@ -170,12 +170,12 @@ register_recipe(
     Recipe(
         "cifar10-compact-binary",
         "S3's compact grouped BNN, fully binary: uniform 8-level thermometer encoder, "
-        "binary first conv and binary head (< 1 Mbit), 100 epochs",
+        "binary first conv and binary head (< 1 Mbit), 80 epochs (to fit 2 h)",
         {
             **BNN_CIFAR10,
             "model": "compact_bnn",
             "model_options": {"encoder": "uniform", "head": "binary"},
-            "epochs": 100,
+            "epochs": 80,
             "lr": 0.003,
         },
         ">= 75 % in <= 2 h on a 2-core CPU, under 1 Mbit",

@@ -16,7 +16,7 @@ compiles ``xnor.c`` with the system C compiler (``$CC``, ``cc``,
 ``$BINSENSE_CACHE/kernels/`` (else ``~/.cache/binsense/kernels/``), named by the hash of
 the source and flags, written to a temporary file and renamed into place, and loads it
 with :mod:`ctypes`. Without a compiler, or when the build fails, the engine warns once
-and runs the PyTorch reference code (:mod:`binsense.deploy.program`), which gives the same
+and runs the PyTorch reference code (:mod:`binsense.deploy.ir`), which gives the same
 integers. ``python -m binsense.deploy.kernels`` builds it ahead of time and prints the path
 taken.
 
@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from binsense.deploy.bits import pack_bits
 from binsense.errors import BinsenseError
 
 SOURCE = Path(__file__).with_name("xnor.c")
@@ -524,8 +525,6 @@ def fuse_threshold(bias: Tensor, tau: Tensor, flip: Tensor) -> FusedThreshold:
     tau, flip = torch.broadcast_to(tau, bias.shape), torch.broadcast_to(flip, bias.shape)
     down = flip < 0
     offset = (bias - tau.to(torch.int64) - down.to(torch.int64)).to(torch.int32)
-    from binsense.deploy.program import pack_bits  # program imports this module
-
     return FusedThreshold(offset.T.contiguous(), pack_bits(down.T, 1).contiguous())
 
 
@@ -586,7 +585,7 @@ def _weights_key(t: Tensor) -> tuple:
 
 
 def conv2d(module, x: Tensor, backend: str | None = None) -> Tensor:
-    """A :class:`~binsense.deploy.program.PackedConv` on ±1 ``x`` by the C kernel: int32
+    """A :class:`~binsense.deploy.ir.PackedConv` on ±1 ``x`` by the C kernel: int32
     ``(B, C_out, H', W')``, equal to the module's PyTorch path."""
     b, _, h, w = x.shape
     g = module.groups
@@ -606,7 +605,7 @@ def conv2d(module, x: Tensor, backend: str | None = None) -> Tensor:
 
 
 def linear(module, x: Tensor, backend: str | None = None) -> Tensor:
-    """A :class:`~binsense.deploy.program.PackedLinear` on ±1 ``x (B, F)`` by the C kernel
+    """A :class:`~binsense.deploy.ir.PackedLinear` on ±1 ``x (B, F)`` by the C kernel
     (int64, as its PyTorch path)."""
     ww = module.weight_words
     panels = _cached(module, "_xnor_panels", _weights_key(ww), lambda: pack_b(ww))
