@@ -272,3 +272,13 @@ def test_the_install_time_build_is_used_only_for_its_own_source(
     else:
         assert kernels.where() == str(built)
         assert not (tmp_path / "cache").exists()  # nothing compiled at run time
+
+
+def test_the_dims_slots_are_the_c_enum():
+    """Python names the conv's ``dims`` slots as ``xnor.c`` does (one order, two files)."""
+    import re
+
+    enum = re.search(r"enum \{ (D_B,[^}]*) \};", kernels.SOURCE.read_text()).group(1)
+    names = [n.strip().removeprefix("D_") for n in enum.split(",")]
+    assert names == [d.name for d in kernels.Dim]
+    assert [int(d) for d in kernels.Dim] == list(range(len(names)))

@@ -123,7 +123,8 @@ class _Conv:
             )  # fmt: skip
             bias = conv.border(h, w).to(torch.int64).reshape(conv.out_channels, -1) - conv.fan_in
             self._tables = (dims, kernels.conv_weights(conv.weight_words, g), bias)
-            self._tables += self.extra(int(dims[12]), int(dims[13]), bias)
+            ho, wo = int(dims[kernels.Dim.HO]), int(dims[kernels.Dim.WO])
+            self._tables += self.extra(ho, wo, bias)
             self._key = (batch, h, w)
         return self._tables
 

@@ -82,11 +82,13 @@ from torch import nn
 
 from binsense.deploy import ir
 from binsense.deploy.bits import unpack_bits
+from binsense.deploy.kernels import compilers
 from binsense.deploy.program import DeployedModel
 from binsense.encoders.base import ADC_MAX, FloatEncoder, adc_code
 from binsense.errors import BinsenseError
 from binsense.export.common import (
     FLOAT_EXACT,
+    MAX_ENUMERATION,
     Affine,
     float_probe,
     integer_probe,
@@ -101,9 +103,6 @@ from binsense.layers.design import DeSign
 from binsense.layers.norm import ChannelAffine
 from binsense.layers.shape import ChannelShuffle, GlobalPool
 from binsense.quant.sign import SignQuantizer
-
-#: Norms on integer inputs up to this magnitude are checked on every integer.
-MAX_ENUMERATION = 1 << 17
 
 
 @dataclass
@@ -904,11 +903,9 @@ def export_c(
 
 
 def find_compiler() -> str | None:
-    """The system C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``), or ``None``."""
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
+    """The system C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``: the kernels' list,
+    :func:`binsense.deploy.kernels.compilers`), or ``None``."""
+    return next((name for name in compilers() if shutil.which(name)), None)
 
 
 def compile_c(folder: str | os.PathLike, flags: list[str] | None = None,

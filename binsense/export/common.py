@@ -43,6 +43,9 @@ from binsense.quant.fixed import quantize_fixed_ste
 #: Integers are exact in float32 below this bound (the exports compute popcounts in float).
 FLOAT_EXACT = 1 << 24
 
+#: Norms on integer inputs up to this magnitude are checked on every integer (exporters).
+MAX_ENUMERATION = 1 << 17
+
 
 def no_residual(deployed: DeployedModel, what: str) -> None:
     """Raise one line when ``deployed`` holds a residual unit (not exported)."""
@@ -202,6 +205,7 @@ def float_probe(channels: int, spatial: bool, seed: int = 0) -> Tensor:
 
 
 __all__ = [
+    "MAX_ENUMERATION",
     "FLOAT_EXACT",
     "Affine",
     "float_probe",

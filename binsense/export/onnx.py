@@ -53,6 +53,7 @@ from binsense.encoders.base import ADC_MAX, FloatEncoder
 from binsense.errors import BinsenseError
 from binsense.export.common import (
     FLOAT_EXACT,
+    MAX_ENUMERATION,
     Affine,
     float_probe,
     integer_probe,
@@ -73,8 +74,6 @@ from binsense.quant.sign import SignQuantizer
 
 #: The standard opset the graphs use (``BitwiseAnd`` needs 18).
 OPSET = 18
-#: Norms on integer inputs up to this magnitude are checked on every integer.
-MAX_ENUMERATION = 1 << 17
 INSTALL_HINT = 'ONNX export needs the export extra: pip install -e ".[export]" (onnx, onnxruntime).'
 
 

@@ -45,6 +45,7 @@ import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 
 import torch
@@ -101,7 +102,8 @@ def cache_dir() -> Path:
     return Path(base) / "binsense" / "kernels"
 
 
-def _compilers() -> list[str]:
+def compilers() -> list[str]:
+    """The C compilers to try, in order: ``$CC`` when set, then :data:`COMPILERS`."""
     names = [os.environ["CC"]] if os.environ.get("CC") else []
     return [*names, *(c for c in COMPILERS if c not in names)]
 
@@ -129,7 +131,7 @@ def _compile(folder: Path) -> Path | None:
         if target.exists():
             return target
     folder.mkdir(parents=True, exist_ok=True)
-    for cc in _compilers():
+    for cc in compilers():
         if shutil.which(cc) is None:
             errors.append(f"{cc}: not found")
             continue
@@ -441,6 +443,15 @@ def pool_bits(words: Tensor, k: int, down: Tensor) -> Tensor:
     return out
 
 
+class Dim(IntEnum):
+    """The slots of a convolution's ``dims`` vector (:func:`conv_dims`), in ``xnor.c``'s
+    order (``enum { D_B, ... D_WO }``): batch, input height and width, groups, 64-bit
+    words per group of input channels, output channels per group, kernel, stride and
+    padding (height, width), output height and width."""
+
+    B, H, W, G, WPG, COUTG, KH, KW, SH, SW, PH, PW, HO, WO = range(14)
+
+
 def conv_dims(
     batch: int,
     height: int,
@@ -452,7 +463,7 @@ def conv_dims(
     stride: tuple[int, int],
     padding: tuple[int, int],
 ) -> Tensor:
-    """The int64 shape vector of the C convolution (its ``dims``)."""
+    """The int64 shape vector of the C convolution (its ``dims``; slots :class:`Dim`)."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     hout, wout = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
     wpg = -(-in_per_group // 64)
@@ -467,7 +478,7 @@ def im2col(words: Tensor, dims: Tensor, group: int = 0) -> Tensor:
     if lib is None:
         raise BinsenseError("the XNOR C kernel is not available.")
     d = dims.tolist()
-    rows, k = d[0] * d[12] * d[13], d[6] * d[7] * d[4]
+    rows, k = d[Dim.B] * d[Dim.HO] * d[Dim.WO], d[Dim.KH] * d[Dim.KW] * d[Dim.WPG]
     out = torch.empty(rows, k, dtype=torch.int64)
     lib.xnor_im2col(_words(words, "words").data_ptr(), dims.data_ptr(), group, out.data_ptr())
     return out
@@ -546,7 +557,7 @@ def conv2d_words(
     """
     lib, isa = _isa(backend)
     d = dims.tolist()
-    b, hout, wout, cout = d[0], d[12], d[13], d[3] * d[5]
+    b, hout, wout, cout = d[Dim.B], d[Dim.HO], d[Dim.WO], d[Dim.G] * d[Dim.COUTG]
     words = _words(words, "words")
     nt = threads or get_threads()
     if threshold is None:
@@ -652,9 +663,11 @@ def runs(x: Tensor) -> bool:
 
 __all__ = [
     "BACKENDS",
+    "Dim",
     "available",
     "backend",
     "cache_dir",
+    "compilers",
     "source_key",
     "where",
     "conv2d",
