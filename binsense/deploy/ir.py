@@ -80,6 +80,20 @@ def _weight_bits(words: Tensor, n: int) -> Tensor:
 # ---------------------------------------------------------------- ops
 
 
+def _cached(module: nn.Module, name: str, key: tuple, make):
+    """``make()``, kept in ``module.__dict__[name]`` while ``key`` stays the same."""
+    entry = module.__dict__.get(name)
+    if entry is None or entry[0] != key:
+        entry = (key, make())
+        module.__dict__[name] = entry
+    return entry[1]
+
+
+def _tensor_key(t: Tensor) -> tuple:
+    """Changes when ``t`` is replaced or written in place."""
+    return (t.data_ptr(), t._version, tuple(t.shape))
+
+
 class PackedConv(nn.Module):
     r"""A binary 2-D convolution on ±1 inputs, with packed weights (module docstring).
 
@@ -158,7 +172,7 @@ class PackedConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ±1 (any dtype) ``(B, C_in, H, W)`` -> int32 ``(B, C_out, H', W')``."""
         if kernels.runs(x):  # the C kernel (binsense.deploy.kernels); the same integers
-            return kernels.conv2d(self, x)
+            return self._by_kernel(x)
         b, c, h, w = x.shape
         ph, pw = self.padding
         bits = F.pad(to_bits(x), (pw, pw, ph, ph), value=False)
@@ -181,6 +195,28 @@ class PackedConv(nn.Module):
                     acc += popcount64(xnor).sum(dim=-1)
             out[:, gi * cout_g : (gi + 1) * cout_g] = acc
         return 2 * out - self.fan_in + self.border(h, w).to(x.device)
+
+    def _by_kernel(self, x: Tensor) -> Tensor:
+        """:meth:`forward` by the C kernel (:func:`binsense.deploy.kernels.conv2d_words`),
+        its weight panels, bias and dims kept between calls of the same geometry."""
+        b, _, h, w = x.shape
+        g, ww = self.groups, self.weight_words
+        weights = _cached(
+            self, "_xnor_weights", _tensor_key(ww), lambda: kernels.conv_weights(ww, g)
+        )
+        border = self.border(h, w)
+        bias = _cached(
+            self,
+            "_xnor_bias",
+            (h, w, id(border), self.fan_in),
+            lambda: (
+                (border.to(torch.int32) - self.fan_in).reshape(border.shape[0], -1).contiguous()
+            ),
+        )
+        dims = _cached(self, "_xnor_dims", (b, h, w), lambda: kernels.conv_dims(
+            b, h, w, g, self.in_per_group, self.out_channels // g, self.kernel,
+            self.stride, self.padding))  # fmt: skip
+        return kernels.conv2d_words(kernels.pack_input(x, g), weights, dims, bias)
 
 
 class PackedLinear(nn.Module):
@@ -213,10 +249,18 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if kernels.runs(x):  # the C kernel (binsense.deploy.kernels); the same integers
-            return kernels.linear(self, x)
+            return self._by_kernel(x)
         words = pack_bits(to_bits(x), 1, False)  # (B, words)
         xnor = ~(words.unsqueeze(1) ^ self.weight_words.to(x.device).unsqueeze(0))
         return 2 * popcount64(xnor).sum(dim=-1) - self.fan_in
+
+    def _by_kernel(self, x: Tensor) -> Tensor:
+        """:meth:`forward` by the C kernel (:func:`binsense.deploy.kernels.gemm_packed`; int64
+        as the PyTorch path), its weight panels kept between calls."""
+        ww = self.weight_words
+        panels = _cached(self, "_xnor_panels", _tensor_key(ww), lambda: kernels.pack_b(ww))
+        c = kernels.gemm_packed(kernels.pack_input(x, 1), panels, ww.shape[0])
+        return (2 * c - self.fan_in).to(torch.int64)
 
 
 class MaxPoolInt(nn.Module):

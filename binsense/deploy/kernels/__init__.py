@@ -583,47 +583,6 @@ def conv2d_words(
     return y
 
 
-def _cached(module: torch.nn.Module, name: str, key: tuple, make):
-    entry = module.__dict__.get(name)
-    if entry is None or entry[0] != key:
-        entry = (key, make())
-        module.__dict__[name] = entry
-    return entry[1]
-
-
-def _weights_key(t: Tensor) -> tuple:
-    return (t.data_ptr(), t._version, tuple(t.shape))
-
-
-def conv2d(module, x: Tensor, backend: str | None = None) -> Tensor:
-    """A :class:`~binsense.deploy.ir.PackedConv` on ±1 ``x`` by the C kernel: int32
-    ``(B, C_out, H', W')``, equal to the module's PyTorch path."""
-    b, _, h, w = x.shape
-    g = module.groups
-    ww = module.weight_words
-    weights = _cached(module, "_xnor_weights", _weights_key(ww), lambda: conv_weights(ww, g))
-    border = module.border(h, w)
-    bias = _cached(
-        module,
-        "_xnor_bias",
-        (h, w, id(border), module.fan_in),
-        lambda: (border.to(torch.int32) - module.fan_in).reshape(border.shape[0], -1).contiguous(),
-    )
-    dims = _cached(module, "_xnor_dims", (b, h, w), lambda: conv_dims(
-        b, h, w, g, module.in_per_group, module.out_channels // g, module.kernel,
-        module.stride, module.padding))  # fmt: skip
-    return conv2d_words(pack_input(x, g), weights, dims, bias, backend=backend)
-
-
-def linear(module, x: Tensor, backend: str | None = None) -> Tensor:
-    """A :class:`~binsense.deploy.ir.PackedLinear` on ±1 ``x (B, F)`` by the C kernel
-    (int64, as its PyTorch path)."""
-    ww = module.weight_words
-    panels = _cached(module, "_xnor_panels", _weights_key(ww), lambda: pack_b(ww))
-    c = gemm_packed(pack_input(x, 1), panels, ww.shape[0], backend=backend)
-    return (2 * c - module.fan_in).to(torch.int64)
-
-
 def float_conv(
     x: Tensor,
     taps: Tensor,
@@ -670,7 +629,6 @@ __all__ = [
     "compilers",
     "source_key",
     "where",
-    "conv2d",
     "conv2d_words",
     "conv_dims",
     "conv_weights",
@@ -682,7 +640,6 @@ __all__ = [
     "get_threads",
     "im2col",
     "library",
-    "linear",
     "openmp",
     "pack_b",
     "pack_input",
