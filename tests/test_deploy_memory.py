@@ -71,7 +71,7 @@ def ops_run(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from binsense.layers.shape import ChannelShuffle
 
     watch(ChannelShuffle)
-    for name in ("conv2d", "linear", "conv2d_words"):
+    for name in ("conv2d_words", "gemm_packed"):
         real = getattr(kernels, name)
 
         def kernel(*args, _real=real, _name=name, **kwargs):
