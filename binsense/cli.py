@@ -9,9 +9,13 @@ folder where a file is meant), a folder that cannot be written, an image folder 
 empty files, symbolic-link loops or test images of another size than the training
 images, a results store that is not binsense's, a ``.lock`` that is a folder, a model
 that cannot fit in memory, or a deployed program whose activations cannot fit for the
-images and batch size at hand (:mod:`binsense.resources`,
-:meth:`binsense.deploy.DeployedModel.check_memory`; ``--allow-large``, before or after the
-command, skips that in every check the command makes, the library's own included).
+images and batch size at hand. Each check is the library's, next to what it checks, so a
+Python caller gets the same line: :mod:`binsense.io` (output paths),
+:mod:`binsense.data` (data folders, image folders), :mod:`binsense.resources` (devices,
+memory), :meth:`binsense.study.store.ResultStore.check_file`,
+:mod:`binsense.study.preflight` (which ``run_study`` calls itself) and
+:meth:`binsense.deploy.DeployedModel.check_memory`. ``--allow-large``, before or after
+the command, skips the memory comparison in every check the command makes.
 
 Everything else meets the safety net in :func:`main`: an :class:`OSError` becomes one
 line saying what happened (disk full, permission denied, read-only file system, a
@@ -41,7 +45,7 @@ from pydantic import ValidationError
 
 from binsense import tomlfile
 from binsense.compress.summary import add_summary_command
-from binsense.errors import BinsenseError
+from binsense.errors import BinsenseError, validation_message
 from binsense.study.cli import add_study_commands
 
 # TrainConfig fields that get a dedicated flag; everything else via --set KEY=VALUE.
@@ -72,50 +76,6 @@ def _key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
             raise BinsenseError(f"{flag} expects KEY=VALUE, got {item!r}.")
         out[key.strip().replace("-", "_")] = tomlfile.literal(value.strip())
     return out
-
-
-_EXPECTED = {
-    "int_type": "an integer",
-    "float_type": "a number",
-    "bool_type": "true or false",
-    "string_type": "a string",
-    "dict_type": "a table",
-    "list_type": "a list",
-    "tuple_type": "a list",
-}
-
-
-_BOUNDS = {
-    "greater_than": ">",
-    "greater_than_equal": ">=",
-    "less_than": "<",
-    "less_than_equal": "<=",
-}
-
-
-def validation_message(err: ValidationError, what: str) -> str:
-    """One line from a pydantic error: the first problem, naming the field."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or what
-    kind, given = first["type"], first.get("input")
-    if kind == "extra_forbidden":
-        return f"{what}: unknown option {loc!r}."
-    if kind == "value_error":  # a validator's own message
-        msg = first["msg"].removeprefix("Value error, ")
-        msg = msg if msg.endswith((".", "?")) else msg + "."
-        named = msg.split(" ", 1)[0] == loc  # "device 'cuda' is ...": no "device: " first
-        return f"{what}: {msg}" if named else f"{what}: {loc}: {msg}"
-    if kind == "finite_number":
-        return f"{what}: {loc} must be a finite number, got {given!r}."
-    if kind in _BOUNDS:
-        bound = next(iter(first.get("ctx", {}).values()), "?")
-        return f"{what}: {loc} must be {_BOUNDS[kind]} {bound}, got {given!r}."
-    if kind in _EXPECTED:
-        return (
-            f"{what}: {loc} must be {_EXPECTED[kind]}, got {given!r} (values are not "
-            'converted: write 32, not "32"; true/false only for yes-or-no options).'
-        )
-    return f"{what}: {loc}: {first['msg']} (got {given!r})."
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -167,6 +127,8 @@ def _train_config(args: argparse.Namespace):
 
 
 # ---------------------------------------------------------------- pre-flight checks
+# The checks themselves are the library's (see the module docstring); the handlers call
+# them before the work starts.
 
 
 #: Commands that check that a model fits in memory before building it: they take
@@ -209,301 +171,20 @@ def _positive(value: int | None, flag: str) -> None:
         raise BinsenseError(f"{flag} must be at least 1, got {value}.")
 
 
-def _existing_ancestor(path: Path) -> Path:
-    """``path`` or its nearest ancestor that exists."""
-    path = Path(os.path.abspath(path))
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
-
-
-def _check_writable(folder: Path, what: str) -> None:
-    """A clear error when ``folder`` (an existing folder) cannot be written."""
-    if os.access(folder, os.W_OK | os.X_OK):
-        return
-    try:
-        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        read_only = False
-    why = "is on a read-only file system" if read_only else "is not writable for you"
-    raise BinsenseError(
-        f"cannot write {what}: {str(folder)!r} {why}; choose a folder you can write to"
-        f"{'' if read_only else ' (or fix its permissions)'}."
-    )
-
-
-def _check_out_dir(path: Path, flag: str) -> None:
-    """``path`` is (or can become) a folder this user can write."""
-    if path.exists() and not path.is_dir():
-        raise BinsenseError(
-            f"{flag} {str(path)!r} is a file, not a folder; name a folder (it is created "
-            "if missing)."
-        )
-    base = _existing_ancestor(path)
-    if not base.is_dir():
-        raise BinsenseError(
-            f"{flag} {str(path)!r} cannot be created: {str(base)!r} is a file, not a folder."
-        )
-    _check_writable(base, f"{flag} {str(path)!r}")
-
-
-def _check_output_file(path: Path, flag: str) -> None:
-    """``path`` names a file (not a folder) that this user can create or replace."""
-    if path.is_dir():
-        raise BinsenseError(
-            f"{flag} {str(path)!r} is a folder; name a file, e.g. {str(path / 'out')!r}."
-        )
-    base = _existing_ancestor(path.parent if path.parent != Path("") else Path("."))
-    if not base.is_dir():
-        raise BinsenseError(
-            f"{flag} {str(path)!r} cannot be created: {str(base)!r} is a file, not a folder."
-        )
-    _check_writable(base, f"{flag} {str(path)!r}")
-
-
-def _check_data_dir(data_dir: str | None) -> None:
-    """An existing data folder (``--data-dir`` or ``$BINSENSE_DATA``) must be readable."""
-    folder = data_dir or os.environ.get("BINSENSE_DATA")
-    if folder and os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
-        raise BinsenseError(
-            f"data folder {folder!r} is not readable for you (permission denied); fix its "
-            "permissions or point --data-dir (BINSENSE_DATA) at a readable copy."
-        )
-
-
-def _image_folder(name: str) -> Path | None:
-    """The folder of an ``imagefolder:PATH`` data-set name, else None."""
-    from binsense.data.registry import IMAGEFOLDER_PREFIX as prefix
-
-    if not name.lower().startswith(prefix) or not name[len(prefix) :]:
-        return None
-    return Path(name[len(prefix) :]).expanduser()
-
-
-def _scan_image_tree(folder: Path, extensions: frozenset[str]) -> None:
-    """Walk an image folder as the loader will: symbolic-link loops, folders that cannot
-    be read and empty (0-byte) image files are errors naming the path."""
-    stack: list[tuple[str, tuple[tuple[int, int], ...], tuple[str, ...]]] = []
-    st = os.stat(folder)
-    stack.append((os.fspath(folder), ((st.st_dev, st.st_ino),), (os.fspath(folder),)))
-    while stack:
-        path, seen, names = stack.pop()
-        try:
-            entries = list(os.scandir(path))
-        except PermissionError:
-            raise BinsenseError(
-                f"image folder {path!r} is not readable for you (permission denied); fix its "
-                "permissions (chmod/chown) or remove it."
-            ) from None
-        for entry in entries:
-            if entry.name.startswith("."):  # as the loader: hidden entries are skipped
-                continue
-            try:
-                is_dir = entry.is_dir()
-                st = entry.stat()
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise BinsenseError(
-                        f"{entry.path!r} is a symbolic link that leads back to itself (a link "
-                        "loop); remove or fix the link."
-                    ) from None
-                if e.errno == errno.ENOENT:  # a dangling link: the loader skips it too
-                    continue
-                raise
-            if is_dir:
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    target = names[seen.index(key)]
-                    raise BinsenseError(
-                        f"symbolic link loop in an image folder: {entry.path!r} leads back to "
-                        f"{target!r}; remove the link."
-                    )
-                stack.append((entry.path, (*seen, key), (*names, entry.path)))
-            elif st.st_size == 0 and os.path.splitext(entry.name)[1].lower() in extensions:
-                raise BinsenseError(
-                    f"image {entry.path!r} is empty (0 bytes); remove it or replace it with "
-                    "the real image."
-                )
-
-
-def _check_image_folder(name: str) -> None:
-    """Pre-flight scan of an ``imagefolder:PATH`` data set (nothing for built-in ones)."""
-    folder = _image_folder(name)
-    if folder is None:
-        return
-    from binsense.data.imagefolder import IMAGE_EXTENSIONS
-
-    for split in ("train", "test"):
-        if (folder / split).is_dir():
-            _scan_image_tree(folder / split, IMAGE_EXTENSIONS)
-
-
-def _check_split_shape(data: Any, name: str) -> None:
-    """The test images must have the size and channels of the training images."""
-    info = data.info
-    want = (info.in_channels, *info.image_size)
-    got = tuple(data.images.shape[1:])
-    if got != want:
-        raise BinsenseError(
-            f"the {data.split} images of {name!r} are {got[2]}x{got[1]} pixels with {got[0]} "
-            f"channel(s), the training images {want[2]}x{want[1]} with {want[0]}; a model "
-            "works on one image size: resize the test images to the training size."
-        )
-
-
-def _check_test_split(name: str, data_dir: str | None) -> None:
-    """Load (or fetch from the cache) an image folder's test split and check its shape."""
-    if _image_folder(name) is None:
-        return  # built-in data sets have fixed shapes
-    from binsense.data import load_dataset
-
-    _check_split_shape(load_dataset(name, "test", data_dir=data_dir), name)
-
-
-def _check_memory(
-    config: Any, info: Any, *, training: bool, device: str, allow: bool | None
-) -> None:
-    """Build the model on the meta device (validating its options) and refuse one that
-    cannot fit (:mod:`binsense.resources`)."""
-    from binsense.models import check_model
-    from binsense.resources import check_fits, large_allowed, model_bytes
-
-    model = check_model(config.model, info, **config.model_options)  # fail fast
-    if large_allowed(allow):
-        return
-    needed = model_bytes(
-        model, training=training, optimizer=config.optimizer, momentum=config.momentum
-    )
-    width = config.model_options.get("width")
-    shown = f" (width {width:g})" if isinstance(width, (int, float)) else ""
-    what = f"{'training' if training else 'evaluating'} {config.model!r}{shown}"
-    check_fits(needed, device=device, what=what, allow=allow)
-
-
-def _sqlite_tables(path: Path) -> tuple[set[str], list[str]]:
-    """The table names of an SQLite file and the columns of its ``meta`` table, read
-    without writing: read-only (sees a running study's WAL), else immutable (a read-only
-    folder without the WAL index)."""
-    import sqlite3
-
-    error: sqlite3.DatabaseError | None = None
-    for query in ("mode=ro", "mode=ro&immutable=1"):
-        try:
-            conn = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True, timeout=5)
-            try:
-                rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                tables = {row[0] for row in rows}
-                meta = [r[1] for r in conn.execute("PRAGMA table_info(meta)")]
-                return tables, meta
-            finally:
-                conn.close()
-        except sqlite3.DatabaseError as e:
-            error = e
-    assert error is not None
-    raise error
-
-
-def _check_store(path: Path) -> None:
-    """An existing ``results.sqlite`` must be a binsense results store (never touched)."""
-    import sqlite3
-
-    if not path.exists() and not path.is_symlink():
-        return
-    if path.is_dir():
-        raise BinsenseError(
-            f"{str(path)!r} is a folder where the study's results store (an SQLite file) "
-            "belongs; move it away or pass another --out folder."
-        )
-    if not os.access(path, os.R_OK):
-        raise BinsenseError(
-            f"results store {str(path)!r} is not readable for you (permission denied); fix "
-            "its permissions or pass another --out folder."
-        )
-    if path.stat().st_size == 0:
-        return
-    try:
-        tables, meta = _sqlite_tables(path)
-    except sqlite3.DatabaseError as e:
-        if getattr(e, "sqlite_errorname", "") != "SQLITE_NOTADB" and "not a database" not in str(e):
-            return  # busy, locked, ...: not ours to judge; the store reports it
-        raise BinsenseError(
-            f"{str(path)!r} is not a binsense results store (not an SQLite database: {e}); "
-            "move it away or pass another --out folder."
-        ) from None
-    if tables and meta != ["key", "value"]:
-        listing = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
-        raise BinsenseError(
-            f"{str(path)!r} is an SQLite database but not a binsense results store (tables: "
-            f"{listing}); binsense leaves it alone: move it away or pass another --out folder."
-        )
-
-
-def _check_study(args: argparse.Namespace) -> None:
-    """Pre-flight checks of ``binsense study ...`` (the chosen preset only)."""
-    from binsense.resources import resolve_device
-    from binsense.study.schema import load_study
-
-    study = load_study(args.file, args.preset, out=args.out)
-    out = study.out_dir
-    if out.exists() and not out.is_dir():
-        raise BinsenseError(
-            f"study folder {str(out)!r} is a file, not a folder; pass another --out folder."
-        )
-    _check_store(study.store_path)
-    if args.study_command == "results" and args.output:
-        _check_output_file(Path(args.output), "-o/--output")
-    if getattr(args, "report_dir", None):
-        _check_out_dir(Path(args.report_dir), "--report-dir")
-    if args.study_command != "run":
-        return
-    lock = out / ".lock"
-    if lock.is_dir():
-        raise BinsenseError(
-            f"{str(lock)!r} is a folder, but binsense keeps the study's lock file there; "
-            "remove it (rmdir) and run again."
-        )
-    _check_out_dir(out, "study folder")
-    _check_data_dir(args.data_dir)
-    where = f"{study.path}" + (f" (preset {study.preset})" if study.preset else "")
-    devices = {t.config.device for t in study.trainings}
-    if study.eval.device:
-        devices.add(study.eval.device)
-    for device in sorted(devices):
-        try:
-            resolve_device(device, check_available=True)
-        except BinsenseError as e:
-            raise BinsenseError(f"{where}: {e}") from None
-    for name in sorted({t.config.dataset for t in study.trainings}):
-        _check_image_folder(name)
-    from binsense.data import dataset_info
-
-    checked: set[str] = set()
-    for t in study.trainings:
-        c = t.config
-        key = json.dumps([c.model, c.dataset, c.model_options, c.optimizer, c.momentum, c.device])
-        if key in checked:
-            continue
-        checked.add(key)
-        try:
-            info = dataset_info(c.dataset)
-            _check_memory(c, info, training=True, device=c.device, allow=_allow_large(args))
-        except BinsenseError as e:
-            which = f"training {t.label()}: " if t.grid else ""
-            raise BinsenseError(f"{where}: {which}{e}") from None
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from binsense.data import dataset_info
+    from binsense.data import check_data_dir, check_image_folder, check_test_split, dataset_info
+    from binsense.io import check_out_dir
+    from binsense.resources import check_config_fits
     from binsense.train import train
 
     config = _train_config(args)
     out = Path(args.out) if args.out else Path("runs") / f"{config.model}-{config.config_hash()}"
-    _check_out_dir(out, "--out")
-    _check_data_dir(args.data_dir)
-    _check_image_folder(config.dataset)
+    check_out_dir(out, "--out")
+    check_data_dir(args.data_dir)
+    check_image_folder(config.dataset)
     info = dataset_info(config.dataset)
-    _check_memory(config, info, training=True, device=config.device, allow=_allow_large(args))
-    _check_test_split(config.dataset, args.data_dir)
+    check_config_fits(config, info=info, training=True, allow=_allow_large(args))
+    check_test_split(config.dataset, args.data_dir)
     t0 = time.perf_counter()
     result = train(
         config, out, data_dir=args.data_dir, resume=args.resume, allow_large=_allow_large(args)
@@ -518,23 +199,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from binsense.data import DeviceLoader, dataset_info, load_dataset
+    from binsense.data import (
+        DeviceLoader,
+        check_data_dir,
+        check_image_folder,
+        dataset_info,
+        load_dataset,
+    )
     from binsense.evaluate import evaluate
-    from binsense.resources import resolve_device
+    from binsense.resources import check_config_fits, resolve_device
     from binsense.train import load_model
     from binsense.train.checkpoint import checkpoint_config, load_checkpoint
 
     _positive(args.batch_size, "--batch-size")
     _positive(args.test_subset, "--test-subset")
     device = resolve_device(args.device or "cpu", check_available=True)
-    _check_data_dir(args.data_dir)
+    check_data_dir(args.data_dir)
     config = checkpoint_config(load_checkpoint(args.checkpoint), args.checkpoint)
-    _check_image_folder(config.dataset)
+    check_image_folder(config.dataset)
     info = dataset_info(config.dataset)
-    _check_memory(config, info, training=False, device=str(device), allow=_allow_large(args))
+    check_config_fits(
+        config, info=info, training=False, device=str(device), allow=_allow_large(args)
+    )
     model, config = load_model(args.checkpoint, allow_large=_allow_large(args))
-    data = load_dataset(config.dataset, "test", data_dir=args.data_dir)
-    _check_split_shape(data, config.dataset)
+    data = load_dataset(config.dataset, "test", data_dir=args.data_dir)  # (shape checked)
     if args.test_subset is not None:
         data = data.subset(args.test_subset, seed=config.seed)
     loader = DeviceLoader(data, args.batch_size, shuffle=False, device=device)
@@ -567,22 +255,13 @@ def _deployed_size_line(path: str | Path, size: int, checkpoint: str | None, mod
     return line
 
 
-def _check_program_memory(deployed: Any, data: Any, args: argparse.Namespace, name: str) -> None:
-    """Walk ``deployed`` over ``data``'s image shape (one line if an op does not fit it)
-    and refuse a batch of ``--batch-size`` images whose activations cannot fit in memory
-    (:meth:`~binsense.deploy.DeployedModel.check_memory`; ``--allow-large`` skips that),
-    before any op runs."""
-    shape = tuple(data.images.shape[1:])
-    batch = max(1, min(args.batch_size, len(data)))
-    what = f"running {name} on a batch of {batch} images of shape {'x'.join(map(str, shape))}"
-    deployed.check_memory(
-        shape, batch, what=what, allow=_allow_large(args), fix="give a smaller --batch-size"
-    )
+#: What a refusal of a program's activation memory advises first (``deploy``, ``infer``).
+_SMALLER_BATCH = "give a smaller --batch-size"
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from binsense.data import DeviceLoader, dataset_info, load_dataset
-    from binsense.deploy import check_exact, convert
+    from binsense.data import DeviceLoader, check_data_dir, dataset_info, load_dataset
+    from binsense.deploy import check_exact, check_loader_memory, convert
     from binsense.deploy.fileformat import attach_layers, read_deployed, save_deployed
     from binsense.train import load_model
 
@@ -594,7 +273,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise BinsenseError("give --checkpoint RUN/checkpoint.pt (to convert) or --load FILE.")
     if args.check and args.checkpoint is None:
         raise BinsenseError("--check compares with the PyTorch model: give its --checkpoint.")
-    _check_data_dir(args.data_dir)
+    check_data_dir(args.data_dir)
     loaded = read_deployed(args.load) if args.load is not None else None
     model = config = None
     if args.checkpoint is not None:
@@ -625,8 +304,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     data = load_dataset(config.dataset, "test", data_dir=args.data_dir)
     if args.test_subset is not None:
         data = data.subset(args.test_subset, seed=config.seed)
-    _check_program_memory(deployed, data, args, args.load or config.model)
     loader = DeviceLoader(data, args.batch_size, shuffle=False, device="cpu")
+    check_loader_memory(  # before any op runs
+        deployed, loader, what=args.load or config.model, allow=_allow_large(args),
+        fix=_SMALLER_BATCH,
+    )  # fmt: skip
     t0 = time.perf_counter()
     result = check_exact(model, loader, deployed)
     wall = time.perf_counter() - t0
@@ -638,35 +320,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0 if result.exact else 1
 
 
-def _input_shape(meta: dict) -> tuple[int, ...] | None:
-    """The ``(C, H, W)`` a deployed file was built for: its ``input_shape``, else its data
-    set's; None when the file names neither."""
-    from binsense.data import dataset_info
-
-    shape = meta.get("input_shape")
-    if isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) for v in shape):
-        return tuple(shape)
-    name = meta.get("dataset")
-    if isinstance(name, str) and _image_folder(name) is None:
-        with contextlib.suppress(BinsenseError):
-            info = dataset_info(name)
-            return (info.in_channels, *info.image_size)
-    return None
-
-
 def cmd_infer(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from binsense.data import DeviceLoader, load_dataset
-    from binsense.deploy import kernels
+    from binsense.data import DeviceLoader, check_data_dir, load_dataset
+    from binsense.deploy import file_input_shape, infer, kernels
     from binsense.deploy.fileformat import read_deployed
-    from binsense.io import atomic_write_text
 
     _positive(args.batch_size, "--batch-size")
     _positive(args.test_subset, "--test-subset")
     _positive(args.threads, "--threads")
-    _check_data_dir(args.data_dir)
+    check_data_dir(args.data_dir)
     if args.predictions is not None and Path(args.predictions).is_dir():
         raise BinsenseError(f"--predictions {args.predictions!r} is a folder; give a file name.")
     loaded = read_deployed(args.model)
@@ -677,49 +339,22 @@ def cmd_infer(args: argparse.Namespace) -> int:
         )
     kernels.set_threads(args.threads)
     data = load_dataset(name, args.split, data_dir=args.data_dir)
-    want, got = _input_shape(loaded.meta), tuple(data.images.shape[1:])
-    if want is not None and got != want:
-        raise BinsenseError(
-            f"the images of {name!r} are {got[2]}x{got[1]} pixels with {got[0]} channel(s); "
-            f"{args.model} was built for {want[2]}x{want[1]} with {want[0]}: give its data set."
-        )
     if args.test_subset is not None:
         data = data.subset(args.test_subset, seed=0)
-    deployed = loaded.model
-    _check_program_memory(deployed, data, args, args.model)  # before any op runs
-    classes = deployed(data.images[:1]).shape[1]  # uint8 codes: what the program reads
-    if classes != data.info.num_classes:
-        raise BinsenseError(
-            f"{args.model} predicts {classes} classes, but {name!r} has "
-            f"{data.info.num_classes}: its accuracy would mean nothing; give the data set "
-            "it was trained on (--data)."
-        )
-    loader = DeviceLoader(data, args.batch_size, shuffle=False, device="cpu")
-    predictions, correct, t0 = [], 0, time.perf_counter()
-    for x, y in tqdm(loader, desc="infer", unit="batch", disable=not sys.stderr.isatty()):
-        try:
-            pred = deployed.predict(x)
-        except RuntimeError as e:  # a shape the program was not built for
-            raise BinsenseError(
-                f"{args.model} cannot run on images of shape {tuple(x.shape[1:])}: "
-                f"{str(e).splitlines()[0]}"
-            ) from None
-        predictions.append(pred)
-        correct += int((pred == y).sum())
-    wall = time.perf_counter() - t0
-    n = len(data)
-    path = kernels.backend()
-    threads = kernels.get_threads() if path != "torch" else torch.get_num_threads()
+    result = infer(
+        loaded.model, DeviceLoader(data, args.batch_size, shuffle=False, device="cpu"),
+        what=args.model, data_name=name, input_shape=file_input_shape(loaded.meta),
+        allow_large=_allow_large(args), fix=_SMALLER_BATCH,
+        progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    n, wall = result.n, result.wall_s
     print(
-        f"{args.model} on {name} {args.split} ({n:,} images): accuracy {correct / n:.2%}; "
-        f"{n / wall:,.0f} images/s ({wall:.2f} s, kernel path {path}, {threads} thread(s))"
+        f"{args.model} on {name} {args.split} ({n:,} images): accuracy {result.accuracy:.2%}; "
+        f"{n / wall:,.0f} images/s ({wall:.2f} s, kernel path {result.kernel_path}, "
+        f"{result.threads} thread(s))"
     )
     if args.predictions is not None:
-        rows = ["index,label,prediction"]
-        pred_all = torch.cat(predictions).tolist()
-        labels = data.labels.tolist()
-        rows += [f"{i},{lab},{p}" for i, (lab, p) in enumerate(zip(labels, pred_all, strict=True))]
-        atomic_write_text(args.predictions, "\n".join(rows) + "\n")
+        result.write_predictions(args.predictions)
         print(f"wrote {args.predictions} ({n:,} rows)")
     return 0
 
@@ -812,16 +447,15 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from binsense.data import load_dataset
+    from binsense.data import check_data_dir, check_image_folder, load_dataset
 
-    _check_data_dir(args.data_dir)
+    check_data_dir(args.data_dir)
     for name in args.names:
-        _check_image_folder(name)
+        check_image_folder(name)
         for split in ("train", "test"):
-            t0 = time.perf_counter()
+            t0 = time.perf_counter()  # (load_dataset checks an image folder's test shape)
             d = load_dataset(name, split, data_dir=args.data_dir, download=args.download)
             dt = time.perf_counter() - t0
-            _check_split_shape(d, name)
             print(
                 f"{name:<12} {split:<5} {len(d):>6} images {tuple(d.images.shape[1:])} "
                 f"{d.info.num_classes} classes  sha256 {d.fingerprint[:12]}  {dt:.2f} s"
@@ -867,6 +501,8 @@ def cmd_tone_curves(args: argparse.Namespace) -> int:
 
 
 def cmd_design_kernel(args: argparse.Namespace) -> int:
+    from binsense.data import check_data_dir
+    from binsense.io import check_output_file
     from binsense.layers.design_search import (
         REFERENCE_KERNEL,
         equivalent_kernels,
@@ -883,8 +519,8 @@ def cmd_design_kernel(args: argparse.Namespace) -> int:
     _positive(args.conv_kernels, "--conv-kernels")
     for flag, path in (("--plot", args.plot), ("--demo", args.demo)):
         if path:
-            _check_output_file(Path(path), flag)
-    _check_data_dir(args.data_dir)
+            check_output_file(Path(path), flag)
+    check_data_dir(args.data_dir)
     gray = load_gray_images(args.dataset, args.images, args.data_dir)
     t0 = time.perf_counter()
     ranking = score_kernels(
@@ -934,6 +570,14 @@ def cmd_design_kernel(args: argparse.Namespace) -> int:
         path = plot_design_demo(gray[0], args.demo, REFERENCE_KERNEL, seed=args.seed)
         print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _read_summary_checkpoint(path: str, allow_large: bool | None) -> tuple[Any, Any]:
+    """``binsense summary --checkpoint``'s reader: the model and config of a trained run
+    (binsense.compress, where the command lives, never imports binsense.train)."""
+    from binsense.train import load_model
+
+    return load_model(path, allow_large=allow_large)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1137,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_design_kernel)
 
     add_study_commands(sub)
-    add_summary_command(sub)
+    add_summary_command(sub, read_checkpoint=_read_summary_checkpoint)
     for path, leaf in _leaf_parsers(parser):
         # also accepted after the command; SUPPRESS keeps the value given before it
         own = leaf._option_string_actions  # never clash with a flag a command defines
@@ -1264,12 +908,6 @@ def _report_failure(e: Exception, argv: Sequence[str], debug: bool) -> int:
     return 1
 
 
-def _preflight(args: argparse.Namespace) -> None:
-    """Checks that do not belong to one handler (those of train and eval are in theirs)."""
-    if args.command == "study":
-        _check_study(args)
-
-
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr if file is None else file)
 
@@ -1294,7 +932,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _one_line_warning
     try:
         with _large_allowed_while(bool(getattr(args, "allow_large", False))):
-            _preflight(args)
             return int(args.func(args) or 0)
     except BinsenseError as e:
         if debug:

@@ -39,6 +39,9 @@ Errors while writing (disk full, permission denied, read-only file system) becom
 
 Names that become parts of paths (preset names, run ids, figure names) go through
 :func:`safe_child`, so an output always stays inside the folder the user chose.
+Before a command writes anything, :func:`check_out_dir` and :func:`check_output_file`
+say in one line when an output folder or file cannot be created there (a file where a
+folder is meant or the reverse, a read-only file system, no permission).
 """
 
 from __future__ import annotations
@@ -480,6 +483,66 @@ def safe_child(root: str | os.PathLike, name: str, *, what: str = "name") -> Pat
     return child
 
 
+# ---------------------------------------------------------------- writable paths
+
+
+def existing_ancestor(path: str | os.PathLike) -> Path:
+    """``path`` (made absolute) or its nearest ancestor that exists."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> None:
+    """A clear error (:class:`~binsense.errors.BinsenseError`) when ``folder``, an
+    existing folder, cannot be written: read-only file system, or no permission."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        read_only = False
+    why = "is on a read-only file system" if read_only else "is not writable for you"
+    raise BinsenseError(
+        f"cannot write {what}: {str(folder)!r} {why}; choose a folder you can write to"
+        f"{'' if read_only else ' (or fix its permissions)'}."
+    )
+
+
+def check_out_dir(path: str | os.PathLike, what: str) -> None:
+    """``path`` is (or can become) a folder this user can write; ``what`` names it in
+    the error (``"--out"``, ``"study folder"``). Nothing is created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BinsenseError(
+            f"{what} {str(path)!r} is a file, not a folder; name a folder (it is created "
+            "if missing)."
+        )
+    base = existing_ancestor(path)
+    if not base.is_dir():
+        raise BinsenseError(
+            f"{what} {str(path)!r} cannot be created: {str(base)!r} is a file, not a folder."
+        )
+    check_writable(base, f"{what} {str(path)!r}")
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> None:
+    """``path`` names a file (not a folder) that this user can create or replace;
+    ``what`` names it in the error (``"-o/--output"``). Nothing is created."""
+    path = Path(path)
+    if path.is_dir():
+        raise BinsenseError(
+            f"{what} {str(path)!r} is a folder; name a file, e.g. {str(path / 'out')!r}."
+        )
+    base = existing_ancestor(path.parent if path.parent != Path("") else Path("."))
+    if not base.is_dir():
+        raise BinsenseError(
+            f"{what} {str(path)!r} cannot be created: {str(base)!r} is a file, not a folder."
+        )
+    check_writable(base, f"{what} {str(path)!r}")
+
+
 # ---------------------------------------------------------------- safe loading
 
 #: What ``torch.load`` raises for a file whose content is not a valid checkpoint.
@@ -636,8 +699,12 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
+    "check_out_dir",
+    "check_output_file",
+    "check_writable",
     "clean_stale_temps",
     "current_umask",
+    "existing_ancestor",
     "os_error_text",
     "safe_child",
     "load_torch_file",

@@ -26,7 +26,9 @@ CPU ``MemAvailable`` of ``/proc/meminfo``, lowered to the free part of a cgroup 
 limit (containers) when there is one; on a CUDA device the free memory reported by
 ``torch.cuda.mem_get_info``. Where neither can be read (not Linux), nothing is refused.
 A user who wants to try anyway sets ``BINSENSE_ALLOW_LARGE=1`` or passes
-``--allow-large`` (``allow=True``).
+``--allow-large`` (``allow=True``). :func:`check_config_fits` is the one check of a
+training config that the command line, the study runner's pre-flight check, the trainer
+and the checkpoint loader all call.
 """
 
 from __future__ import annotations
@@ -252,12 +254,17 @@ def check_model_fits(
     allow: bool | None = None,
     what: str | None = None,
 ) -> int:
-    """:func:`estimate_model_bytes`, then :func:`check_fits`; returns the estimate."""
-    if large_allowed(allow):
-        return 0
+    """:func:`estimate_model_bytes`, then :func:`check_fits`; returns the estimate.
+
+    The model is built on the meta device even when ``allow`` (or
+    ``$BINSENSE_ALLOW_LARGE``) skips the comparison, so its options are validated either
+    way (``width = "wide"`` is one line before any data is read); that allocates nothing.
+    """
     needed = estimate_model_bytes(
         model_name, info, options, training=training, optimizer=optimizer, momentum=momentum
     )
+    if large_allowed(allow):
+        return needed
     if what is None:
         width = (options or {}).get("width")
         shown = f" (width {width:g})" if isinstance(width, (int, float)) else ""
@@ -275,12 +282,13 @@ def check_config_fits(
     info: DatasetInfo | None = None,
     what: str | None = None,
 ) -> int:
-    """:func:`check_model_fits` for a :class:`~binsense.train.TrainConfig`.
+    """:func:`check_model_fits` for a :class:`~binsense.train.TrainConfig`: the model of
+    ``config`` built on the meta device (its options validated), then refused if it
+    cannot fit (``allow`` or ``$BINSENSE_ALLOW_LARGE`` skip only that). The refusal names
+    what is checked: ``training 'mnist_bnn' (width 200) needs at least ...``.
 
     ``device`` defaults to the config's; ``info`` to ``dataset_info(config.dataset)``.
     """
-    if large_allowed(allow):
-        return 0
     if info is None:
         from binsense.data import dataset_info
 

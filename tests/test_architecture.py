@@ -303,3 +303,33 @@ def test_a_preset_name_that_would_escape_the_study_folder_is_refused_at_load(tmp
     path.write_text(path.read_text() + '\n[presets."/../../elsewhere"]\ntrain = { epochs = 1 }\n')
     with pytest.raises(StudyFileError, match="path separator"):
         load_study(path)
+
+
+def test_the_study_schema_does_not_import_the_comparisons(tmp_path):
+    """Loading a study with ``[[report.compare]]`` blocks checks their selectors through
+    ``binsense.study.selector``; ``binsense.study.compare`` (statistics, figures) is not
+    imported, so schema -> compare -> export -> schema is no circle. A fresh interpreter,
+    so that no other test has imported it already."""
+    import subprocess
+    import sys
+
+    path = _study(tmp_path)
+    path.write_text(
+        path.read_text().replace("epochs = 1\n", "")
+        + "\n[train.grid]\nseed = [0, 1]\n"
+        + 'variant = [{ name = "a", epochs = 1 }, { name = "b", epochs = 2 }]\n'
+        + '\n[[report.compare]]\na = { variant = "a" }\nb = { variant = "b" }\n'
+    )
+    script = (
+        "import sys\n"
+        "from binsense.study.schema import load_study\n"
+        "assert len(load_study(sys.argv[1]).report.compare) == 1\n"
+        "print('\\n'.join(m for m in sys.modules if m.startswith('binsense.study.')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    assert "binsense.study.compare" not in loaded
+    assert {"binsense.study.schema", "binsense.study.selector"} <= loaded

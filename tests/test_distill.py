@@ -97,8 +97,18 @@ def test_teacher_with_other_classes_is_an_error():
         hook(torch.randn(2, 3), torch.tensor([0, 1]), x)
 
 
+def test_teacher_is_a_model_not_a_path(tmp_path):
+    """Reading a checkpoint is training's business (binsense.compress never imports
+    binsense.train): a path is refused with one line saying how to load it."""
+    with pytest.raises(BinsenseError, match="the teacher must be a model, got PosixPath") as e:
+        Distillation(tmp_path / "teacher" / "checkpoint.pt")
+    assert "binsense.train.load_model" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(BinsenseError, match="the teacher must be a model, got str"):
+        distillation_loss("checkpoint.pt")
+
+
 def test_distillation_in_the_trainer(tiny_data, tmp_path):
-    from binsense.train import TrainConfig, train
+    from binsense.train import TrainConfig, load_model, train
     from binsense.train.trainer import Hooks
 
     def config(model: str) -> TrainConfig:
@@ -107,7 +117,8 @@ def test_distillation_in_the_trainer(tiny_data, tmp_path):
 
     teacher = train(config("mnist_bnn_float"), tmp_path / "teacher", progress=False,
                     log=lambda _: None)  # fmt: skip
-    hook = Distillation(tmp_path / "teacher" / "checkpoint.pt", alpha=0.2, temperature=2.0)
+    loaded, _ = load_model(tmp_path / "teacher" / "checkpoint.pt")
+    hook = Distillation(loaded, alpha=0.2, temperature=2.0)
     student = train(config("mnist_bnn"), progress=False, log=lambda _: None,
                     hooks=Hooks(loss=hook))  # fmt: skip
     assert student.complete and math.isfinite(student.metrics[0]["train_loss"])

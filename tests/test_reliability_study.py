@@ -44,7 +44,7 @@ from binsense.cli import main
 from binsense.errors import BinsenseError
 from binsense.evaluate.conditions import Condition, condition_kinds, register_condition
 from binsense.study import load_study, run_study, study_rows
-from binsense.study.export import csv_safe, format_rows, run_dir
+from binsense.study.export import csv_safe, format_rows
 from binsense.study.report import write_report
 from binsense.study.runner import SettingsMismatchError
 from binsense.study.store import DataMismatchError, ResultStore, StoreError
@@ -239,7 +239,7 @@ class TestDataMixing:
         path = write_study(tmp_path / "s.toml", data, epochs=2)
         study = load_study(path)
         (t,) = study.trainings
-        train(t.config, run_dir(study, t.run_id), stop_after=1, log=lambda s: None)
+        train(t.config, study.run_dir(t.run_id), stop_after=1, log=lambda s: None)
         invert_images(data / "train")
         with pytest.raises(DataMismatchError, match="1 epoch.*train data with fingerprint"):
             run_study(path, progress=False)
@@ -255,7 +255,7 @@ class TestResumeSettings:
         path = write_study(tmp_path / "s.toml", shared_data, epochs=2, train="threads = 1")
         study = load_study(path)
         (t,) = study.trainings
-        folder = run_dir(study, t.run_id)
+        folder = study.run_dir(t.run_id)
         threads = torch.get_num_threads()
         try:
             train(t.config, folder, stop_after=1, log=lambda s: None)
@@ -300,7 +300,7 @@ class TestPathEscapes:
     def test_run_ids_are_checked_as_names(self, tmp_path, shared_data):
         study = load_study(write_study(tmp_path / "s.toml", shared_data))
         with pytest.raises(BinsenseError, match="run id"):
-            run_dir(study, "../../x")
+            study.run_dir("../../x")
 
 
 # ---------------------------------------------------------------- 4. exports carry no code
@@ -668,7 +668,7 @@ class TestFilesAfterAKill:
         path = write_study(tmp_path / "s.toml", shared_data)
         study = load_study(path)
         (t,) = study.trainings
-        folder = run_dir(study, t.run_id)
+        folder = study.run_dir(t.run_id)
         folder.mkdir(parents=True)
         old = time.time() - 60
         left = [

@@ -275,7 +275,9 @@ def test_resume_after_an_interruption(reference, tmp_path, tiny_data, monkeypatc
         ref = load_checkpoint(reference / "runs" / t.run_id / "checkpoint.pt")
         assert mine["model"].keys() == ref["model"].keys()
         assert all(torch.equal(mine["model"][k], ref["model"][k]) for k in ref["model"])
-        assert mine["prune_plan"] == ref["prune_plan"]
+        # the pruning callback's state (plan of the removed model, no masks) too
+        assert mine["callbacks"].get("prune") == ref["callbacks"].get("prune")
+        assert ("prune" in ref["callbacks"]) == (t is student)
 
 
 def test_hidden_teacher_is_trained_and_stored_not_evaluated(tmp_path, tiny_data):
@@ -309,7 +311,8 @@ def test_pruned_student_checkpoint_is_smaller_and_reloads(reference, tiny_data, 
     assert n_small < n_full
     assert pruned_ckpt.stat().st_size < plain_ckpt.stat().st_size
     ckpt = load_checkpoint(pruned_ckpt)
-    assert ckpt["complete"] and ckpt["prune_masks"] == {}  # removed for real, no masks
+    pruning = ckpt["callbacks"]["prune"]  # removed for real: its plan, no masks
+    assert ckpt["complete"] and pruning["prune_masks"] == {} and pruning["prune_plan"]
 
     rows = runs(reference / "results.sqlite")
     size = {k: json.loads(r["size"]) for k, r in rows.items()}

@@ -146,9 +146,15 @@ def test_registry_bnn_its_float_twin_and_the_meta_device():
     assert meta.totals() == real.totals() == bnn.totals()
 
 
-def _run_cli(argv: list[str]) -> int:
+def _run_cli(argv: list[str], *, reader: bool = True) -> int:
+    """``binsense summary`` as the CLI adds it (with its checkpoint reader)."""
+    from binsense.cli import _read_summary_checkpoint
+
     parser = argparse.ArgumentParser(prog="binsense")
-    add_summary_command(parser.add_subparsers(dest="command", required=True))
+    add_summary_command(
+        parser.add_subparsers(dest="command", required=True),
+        read_checkpoint=_read_summary_checkpoint if reader else None,
+    )
     args = parser.parse_args(["summary", *argv])
     return args.func(args)
 
@@ -186,3 +192,7 @@ def test_cli_summarises_a_checkpoint(tiny_data, tmp_path, capsys):
     assert "mnist_bnn on" in out and "within budget" in out
     with pytest.raises(BinsenseError, match="does not go with --checkpoint"):
         _run_cli(["--checkpoint", ckpt, "--model", "mnist_bnn"])
+    # binsense.compress reads no checkpoint itself: without the CLI's reader, one line
+    with pytest.raises(BinsenseError, match="needs a checkpoint reader") as e:
+        _run_cli(["--checkpoint", ckpt], reader=False)
+    assert "\n" not in str(e.value)

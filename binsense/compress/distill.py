@@ -7,11 +7,15 @@ keeps the soft term's gradient scale independent of :math:`T`):
           \mathrm{KL}\big(\operatorname{softmax}(z_t / T)\ \|\ \operatorname{softmax}(z_s / T)\big)
 
 with :math:`z_s` the student's logits, :math:`z_t` the teacher's on the same inputs, the
-KL divergence averaged over the batch. :class:`Distillation` is a
-:class:`binsense.train.trainer.Hooks` ``loss`` hook, ``loss(logits, targets, inputs)``: it
+KL divergence averaged over the batch. :class:`Distillation` is a training loss hook,
+``loss(logits, targets, inputs)`` (``Hooks.loss`` of :mod:`binsense.train.trainer`): it
 runs the teacher on ``inputs`` (the batch the student saw, after augmentation and
 training noise) in eval mode and without gradient; the teacher's parameters are frozen
-(``requires_grad = False``) and it never leaves eval mode.
+(``requires_grad = False``) and it never leaves eval mode. The teacher is a model:
+reading it from a checkpoint is training's business (the config's ``distill`` field:
+:class:`binsense.train.callbacks.DistillCallback` loads and checks it;
+:func:`binsense.train.load_model` reads one by hand). This module never imports
+:mod:`binsense.train`, which imports it.
 
 **Defaults: α = 0, T = 1 — ReActNet's pure distillation** (Liu et al., "ReActNet:
 towards precise binary neural network with generalized activation functions", ECCV
@@ -39,7 +43,6 @@ such a mix. These defaults are binsense's choices, documented here, not the S3 p
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -48,6 +51,8 @@ from torch import Tensor, nn
 
 from binsense.errors import BinsenseError
 
+# The one home of the defaults: binsense.train.config imports them (train -> compress;
+# compress never imports train).
 #: ReActNet (Liu et al., ECCV 2020): pure distillation, no label term.
 DEFAULT_ALPHA = 0.0
 #: ReActNet: softmax at temperature 1.
@@ -103,15 +108,12 @@ def kd_loss(
     return loss
 
 
-def _load_teacher(teacher: nn.Module | str | os.PathLike) -> nn.Module:
+def _check_teacher(teacher: Any) -> nn.Module:
     if isinstance(teacher, nn.Module):
         return teacher
-    if isinstance(teacher, (str, os.PathLike)):
-        from binsense.train import load_model
-
-        return load_model(teacher)[0]
     raise BinsenseError(
-        f"the teacher must be a model or the path of a checkpoint, got {type(teacher).__name__}."
+        f"the teacher must be a model, got {type(teacher).__name__}; load a checkpoint with "
+        "binsense.train.load_model(PATH)[0], or give the config's distill field."
     )
 
 
@@ -119,10 +121,9 @@ class Distillation:
     """Loss hook ``loss(logits, targets, inputs)`` distilling a frozen ``teacher``.
 
     Args:
-        teacher: the teacher model, or the path of a binsense checkpoint
-            (:func:`binsense.train.load_model`). It is set to eval mode and its
-            parameters to ``requires_grad = False`` (in place), and it is moved to the
-            inputs' device at the first call.
+        teacher: the teacher model (a checkpoint's: ``binsense.train.load_model(path)[0]``).
+            It is set to eval mode and its parameters to ``requires_grad = False`` (in
+            place), and it is moved to the inputs' device at the first call.
         alpha: weight of the cross-entropy on the labels, in [0, 1]; ``1 - alpha`` weighs
             the KD term. Default 0 (ReActNet; module docstring).
         temperature: softmax temperature ``T > 0``. Default 1 (ReActNet).
@@ -133,14 +134,14 @@ class Distillation:
 
     def __init__(
         self,
-        teacher: nn.Module | str | os.PathLike,
+        teacher: nn.Module,
         alpha: float = DEFAULT_ALPHA,
         temperature: float = DEFAULT_TEMPERATURE,
         label_smoothing: float = 0.0,
     ) -> None:
         self.alpha, self.temperature = check_kd_options(alpha, temperature)
         self.label_smoothing = float(label_smoothing)
-        self.teacher = _load_teacher(teacher)
+        self.teacher = _check_teacher(teacher)
         self.teacher.eval()
         self.teacher.requires_grad_(False)
 
@@ -171,13 +172,13 @@ class Distillation:
 
 
 def distillation_loss(
-    teacher: nn.Module | str | os.PathLike,
+    teacher: nn.Module,
     alpha: float = DEFAULT_ALPHA,
     temperature: float = DEFAULT_TEMPERATURE,
     label_smoothing: float = 0.0,
 ) -> Distillation:
-    """A :class:`binsense.train.trainer.Hooks` ``loss`` hook: :class:`Distillation` from
-    ``teacher`` (a model or a checkpoint path) with ``alpha`` and ``temperature``."""
+    """A training loss hook (``Hooks.loss``): :class:`Distillation` from the ``teacher``
+    model with ``alpha`` and ``temperature``."""
     return Distillation(teacher, alpha, temperature, label_smoothing)
 
 

@@ -55,17 +55,21 @@ its own input, ``input_quantizer``, or scales its weights by mean |W|, ``scale``
 refused), so removing the channel is the same function. A mask is a non-persistent
 buffer ``prune_mask`` on its block (the state dict does not change): a checkpoint stores
 ``masks_to_state(masks_of(model))`` and a resumed run re-attaches it with
-:func:`apply_masks` before its first step.
+:func:`apply_masks` before its first step (in a training, the trainer's pruning callback,
+:class:`binsense.train.callbacks.PruneCallback`, does both).
 
 **Schedules.** One-shot then fine-tune: :func:`prune` masks a target sparsity (fraction
 of each site's units) at once; train on with the masks held (they stay attached), or
 :func:`remove_pruned` first and train the smaller model. Gradual:
-:class:`PruningSchedule` is a trainer after-step hook (``Hooks.after_step``) that raises
+:class:`PruningSchedule` is an after-step hook ``(model, step)`` that raises
 the sparsity along the cubic ramp of Zhu & Gupta ("To prune, or not to prune", 2017),
 :math:`s_t = s_f + (s_i - s_f)(1 - (t - t_0)/(t_1 - t_0))^3`, every ``every`` steps
 between ``begin_step`` and ``end_step``. Pruned units stay pruned (each update adds the
 lowest-scoring kept units), so the masks only grow (keep one ``block_size`` per model:
-a unit counts as pruned when all its channels are masked).
+a unit counts as pruned when all its channels are masked). In a training it runs in
+:class:`binsense.train.callbacks.PruneCallback` (the config's ``prune``, or
+``Hooks(callbacks=[PruneCallback(schedule)])``), which also saves the masks in each
+checkpoint, restores them on resume and removes the pruned units at the end.
 
 **Real removal.** :func:`remove_pruned` returns a copy with smaller tensors: the
 block's conv rows (and bias), its norm's parameters and statistics, and the next layer's
@@ -530,7 +534,9 @@ class PruningSchedule:
     steps and at ``end_step``; ``begin_step == end_step`` prunes once (one-shot, then the
     masks are held while training goes on). The masks live on the model
     (:func:`masks_of`): to resume, re-attach them from the checkpoint with
-    :func:`apply_masks` before the first step.
+    :func:`apply_masks` before the first step (the trainer's
+    :class:`binsense.train.callbacks.PruneCallback` does that; a bare after-step hook's
+    masks are not checkpointed).
     """
 
     target: float

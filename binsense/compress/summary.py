@@ -65,18 +65,22 @@ given too. The share of binary MACs, and ``fully_binary``: every conv / linear M
 binary, the first layer and the head included.
 
 ``binsense summary --model NAME [--max-mbit M]`` (:func:`add_summary_command`) prints the
-table and exits with status 1 when the model is over ``M`` Mbit.
+table and exits with status 1 when the model is over ``M`` Mbit. ``--checkpoint PATH``
+summarises a trained model; reading a checkpoint is training's business, so the command
+line passes the reader in (:data:`CheckpointReader`; this module never imports
+:mod:`binsense.train`, which imports :mod:`binsense.compress`).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -92,6 +96,12 @@ from binsense.layers.block import BinaryBlock
 from binsense.layers.design import DeSign
 from binsense.layers.norm import ChannelAffine
 from binsense.quant.sign import SignQuantizer
+
+#: ``read(path, allow_large) -> (model, config)``: how ``binsense summary --checkpoint``
+#: reads a trained model; ``config`` names its ``model`` and ``dataset`` (a
+#: :class:`~binsense.train.TrainConfig`). The CLI passes one built on
+#: :func:`binsense.train.load_model` (:func:`add_summary_command`).
+CheckpointReader = Callable[[str, "bool | None"], tuple[nn.Module, Any]]
 
 #: Bits in one Mbit: 2^20, Larq's binary-prefix convention (module docstring).
 BITS_PER_MBIT = 2**20
@@ -651,11 +661,12 @@ def _model_options(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def cmd_summary(args: argparse.Namespace) -> int:
+def cmd_summary(args: argparse.Namespace, read_checkpoint: CheckpointReader | None = None) -> int:
     """``binsense summary``: print the table; exit 1 when over ``--max-mbit``.
 
     The model is checked to fit in memory before it is built (``--allow-large``, before
-    or after the command, skips that), as ``train`` and ``eval`` check theirs."""
+    or after the command, skips that), as ``train`` and ``eval`` check theirs.
+    ``--checkpoint`` needs ``read_checkpoint`` (:data:`CheckpointReader`)."""
     allow = True if getattr(args, "allow_large", False) else None
     if args.max_mbit is not None and not (math.isfinite(args.max_mbit) and args.max_mbit > 0):
         raise BinsenseError(f"--max-mbit must be a finite number > 0, got {args.max_mbit}.")
@@ -670,10 +681,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
                 f"{given[0]} does not go with --checkpoint: the checkpoint names its model, "
                 "data set and options."
             )
+        if read_checkpoint is None:
+            raise BinsenseError(
+                "summary --checkpoint needs a checkpoint reader: add the command with "
+                "add_summary_command(sub, read_checkpoint=...) (binsense.cli does)."
+            )
         from binsense.data import dataset_info
-        from binsense.train import load_model
 
-        model, config = load_model(args.checkpoint, allow_large=allow)
+        model, config = read_checkpoint(args.checkpoint, allow)
         info = dataset_info(config.dataset)
         result = summary(
             model, (info.in_channels, *info.image_size),
@@ -702,8 +717,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_summary_command(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``binsense summary`` on the main CLI's sub-commands; returns its parser."""
+def add_summary_command(
+    sub: argparse._SubParsersAction, *, read_checkpoint: CheckpointReader | None = None
+) -> argparse.ArgumentParser:
+    """Register ``binsense summary`` on the main CLI's sub-commands; returns its parser.
+
+    ``read_checkpoint`` (:data:`CheckpointReader`) serves ``--checkpoint PATH``; without
+    it that option is an error (:mod:`binsense.cli` passes
+    :func:`binsense.train.load_model`'s)."""
     p = sub.add_parser(
         "summary",
         help="model size in bits and binary / float MACs (Larq-style), with a size check",
@@ -738,12 +759,13 @@ def add_summary_command(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         help="bits per encoder code threshold (default 8)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_summary)
+    p.set_defaults(func=functools.partial(cmd_summary, read_checkpoint=read_checkpoint))
     return p
 
 
 __all__ = [
     "BITS_PER_MBIT",
+    "CheckpointReader",
     "LayerRow",
     "ModelSummary",
     "add_summary_command",

@@ -7,10 +7,15 @@ torchvision cannot decode. All images must have the same height and width, unles
 ``size`` is given: then each image is fitted to ``size x size`` as it is decoded
 (:func:`fit_square`). The split is grayscale (one channel) when every image is
 grayscale, RGB otherwise (or always RGB with ``rgb=True``); alpha channels are dropped.
+
+A split's files are listed by :func:`scan_image_tree`, which refuses with one line what
+would otherwise fail late or never end: a folder that cannot be read, a symbolic-link
+loop, an empty (0-byte) image file.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import warnings
@@ -38,6 +43,70 @@ _CHUNK_RESIZED = 64  # when resizing: large photos (COCO) are decoded at full si
 # torchvision 0.29 deprecates its image codecs in favour of torchcodec (not a dependency);
 # they still work, so the warning is silenced while decoding.
 _TORCHVISION_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
+
+
+def scan_image_tree(folder: str | os.PathLike) -> list[SourceFile]:
+    """Every file under ``folder`` (recursively, symbolic links followed, hidden entries
+    skipped), sorted by path — the list :func:`binsense.data.cache.scan_files` gives —
+    after checking, as it walks, what the decoder cannot:
+
+    - a folder that cannot be read (permission denied),
+    - a symbolic link that leads back to itself, or a folder link that leads back to a
+      folder above it (a loop the walk would never leave),
+    - an empty (0-byte) file with an image extension (:data:`IMAGE_EXTENSIONS`).
+
+    Each is one :class:`~binsense.errors.BinsenseError` naming the path. A dangling link
+    is skipped. A stat call per entry: cheap next to decoding.
+    """
+    found: list[SourceFile] = []
+    root = os.fspath(folder)
+    st = os.stat(root)
+    stack: list[tuple[str, tuple[tuple[int, int], ...], tuple[str, ...]]] = [
+        (root, ((st.st_dev, st.st_ino),), (root,))
+    ]
+    while stack:
+        path, seen, names = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except PermissionError:
+            raise BinsenseError(
+                f"image folder {path!r} is not readable for you (permission denied); fix its "
+                "permissions (chmod/chown) or remove it."
+            ) from None
+        for entry in entries:
+            if entry.name.startswith("."):  # hidden entries are skipped
+                continue
+            try:
+                is_dir = entry.is_dir()
+                st = entry.stat()
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise BinsenseError(
+                        f"{entry.path!r} is a symbolic link that leads back to itself (a link "
+                        "loop); remove or fix the link."
+                    ) from None
+                if e.errno == errno.ENOENT:  # a dangling link: nothing to read
+                    continue
+                raise
+            if is_dir:
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    target = names[seen.index(key)]
+                    raise BinsenseError(
+                        f"symbolic link loop in an image folder: {entry.path!r} leads back to "
+                        f"{target!r}; remove the link."
+                    )
+                stack.append((entry.path, (*seen, key), (*names, entry.path)))
+                continue
+            if st.st_size == 0 and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                raise BinsenseError(
+                    f"image {entry.path!r} is empty (0 bytes); remove it or replace it with "
+                    "the real image."
+                )
+            found.append(SourceFile(entry.path, st.st_size, st.st_mtime_ns))
+    found.sort()
+    return found
 
 
 def class_folders(split_dir: Path) -> list[str]:

@@ -8,12 +8,16 @@ folders: raw data may sit on a shared, read-only disk, while the cache must be w
   ``<user cache>/tensors``;
 
 where ``<user cache>`` is ``$XDG_CACHE_HOME/binsense`` (default ``~/.cache/binsense``).
+:func:`check_data_dir` refuses, in one line, a data folder that exists but cannot be
+read, before a command spends time on anything else.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from binsense.errors import BinsenseError
 
 DATA_ENV = "BINSENSE_DATA"
 CACHE_ENV = "BINSENSE_CACHE"
@@ -51,3 +55,15 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     (``$XDG_CACHE_HOME`` honoured). The folder need not exist.
     """
     return _resolve(cache_dir, CACHE_ENV, "tensors")
+
+
+def check_data_dir(data_dir: str | os.PathLike | None = None) -> None:
+    """An existing data folder (``data_dir``, else ``$BINSENSE_DATA``) must be readable:
+    one :class:`~binsense.errors.BinsenseError` line if it is not (a folder that does not
+    exist is not refused here: the data sets say what they miss)."""
+    folder = os.fspath(data_dir) if data_dir else os.environ.get(DATA_ENV)
+    if folder and os.path.isdir(folder) and not os.access(folder, os.R_OK | os.X_OK):
+        raise BinsenseError(
+            f"data folder {folder!r} is not readable for you (permission denied); fix its "
+            "permissions or point --data-dir (BINSENSE_DATA) at a readable copy."
+        )

@@ -20,6 +20,14 @@ native-size tensors, an image folder and VWW are fitted to the size as they are 
 (so their images may differ in size). The suffix equal to a built-in set's own size is
 dropped (``stl10@96`` is ``stl10``). Mean and std stay the native set's for built-in
 sets; an image folder's are measured on the resized training images.
+
+**Image folders are checked where they are read.** Each split is listed by
+:func:`~binsense.data.imagefolder.scan_image_tree` (an unreadable folder, a symbolic-link
+loop or an empty image file is one line), and the test split of ``imagefolder:PATH`` must
+have the size and channels of its training split (:func:`check_split_shape`).
+:func:`check_image_folder` runs the scan over both splits without decoding anything and
+:func:`check_test_split` loads the test split, so that a command (or a study's
+pre-flight check) refuses such a folder before it trains.
 """
 
 from __future__ import annotations
@@ -41,10 +49,16 @@ import torchvision.datasets as tvd
 from torch import Tensor
 
 from binsense.data.cache import CachedSplit, cached_split, scan_files
-from binsense.data.imagefolder import class_folders, decode_images, fit_square, labelled_images
+from binsense.data.imagefolder import (
+    class_folders,
+    decode_images,
+    fit_square,
+    labelled_images,
+    scan_image_tree,
+)
 from binsense.data.paths import DATA_ENV, resolve_cache_dir, resolve_data_dir
 from binsense.data.stl10 import STL10_FOLDER, read_stl10, stl10_files
-from binsense.data.tensors import DatasetInfo, ImageTensors
+from binsense.data.tensors import DatasetInfo, ImageTensors, check_split_shape
 from binsense.data.vww import VWW_INFO, load_vww
 from binsense.errors import BinsenseError, DataNotFoundError, unknown_name
 from binsense.registry import Registry
@@ -283,7 +297,7 @@ def resolve_dataset_name(name: str) -> str:
     """The canonical name of data set ``name`` (``"CIFAR-10"`` -> ``"cifar10"``,
     ``"STL-10@32"`` -> ``"stl10@32"``, ``"stl10@96"`` -> ``"stl10"``;
     ``imagefolder:PATH`` is returned as given); a clear error for an unknown name."""
-    if isinstance(name, str) and name.lower().startswith(IMAGEFOLDER_PREFIX):
+    if is_image_folder(name):
         split_size_suffix(name)  # checks the size
         return name
     return _parse_name(name).canonical()
@@ -291,6 +305,34 @@ def resolve_dataset_name(name: str) -> str:
 
 #: ``cifar10`` is read from this ImageFolder of JPEGs under the data folder when it exists.
 CIFAR10_JPEG_FOLDER = "cifar10-jpeg"
+
+
+def is_image_folder(name: str) -> bool:
+    """Whether ``name`` is an ``imagefolder:PATH`` data set (its shape is on disk)."""
+    return isinstance(name, str) and name.lower().startswith(IMAGEFOLDER_PREFIX)
+
+
+def check_image_folder(name: str) -> None:
+    """Scan the ``train/`` and ``test/`` trees of an ``imagefolder:PATH`` data set as the
+    reader will (:func:`~binsense.data.imagefolder.scan_image_tree`: unreadable folders,
+    symbolic-link loops, empty image files), decoding nothing; nothing for built-in
+    names. A split folder that is missing is left to the reader to report."""
+    if not is_image_folder(name):
+        return
+    folder = _parse_name(name).folder
+    assert folder is not None
+    for split in SPLITS:
+        if (folder / split).is_dir():
+            scan_image_tree(folder / split)
+
+
+def check_test_split(name: str, data_dir: PathLike | None = None) -> None:
+    """Load (or fetch from the cache) the test split of an ``imagefolder:PATH`` data set,
+    whose images must have the training images' size and channels
+    (:func:`check_split_shape`, which :func:`load_dataset` applies); nothing for built-in
+    data sets, whose shapes are fixed."""
+    if is_image_folder(name):
+        load_dataset(name, "test", data_dir=data_dir)
 
 
 def list_datasets() -> list[str]:
@@ -305,7 +347,7 @@ def _check_split(split: str) -> None:
 
 def _parse_name(name: str) -> _Parsed:
     """A built-in key (size ``None`` when it is the set's own) or an image folder."""
-    if isinstance(name, str) and name.lower().startswith(IMAGEFOLDER_PREFIX):
+    if is_image_folder(name):
         folder, size = split_size_suffix(name[len(IMAGEFOLDER_PREFIX) :])
         if not folder:
             raise BinsenseError(
@@ -375,19 +417,23 @@ def load_dataset(
     Raises:
         UnknownNameError: unknown data set or split.
         DataNotFoundError: the data is not on disk and could not be downloaded.
+        BinsenseError: an image folder with an unreadable folder, a symbolic-link loop, an
+            empty image file, or test images of another size than its training images.
     """
     parsed = _parse_name(name)
     _check_split(split)
     cache = resolve_cache_dir(cache_dir)
     key, folder, size = parsed
     if folder is not None:
-        name = parsed.canonical()
+        given, name = name, parsed.canonical()
         entry = _load_folder(name, folder / split, cache, size=size)
         train = (
             entry if split == "train" else _load_folder(name, folder / "train", cache, size=size)
         )
         info = _info_from_entry(name, train)
-        return ImageTensors(entry.images, entry.labels, info, split, entry.fingerprint)
+        data = ImageTensors(entry.images, entry.labels, info, split, entry.fingerprint)
+        check_split_shape(data, given)  # the test split: the training images' shape
+        return data
     info = _sized(_builtin_info(key), size)
     root = resolve_data_dir(data_dir)
     jpeg_dir = root / CIFAR10_JPEG_FOLDER
@@ -439,7 +485,7 @@ def _load_folder(
         )
     if classes is None:
         classes = class_folders(split_dir.parent / "train")
-    files = scan_files([split_dir])
+    files = scan_image_tree(split_dir)
 
     def build() -> tuple[Tensor, Tensor, dict[str, Any]]:
         paths, labels = labelled_images(split_dir, files, classes)

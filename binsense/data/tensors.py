@@ -99,3 +99,18 @@ class ImageTensors:
             split=self.split,
             fingerprint=digest.hexdigest(),
         )
+
+
+def check_split_shape(data: ImageTensors, name: str) -> None:
+    """The images of ``data`` (a test split) must have the size and channels of the data
+    set's training images (``data.info``); one :class:`~binsense.errors.BinsenseError`
+    line naming both if not — a model works on one image size."""
+    info = data.info
+    want = (info.in_channels, *info.image_size)
+    got = tuple(data.images.shape[1:])
+    if got != want:
+        raise BinsenseError(
+            f"the {data.split} images of {name!r} are {got[2]}x{got[1]} pixels with {got[0]} "
+            f"channel(s), the training images {want[2]}x{want[1]} with {want[0]}; a model "
+            "works on one image size: resize the test images to the training size."
+        )

@@ -23,12 +23,14 @@ from binsense.deploy.folding import (
     threshold_design,
     threshold_sign,
 )
+from binsense.deploy.infer import InferResult, check_loader_memory, file_input_shape, infer
 from binsense.deploy.program import CheckResult, DeployedModel, check_exact, convert
 
 __all__ = [
     "CheckResult",
     "DeployFileError",
     "DeployedModel",
+    "InferResult",
     "Thresholds",
     "check_exact",
     "check_loader_memory",
@@ -41,6 +43,7 @@ __all__ = [
     "fold_problem",
     "fold_sign_threshold",
     "file_input_shape",
+    "infer",
     "load_deployed",
     "norm_params64",
     "pair_folds",

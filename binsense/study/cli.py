@@ -2,11 +2,15 @@
 
 Each handler takes the parsed arguments, calls the library and returns an exit code;
 user mistakes raise :class:`~binsense.errors.BinsenseError`, which the main CLI prints as
-one line. ``study run`` exits with status 1 when some grid points failed (the rest of the
-study ran; the report lists them). ``results``, ``report`` and ``show`` only read the
+one line. ``study run`` exits with status 1 when some grid points failed (the rest of
+the study ran; the report lists them). ``results``, ``report`` and ``show`` only read the
 store (read-only), so they work on a study in a read-only folder (``report`` then needs
 ``--report-dir``). Library modules are imported inside the handlers, so that building the
 parser (every ``binsense`` command does) does not import torch.
+
+The pre-flight checks are the library's (:mod:`binsense.study.preflight`): ``run_study``
+makes them itself, and the reading commands check the study folder, its store and their
+own output paths after loading the study, before they read or write anything.
 """
 
 from __future__ import annotations
@@ -14,21 +18,36 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from binsense.study.export import FORMATS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from binsense.study.schema import Study
+
+
+def _load(args: argparse.Namespace) -> Study:
+    """The study of ``args`` (file, preset, --out), after the checks of a command that
+    reads it (:func:`~binsense.study.preflight.check_study_folder`)."""
+    from binsense.study.preflight import check_study_folder
+    from binsense.study.schema import load_study
+
+    study = load_study(args.file, args.preset, out=args.out)
+    check_study_folder(study)
+    return study
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the study, write its report; exit status 1 if any grid point failed."""
     from binsense.study.runner import run_study
 
-    summary = run_study(
+    summary = run_study(  # (it makes the pre-flight checks itself)
         args.file, args.preset, data_dir=args.data_dir, out=args.out,
         progress=False if args.no_progress else None, executor=args.executor,
         address=args.address,
     )  # fmt: skip
     print(summary.line())
-    status = cmd_report(args)
+    status = _report(summary.study, None)
     if summary.failures:
         first = summary.failures[0].line().rstrip(".")
         more = f" (and {summary.failed - 1} more)" if summary.failed > 1 else ""
@@ -42,11 +61,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from binsense.io import atomic_write_text
+    from binsense.io import atomic_write_text, check_output_file
     from binsense.study.export import format_rows, study_rows
-    from binsense.study.schema import load_study
 
-    text = format_rows(study_rows(load_study(args.file, args.preset, out=args.out)), args.format)
+    study = _load(args)
+    if args.output:
+        check_output_file(Path(args.output), "-o/--output")
+    text = format_rows(study_rows(study), args.format)
     if args.output:
         atomic_write_text(args.output, text)
     else:
@@ -55,13 +76,20 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from binsense.io import check_out_dir
+
+    study = _load(args)
+    if args.report_dir:
+        check_out_dir(Path(args.report_dir), "--report-dir")
+    return _report(study, args.report_dir)
+
+
+def _report(study: Study, chosen: str | None) -> int:
+    """Write the study's report (into ``chosen``, else its own folder) and say where."""
     from binsense.errors import BinsenseError
     from binsense.io import WriteError
     from binsense.study.report import write_report
-    from binsense.study.schema import load_study
 
-    study = load_study(args.file, args.preset, out=args.out)
-    chosen = getattr(args, "report_dir", None)
     try:
         files = write_report(study, chosen)
     except WriteError as e:
@@ -77,9 +105,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from binsense.study.runner import study_progress
-    from binsense.study.schema import load_study
 
-    study = load_study(args.file, args.preset, out=args.out)
+    study = _load(args)
     progress = study_progress(study)
     per_run = study.draws_per_run
     total = len(study.trainings) * (1 + per_run) + len(study.teachers)
@@ -148,13 +175,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from binsense.study.compare import (
         compare,
         format_comparison,
-        load_source,
         parse_selector,
+        source_of_study,
         write_figure,
     )
 
+    study = _load(args)  # (a study folder was turned into its file by _StudyOrFolder)
     a, b = parse_selector(args.a, "--a"), parse_selector(args.b, "--b")
-    source = load_source(args.file, args.preset, args.out)
+    source = source_of_study(study)
     comparison = compare(source, a, b, relative_to=args.relative_to)
     text = format_comparison(comparison, args.format)
     if args.output:

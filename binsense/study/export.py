@@ -13,10 +13,6 @@ Exports carry no code: in CSV, a text cell that a spreadsheet would run as a for
 single quote (OWASP's advice; numbers, negative ones included, stay numbers); in
 Markdown, user text is escaped (:func:`md_inline`, :func:`md_block`) so it cannot become a
 link, an image, raw HTML, a heading or a list — it renders as the text it is.
-
-:func:`report_dir` and :func:`run_dir` are the study's output folders, checked with
-:func:`binsense.io.safe_child` so a preset name or run id cannot point outside the study
-folder.
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ import csv
 import io
 import json
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from binsense.errors import BinsenseError
@@ -42,25 +37,6 @@ _COLUMNS = (
     "condition", "condition_id", "draw", "accuracy", "loss", "n", "data_fingerprint", "device",
     "binsense", "torch", "trained_at", "evaluated_at",
 )  # fmt: skip
-
-
-def report_dir(study: Study) -> Path:
-    """Where ``study report`` writes: ``<study folder>/report[-<preset>]``.
-
-    Raises:
-        BinsenseError: the preset name cannot be a folder name (it would escape).
-    """
-    from binsense.io import safe_child  # (binsense.io imports torch; the CLI parser not)
-
-    name = "report" if study.preset is None else f"report-{study.preset}"
-    return safe_child(study.out_dir, name, what=f"preset name {study.preset!r} (folder name)")
-
-
-def run_dir(study: Study, run_id: str) -> Path:
-    """The run folder ``<study folder>/runs/<run_id>`` (the id checked as a name)."""
-    from binsense.io import safe_child
-
-    return safe_child(study.out_dir / "runs", run_id, what="run id")
 
 
 def study_rows(study: Study) -> list[dict[str, Any]]:
@@ -193,7 +169,5 @@ __all__ = [
     "markdown_table",
     "md_block",
     "md_inline",
-    "report_dir",
-    "run_dir",
     "study_rows",
 ]

@@ -64,8 +64,6 @@ from binsense.study.export import (
     markdown_table,
     md_block,
     md_inline,
-    report_dir,
-    run_dir,
     study_rows,
 )
 from binsense.study.schema import (
@@ -722,9 +720,9 @@ def write_report(study: Study, out_dir: str | os.PathLike | None = None) -> Repo
             the preset name cannot be a folder name; rows of one run are on different
             test data; the report folder cannot be written (the message says why).
     """
-    out = Path(out_dir) if out_dir is not None else report_dir(study)
+    out = Path(out_dir) if out_dir is not None else study.report_dir
     for t in study.trainings:
-        run_dir(study, t.run_id)
+        study.run_dir(t.run_id)
     rows = study_rows(study)
     check_one_dataset_per_run(study, rows)
     with ResultStore(study.store_path, readonly=True) as store:

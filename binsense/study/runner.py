@@ -111,8 +111,8 @@ from binsense.study.execute import (
     test_loader,
 )
 from binsense.study.executors import Executor, Handle, LocalExecutor, WorkerLost
-from binsense.study.export import report_dir, run_dir
 from binsense.study.plan import EvalTask, Plan, StoreSnapshot, TrainTask, make_plan
+from binsense.study.preflight import check_study_run
 from binsense.study.record import Failure, Recorder
 from binsense.study.schema import ExecutorOptions, Study, Training, condition_labels, load_study
 from binsense.study.store import ResultStore
@@ -164,9 +164,9 @@ def study_lock(out_dir: Path) -> AbstractContextManager[None]:
 
 def check_output_names(study: Study) -> None:
     """Refuse names that would put outputs outside the study folder (preset, run ids)."""
-    report_dir(study)
+    _ = study.report_dir  # checks the preset name
     for t in (*study.trainings, *study.teachers):
-        run_dir(study, t.run_id)
+        study.run_dir(t.run_id)
 
 
 def study_progress(study: Study) -> list[TrainingProgress]:
@@ -356,11 +356,15 @@ def run_study(
     Raises:
         BinsenseError: the study cannot run at all (a bad file or name, another runner in
             the folder, results on other data, a full disk, a read-only folder, Ray
-            asked for but not installed or not reachable).
+            asked for but not installed or not reachable), or its pre-flight check
+            (:func:`~binsense.study.preflight.check_study_run`: a store that is not
+            binsense's, a device this machine lacks, a model that cannot fit, an image
+            folder with an empty image, ...) refuses it before anything is written.
     """
     t0 = time.perf_counter()
     study = load_study(path, preset, out=out)
     check_output_names(study)
+    check_study_run(study, data_dir=data_dir)
     options = study.executor
     if executor is not None:
         options = options.model_copy(update={"kind": executor})

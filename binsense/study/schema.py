@@ -66,10 +66,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from binsense import tomlfile
 from binsense.data.registry import IMAGEFOLDER_PREFIX
-from binsense.errors import BinsenseError
+from binsense.errors import BinsenseError, pydantic_problem
 from binsense.errors import did_you_mean as _did_you_mean
 from binsense.evaluate.conditions import Condition, condition_class, condition_kinds
 from binsense.io import safe_child
+from binsense.study.selector import check_comparisons
 from binsense.train import TrainConfig
 
 _SECTIONS = ("study", "train", "condition", "evaluation", "report", "executor", "presets")
@@ -351,13 +352,25 @@ class Study:
         return self.out_dir / "results.sqlite"
 
     def run_dir(self, run_id: str) -> Path:
-        """The run folder (config, metrics, checkpoint) of one training."""
-        return self.out_dir / "runs" / run_id
+        """The run folder (config, metrics, checkpoint) of one training:
+        ``<study folder>/runs/<run_id>``.
+
+        Raises:
+            BinsenseError: the run id is not one plain folder name
+                (:func:`binsense.io.safe_child`), so it cannot point outside the study folder.
+        """
+        return safe_child(self.out_dir / "runs", run_id, what="run id")
 
     @property
     def report_dir(self) -> Path:
-        """Where ``study report`` writes (one folder per preset)."""
-        return self.out_dir / ("report" if self.preset is None else f"report-{self.preset}")
+        """Where ``study report`` writes: ``<study folder>/report[-<preset>]`` (one folder
+        per preset).
+
+        Raises:
+            BinsenseError: the preset name cannot be a folder name (it would escape).
+        """
+        name = "report" if self.preset is None else f"report-{self.preset}"
+        return safe_child(self.out_dir, name, what=f"preset name {self.preset!r} (folder name)")
 
     @property
     def varied(self) -> tuple[str, ...]:
@@ -421,69 +434,6 @@ def varying_keys(dicts: Sequence[dict[str, Any]], skip: Sequence[str] = ()) -> l
 def _nearest(name: str, choices: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return close[0] if close else None
-
-
-_EXPECTED = {
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "string_type": "a string",
-    "dict_type": "a table",
-    "list_type": "a list",
-}
-
-
-def _nested_fields(cls: Any, loc: Sequence[str]) -> list[str] | None:
-    """The field names of the nested model that ``loc`` (``("prune", "targt")``) ends in,
-    or ``None`` when ``loc`` does not run through nested models."""
-    fields = getattr(cls, "model_fields", None)
-    for key in loc[:-1]:
-        if not fields or key not in fields:
-            return None
-        annotation = fields[key].annotation
-        options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
-        model = next((t for t in options if isinstance(t, type) and issubclass(t, BaseModel)), None)
-        fields = getattr(model, "model_fields", None)
-    return list(fields) if fields else None
-
-
-def _pydantic_problem(
-    err: ValidationError, fields: Iterable[str], model: type[BaseModel] | None = None
-) -> str:
-    """The first problem of a pydantic error as a phrase naming the key (an unknown key
-    first: a misspelt key also makes its correct spelling "missing").
-
-    With ``model`` (the validated class), a problem inside a nested table names the
-    dotted key (``'prune.block_size'``), and an unknown key there gets the nearest field.
-    """
-    errors = err.errors()
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = [str(p) for p in first["loc"]]
-    nested = _nested_fields(model, loc) if model is not None and len(loc) > 1 else None
-    key = (".".join(loc) if nested is not None else loc[0]) if loc else "?"
-    kind, given = first["type"], first.get("input")
-    if kind == "extra_forbidden":
-        if len(loc) == 1:
-            return f"unknown key {key!r}{_did_you_mean(key, fields)}"
-        hint = _did_you_mean(loc[-1], nested) if nested else ""
-        return f"unknown key {'.'.join(loc)!r}{hint}"
-    if kind in ("value_error", "assertion_error"):  # a validator's own message
-        msg = first["msg"].split(", ", 1)[-1]
-        return f"{key!r}: {msg}" if loc else msg
-    if kind in _EXPECTED:
-        return f"{key!r} must be {_EXPECTED[kind]}, got {given!r}"
-    if kind == "literal_error":
-        choices = re.findall(r"'([^']*)'", first.get("ctx", {}).get("expected", ""))
-        hint = _did_you_mean(str(given), choices) if choices else ""
-        return f"{key!r} must be {first['ctx']['expected']}, got {given!r}{hint}"
-    msg = first["msg"]
-    if msg.startswith("Input should be "):
-        return f"{key!r} must be {msg.removeprefix('Input should be ')}, got {given!r}"
-    return f"{key!r}: {msg[:1].lower() + msg[1:]}, got {given!r}"
 
 
 @dataclass(frozen=True)
@@ -559,7 +509,7 @@ def _validated(cls: type[BaseModel], data: Mapping[str, Any], place: _Place, whe
     try:
         return cls(**data)
     except ValidationError as e:
-        raise place.error(where, _pydantic_problem(e, cls.model_fields)) from None
+        raise place.error(where, pydantic_problem(e, cls.model_fields)) from None
     except BinsenseError as e:  # a validator that checks a name against its registry
         raise place.error(where, str(e)) from None
     except TypeError as e:  # non-string keys and the like
@@ -721,7 +671,7 @@ def _expand_grid(
             config = TrainConfig(**values)
         except ValidationError as e:
             key = str(e.errors()[0]["loc"][0]) if e.errors()[0]["loc"] else "train"
-            raise place.error(origin(key), _pydantic_problem(e, fields, TrainConfig)) from None
+            raise place.error(origin(key), pydantic_problem(e, fields, TrainConfig)) from None
         key = _model_key(config)
         if key not in checked:
             _check_training(
@@ -935,8 +885,6 @@ def _expand(
                 f"no [[condition]] block of kind {kind!r}{_did_you_mean(kind, kinds)}",
             )
     if report.compare:  # selectors that pick one training group each, paired by seed
-        from binsense.study.compare import check_comparisons
-
         try:
             check_comparisons(
                 report.compare, trainings, condition_labels(list(evaluations.values())).values()

@@ -33,6 +33,13 @@ Readers open the store read-only (``ResultStore(path, readonly=True)``: an SQLit
 ``mode=ro`` URI), so a store in a read-only folder can be read; nothing is written. Errors
 say what happened — the disk is full, the folder is read-only, the file is not a binsense
 store or is damaged — and never advise throwing away a store that is intact.
+
+Someone else's file is never touched. An SQLite database is a binsense store when it has
+the tables ``meta``, ``runs`` and ``results`` (:func:`is_store_tables`: the one criterion,
+for opening and for checking); one with other tables is refused, and so is a file that is
+not a database at all. :meth:`ResultStore.check_file` applies the same criterion without
+opening the store for writing (without creating anything): the study runner's pre-flight
+check and the read-only commands refuse such a file before they start.
 """
 
 from __future__ import annotations
@@ -119,7 +126,38 @@ _JSON_COLUMNS = ("config", "metrics", "versions", "params", "size")
 
 
 #: The tables every binsense store has (a database without them is someone else's).
-_OWN_TABLES = {"meta", "runs", "results"}
+_OWN_TABLES = frozenset({"meta", "runs", "results"})
+
+
+def is_store_tables(tables: Iterable[str]) -> bool:
+    """Whether an SQLite database with these tables is a binsense results store: the one
+    criterion (the store's tables are created together, in one script)."""
+    return set(tables) >= _OWN_TABLES
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _look(conn: sqlite3.Connection) -> tuple[set[str], str | None]:
+    """A database's tables and, when it is a binsense store (:func:`is_store_tables`),
+    the format its ``meta`` table records (``None``: not a store, or none recorded)."""
+    tables = _tables(conn)
+    if not is_store_tables(tables):
+        return tables, None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    return tables, None if row is None else str(row[0])
+
+
+def _foreign_message(path: Path, tables: Iterable[str]) -> str:
+    """The one line that refuses someone else's SQLite database, naming its tables."""
+    names = sorted(tables)
+    listing = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return (
+        f"{str(path)!r} is an SQLite database but not a binsense results store (tables: "
+        f"{listing or 'none'}); binsense leaves it alone: move it away or pass another --out "
+        "folder."
+    )
 
 
 class StoreError(BinsenseError):
@@ -267,44 +305,72 @@ class ResultStore:
             try:
                 conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
                 conn.row_factory = sqlite3.Row
-                found = self._format_of(conn)
+                tables, found = _look(conn)
             except sqlite3.Error as e:
                 error = e
                 continue
+            if not is_store_tables(tables):
+                conn.close()
+                raise StoreError(_foreign_message(self.path, tables))
             if found != str(STORE_FORMAT):
                 conn.close()
-                raise self._format_error(found)
+                raise _format_error(self.path, found)
             return conn
         assert error is not None
         raise store_error(error, self.path, "read") from None
 
-    def _format_of(self, conn: sqlite3.Connection) -> str | None:
-        """The store format recorded in ``meta`` (``None``: not a binsense store)."""
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-        if "meta" not in tables:
-            return None
-        row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        return None if row is None else str(row[0])
-
-    def _format_error(self, found: str | None) -> StoreError:
-        if found is None:
-            return StoreError(
-                f"{str(self.path)!r} is an SQLite database but not a binsense results store; "
-                "use another --out folder (binsense will not write into it)."
-            )
-        return StoreError(
-            f"results store {str(self.path)!r} has format {found}, this binsense reads "
-            f"format {STORE_FORMAT}; use a new --out folder or a matching binsense."
-        )
-
     def _check_foreign(self) -> None:
-        """Refuse to add tables to someone else's SQLite database."""
-        tables = {
-            r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-        }
-        if tables and not tables >= _OWN_TABLES:
+        """Refuse to add tables to someone else's SQLite database (:func:`is_store_tables`;
+        an empty database becomes a store)."""
+        tables = _tables(self.conn)
+        if tables and not is_store_tables(tables):
             self.conn.close()
-            raise self._format_error(None)
+            raise StoreError(_foreign_message(self.path, tables))
+
+    @staticmethod
+    def check_file(path: str | os.PathLike) -> None:
+        """Refuse (:class:`StoreError`, one line) a file at ``path`` that cannot be a
+        study's results store, without writing or creating anything:
+
+        - a folder where the store's file belongs;
+        - a file that is not readable for you;
+        - a file that is not an SQLite database;
+        - an SQLite database that is not a binsense store (:func:`is_store_tables`; the
+          line lists its tables), or a store of another format.
+
+        Nothing at ``path``, or an empty file, is fine (the store is created there). The
+        file is read read-only (a running study's WAL included), else as immutable (a
+        read-only folder without the WAL index); a database that is busy or locked is
+        not judged here (opening it reports that).
+        """
+        path = Path(path)
+        if not path.exists() and not path.is_symlink():
+            return
+        if path.is_dir():
+            raise StoreError(
+                f"{str(path)!r} is a folder where the study's results store (an SQLite file) "
+                "belongs; move it away or pass another --out folder."
+            )
+        if not os.access(path, os.R_OK):
+            raise StoreError(
+                f"results store {str(path)!r} is not readable for you (permission denied); "
+                "fix its permissions or pass another --out folder."
+            )
+        if path.stat().st_size == 0:
+            return
+        try:
+            tables, found = _look_read_only(path)
+        except sqlite3.DatabaseError as e:
+            if _errorname(e) != "SQLITE_NOTADB" and "not a database" not in str(e):
+                return  # busy, locked, ...: not ours to judge; opening the store reports it
+            raise StoreError(
+                f"{str(path)!r} is not a binsense results store (not an SQLite database: {e}); "
+                "move it away or pass another --out folder."
+            ) from None
+        if tables and not is_store_tables(tables):
+            raise StoreError(_foreign_message(path, tables))
+        if found is not None and found != str(STORE_FORMAT):
+            raise _format_error(path, found)
 
     def _check_format(self) -> None:
         with self.transaction("open") as c:
@@ -313,7 +379,7 @@ class ResultStore:
             )
             found = c.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()[0]
         if found != str(STORE_FORMAT):
-            raise self._format_error(found)
+            raise _format_error(self.path, found)
 
     def _add_columns(self) -> None:
         """Columns added since format 1 (nullable): added to an older store in place."""
@@ -542,6 +608,37 @@ class ResultStore:
         return rows
 
 
+def _format_error(path: Path, found: str | None) -> StoreError:
+    """A store of another format, or one whose format was never recorded."""
+    if found is None:
+        return StoreError(
+            f"results store {str(path)!r} records no format (a run stopped while creating "
+            "it); `binsense study run` completes it, or use a new --out folder."
+        )
+    return StoreError(
+        f"results store {str(path)!r} has format {found}, this binsense reads "
+        f"format {STORE_FORMAT}; use a new --out folder or a matching binsense."
+    )
+
+
+def _look_read_only(path: Path) -> tuple[set[str], str | None]:
+    """:func:`_look` on the SQLite file at ``path``, read without writing: read-only (a
+    running study's WAL included), else immutable (a read-only folder)."""
+    error: sqlite3.DatabaseError | None = None
+    for query in ("mode=ro", "mode=ro&immutable=1"):
+        try:
+            uri = f"file:{urllib.parse.quote(os.fspath(path.absolute()))}?{query}"
+            conn = sqlite3.connect(uri, uri=True, timeout=5)
+            try:
+                return _look(conn)
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as e:
+            error = e
+    assert error is not None
+    raise error
+
+
 def mismatch_message(run_id: str, condition_id: str, stored: str, new: str) -> str:
     """The one line that refuses to mix results on different test data."""
     return (
@@ -557,6 +654,7 @@ __all__ = [
     "DataMismatchError",
     "ResultStore",
     "StoreError",
+    "is_store_tables",
     "mismatch_message",
     "store_error",
     "utc_now",

@@ -6,6 +6,12 @@ them and verified before they are parsed, so a damaged checkpoint (one flipped b
 a :class:`CheckpointError` ("is corrupt"), never a model with other weights. A
 checkpoint written before checksums still loads; :func:`load_model` then notes, in one
 line (:class:`UncheckedCheckpointWarning`), that damage to it cannot be detected.
+
+Besides the model, optimizer and schedule, a checkpoint holds the state of the trainer's
+callbacks (``callbacks``: name -> state, :mod:`binsense.train.callbacks`), e.g. the
+pruning masks of a run still being pruned and the plan of a removed model, which
+:func:`load_model` needs to rebuild the model's shape (:func:`callback_states` also reads
+them where older checkpoints kept them).
 """
 
 from __future__ import annotations
@@ -158,21 +164,43 @@ def load_model(
     config = checkpoint_config(ckpt, path)
     check_config_fits(config, training=False, device="cpu", allow=allow_large)
     model = build_model(config.model, dataset_info(config.dataset), **config.model_options)
-    plan = ckpt.get("prune_plan")
+    pruning = callback_states(ckpt).get("prune", {})
+    plan = pruning.get("prune_plan")
     if plan:  # saved after real removal: rebuild the smaller shape first
         from binsense.compress.prune import masks_from_plan, remove_pruned
 
         model = remove_pruned(model, masks_from_plan(model, plan))
     load_state_strict(model, ckpt["model"], str(path), ckpt.get("format"))
-    if ckpt.get("prune_masks"):  # saved while pruning (full shape + masks): remove for real
+    masks = pruning.get("prune_masks")
+    if masks:  # saved while pruning (full shape + masks): remove for real
         from binsense.compress.prune import apply_masks, masks_from_state, remove_pruned
 
-        apply_masks(model, masks_from_state(ckpt["prune_masks"]))
+        apply_masks(model, masks_from_state(masks))
         model = remove_pruned(model)
     model.eval()
     if not sealed:
         note_unchecked(path)
     return model, config
+
+
+#: Top-level checkpoint entries of binsense before trainer callbacks -> the callback
+#: whose state they are (:func:`callback_states`).
+LEGACY_CALLBACK_KEYS: dict[str, tuple[str, ...]] = {"prune": ("prune_plan", "prune_masks")}
+
+
+def callback_states(ckpt: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The trainer callbacks' states in a checkpoint: callback name -> its state dict
+    (:mod:`binsense.train.callbacks`; ``ckpt["callbacks"]``).
+
+    A checkpoint written before callbacks kept the pruning state at the top level
+    (``prune_plan``, ``prune_masks``, written by every training, ``None`` / ``{}`` when
+    it did not prune): it is read as the ``prune`` callback's state when it holds any.
+    """
+    states = {str(k): dict(v) for k, v in (ckpt.get("callbacks") or {}).items()}
+    for name, keys in LEGACY_CALLBACK_KEYS.items():
+        if name not in states and any(ckpt.get(k) for k in keys):
+            states[name] = {k: ckpt.get(k) for k in keys}
+    return states
 
 
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:

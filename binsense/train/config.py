@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+# the distillation defaults live in compress (train -> compress; never the reverse)
 from binsense.compress.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 from binsense.compress.prune import PruningSchedule
 from binsense.errors import BinsenseError, did_you_mean
@@ -198,10 +199,11 @@ class TrainPrune(BaseModel):
     ranks the units (``"bn"`` or ``"weight"``); ``block_size`` is the unit's channel
     count (a multiple of 8). The sparsity follows Zhu & Gupta's cubic ramp from step
     ``begin x total`` to step ``end x total`` (fractions of all optimizer steps), updated
-    every ``every`` steps (:class:`~binsense.compress.prune.PruningSchedule`, an
-    after-step hook); the masks are then held to the end. The checkpoint of every
-    unfinished epoch keeps the full-shape model and its masks (so a resumed run is
-    exact); after the last epoch's training pass the masked units are removed for real
+    every ``every`` steps (:class:`~binsense.compress.prune.PruningSchedule`, run by the
+    trainer's :class:`~binsense.train.callbacks.PruneCallback`); the masks are then
+    held to the end. The checkpoint of every unfinished epoch keeps the full-shape model
+    and its masks (the callback's state, so a resumed run is exact); after the last
+    epoch's training pass the masked units are removed for real
     (:func:`~binsense.compress.prune.remove_pruned`) before the final evaluation and
     checkpoint, which therefore holds the smaller tensors and their ``prune_plan``.
     """
@@ -222,7 +224,7 @@ class TrainPrune(BaseModel):
         return self
 
     def schedule(self, total_steps: int) -> PruningSchedule:
-        """The after-step hook for a training of ``total_steps`` optimizer steps."""
+        """The pruning schedule of a training of ``total_steps`` optimizer steps."""
         begin = round(self.begin * total_steps)
         end = max(begin, round(self.end * total_steps))
         return PruningSchedule(

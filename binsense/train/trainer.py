@@ -2,13 +2,14 @@
 
 A run folder holds ``config.json`` (the config plus provenance: versions, data
 fingerprints, device), ``metrics.jsonl`` (one line per epoch) and ``checkpoint.pt``
-(model, optimizer and scheduler state after the last finished epoch). The loop is
-:class:`Trainer`, in small parts with seams (:class:`Hooks`: the loss, after-step hooks
-such as latent clipping, the input transform). The config's ``distill`` and ``prune``
-fields add hooks of their own (:meth:`Trainer.config_hooks`): the distillation loss
-from the teacher's checkpoint, and the pruning schedule after every step; a pruned
-model is removed for real after the last epoch's training pass, so the final
-evaluation and checkpoint are of the smaller model. Batch order and
+(model, optimizer and scheduler state after the last finished epoch, and the state of
+its callbacks). The loop is :class:`Trainer`, in small parts with seams (:class:`Hooks`:
+the loss, after-step hooks such as latent clipping, the input transform, callbacks).
+The config's ``distill`` and ``prune`` fields are callbacks
+(:mod:`binsense.train.callbacks`), which own their state: the distillation loss from
+the teacher's checkpoint, and the pruning schedule after every step; a pruned model is
+removed for real after the last epoch's training pass, so the final evaluation and
+checkpoint are of the smaller model. Batch order and
 augmentation of epoch *e* depend only on ``(seed, e)`` (see :class:`DeviceLoader`), and
 the model is initialised from ``seed``, so a run interrupted at any point and resumed
 from its last checkpoint ends with exactly the weights and metrics of an uninterrupted
@@ -34,16 +35,6 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import binsense
-from binsense.compress.distill import Distillation
-from binsense.compress.prune import (
-    apply_masks,
-    find_sites,
-    masks_from_plan,
-    masks_from_state,
-    masks_of,
-    masks_to_state,
-    remove_pruned,
-)
 from binsense.data import Augment, DeviceLoader, ImageTensors, load_dataset
 from binsense.encoders import InputEncoder
 from binsense.errors import BinsenseError, DataMismatchError, SettingsMismatchError
@@ -67,21 +58,20 @@ from binsense.train.accel import (
     resolve_precision,
     to_channels_last,
 )
+from binsense.train.callbacks import Callback, LossHook, config_callbacks
 from binsense.train.checkpoint import (
     CHECKPOINT_FORMAT,
+    callback_states,
     checkpoint_config,
     checkpoint_path,
     load_checkpoint,
-    load_model,
     load_state_strict,
 )
-from binsense.train.config import TrainConfig, check_teacher_data
+from binsense.train.config import TrainConfig
 
 InputTransform = Callable[[Tensor], Tensor]
 
 
-#: ``loss(logits, targets, inputs) -> scalar``: the training objective of one batch.
-LossHook = Callable[[Tensor, Tensor, Tensor], Tensor]
 #: ``hook(model, step)``: runs after every optimizer step (``step`` counts from 1).
 StepHook = Callable[[nn.Module, int], None]
 
@@ -106,21 +96,26 @@ class Hooks:
     """The trainer's seams.
 
     - ``loss``: the objective (default: :func:`cross_entropy` with the config's label
-      smoothing); knowledge distillation replaces it.
+      smoothing); a callback's :meth:`~binsense.train.callbacks.Callback.training_loss`
+      (knowledge distillation) replaces it.
     - ``after_step``: run in order after each optimizer step (default:
-      :func:`latent_clipping`); pruning masks join here.
+      :func:`latent_clipping`), before the callbacks' ``on_step_end``.
     - ``input_transform``: applied to each training batch in [0, 1] before the model
       (noise-aware training composes its sensor noise in front of it).
+    - ``callbacks``: :class:`~binsense.train.callbacks.Callback` objects, called after
+      the config's own; their state is saved in every checkpoint and restored on resume.
 
     Hooks are code, not configuration: they are not part of the run's config hash, so a
-    run resumed with other hooks is the caller's responsibility. The config's ``distill``
-    and ``prune`` fields *are* configuration: the trainer adds their hooks itself
-    (:meth:`Trainer.config_hooks`) and never changes this object.
+    run resumed with other hooks is the caller's responsibility (a checkpoint holding the
+    state of a callback the resumed run lacks is refused). The config's ``distill`` and
+    ``prune`` fields *are* configuration: the trainer adds their callbacks itself
+    (:func:`~binsense.train.callbacks.config_callbacks`) and never changes this object.
     """
 
     loss: LossHook | None = None
     after_step: list[StepHook] = field(default_factory=lambda: [latent_clipping])
     input_transform: InputTransform | None = None
+    callbacks: list[Callback] = field(default_factory=list)
 
 
 @dataclass
@@ -239,7 +234,17 @@ class Trainer:
         self.teacher = teacher
         self.loss = self.hooks.loss or cross_entropy(config.label_smoothing)
         self.after_step: list[StepHook] = list(self.hooks.after_step)
-        self.teacher_info: dict[str, Any] | None = None
+        self.callbacks: list[Callback] = [
+            *config_callbacks(config, teacher=teacher, allow_large=allow_large),
+            *self.hooks.callbacks,
+        ]
+        names = [cb.name for cb in self.callbacks if cb.name is not None]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise BinsenseError(
+                f"two trainer callbacks are named {twice[0]!r}; a checkpoint keeps each "
+                "callback's state under its name, so names must be unique."
+            )
         self.progress = progress
         self.log = log
         self.metrics: list[dict[str, Any]] = []
@@ -289,101 +294,41 @@ class Trainer:
         """The training step's forward: the model, or :class:`CompiledForward`."""
         self.forward = CompiledForward(self.model) if self.config.compile else self.model
 
-    def config_hooks(self) -> None:
-        """The hooks the config asks for (called once the run is restored, when epochs
-        are left to train): ``distill`` -> the loss is
-        :class:`~binsense.compress.distill.Distillation` from the teacher's checkpoint;
-        ``prune`` -> :class:`~binsense.compress.prune.PruningSchedule` runs after every
-        step (after the caller's after-step hooks)."""
-        config = self.config
-        if config.distill is not None:
+    def begin_callbacks(self) -> None:
+        """Epochs are left to train (called once the run is restored): each callback's
+        ``on_train_begin`` (the config's ``distill`` loads its teacher, ``prune`` checks
+        the model and makes its schedule), then the loss a callback gives, if any."""
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        losses = [(cb, loss) for cb in self.callbacks if (loss := cb.training_loss()) is not None]
+        if len(losses) > 1:
+            raise BinsenseError(
+                f"two trainer callbacks give the training loss ({type(losses[0][0]).__name__}, "
+                f"{type(losses[1][0]).__name__}); use one of them."
+            )
+        if losses:
             if self.hooks.loss is not None:
                 raise BinsenseError(
-                    "the config distils from a teacher (distill) and the hooks give a loss of "
-                    "their own; use one of them."
+                    f"the callback {type(losses[0][0]).__name__} and the hooks both give a "
+                    "training loss; use one of them."
                 )
-            d = config.distill
-            self.loss = Distillation(
-                self.load_teacher(), alpha=d.alpha, temperature=d.temperature,
-                label_smoothing=config.label_smoothing,
-            )  # fmt: skip
-        if config.prune is not None:
-            sites = find_sites(self.model, config.prune.block_size)
-            if not any(site.prunable for site in sites.values()):
-                why = "; ".join(f"{n}: {s.reason}" for n, s in sites.items() if s.reason)
-                raise BinsenseError(
-                    f"prune: model {config.model!r} has no block that splits into units of "
-                    f"{config.prune.block_size} channels ({why or 'no blocks'}); lower "
-                    "prune.block_size or widen the model."
-                )
-            total = config.epochs * len(self.train_loader)
-            self.after_step = [*self.hooks.after_step, config.prune.schedule(total)]
+            self.loss = losses[0][1]
 
-    def load_teacher(self) -> nn.Module:
-        """The distillation teacher: the ``teacher`` argument (a model or a checkpoint
-        path), else ``distill.teacher_checkpoint``. A checkpoint must be of a finished
-        training and, when ``distill.teacher`` describes the teacher, of that config."""
-        d = self.config.distill
-        assert d is not None
-        source = self.teacher if self.teacher is not None else d.teacher_checkpoint
-        if source is None:
-            raise BinsenseError(
-                "distill.teacher describes the teacher's training, but no teacher checkpoint "
-                "was given: train the teacher first and pass its checkpoint (train(..., "
-                "teacher=PATH)), set distill.teacher_checkpoint = PATH instead, or run it in "
-                "a study, which trains the teacher first."
-            )
-        if isinstance(source, nn.Module):
-            self.teacher_info = {"model": type(source).__name__}
-            return source
-        path = Path(source)
-        if path.is_dir():
-            path = checkpoint_path(path)
-        if not path.is_file():
-            raise BinsenseError(
-                f"the teacher checkpoint {str(path)!r} does not exist; train the teacher first."
-            )
-        ckpt = load_checkpoint(path)
-        trained = checkpoint_config(ckpt, path)
-        if not ckpt.get("complete", False):
-            raise BinsenseError(
-                f"the teacher checkpoint {str(path)!r} holds {ckpt.get('epoch', 0)} of its "
-                f"{trained.epochs} epochs; finish the teacher's training first."
-            )
-        try:
-            check_teacher_data(trained.dataset, self.config.dataset)
-        except ValueError as e:
-            raise BinsenseError(f"teacher checkpoint {str(path)!r}: {e}.") from None
-        wanted = self.config.teacher_config()
-        if wanted is not None and trained.config_hash() != wanted.config_hash():
-            raise BinsenseError(
-                f"the teacher checkpoint {str(path)!r} was trained with config "
-                f"{trained.config_hash()}, but distill.teacher describes "
-                f"{wanted.config_hash()}; pass the checkpoint of that training."
-            )
-        self.teacher_info = {"checkpoint": str(path), "config_hash": trained.config_hash()}
-        with torch.random.fork_rng(devices=[]):  # building it leaves the student's RNG alone
-            model, _ = load_model(path, allow_large=self.allow_large)
-        return model
-
-    def finish_pruning(self) -> None:
-        """After the last epoch's training pass: remove the masked units for real
-        (smaller tensors, ``model.prune_plan``), so the final evaluation and checkpoint
-        are of the pruned model. The optimizer restarts on the new parameters (no step
-        follows); the schedule keeps its state."""
-        if self.config.prune is None or not masks_of(self.model):
-            return
-        before = sum(p.numel() for p in self.model.parameters())
-        self.model = remove_pruned(self.model)
+    def replace_model(self, model: nn.Module) -> None:
+        """Train ``model`` from here on, in place of ``self.model`` (a callback changed
+        its shape, e.g. pruning's real removal): placed on the device, a new optimizer
+        on its parameters (its moments start afresh), the learning-rate schedule
+        continued where it was, the training step's forward remade."""
+        self.model = model
         self.place_model()
-        after = sum(p.numel() for p in self.model.parameters())
         schedule = self.scheduler.state_dict()
         self.optimizer = make_optimizer(self.config, parameter_groups(self.model))
         self.scheduler = make_scheduler(
             self.config, self.optimizer, self.config.epochs * len(self.train_loader)
         )
         self.scheduler.load_state_dict(schedule)
-        self.log(f"pruned blocks removed: {before:,} -> {after:,} parameters")
+        if self.forward is not None:
+            self.make_forward()
 
     def restore(self, resume: bool) -> None:
         """Continue from the run folder's checkpoint (``resume``), or refuse to overwrite it."""
@@ -407,22 +352,31 @@ class Trainer:
                 f"cannot resume {str(self.run_path)!r}: it was trained with a different "
                 "config; resume with the same options or use another output folder."
             )
-        plan = ckpt.get("prune_plan")
-        if plan:  # a run training an already-removed model
-            self.model = remove_pruned(self.model, masks_from_plan(self.model, plan))
-            self.place_model()
-            self.optimizer = make_optimizer(self.config, parameter_groups(self.model))
-            self.scheduler = make_scheduler(
-                self.config, self.optimizer, self.config.epochs * len(self.train_loader)
-            )
+        self.restore_callbacks(callback_states(ckpt))
         load_state_strict(self.model, ckpt["model"], str(ckpt_file), ckpt.get("format"))
-        if ckpt.get("prune_masks"):  # pruning in progress: the masks go on
-            apply_masks(self.model, masks_from_state(ckpt["prune_masks"]))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.start_epoch, self.metrics = ckpt["epoch"], list(ckpt["metrics"])
         self.step = self.start_epoch * len(self.train_loader)
         self.log(f"resuming {self.run_path} after epoch {self.start_epoch}/{self.config.epochs}")
+
+    def restore_callbacks(self, states: dict[str, dict[str, Any]]) -> None:
+        """Hand each callback its state from the checkpoint (``load_state_dict``), then
+        ``on_resume`` (before the model's weights load: a pruned run's shape). State that
+        no callback of this training takes is refused: resuming without it would not
+        continue the same training."""
+        names = {cb.name for cb in self.callbacks}
+        for name, state in states.items():
+            if state and name not in names:
+                raise BinsenseError(
+                    f"cannot resume {str(self.run_path)!r}: its checkpoint holds the state of "
+                    f"the trainer callback {name!r}, which this training does not have; "
+                    "resume with the same callbacks, or use another output folder."
+                )
+        for cb in self.callbacks:
+            if cb.name is not None and cb.name in states:
+                cb.load_state_dict(states[cb.name])
+            cb.on_resume(self)
 
     def record_provenance(self) -> None:
         """What produced this run: config, data fingerprints, environment (``config.json``)."""
@@ -433,8 +387,8 @@ class Trainer:
             "environment": {**environment_info(self.device), "precision": self.precision},
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        if self.teacher_info is not None:
-            self.provenance["teacher"] = self.teacher_info
+        for cb in self.callbacks:  # e.g. distillation's teacher
+            self.provenance.update(cb.provenance())
         if self.run_path is not None:
             atomic_write_json(self.run_path / "config.json", self.provenance)
 
@@ -474,6 +428,8 @@ class Trainer:
         self.step += 1
         for hook in self.after_step:
             hook(self.model, self.step)
+        for cb in self.callbacks:
+            cb.on_step_end(self, self.step)
         self.scheduler.step()
         return loss.detach(), logits.detach()
 
@@ -547,8 +503,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "metrics": self.metrics,
-                "prune_plan": getattr(self.model, "prune_plan", None),
-                "prune_masks": masks_to_state(masks_of(self.model)),
+                "callbacks": {cb.name: cb.state_dict() for cb in self.callbacks if cb.name},
             },
             checksum=True,
         )
@@ -574,14 +529,15 @@ class Trainer:
         config = self.config
         last_epoch = config.epochs if stop_after is None else min(stop_after, config.epochs)
         if self.start_epoch < last_epoch:  # (a finished run needs no teacher)
-            self.config_hooks()
+            self.begin_callbacks()
         self.record_provenance()
         self.make_forward()
         transform = self.input_transform()
         for epoch in range(self.start_epoch, last_epoch):
             row = self.train_epoch(epoch, transform)
             if epoch + 1 == config.epochs:
-                self.finish_pruning()
+                for cb in self.callbacks:  # e.g. pruning's real removal
+                    cb.on_train_end(self)
                 self.make_forward()
             self.evaluate_epoch(row)
             bad = nonfinite_state(self.model)
@@ -596,6 +552,8 @@ class Trainer:
                 f"train {row['train_acc']:.2%}  test {row['test_acc']:.2%}  "
                 f"{row['train_images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f} s"
             )
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch)
             self.save(epoch)
         self.model.eval()
         return TrainResult(
@@ -633,8 +591,8 @@ def train(
         stop_after: stop once this many epochs are done (the schedule still spans
             ``config.epochs``; resume later to finish).
         input_transform: shorthand for ``hooks.input_transform``.
-        hooks: loss and after-step hooks (:class:`Hooks`; default: cross-entropy and
-            latent clipping).
+        hooks: loss and after-step hooks, callbacks (:class:`Hooks`; default:
+            cross-entropy and latent clipping, no callbacks of your own).
         progress: show a progress bar (``None``: only on a terminal).
         allow_large: build a model even when its memory estimate exceeds what the
             machine has (:func:`binsense.resources.check_config_fits`; ``None``: the
