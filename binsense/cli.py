@@ -361,7 +361,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from binsense.export import export_c, export_onnx, export_qonnx, require_onnx
-    from binsense.export.common import load_for_export
+    from binsense.export.source import load_for_export
 
     if (args.onnx is None) == (args.c is None):
         raise BinsenseError("give --onnx FILE (standard or --qonnx) or --c DIR (one of them).")
@@ -372,7 +372,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.onnx is not None:
         require_onnx()  # before any work: one line on how to install the extra
     deployed, shape, dataset = load_for_export(args.checkpoint, args.deployed, _allow_large(args))
-    where = f"{dataset} images {'x'.join(map(str, shape))}"
+    where = " ".join(filter(None, (dataset, "images", "x".join(map(str, shape)))))
     if args.onnx is not None:
         export = export_qonnx if args.qonnx else export_onnx
         info = export(deployed, args.onnx, shape)

@@ -315,3 +315,22 @@ def test_the_c_runtime_file_compiles_whole_under_the_strict_flags(tmp_path, defs
     done = subprocess.run([*cmd, str(source)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert RUNTIME.lstrip().startswith("/*") and "\n//@base\n" in RUNTIME
+
+
+def test_an_export_from_a_file_takes_its_input_shape_as_infer_does(tmp_path):
+    """``load_for_export`` asks the file what ``binsense infer`` asks it
+    (:func:`~binsense.deploy.infer.file_input_shape`): its manifest's input shape first (an
+    image-folder model), else its built-in data set's; neither is one clear line."""
+    from binsense.deploy import save_deployed
+    from binsense.export.source import load_for_export
+
+    deployed = convert(calibrated("mnist_bnn", "mnist"))
+    folder = {"dataset": "imagefolder:/data/digits", "input_shape": [1, 28, 28]}
+    path = save_deployed(deployed, tmp_path / "folder.bsd", folder)
+    _, shape, dataset = load_for_export(deployed_path=str(path))
+    assert shape == (1, 28, 28) and dataset == "imagefolder:/data/digits"
+    path = save_deployed(deployed, tmp_path / "mnist.bsd", {"dataset": "mnist"})
+    assert load_for_export(deployed_path=str(path))[1:] == ((1, 28, 28), "mnist")
+    path = save_deployed(deployed, tmp_path / "bare.bsd", {"dataset": "imagefolder:/x"})
+    with pytest.raises(BinsenseError, match="names neither its input shape"):
+        load_for_export(deployed_path=str(path))

@@ -211,7 +211,6 @@ __all__ = [
     "float_probe",
     "fma32",
     "integer_probe",
-    "load_for_export",
     "no_residual",
     "norm_affine",
     "op_shapes",
@@ -220,32 +219,3 @@ __all__ = [
     "threshold_arrays",
     "tiled",
 ]
-
-
-def load_for_export(
-    checkpoint: str | None = None, deployed_path: str | None = None, allow_large: bool | None = None
-) -> tuple[DeployedModel, tuple[int, int, int], str]:
-    """``(program, input shape (C, H, W), data set name)`` from a training checkpoint
-    (converted) or a deployed-model file (its ``meta`` names the data set)."""
-    from binsense.data import dataset_info
-
-    if (checkpoint is None) == (deployed_path is None):
-        raise BinsenseError("give --checkpoint RUN/checkpoint.pt or --deployed model.bsd (one).")
-    if checkpoint is not None:
-        from binsense.deploy import convert
-        from binsense.train import load_model
-
-        model, config = load_model(checkpoint, allow_large=allow_large)
-        deployed, dataset = convert(model), config.dataset
-    else:
-        from binsense.deploy.fileformat import read_deployed
-
-        loaded = read_deployed(deployed_path)
-        deployed, dataset = loaded.model, loaded.meta.get("dataset")
-        if not isinstance(dataset, str):
-            raise BinsenseError(
-                f"{deployed_path!r} does not name its data set (meta 'dataset'), so the input "
-                "size is unknown: export from the checkpoint instead."
-            )
-    info = dataset_info(dataset)
-    return deployed, (info.in_channels, *info.image_size), dataset
