@@ -46,6 +46,7 @@ from pydantic import ValidationError
 from binsense import tomlfile
 from binsense.compress.summary import add_summary_command
 from binsense.errors import BinsenseError, validation_message
+from binsense.io import user_cache
 from binsense.study.cli import add_study_commands
 
 # TrainConfig fields that get a dedicated flag; everything else via --set KEY=VALUE.
@@ -815,17 +816,9 @@ def _leaf_parsers(
 # ---------------------------------------------------------------- the safety net
 
 
-def _log_path() -> Path:
-    cache = os.environ.get("BINSENSE_CACHE")
-    if cache:
-        return Path(cache).expanduser() / "last-error.log"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "binsense" / "last-error.log"
-
-
 def _write_log(e: BaseException, argv: Sequence[str]) -> Path | None:
     """The full traceback in the error log; ``None`` if it cannot be written (disk full)."""
-    path = _log_path()
+    path = user_cache("last-error.log")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:

@@ -109,6 +109,21 @@ class WriteError(BinsenseError, OSError):
 # ---------------------------------------------------------------- errors in words
 
 
+def user_cache_root() -> Path:
+    """binsense's folder in the user's cache: ``$XDG_CACHE_HOME/binsense``, else
+    ``~/.cache/binsense`` (data sets and tensor caches live below it by default)."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "binsense"
+
+
+def user_cache(leaf: str) -> Path:
+    """``$BINSENSE_CACHE/leaf`` when that is set, else :func:`user_cache_root` ``/ leaf``:
+    where the built kernels (``kernels``) and the last error's log (``last-error.log``)
+    are kept."""
+    cache = os.environ.get("BINSENSE_CACHE")
+    return (Path(cache).expanduser() if cache else user_cache_root()) / leaf
+
+
 def os_error_text(e: OSError) -> str:
     """What an :class:`OSError` means, in words: ``'No space left on device (disk full)'``."""
     text = e.strerror or str(e) or type(e).__name__
@@ -690,6 +705,8 @@ def folder_lock(folder: str | os.PathLike, holder: str) -> Iterator[None]:
 
 
 __all__ = [
+    "user_cache",
+    "user_cache_root",
     "SEAL_KEY",
     "SEAL_VERSION",
     "ReadError",

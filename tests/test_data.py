@@ -614,3 +614,20 @@ def test_augment_validates_its_parameters() -> None:
         Augment(pad_mode="reflekt")
     with pytest.raises(BinsenseError, match="smaller padding"):
         Augment(crop_padding=4, pad_mode="reflect")(torch.zeros(1, 1, 4, 4), torch.Generator())
+
+
+def test_one_user_cache_root_for_data_kernels_and_the_error_log(tmp_path, monkeypatch):
+    """The user's cache folder is resolved in one place (``binsense.io``): the kernels and
+    the error log follow ``$BINSENSE_CACHE``, the data caches the root below it."""
+    from binsense.deploy import kernels
+    from binsense.io import user_cache, user_cache_root
+
+    monkeypatch.delenv("BINSENSE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = tmp_path / "xdg" / "binsense"
+    assert user_cache_root() == root and kernels.cache_dir() == root / "kernels"
+    assert user_cache("last-error.log") == root / "last-error.log"
+    assert resolve_cache_dir() == (root / "tensors").resolve()
+    monkeypatch.setenv("BINSENSE_CACHE", str(tmp_path / "mine"))
+    assert kernels.cache_dir() == tmp_path / "mine" / "kernels"
+    assert user_cache("last-error.log") == tmp_path / "mine" / "last-error.log"

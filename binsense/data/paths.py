@@ -18,15 +18,10 @@ import os
 from pathlib import Path
 
 from binsense.errors import BinsenseError
+from binsense.io import user_cache_root
 
 DATA_ENV = "BINSENSE_DATA"
 CACHE_ENV = "BINSENSE_CACHE"
-
-
-def _user_cache_root() -> Path:
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "binsense"
 
 
 def _resolve(explicit: str | os.PathLike | None, env: str, default_leaf: str) -> Path:
@@ -35,7 +30,7 @@ def _resolve(explicit: str | os.PathLike | None, env: str, default_leaf: str) ->
     elif os.environ.get(env):
         path = Path(os.environ[env])
     else:
-        path = _user_cache_root() / default_leaf
+        path = user_cache_root() / default_leaf
     return path.expanduser().resolve()
 
 

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from binsense.deploy.bits import pack_bits
 from binsense.errors import BinsenseError
+from binsense.io import user_cache
 
 SOURCE = Path(__file__).with_name("xnor.c")
 ENV = "BINSENSE_KERNEL"
@@ -95,11 +96,7 @@ def _reset() -> None:
 
 def cache_dir() -> Path:
     """``$BINSENSE_CACHE/kernels``, else ``$XDG_CACHE_HOME`` or ``~/.cache`` /binsense/kernels."""
-    cache = os.environ.get("BINSENSE_CACHE")
-    if cache:
-        return Path(cache).expanduser() / "kernels"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "binsense" / "kernels"
+    return user_cache("kernels")
 
 
 def compilers() -> list[str]:
