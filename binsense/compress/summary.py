@@ -90,6 +90,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from binsense import tomlfile
+from binsense.deploy.folding import pair_folds
 from binsense.errors import BinsenseError
 from binsense.layers.binary import is_binary_layer
 from binsense.layers.block import BinaryBlock
@@ -420,15 +421,6 @@ def _dry_run(model: nn.Module, input_shape: tuple[int, ...]) -> list[_Call]:
 # ---------------------------------------------------------------------- the accounting
 
 
-def _pair_folds(norm: nn.Module, act: nn.Module) -> bool:
-    """Whether ``act(norm(x))`` deploys as compares (the folding rules' pairs)."""
-    if not isinstance(norm, (*_AFFINE_NORMS, nn.Identity)):
-        return False
-    if isinstance(act, DeSign):
-        return act.quantizer is not None
-    return isinstance(act, SignQuantizer)
-
-
 def _per_channel_terms(conv: nn.Module) -> int:
     """Per-output-channel affine terms of a conv / linear: bias and XNOR scale."""
     out = 0
@@ -547,7 +539,7 @@ def summary(
             absorbed = (
                 block is not None
                 and role == "conv"
-                and (isinstance(block.norm, _AFFINE_NORMS) or _pair_folds(block.norm, block.act))
+                and (isinstance(block.norm, _AFFINE_NORMS) or pair_folds(block.norm, block.act))
             )
             if first:
                 c.add(m.weight.numel(), 1 if binary_w else FLOAT_BITS)
@@ -556,9 +548,9 @@ def summary(
             detail = "binary W" if binary_w else "float W"
             if terms:
                 detail += ", bias/scale folded" if absorbed else ", bias/scale 32 b"
-        elif block is not None and role == "norm" and _pair_folds(m, block.act):
+        elif block is not None and role == "norm" and pair_folds(m, block.act):
             detail = "folded into the next compare"
-        elif block is not None and role == "act" and _pair_folds(block.norm, m):
+        elif block is not None and role == "act" and pair_folds(block.norm, m):
             conv = block.conv
             channels = call.output_shape[0] if call.output_shape else 0
             per_channel = isinstance(block.norm, _AFFINE_NORMS) or _per_channel_terms(conv) > 0
