@@ -318,12 +318,10 @@ class PackedEngine:
     def _conv(self, i: int, h: Packed) -> tuple[Tensor | Packed, int]:
         ops, conv = self.ops, self.ops[i]
         h = _regroup(h, conv.groups)
-        rest = ops[i + 1 : i + 3]
-        pool = rest[0] if rest and isinstance(rest[0], ir.MaxPoolInt) else None
-        thr = rest[1 if pool is not None else 0] if len(rest) > (pool is not None) else None
-        if isinstance(thr, ir.Threshold) and _FusedConv.fits(pool):
-            step = self._step(i, lambda: _FusedConv(conv, pool, thr))
-            return step(h), i + (3 if pool is not None else 2)
+        unit = ir.conv_unit(ops, i)
+        if isinstance(unit.tail, ir.Threshold) and _FusedConv.fits(unit.pool):
+            step = self._step(i, lambda: _FusedConv(conv, unit.pool, unit.tail))
+            return step(h), unit.tail_index + 1
         return self._step(i, lambda: _Conv(conv))(h), i + 1
 
 

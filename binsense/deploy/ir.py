@@ -18,6 +18,9 @@ thresholds by enumeration).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -476,6 +479,28 @@ class ResidualOp(nn.Module):
         return self.post(self.rest(y2.to(torch.float32)) + self.shortcut(x))
 
 
+@dataclass(frozen=True)
+class ConvUnit:
+    """A binary conv of a program with what consumes its integers: an optional
+    :class:`MaxPoolInt`, then ``tail`` (a :class:`Threshold`, a float head stage, another
+    op, or ``None`` at the end of the program) at index ``tail_index``. The one place that
+    finds a conv's group; the engine fuses it into one C call where it can, the C export
+    lowers it to one layer."""
+
+    conv: PackedConv
+    pool: MaxPoolInt | None
+    tail: nn.Module | None
+    tail_index: int
+
+
+def conv_unit(ops: Sequence[nn.Module], i: int) -> ConvUnit:
+    """The :class:`ConvUnit` of the :class:`PackedConv` at ``ops[i]``."""
+    conv, j = ops[i], i + 1
+    pool = ops[j] if j < len(ops) and isinstance(ops[j], MaxPoolInt) else None
+    j += pool is not None
+    return ConvUnit(conv, pool, ops[j] if j < len(ops) else None, j)
+
+
 #: Largest stride or dilation a deployed file may give a conv or pool.
 MAX_STRIDE = 8
 
@@ -504,6 +529,8 @@ def check_geometry(
 
 
 __all__ = [
+    "ConvUnit",
+    "conv_unit",
     "MAX_STRIDE",
     "FlattenOp",
     "FloatStage",

@@ -245,10 +245,9 @@ class _Lowering:
             elif isinstance(op, ir.PackedConv):
                 if op.fan_in >= FLOAT_EXACT:
                     raise self._fail(name, f"a fan-in of {op.fan_in}")
-                last, pool = i + 1, None
-                if last < len(ops) and isinstance(ops[last][1], ir.MaxPoolInt):
-                    pool, last = ops[last][1].pool, last + 1
-                tail = ops[last][1] if last < len(ops) else None
+                unit = ir.conv_unit([o for _, o in ops], i)
+                pool = unit.pool.pool if unit.pool is not None else None
+                last, tail = unit.tail_index, unit.tail
                 params = {"op": op, "pool": _pool_params(name, pool), "conv_shape": shapes[i]}
                 if isinstance(tail, ir.Threshold):
                     params["threshold"] = tail
