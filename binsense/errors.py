@@ -52,12 +52,18 @@ def sentence(text: str) -> str:
     return text if text.endswith((".", "?")) else text + "."
 
 
+def nearest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to a misspelt ``name`` (difflib ratio >= 0.5), or ``None``."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """`` — did you mean 'x'?`` for the closest choice, else `` (valid: a, b, ...)``."""
     choices = sorted(choices)
-    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
-    if close:
-        return f" — did you mean {close[0]!r}?"
+    close = nearest(name, choices)
+    if close is not None:
+        return f" — did you mean {close!r}?"
     return f" (valid: {', '.join(choices)})"
 
 

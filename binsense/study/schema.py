@@ -46,7 +46,6 @@ once, not once per seed or learning rate.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import itertools
@@ -66,7 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from binsense import tomlfile
 from binsense.data.registry import IMAGEFOLDER_PREFIX
-from binsense.errors import BinsenseError, pydantic_problem
+from binsense.errors import BinsenseError, nearest, pydantic_problem
 from binsense.errors import did_you_mean as _did_you_mean
 from binsense.evaluate.conditions import Condition, condition_class, condition_kinds
 from binsense.io import safe_child
@@ -429,11 +428,6 @@ def varying_keys(dicts: Sequence[dict[str, Any]], skip: Sequence[str] = ()) -> l
 
 
 # ---------------------------------------------------------------- messages
-
-
-def _nearest(name: str, choices: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return close[0] if close else None
 
 
 @dataclass(frozen=True)
@@ -837,7 +831,7 @@ def _expand(
         if key in _RENAMED_SECTIONS:
             raise StudyFileError(f"{place.file}: {_RENAMED_SECTIONS[key]}; rename it")
         if key not in _SECTIONS:
-            close = _nearest(key, _SECTIONS)
+            close = nearest(key, _SECTIONS)
             hint = (
                 f" — did you mean [{close}]?" if close else f" (sections: {', '.join(_SECTIONS)})"
             )
@@ -947,7 +941,7 @@ def load_study(
         if chosen not in presets:
             listed = ", ".join(presets) or "none defined"
             source = "" if preset is not None else " (its study.default_preset)"
-            close = _nearest(chosen, presets)
+            close = nearest(chosen, presets)
             hint = f" — did you mean {close!r}?" if close else ""
             raise StudyFileError(
                 f"{file}: unknown preset {chosen!r}{source} (presets: {listed}){hint}"
