@@ -8,7 +8,7 @@ pruning"; only the abstract is public, so the unit, the score and the schedules 
 norm -> act) of a sequential recipe whose output channels reach exactly one next layer
 (the next block's conv, or the classifier) through channel-wise modules only: max/average
 or global pools, flatten, dropout, identity, and channel permutations (a
-:class:`~binsense.models.compact.ChannelShuffle` or ``nn.ChannelShuffle``). A *unit* (the
+:class:`~binsense.layers.ChannelShuffle` or ``nn.ChannelShuffle``). A *unit* (the
 "block" that is pruned) is a set of ``block_size`` output channels (a multiple of 8,
 default 32, so a pruned layer keeps a channel count that suits bit-packing), balanced
 over groups: every channel ``c`` falls in one *cell* ``(P(c), Q(c))``, with ``P`` its

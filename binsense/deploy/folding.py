@@ -40,8 +40,9 @@ module in exact arithmetic; PyTorch's float32 forward can disagree only for an `
 within float32 rounding of a threshold (never on the small integers a popcount yields
 unless a threshold sits that close to one).
 
-:func:`fold_pair` picks the rule for a (norm, activation) pair by type; new pairs join
-with :func:`register_folding_rule` (see ``docs/architecture.md``).
+Whether a (norm, activation) pair folds at all is one table, :func:`fold_problem`
+(:data:`FOLDABLE_NORMS` and the sign / DeSign cases); :func:`fold_pair` applies the rule
+of a pair that does (see ``docs/architecture.md``: "A folding rule").
 """
 
 from __future__ import annotations
