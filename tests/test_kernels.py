@@ -49,7 +49,7 @@ def fresh_kernels():
 
 
 def test_the_library_builds_where_a_compiler_is():
-    if not any(shutil.which(c) for c in kernels.COMPILERS):
+    if not any(shutil.which(c) for c in kernels.build.COMPILERS):
         pytest.skip("no C compiler here")
     assert kernels.library() is not None
     assert "portable-c" in kernels.available() and kernels.available()[-1] == "torch"
@@ -218,9 +218,9 @@ def test_a_forced_path_that_cannot_run_is_a_clear_error(monkeypatch):
 
 
 def test_the_build_is_cached_by_source_hash(tmp_path, monkeypatch, fresh_kernels):
-    if not any(shutil.which(c) for c in kernels.COMPILERS):
+    if not any(shutil.which(c) for c in kernels.build.COMPILERS):
         pytest.skip("no C compiler here")
-    monkeypatch.setattr(kernels, "_installed", lambda: None)  # the first-use build
+    monkeypatch.setattr(kernels.build, "_installed", lambda: None)  # the first-use build
     monkeypatch.setenv("BINSENSE_CACHE", str(tmp_path))
     assert kernels.library() is not None
     built = sorted((tmp_path / "kernels").iterdir())
@@ -232,10 +232,10 @@ def test_the_build_is_cached_by_source_hash(tmp_path, monkeypatch, fresh_kernels
 
 def test_without_a_compiler_it_warns_once_and_stays_exact(tmp_path, monkeypatch, fresh_kernels):
     monkeypatch.setenv("BINSENSE_CACHE", str(tmp_path))  # nothing built there
-    monkeypatch.setattr(kernels, "_installed", lambda: None)  # nor at install time
+    monkeypatch.setattr(kernels.build, "_installed", lambda: None)  # nor at install time
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.delenv(kernels.ENV, raising=False)
-    monkeypatch.setattr(kernels, "COMPILERS", ("binsense-no-such-cc",))
+    monkeypatch.setattr(kernels.build, "COMPILERS", ("binsense-no-such-cc",))
     torch.manual_seed(0)
     conv = BinaryConv2d(70, 8, 3, 1, 1, groups=2)
     x = _pm1(2, 70, 5, 5)
@@ -255,12 +255,12 @@ def test_without_a_compiler_it_warns_once_and_stays_exact(tmp_path, monkeypatch,
 def test_the_install_time_build_is_used_only_for_its_own_source(
     tmp_path, monkeypatch, fresh_kernels, stale
 ):
-    cc = next((c for c in kernels.COMPILERS if shutil.which(c)), None)
+    cc = next((c for c in kernels.build.COMPILERS if shutil.which(c)), None)
     if cc is None:
         pytest.skip("no C compiler here")
     source = tmp_path / "xnor.c"
-    shutil.copy(kernels.SOURCE, source)
-    monkeypatch.setattr(kernels, "SOURCE", source)
+    shutil.copy(kernels.build.SOURCE, source)
+    monkeypatch.setattr(kernels.build, "SOURCE", source)
     monkeypatch.setenv("BINSENSE_CACHE", str(tmp_path / "cache"))
     key = "0" * 16 if stale else kernels.source_key()
     built = tmp_path / "_xnor.cpython-test.so"  # as setup.py names it
@@ -278,7 +278,7 @@ def test_the_dims_slots_are_the_c_enum():
     """Python names the conv's ``dims`` slots as ``xnor.c`` does (one order, two files)."""
     import re
 
-    enum = re.search(r"enum \{ (D_B,[^}]*) \};", kernels.SOURCE.read_text()).group(1)
+    enum = re.search(r"enum \{ (D_B,[^}]*) \};", kernels.build.SOURCE.read_text()).group(1)
     names = [n.strip().removeprefix("D_") for n in enum.split(",")]
     assert names == [d.name for d in kernels.Dim]
     assert [int(d) for d in kernels.Dim] == list(range(len(names)))
