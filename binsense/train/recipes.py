@@ -170,7 +170,7 @@ register_recipe(
     Recipe(
         "cifar10-compact-binary",
         "S3's compact grouped BNN, fully binary: uniform 8-level thermometer encoder, "
-        "binary first conv and binary head (< 1 Mbit), 80 epochs (about 2.6 h on the 2-core CPU)",
+        "binary first conv and binary head (< 1 Mbit), 80 epochs (about 3.3 h on the 2-core CPU)",
         {
             **BNN_CIFAR10,
             "model": "compact_bnn",
