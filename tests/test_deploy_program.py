@@ -13,10 +13,11 @@ from binsense.cli import main
 from binsense.data import dataset_info
 from binsense.deploy import check_exact, convert
 from binsense.deploy.bits import pack_bits, popcount64
-from binsense.deploy.folding import fold_pair, pair_folds
+from binsense.deploy.folding import fold_pair
 from binsense.deploy.ir import PackedConv, PackedLinear, Threshold
 from binsense.errors import BinsenseError
 from binsense.layers import BinaryConv2d, BinaryLinear, ChannelAffine, DeSign, quantize_bn
+from binsense.layers.folds import pair_folds
 from binsense.models import build_model
 from binsense.quant import SteSign
 from binsense.train import TrainConfig, train

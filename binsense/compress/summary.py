@@ -90,11 +90,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from binsense import tomlfile
-from binsense.deploy.folding import pair_folds
 from binsense.errors import BinsenseError
 from binsense.layers.binary import is_binary_layer
 from binsense.layers.block import BinaryBlock
 from binsense.layers.design import DeSign
+from binsense.layers.folds import pair_folds
 from binsense.layers.norm import ChannelAffine
 from binsense.quant.sign import SignQuantizer
 

@@ -16,15 +16,14 @@ from binsense.deploy.folding import (
     fold_bn_sign,
     fold_norm_sign,
     fold_pair,
-    fold_problem,
     fold_sign_threshold,
     norm_params64,
-    pair_folds,
     threshold_design,
     threshold_sign,
 )
 from binsense.deploy.infer import InferResult, check_loader_memory, file_input_shape, infer
 from binsense.deploy.program import CheckResult, DeployedModel, check_exact, convert
+from binsense.layers.folds import fold_problem, pair_folds
 
 __all__ = [
     "CheckResult",

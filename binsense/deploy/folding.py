@@ -40,9 +40,9 @@ module in exact arithmetic; PyTorch's float32 forward can disagree only for an `
 within float32 rounding of a threshold (never on the small integers a popcount yields
 unless a threshold sits that close to one).
 
-Whether a (norm, activation) pair folds at all is one table, :func:`fold_problem`
-(:data:`FOLDABLE_NORMS` and the sign / DeSign cases); :func:`fold_pair` applies the rule
-of a pair that does (see ``docs/architecture.md``: "A folding rule").
+Whether a (norm, activation) pair folds at all is one table,
+:func:`binsense.layers.folds.fold_problem`; :func:`fold_pair` applies the rule of a pair
+that does (see ``docs/architecture.md``: "A folding rule").
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from binsense.errors import BinsenseError
 from binsense.layers.design import DeSign, design_thresholds, get_design_kernel
+from binsense.layers.folds import fold_problem
 from binsense.layers.norm import ChannelAffine, channel_view, check_stats, gamma_beta
-from binsense.quant.sign import SignQuantizer
 
 Params64 = tuple[Tensor, Tensor, Tensor, Tensor]
 
@@ -208,38 +208,6 @@ class Thresholds:
         return threshold_sign(x, self.tau, self.flip)
 
 
-#: The norms that fold: per-channel affine maps in eval mode (:func:`norm_params64`).
-FOLDABLE_NORMS = (_BatchNorm, ChannelAffine, nn.Identity)
-
-
-def fold_problem(norm: nn.Module, act: nn.Module) -> str | None:
-    """Why ``act(norm(x))`` does not deploy as integer compares, or None when it does.
-
-    The one answer to "does this (norm, act) pair fold": a norm of
-    :data:`FOLDABLE_NORMS` followed by a sign (:class:`~binsense.quant.SignQuantizer`) or
-    a DeSign that signs. :func:`~binsense.deploy.program.convert` (through
-    :class:`~binsense.deploy.ir.Threshold`), the size summary
-    (:mod:`binsense.compress.summary`) and :func:`fold_pair` all consult it.
-    """
-    if not isinstance(norm, FOLDABLE_NORMS):
-        return f"{type(norm).__name__} is not a per-channel affine norm"
-    if isinstance(act, DeSign):
-        if act.quantizer is None:
-            return (
-                "this DeSign only shifts (quantizer=None): the sign comes later (after a "
-                "residual add), so the pair does not fold on its own"
-            )
-        return None
-    if isinstance(act, SignQuantizer):
-        return None
-    return f"{type(act).__name__} is not a sign"
-
-
-def pair_folds(norm: nn.Module, act: nn.Module) -> bool:
-    """Whether ``act(norm(x))`` deploys as integer compares (:func:`fold_problem`)."""
-    return fold_problem(norm, act) is None
-
-
 def fold_pair(
     norm: nn.Module, act: nn.Module, *, integer_input: bool = False, channels: int | None = None
 ) -> Thresholds:
@@ -268,12 +236,9 @@ __all__ = [
     "fold_bn_design",
     "fold_bn_sign",
     "fold_norm_sign",
-    "FOLDABLE_NORMS",
     "fold_pair",
-    "fold_problem",
     "fold_sign_threshold",
     "norm_params64",
-    "pair_folds",
     "threshold_design",
     "threshold_sign",
 ]

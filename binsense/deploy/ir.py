@@ -27,12 +27,12 @@ from torch import Tensor, nn
 
 from binsense.deploy import floatops, kernels
 from binsense.deploy.bits import WORD, pack_bits, popcount64, to_bits, unpack_bits
-from binsense.deploy.folding import fold_problem
 from binsense.encoders.base import adc_code
 from binsense.errors import BinsenseError
 from binsense.layers.binary import BinaryConv2d, BinaryLinear
 from binsense.layers.block import ResidualUnit
 from binsense.layers.design import DeSign, design_thresholds
+from binsense.layers.folds import fold_problem
 from binsense.quant.sign import SignQuantizer
 
 # ---------------------------------------------------------------- plain data (files)

@@ -30,7 +30,7 @@ float32 for an integer within rounding of a threshold. So the deployed threshold
 found by evaluating the trained (norm, act) modules themselves on every integer the
 layer can output (:math:`-K..K`, per position class for DeSign): the engine then agrees
 with the PyTorch model on every input, bit for bit, by construction. Whether a pair folds
-at all is one table (:func:`~binsense.deploy.folding.fold_problem`); its float64 rule
+at all is one table (:func:`~binsense.layers.folds.fold_problem`); its float64 rule
 (:func:`~binsense.deploy.folding.fold_pair`) gives the same integers except where float32
 rounds the norm's output onto a threshold (a test shows both).
 
@@ -49,13 +49,13 @@ from torch import Tensor, nn
 
 from binsense.deploy import floatops, ir, kernels
 from binsense.deploy.engine import PackedEngine
-from binsense.deploy.folding import fold_problem, pair_folds
 from binsense.deploy.shapes import BYTES_PER_ELEMENT, checked_shape, numel, op_footprint
 from binsense.encoders.base import FloatEncoder
 from binsense.errors import BinsenseError, unit_range_problem
 from binsense.layers.binary import BinaryConv2d, is_binary_layer
 from binsense.layers.block import BinaryBlock, ResidualUnit
 from binsense.layers.design import DeSign
+from binsense.layers.folds import fold_problem, pair_folds
 from binsense.layers.shape import ChannelShuffle
 from binsense.quant.sign import SignQuantizer
 

@@ -51,7 +51,7 @@ from binsense.train.config import TrainConfig, TrainPrune, check_teacher_data
 LossHook = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-class Trainer(Protocol):
+class TrainerView(Protocol):
     """What a callback sees of the trainer (:class:`binsense.train.trainer.Trainer`), as a
     protocol, so this module does not import the loop that imports it."""
 
@@ -71,7 +71,7 @@ class Callback:
 
     Hooks, in the order the trainer calls them (each gets the trainer, whose ``model``,
     ``config``, ``optimizer``, ``step``, ``log``... it may read; to swap the model for
-    another, call :meth:`Trainer.replace_model`):
+    another, call :meth:`~binsense.train.trainer.Trainer.replace_model`):
 
     - :meth:`on_resume` — when resuming from a checkpoint, after
       :meth:`load_state_dict` and before the model's weights are loaded: bring the model
@@ -96,23 +96,23 @@ class Callback:
 
     name: ClassVar[str | None] = None
 
-    def on_resume(self, trainer: Trainer) -> None:
+    def on_resume(self, trainer: TrainerView) -> None:
         """Resuming: the state is loaded, the model's weights are not yet."""
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, trainer: TrainerView) -> None:
         """Epochs are left to train: set up."""
 
     def training_loss(self) -> LossHook | None:
         """The loss hook this callback trains with, or ``None`` (the default loss)."""
         return None
 
-    def on_step_end(self, trainer: Trainer, step: int) -> None:
+    def on_step_end(self, trainer: TrainerView, step: int) -> None:
         """After optimizer step ``step`` (from 1)."""
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         """After the last epoch's training pass, before its evaluation and checkpoint."""
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_end(self, trainer: TrainerView, epoch: int) -> None:
         """After epoch ``epoch`` (from 0) is evaluated, before its checkpoint."""
 
     def provenance(self) -> dict[str, Any]:
@@ -219,7 +219,7 @@ class DistillCallback(Callback):
         self.teacher_info: dict[str, Any] | None = None
         self.restored: dict[str, Any] | None = None
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, trainer: TrainerView) -> None:
         config = trainer.config
         d = config.distill
         assert d is not None, "DistillCallback needs a config with distill"
@@ -272,8 +272,9 @@ class PruneCallback(Callback):
       and re-attaches the masks to the model;
     - :meth:`on_train_end`: the masked units are removed for real
       (:func:`~binsense.compress.prune.remove_pruned`), so the final evaluation and
-      checkpoint are of the smaller model (:meth:`Trainer.replace_model`: a new
-      optimizer, the learning-rate schedule kept);
+      checkpoint are of the smaller model
+      (:meth:`~binsense.train.trainer.Trainer.replace_model`: a new optimizer, the
+      learning-rate schedule kept);
     - :meth:`on_epoch_end`: records the state below, for the epoch's checkpoint.
 
     State: ``{"prune_plan": ..., "prune_masks": ...}``: the kept channels of a removed
@@ -294,14 +295,14 @@ class PruneCallback(Callback):
         self.plan: dict[str, list[int]] | None = None
         self.masks: dict[str, list[bool]] = {}
 
-    def on_resume(self, trainer: Trainer) -> None:
+    def on_resume(self, trainer: TrainerView) -> None:
         if self.plan:  # a finished run: its checkpoint holds the removed model
             model = trainer.model
             trainer.replace_model(remove_pruned(model, masks_from_plan(model, self.plan)))
         if self.masks:  # pruning in progress: the masks go on (the weights load after)
             apply_masks(trainer.model, masks_from_state(self.masks))
 
-    def on_train_begin(self, trainer: Trainer) -> None:
+    def on_train_begin(self, trainer: TrainerView) -> None:
         block_size = self.prune.block_size
         sites = find_sites(trainer.model, block_size)
         if not any(site.prunable for site in sites.values()):
@@ -315,11 +316,11 @@ class PruneCallback(Callback):
             total = trainer.config.epochs * len(trainer.train_loader)
             self.schedule = self.prune.schedule(total)
 
-    def on_step_end(self, trainer: Trainer, step: int) -> None:
+    def on_step_end(self, trainer: TrainerView, step: int) -> None:
         if self.schedule is not None:
             self.schedule(trainer.model, step)
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         model = trainer.model
         if not masks_of(model):
             return
@@ -328,7 +329,7 @@ class PruneCallback(Callback):
         after = sum(p.numel() for p in trainer.model.parameters())
         trainer.log(f"pruned blocks removed: {before:,} -> {after:,} parameters")
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_end(self, trainer: TrainerView, epoch: int) -> None:
         plan = getattr(trainer.model, "prune_plan", None)
         self.plan = {k: list(v) for k, v in plan.items()} if plan else None
         self.masks = masks_to_state(masks_of(trainer.model))
