@@ -578,3 +578,26 @@ def test_train_recipe_gives_the_recipes_fields_under_the_files(tmp_path, data_ro
     path.write_text(path.read_text().replace("cifar10-cnv-30min", "cifar10-cnv-3min"))
     with pytest.raises(StudyFileError, match="unknown recipe 'cifar10-cnv-3min' — did you mean"):
         load_study(path)
+
+
+def test_a_preset_naming_a_recipe_trains_the_recipe_over_the_files_table():
+    from binsense.train.recipes import get_recipe
+
+    # s2's [train] is a width-0.25 VGG-small with frozen BN; its full preset names the
+    # cnv-30min recipe, which must win over the file's model, epochs and model options
+    study = load_study(REPO / "studies" / "s2_design.toml", "full")
+    recipe = get_recipe("cifar10-cnv-30min")
+    assert len(study.trainings) == 12
+    for training in study.trainings:
+        c = training.config
+        assert c.model == "cnv" and c.epochs == 40 and c.train_subset is None
+        assert "bn_affine" not in c.model_options and c.model_options["head"] == "float"
+    sign = [t for t in study.trainings if t.config.model_options.get("design") is None]
+    # "sign" is the recipe itself: the run id of `binsense train --recipe ... --seed S`
+    for t in sign:
+        fields = {**recipe.config_fields(), "seed": t.config.seed}
+        assert t.run_id == run_id_for(TrainConfig(**fields))
+    # the other presets keep the file's table
+    cpu = load_study(REPO / "studies" / "s2_design.toml", "cpu")
+    assert cpu.trainings[0].config.model == "vgg_small"
+    assert cpu.trainings[0].config.model_options["bn_affine"] is False

@@ -587,7 +587,12 @@ def _expand_trainings(
 def _with_recipe(base: dict[str, Any], place: _Place, overlay: Mapping[str, Any]) -> dict[str, Any]:
     """``[train] recipe = "NAME"``: the recipe's fields (:mod:`binsense.train.recipes`)
     under the file's own, which override them key by key (``model_options`` as a whole),
-    so a study trains exactly what ``binsense train --recipe NAME`` trains (same run ids)."""
+    so a study trains exactly what ``binsense train --recipe NAME`` trains (same run ids).
+
+    A preset that names the recipe (``[presets.full] train = { recipe = ... }``) puts it
+    over the file's ``[train]`` table, which was written for the other presets: the file's
+    keys, then the recipe's, then the preset's own keys (a ``full`` preset trains the
+    recipe, whatever model or epochs the file's table gives)."""
     if _RECIPE not in base:
         return base
     from binsense.train.recipes import get_recipe
@@ -597,6 +602,10 @@ def _with_recipe(base: dict[str, Any], place: _Place, overlay: Mapping[str, Any]
         recipe = get_recipe(name)
     except BinsenseError as e:
         raise place.error(_where(place, overlay, ("train", _RECIPE), "train"), str(e)) from None
+    preset = overlay.get("train", {}) if place.preset else {}
+    if _RECIPE in preset:
+        own = {k: base[k] for k in preset if k in base}
+        return {**base, **recipe.config_fields(), **own}
     return {**recipe.config_fields(), **base}
 
 
