@@ -142,7 +142,7 @@ def test_failed_fusion_warns_once_and_falls_back(monkeypatch):
 
         return fn
 
-    fused = sign._Fused(sign._sign)
+    fused = sign._Fused(sign.sign_pm1)
     monkeypatch.setattr(torch, "compile", broken)
     with pytest.warns(RuntimeWarning, match="could not be compiled \\(no C\\+\\+ compiler\\)"):
         y = fused(X)

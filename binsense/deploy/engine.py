@@ -47,14 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from binsense.deploy import floatops, ir, kernels
+from binsense.deploy import ir, kernels, stage
 from binsense.deploy.bits import WORD, pack_bits, unpack_bits
 from binsense.encoders.base import adc_code
 from binsense.errors import BinsenseError
-from binsense.layers.block import BinaryBlock
 from binsense.layers.design import design_thresholds
-from binsense.layers.shape import ChannelShuffle
-from binsense.quant.sign import SignQuantizer
 
 
 @dataclass
@@ -146,21 +143,11 @@ class _FusedConv(_Conv):
     ) -> None:
         super().__init__(conv)
         self.threshold = threshold
-        self.k = pool.pool.kernel_size if pool is not None else 1
+        self.k = pool.blocks if pool is not None else 1
 
     @staticmethod
     def fits(pool: ir.MaxPoolInt | None) -> bool:
-        if pool is None:
-            return True
-        p = pool.pool
-        k = p.kernel_size
-        return (
-            isinstance(k, int)
-            and k == p.stride
-            and p.padding == 0
-            and p.dilation == 1
-            and (not p.ceil_mode)
-        )
+        return pool is None or pool.blocks is not None
 
     def extra(self, ho: int, wo: int, bias: Tensor) -> tuple:
         k, c = self.k, self.conv.out_channels
@@ -290,7 +277,7 @@ class PackedEngine:
             elif isinstance(op, ir.FloatStage) and isinstance(nxt, ir.ToInt8):
                 # (pre-activation stage or None, groups of the next conv): found once
                 pre, groups = self._step(
-                    i, lambda i=i, op=op: (_pre_sign(op), self._next_conv_groups(i + 2) or 1)
+                    i, lambda i=i, op=op: (op.pre_sign(), self._next_conv_groups(i + 2) or 1)
                 )
                 h = _float_input(h, op, pre, groups)
                 i += 2
@@ -329,7 +316,9 @@ FLOAT_CHUNK_BYTES = 8 << 20
 """Largest float32 activation of the float first stage, per chunk of images (bytes)."""
 
 
-def _float_input(x: Tensor, stage: ir.FloatStage, pre: nn.Module | None, groups: int) -> Packed:
+def _float_input(
+    x: Tensor, op: ir.FloatStage, pre: tuple[stage.FloatOp, ...] | None, groups: int
+) -> Packed:
     """The float first stage and its final sign, packed, computed in chunks of images.
 
     The stage's activations are the only float tensors of the program, and at study batch
@@ -340,12 +329,12 @@ def _float_input(x: Tensor, stage: ir.FloatStage, pre: nn.Module | None, groups:
     no bit: the stage's conv sums in the one order of :mod:`binsense.deploy.floatops`,
     image by image, so every image gets the same answer at every batch size.
     """
-    f = pre if pre is not None else stage.body
+    ops = pre if pre is not None else op.ops
     parts: list[Tensor] = []
     start, step, channels = 0, 1, 0
     while start < x.shape[0]:
         n = min(step, x.shape[0] - start)
-        y = floatops.forward(f, x[start : start + n].to(torch.float32)).contiguous()
+        y = stage.run_ops(ops, x[start : start + n].to(torch.float32)).contiguous()
         parts.append(kernels.pack_input(y, groups, sign=pre is not None))
         channels = y.shape[1]
         if start == 0:  # size the next chunks by the bytes of this one-image activation
@@ -355,20 +344,8 @@ def _float_input(x: Tensor, stage: ir.FloatStage, pre: nn.Module | None, groups:
     return Packed(words, channels, groups)
 
 
-def _pre_sign(stage: ir.FloatStage):
-    """The stage up to the pre-activation of its final sign quantizer (a float first block
-    ``conv -> [pool] -> norm -> sign``), or None when it ends otherwise."""
-    *head, last = stage.body
-    if isinstance(last, SignQuantizer):
-        return nn.Sequential(*head)
-    if isinstance(last, BinaryBlock) and isinstance(last.act, SignQuantizer):
-        tail = [m for m in (last.conv, last.pool, last.norm) if m is not None]
-        return nn.Sequential(*head, *tail)
-    return None
-
-
 def _is_shuffle(op: nn.Module) -> bool:
-    return isinstance(op, ChannelShuffle)
+    return isinstance(op, ir.Shuffle)
 
 
 def _planes(op: ir.PlanesInput) -> int:

@@ -25,50 +25,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from binsense.deploy import floatops, kernels
+from binsense.deploy import kernels, stage
 from binsense.deploy.bits import WORD, pack_bits, popcount64, to_bits, unpack_bits
+from binsense.deploy.plain import (
+    MAX_STRIDE,
+    check_geometry,
+    plain_int,
+    plain_pair,
+    plain_tensor,
+)
 from binsense.encoders.base import adc_code
 from binsense.errors import BinsenseError
 from binsense.layers.binary import BinaryConv2d, BinaryLinear
 from binsense.layers.block import ResidualUnit
 from binsense.layers.design import DeSign, design_thresholds
 from binsense.layers.folds import fold_problem
+from binsense.layers.shape import channel_shuffle
 from binsense.quant.sign import SignQuantizer
 
 # ---------------------------------------------------------------- plain data (files)
 # ``spec()`` gives an op's plain parameters (JSON) and tensors, ``from_spec`` rebuilds it
 # from them without the trained model (binsense.deploy.fileformat); every value is checked.
 
-#: Bound on a kernel side, stride or padding read from a file.
-_MAX_SIDE = 1 << 16
-
-
 def _blank(cls):
     """An instance of the module class ``cls`` without running its ``__init__``."""
     op = cls.__new__(cls)
     nn.Module.__init__(op)
     return op
-
-
-def plain_int(value, name: str, low: int = 1, high: int = 1 << 40) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise BinsenseError(f"{name} must be an integer from {low} to {high}, got {value!r}.")
-    return value
-
-
-def _plain_pair(value, name: str, low: int) -> tuple[int, int]:
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        raise BinsenseError(f"{name} must be a pair of integers, got {value!r}.")
-    return (plain_int(value[0], name, low, _MAX_SIDE), plain_int(value[1], name, low, _MAX_SIDE))
-
-
-def _plain_tensor(tensors: dict[str, Tensor], name: str, dtype: torch.dtype, shape=None) -> Tensor:
-    t = tensors.get(name)
-    if not isinstance(t, Tensor) or t.dtype != dtype:
-        raise BinsenseError(f"tensor {name!r} must be a {dtype} tensor.")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise BinsenseError(f"tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}.")
-    return t
 
 
 def _weight_bits(words: Tensor, n: int) -> Tensor:
@@ -143,9 +126,9 @@ class PackedConv(nn.Module):
         """The op of :meth:`spec`'s data (checked; ``weight_pm1`` unpacked from the words)."""
         op = _blank(cls)
         op.groups = plain_int(params["groups"], "groups")
-        op.stride = _plain_pair(params["stride"], "stride", 1)
-        op.padding = _plain_pair(params["padding"], "padding", 0)
-        op.kernel = _plain_pair(params["kernel"], "kernel", 1)
+        op.stride = plain_pair(params["stride"], "stride", 1)
+        op.padding = plain_pair(params["padding"], "padding", 0)
+        op.kernel = plain_pair(params["kernel"], "kernel", 1)
         check_geometry(op.kernel, op.padding, op.stride)
         op.out_channels = plain_int(params["out_channels"], "out_channels")
         op.in_per_group = plain_int(params["in_per_group"], "in_per_group")
@@ -154,7 +137,7 @@ class PackedConv(nn.Module):
         kh, kw = op.kernel
         op.fan_in = op.in_per_group * kh * kw
         shape = (op.out_channels, kh, kw, -(-op.in_per_group // WORD))
-        words = _plain_tensor(tensors, "weight_words", torch.int64, shape)
+        words = plain_tensor(tensors, "weight_words", torch.int64, shape)
         w = torch.where(_weight_bits(words, op.in_per_group), 1, -1).to(torch.int8)
         op.register_buffer("weight_pm1", w.permute(0, 3, 1, 2).contiguous())
         op.register_buffer("weight_words", words)
@@ -245,7 +228,7 @@ class PackedLinear(nn.Module):
         op = _blank(cls)
         op.fan_in = plain_int(params["fan_in"], "fan_in")
         out = plain_int(params["out_features"], "out_features")
-        words = _plain_tensor(tensors, "weight_words", torch.int64, (out, -(-op.fan_in // WORD)))
+        words = plain_tensor(tensors, "weight_words", torch.int64, (out, -(-op.fan_in // WORD)))
         _weight_bits(words, op.fan_in)
         op.register_buffer("weight_words", words)
         return op
@@ -267,24 +250,65 @@ class PackedLinear(nn.Module):
 
 
 class MaxPoolInt(nn.Module):
-    """Max-pool on integer popcounts (where the trained block pools: before its norm)."""
+    """Max-pool on integer popcounts (where the trained block pools: before its norm),
+    with the trained pool's geometry as plain pairs."""
 
     def __init__(self, pool: nn.MaxPool2d) -> None:
         super().__init__()
-        self.pool = pool
+        if pool.return_indices:
+            raise BinsenseError("a max-pool returning indices does not deploy.")
+
+        def pair(v) -> tuple[int, int]:
+            return tuple(v) if isinstance(v, tuple | list) else (int(v), int(v))
+
+        self.kernel = pair(pool.kernel_size)
+        self.stride = pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        self.padding = pair(pool.padding)
+        self.dilation = pair(pool.dilation)
+        self.ceil_mode = bool(pool.ceil_mode)
+
+    def spec(self) -> tuple[dict, dict[str, Tensor]]:
+        """The geometry as plain values (:meth:`from_spec`)."""
+        params = {"kernel": list(self.kernel), "stride": list(self.stride),
+                  "padding": list(self.padding), "dilation": list(self.dilation),
+                  "ceil_mode": self.ceil_mode}  # fmt: skip
+        return params, {}
+
+    @classmethod
+    def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> MaxPoolInt:
+        """The op of :meth:`spec`'s data (checked)."""
+        op = _blank(cls)
+        op.kernel = plain_pair(params["kernel"], "kernel", 1)
+        op.stride = plain_pair(params["stride"], "stride", 1)
+        op.padding = plain_pair(params["padding"], "padding", 0)
+        op.dilation = plain_pair(params["dilation"], "dilation", 1)
+        check_geometry(op.kernel, op.padding, op.stride, op.dilation)
+        if not isinstance(params["ceil_mode"], bool):
+            raise BinsenseError("ceil_mode must be true or false.")
+        op.ceil_mode = params["ceil_mode"]
+        return op
+
+    @property
+    def blocks(self) -> int | None:
+        """The side ``k`` of non-overlapping ``k x k`` windows (stride ``k``, no padding,
+        dilation or ceil mode), else ``None``."""
+        k = self.kernel[0]
+        plain = self.kernel == (k, k) and self.stride == (k, k) and self.padding == (0, 0)
+        if plain and self.dilation == (1, 1) and not self.ceil_mode:
+            return k
+        return None
 
     def forward(self, x: Tensor) -> Tensor:
-        p = self.pool
-        k, s = p.kernel_size, p.stride
-        if (
-            isinstance(k, int) and k == s and p.padding == 0 and p.dilation == 1 and not p.ceil_mode
-        ):  # non-overlapping windows: a max over reshaped blocks, on the integers
+        k = self.blocks
+        if k is not None:  # non-overlapping windows: a max over reshaped blocks, on the integers
             b, c, h, w = x.shape
             h, w = h // k * k, w // k * k
             blocks = x[:, :, :h, :w].reshape(b, c, h // k, k, w // k, k)
             return blocks.amax(dim=(3, 5))
         # float32 holds every popcount exactly (|x| <= fan-in < 2^24)
-        return p(x.to(torch.float32)).to(torch.int32)
+        y = F.max_pool2d(x.to(torch.float32), self.kernel, self.stride, self.padding,
+                         self.dilation, self.ceil_mode)  # fmt: skip
+        return y.to(torch.int32)
 
 
 class Threshold(nn.Module):
@@ -334,10 +358,10 @@ class Threshold(nn.Module):
         """The op of :meth:`spec`'s data: int64 ``tau`` ``(C,)`` or ``(C, m, n)``, ``flip``
         ±1 of the same shape."""
         op = _blank(cls)
-        tau = _plain_tensor(tensors, "tau", torch.int64)
+        tau = plain_tensor(tensors, "tau", torch.int64)
         if tau.dim() not in (1, 3):
             raise BinsenseError(f"thresholds of shape {tuple(tau.shape)}: (C,) or (C, m, n).")
-        flip = _plain_tensor(tensors, "flip", torch.int64, tau.shape)
+        flip = plain_tensor(tensors, "flip", torch.int64, tau.shape)
         if not bool((flip.abs() == 1).all()):
             raise BinsenseError("threshold directions must be +1 or -1.")
         op.register_buffer("tau", tau)
@@ -394,7 +418,7 @@ class PlanesInput(nn.Module):
     def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> PlanesInput:
         """The op of :meth:`spec`'s data: a bool ``(C, 256, K)`` code table."""
         op = _blank(cls)
-        table = _plain_tensor(tensors, "table", torch.bool)
+        table = plain_tensor(tensors, "table", torch.bool)
         if table.dim() != 3 or table.shape[1] != 256:
             raise BinsenseError(f"a code table of shape {tuple(table.shape)}: (C, 256, K).")
         op.register_buffer("table", table)
@@ -410,16 +434,33 @@ class PlanesInput(nn.Module):
 
 
 class FloatStage(nn.Module):
-    """Modules kept in float32 (a float encoder or first block, a float head); their
-    convs and linear layers in the one fixed summation order of
-    :mod:`binsense.deploy.floatops` (one answer per image, whatever the batch)."""
+    """Float32 ops (a float encoder or first block, a float head, a residual unit's float
+    part): typed ops of :mod:`binsense.deploy.stage`, their convs and linear layers in
+    the one fixed summation order of :mod:`binsense.deploy.floatops` (one answer per
+    image, whatever the batch). ``sources``: the paths, in the trained model, of the conv
+    and linear layers they came from (:meth:`DeployedModel.reference`)."""
 
-    def __init__(self, *modules: nn.Module) -> None:
+    def __init__(self, ops: Sequence[stage.FloatOp], sources: Sequence[str] = ()) -> None:
         super().__init__()
-        self.body = nn.Sequential(*modules).eval()
+        self.ops = tuple(ops)
+        self.sources = tuple(sources)
+
+    @classmethod
+    def lower(cls, modules: Sequence[tuple[str, nn.Module]], bound: int = 0) -> FloatStage:
+        """The stage of trained ``(path, module)`` pairs (:func:`binsense.deploy.stage.lower`;
+        ``bound``: the largest integer its input holds, 0 for real values)."""
+        lowered = stage.lower(modules, bound)
+        return cls(lowered.ops, lowered.sources)
+
+    def pre_sign(self) -> tuple[stage.FloatOp, ...] | None:
+        """The ops up to the pre-activation of a final sign (a float first block
+        ``conv -> [pool] -> norm -> sign``), or ``None`` when it ends otherwise."""
+        if self.ops and type(self.ops[-1]) is stage.Sign:
+            return self.ops[:-1]
+        return None
 
     def forward(self, x: Tensor) -> Tensor:
-        return floatops.forward(self.body, x.to(torch.float32))
+        return stage.run_ops(self.ops, x.to(torch.float32))
 
 
 class ToInt8(nn.Module):
@@ -427,6 +468,24 @@ class ToInt8(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.to(torch.int8)
+
+
+class Shuffle(nn.Module):
+    """A channel shuffle of ``groups`` (:func:`binsense.layers.shape.channel_shuffle`)."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = plain_int(groups, "groups")
+
+    def spec(self) -> tuple[dict, dict[str, Tensor]]:
+        return {"groups": self.groups}, {}
+
+    @classmethod
+    def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> Shuffle:
+        return cls(params["groups"])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return channel_shuffle(x, self.groups)
 
 
 class FlattenOp(nn.Module):
@@ -440,10 +499,11 @@ class ResidualOp(nn.Module):
     :math:`y = \mathrm{post}(\mathrm{act}_2(\mathrm{norm}_2(W_2 \ast h)) + s(x))` with
     :math:`h` the thresholded popcount of :math:`W_1 \ast \operatorname{sign}(x)`: both
     binary convs run packed; the stream, block 2's norm and DeSign shift, the shortcut
-    and hardtanh stay float32 modules, computed as PyTorch does on the same integers.
+    and hardtanh are float stages (typed float32 ops), computed as PyTorch does on the
+    same integers.
     """
 
-    def __init__(self, unit: ResidualUnit) -> None:
+    def __init__(self, unit: ResidualUnit, path: str = "") -> None:
         super().__init__()
         b1, b2 = unit.block1, unit.block2
         if not isinstance(unit.binarize, SignQuantizer) or not (
@@ -457,14 +517,17 @@ class ResidualOp(nn.Module):
             b1.norm, b1.act, self.conv1.fan_in, b1.conv.out_channels, spatial=True
         )
         self.conv2 = PackedConv(b2.conv)
-        self.rest = FloatStage(b2.norm, b2.act)
-        self.shortcut = unit.shortcut
-        self.post = unit.post
+        at = f"{path}." if path else ""
+        self.rest = FloatStage.lower(
+            [(f"{at}block2.norm", b2.norm), (f"{at}block2.act", b2.act)], self.conv2.fan_in
+        )
+        self.shortcut = FloatStage.lower([(f"{at}shortcut", unit.shortcut)])
+        self.post = FloatStage.lower([(f"{at}post", unit.post)])
 
     @classmethod
     def from_parts(
         cls, conv1: PackedConv, threshold1: Threshold, conv2: PackedConv, rest: FloatStage,
-        shortcut: nn.Module, post: nn.Module,
+        shortcut: FloatStage, post: FloatStage,
     ) -> ResidualOp:  # fmt: skip
         """The op from its rebuilt parts (a file; :mod:`binsense.deploy.fileformat`)."""
         op = _blank(cls)
@@ -501,33 +564,6 @@ def conv_unit(ops: Sequence[nn.Module], i: int) -> ConvUnit:
     return ConvUnit(conv, pool, ops[j] if j < len(ops) else None, j)
 
 
-#: Largest stride or dilation a deployed file may give a conv or pool.
-MAX_STRIDE = 8
-
-
-def check_geometry(
-    kernel: tuple[int, ...] | int,
-    padding: tuple[int, ...] | int,
-    stride: tuple[int, ...] | int = 1,
-    dilation: tuple[int, ...] | int = 1,
-) -> None:
-    """A conv's or pool's geometry as binsense writes it: padding at most the kernel
-    size (binsense pads by at most half of it), stride and dilation at most
-    :data:`MAX_STRIDE`. A file read from disk is checked with it, so a crafted padding
-    of 65,536 cannot make an activation map of gigabytes (``BinsenseError``)."""
-
-    def pair(v: tuple[int, ...] | int) -> tuple[int, ...]:
-        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-    for k, p, s, d in zip(pair(kernel), pair(padding), pair(stride), pair(dilation), strict=True):
-        if p > k or not 1 <= s <= MAX_STRIDE or not 1 <= d <= MAX_STRIDE:
-            raise BinsenseError(
-                f"geometry kernel {kernel}, padding {padding}, stride {stride}, dilation "
-                f"{dilation}: padding beyond the kernel or stride / dilation above "
-                f"{MAX_STRIDE} is not a binsense layer."
-            )
-
-
 __all__ = [
     "ConvUnit",
     "conv_unit",
@@ -539,6 +575,7 @@ __all__ = [
     "PackedLinear",
     "PlanesInput",
     "ResidualOp",
+    "Shuffle",
     "Threshold",
     "ToInt8",
     "check_geometry",

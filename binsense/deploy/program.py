@@ -143,25 +143,31 @@ class DeployedModel:
         return x
 
     def float_stages(self) -> list[ir.FloatStage]:
-        """The float stages (first layer, head, a residual unit's float part): the trained
-        model's modules, shared, run in the order of :mod:`binsense.deploy.floatops`."""
+        """The float stages (first layer, head, a residual unit's float parts): typed ops
+        run in the order of :mod:`binsense.deploy.floatops`."""
         return [m for m in self.ops.modules() if isinstance(m, ir.FloatStage)]
 
-    def shared_float_stages(self, model: nn.Module) -> list[ir.FloatStage]:
-        """The float stages as modules of the trained ``model`` (this program's own when
-        it was converted from that very model, else those of a fresh conversion)."""
-        own = {id(m) for m in model.modules()}
-        stages = self.float_stages()
-        if all(id(m) in own for stage in stages for m in stage.body):
-            return stages
-        return convert(model).float_stages()
+    def float_layers(self, model: nn.Module) -> list[nn.Module]:
+        """The conv and linear layers of the trained ``model`` that this program's float
+        stages were lowered from (their recorded paths,
+        :attr:`~binsense.deploy.ir.FloatStage.sources`)."""
+        layers = []
+        for path in (p for stage in self.float_stages() for p in stage.sources):
+            try:
+                layers.append(model.get_submodule(path))
+            except AttributeError:
+                raise BinsenseError(
+                    f"the model has no layer {path!r}, which the deployed program's float "
+                    "stage came from: compare a program with the model it was converted from."
+                ) from None
+        return layers
 
     @torch.no_grad()
     def reference(self, model: nn.Module, x: Tensor) -> Tensor:
         """The trained ``model``'s logits on ``x`` with its float layers summed in the
         deployed order (:func:`~binsense.deploy.floatops.ordered`): what the deployed
         logits equal bit for bit."""
-        with floatops.ordered(*self.shared_float_stages(model)):
+        with floatops.ordered(*self.float_layers(model)):
             return model.eval()(x)
 
     @torch.no_grad()
@@ -276,7 +282,9 @@ def _binary_input_block(block: BinaryBlock) -> bool:
     return is_binary_layer(block.conv) and pair_folds(block.norm, block.act)
 
 
-def _block_ops(block: BinaryBlock, name: str, ops: dict[str, nn.Module], layers: list) -> None:
+def _block_ops(
+    block: BinaryBlock, name: str, path: str, ops: dict[str, nn.Module], layers: list
+) -> None:
     conv = block.conv
     packed: nn.Module = (
         ir.PackedConv(conv) if isinstance(conv, BinaryConv2d) else ir.PackedLinear(conv)
@@ -294,7 +302,7 @@ def _block_ops(block: BinaryBlock, name: str, ops: dict[str, nn.Module], layers:
             block.norm, block.act, packed.fan_in, channels, spatial
         )
     elif isinstance(block.act, nn.Identity):  # the classifier: its norm on the integers
-        ops[f"{name}_norm"] = ir.FloatStage(block.norm)
+        ops[f"{name}_norm"] = ir.FloatStage.lower([(f"{path}.norm", block.norm)], packed.fan_in)
     else:
         problem = fold_problem(block.norm, block.act)
         raise BinsenseError(
@@ -319,9 +327,9 @@ def convert(model: nn.Module) -> DeployedModel:
         raise BinsenseError("this model has no binary layer: there is nothing to deploy.")
     ops: dict[str, nn.Module] = {}
     layers: list[tuple[nn.Module, nn.Module]] = []
-    pending: list[nn.Module] = []
+    pending: list[tuple[str, nn.Module]] = []
     if isinstance(model.encoder, FloatEncoder):
-        pending.append(model.encoder)
+        pending.append(("encoder", model.encoder))
         stream = "float"
     else:
         if not getattr(model.encoder, "binary", False):
@@ -329,24 +337,24 @@ def convert(model: nn.Module) -> DeployedModel:
         ops["input"] = ir.PlanesInput(model.encoder)
         stream = "binary"
     for i, module in enumerate(model.blocks):
-        name = f"b{i}"
+        name, path = f"b{i}", f"blocks.{i}"
         if isinstance(module, ResidualUnit):
             if pending:
-                ops["input"] = ir.FloatStage(*pending)
+                ops["input"] = ir.FloatStage.lower(pending)
                 pending = []
             if stream != "float":
                 raise BinsenseError(f"residual unit {name} needs a real residual stream.")
-            op = ir.ResidualOp(module)
+            op = ir.ResidualOp(module, path)
             ops[name] = op
             layers += [(module.block1.conv, op.conv1), (module.block2.conv, op.conv2)]
         elif isinstance(module, BinaryBlock) and stream == "binary":
             if not _binary_input_block(module):
                 raise BinsenseError(f"block {name} is not a binary block (binary conv + sign).")
-            _block_ops(module, name, ops, layers)
+            _block_ops(module, name, path, ops, layers)
         elif isinstance(module, BinaryBlock):  # the float first block (and encoder)
-            pending.append(module)
+            pending.append((path, module))
             if isinstance(module.act, SignQuantizer | DeSign):
-                ops["input"] = ir.FloatStage(*pending)
+                ops["input"] = ir.FloatStage.lower(pending)
                 ops["input_sign"] = ir.ToInt8()
                 pending, stream = [], "binary"
             elif not isinstance(module.act, nn.Identity):
@@ -354,7 +362,7 @@ def convert(model: nn.Module) -> DeployedModel:
         elif isinstance(module, nn.Flatten):
             ops[name] = ir.FlattenOp()
         elif isinstance(module, ChannelShuffle):
-            ops[name] = module
+            ops[name] = ir.Shuffle(module.groups)
         else:
             raise BinsenseError(f"{type(module).__name__} at blocks.{i} does not deploy.")
     if pending:
@@ -364,11 +372,14 @@ def convert(model: nn.Module) -> DeployedModel:
         if isinstance(head.conv, BinaryConv2d):  # the compact model's 1x1 conv head
             ops["head_conv"] = ir.PackedConv(head.conv)
             layers.append((head.conv, ops["head_conv"]))
-            ops["head_rest"] = ir.FloatStage(*(m for m in (head.pool, head.norm) if m is not None))
+            rest = [(f"head.{n}", getattr(head, n)) for n in ("pool", "norm")]
+            ops["head_rest"] = ir.FloatStage.lower(
+                [(p, m) for p, m in rest if m is not None], ops["head_conv"].fan_in
+            )
         else:
-            _block_ops(head, "head", ops, layers)
+            _block_ops(head, "head", "head", ops, layers)
     else:
-        ops["head"] = ir.FloatStage(head)
+        ops["head"] = ir.FloatStage.lower([("head", head)], 1 if stream == "binary" else 0)
     return DeployedModel(nn.Sequential(OrderedDict(ops)), type(model).__name__, layers)
 
 
@@ -416,7 +427,7 @@ def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None)
     the batch size and the CPU, so its last bits are not a contract."""
     model = model.eval()
     deployed = deployed if deployed is not None else convert(model)
-    stages = deployed.shared_float_stages(model)
+    float_layers = deployed.float_layers(model)
     seen: dict[int, Tensor] = {}
     hooks = []
     for trained, packed in deployed.layers:
@@ -432,7 +443,7 @@ def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None)
     try:
         for x, _ in loader:
             seen.clear()
-            with floatops.ordered(*stages):
+            with floatops.ordered(*float_layers):
                 ref = model(x)
             out = deployed.run_ops(x)
             fast = deployed(x)

@@ -6,15 +6,12 @@ an input shape, checked field by field, and the activation memory that follows
 
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from binsense.deploy import ir
+from binsense.deploy import ir, stage
 from binsense.deploy.bits import WORD
 from binsense.errors import BinsenseError
-from binsense.layers.shape import ChannelShuffle
 
 # ---------------------------------------------------------------- shapes and memory
 # The per-image shape of every op's output, found from the ops' plain parameters without
@@ -52,41 +49,30 @@ def _pool_side(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
     return out
 
 
-def _meta_run(module: nn.Module, shape: tuple[int, ...], workspace: bool) -> tuple[tuple, int]:
-    """``(output shape, peak elements)`` of the float module ``module`` on one image of
-    ``shape``: a copy of it on the meta device (no memory; its tensors are swapped for
-    meta ones, not copied) runs its own forward; the peak is the largest input plus
-    output of any of its modules (with ``workspace``, a conv or linear layer adds 4x its
+def _meta_run(op: ir.FloatStage, shape: tuple[int, ...], workspace: bool) -> tuple[tuple, int]:
+    """``(output shape, peak elements)`` of the float stage ``op`` on one image of
+    ``shape``: its ops run on the meta device (no memory); the peak is the largest input
+    plus output of any of them (with ``workspace``, a conv or linear layer adds 4x its
     output: the float64 temporaries of :func:`~binsense.deploy.floatops.fma` in the
     PyTorch fallback of the fixed-order float conv)."""
-    memo: dict[int, object] = {}
-    for t in (*module.parameters(), *module.buffers()):
-        meta = torch.empty_like(t, device="meta")
-        memo[id(t)] = (
-            nn.Parameter(meta, requires_grad=False) if isinstance(t, nn.Parameter) else meta
-        )
-    body = copy.deepcopy(module, memo)
-    peak = [0]
-
-    def hook(m: nn.Module, inputs: tuple, out) -> None:
-        size = sum(i.numel() for i in inputs if isinstance(i, Tensor))
-        if isinstance(out, Tensor):
-            work = 4 * out.numel() if workspace and isinstance(m, nn.Conv2d | nn.Linear) else 0
-            peak[0] = max(peak[0], size + out.numel() + work)
-
-    for m in body.modules():
-        m.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            out = body.eval()(torch.empty(1, *shape, device="meta"))
-    except Exception as e:  # whatever the forward raises: the shape does not fit
-        first = (str(e).splitlines() or [type(e).__name__])[0].rstrip(".")
-        raise BinsenseError(
-            f"{type(module).__name__} cannot take shape {shape}: {first[:200]}"
-        ) from None
-    if not isinstance(out, Tensor) or out.dim() < 2:
-        raise BinsenseError(f"{type(module).__name__} does not give a batch of maps or vectors")
-    return tuple(out.shape[1:]), peak[0]
+    x = torch.empty(1, *shape, device="meta")
+    peak = 0
+    for float_op in op.ops:
+        try:
+            with torch.no_grad():
+                y = float_op.run(x)
+        except Exception as e:  # whatever the op raises: the shape does not fit
+            first = (str(e).splitlines() or [type(e).__name__])[0].rstrip(".")
+            raise BinsenseError(
+                f"{type(float_op).__name__} cannot take shape {tuple(x.shape[1:])}: "
+                f"{first[:200]}"
+            ) from None
+        work = 4 * y.numel() if workspace and isinstance(float_op, stage.Conv | stage.Linear) else 0
+        peak = max(peak, x.numel() + y.numel() + work)
+        x = y
+    if x.dim() < 2:
+        raise BinsenseError("a float stage does not give a batch of maps or vectors")
+    return tuple(x.shape[1:]), peak
 
 
 def op_footprint(
@@ -133,16 +119,14 @@ def op_footprint(
         return (int(rows),), n_in + int(rows) + work
     if isinstance(op, ir.MaxPoolInt):
         c, h, w = _image(shape, "MaxPoolInt")
-        p = op.pool
-        k, d, pad = _pair(p.kernel_size), _pair(p.dilation), _pair(p.padding)
-        s = _pair(p.stride if p.stride is not None else p.kernel_size)
+        k, d, pad, s = op.kernel, op.dilation, op.padding, op.stride
         sides = tuple(
-            _pool_side(n, *g, p.ceil_mode) for n, *g in zip((h, w), k, s, pad, d, strict=True)
+            _pool_side(n, *g, op.ceil_mode) for n, *g in zip((h, w), k, s, pad, d, strict=True)
         )
         if min(sides) < 1:
             raise BinsenseError(
-                f"MaxPoolInt (kernel {p.kernel_size}, stride {p.stride}, padding {p.padding}, "
-                f"dilation {p.dilation}) does not fit a {h}x{w} map"
+                f"MaxPoolInt (kernel {k}, stride {s}, padding {pad}, dilation {d}) does not "
+                f"fit a {h}x{w} map"
             )
         out = (c, *sides)
         return out, n_in + numel(out)
@@ -162,7 +146,7 @@ def op_footprint(
         out = (c * k, h, w)
         return out, n_in + 2 * numel(out)  # the gathered bits, then the int64 ±1
     if isinstance(op, ir.FloatStage):
-        out, peak = _meta_run(op.body, shape, workspace)
+        out, peak = _meta_run(op, shape, workspace)
         return out, n_in + peak
     if isinstance(op, ir.ToInt8):
         return shape, 2 * n_in
@@ -170,7 +154,7 @@ def op_footprint(
         if not shape:
             raise BinsenseError("FlattenOp takes maps or vectors, got a scalar")
         return (n_in,), 2 * n_in
-    if isinstance(op, ChannelShuffle):
+    if isinstance(op, ir.Shuffle):
         if not shape or shape[0] % op.groups:
             raise BinsenseError(
                 f"ChannelShuffle of {op.groups} groups takes channels divisible by "

@@ -52,6 +52,17 @@ class BinaryBlock(nn.Module):
         return self.act(self.norm(x))
 
 
+def shortcut(x: Tensor, stride: int, pad: int, mode: str) -> Tensor:
+    """:class:`Shortcut`'s arithmetic: subsample by ``stride`` (average pool or slice),
+    then ``pad`` zero channels (both sides for ``"avg_pool"``, at the end for ``"slice"``)."""
+    if stride > 1:
+        x = F.avg_pool2d(x, stride) if mode == "avg_pool" else x[:, :, ::stride, ::stride]
+    if pad > 0:
+        left = pad // 2 if mode == "avg_pool" else 0
+        x = F.pad(x, (0, 0, 0, 0, left, pad - left))
+    return x
+
+
 class Shortcut(nn.Module):
     r"""Parameter-free ResNet shortcut ("option A"): subsample, then zero-pad channels.
 
@@ -67,15 +78,7 @@ class Shortcut(nn.Module):
         self.stride, self.pad, self.mode = stride, cout - cin, mode
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.stride > 1:
-            if self.mode == "avg_pool":
-                x = F.avg_pool2d(x, self.stride)
-            else:
-                x = x[:, :, :: self.stride, :: self.stride]
-        if self.pad > 0:
-            left = self.pad // 2 if self.mode == "avg_pool" else 0
-            x = F.pad(x, (0, 0, 0, 0, left, self.pad - left))
-        return x
+        return shortcut(x, self.stride, self.pad, self.mode)
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, pad={self.pad}, mode={self.mode!r}"

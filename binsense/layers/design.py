@@ -187,6 +187,22 @@ def design_thresholds(kernel: KernelSpec, channels: int, height: int, width: int
     return k[c.view(-1, 1, 1), i.view(1, -1, 1), j.view(1, 1, -1)]
 
 
+def design_threshold_map(
+    kernel: Tensor, scale: Tensor | None, channels: int, height: int, width: int
+) -> Tensor:
+    """The ``(C, H, W)`` map :math:`g_c \\, T[c \\bmod F, i \\bmod m, j \\bmod n]` of a
+    float ``(F, m, n)`` kernel, with ``scale`` :math:`g` ``(C,)`` (``None``: 1)."""
+    t = design_thresholds(kernel, channels, height, width)
+    if scale is None:
+        return t
+    if scale.numel() != channels:
+        raise BinsenseError(
+            f"DeSign is coupled to a batch norm of {scale.numel()} channels, "
+            f"got {channels} channels."
+        )
+    return scale.to(t.dtype).view(-1, 1, 1) * t
+
+
 class DeSign(nn.Module):
     r"""Designed dithering sign: ``q(x - g * T)`` with a tiled fixed kernel ``T``.
 
@@ -254,16 +270,7 @@ class DeSign(nn.Module):
 
     def thresholds(self, channels: int, height: int, width: int) -> Tensor:
         """The ``(C, H, W)`` threshold map ``g_c * T`` used by :meth:`forward`."""
-        t = design_thresholds(self.kernel, channels, height, width)
-        g = self.scale()
-        if g is None:
-            return t
-        if g.numel() != channels:
-            raise BinsenseError(
-                f"DeSign is coupled to a batch norm of {g.numel()} channels, "
-                f"got {channels} channels."
-            )
-        return g.to(t.dtype).view(-1, 1, 1) * t
+        return design_threshold_map(self.kernel, self.scale(), channels, height, width)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
@@ -284,6 +291,7 @@ __all__ = [
     "LEVEL_TO_THRESHOLD",
     "DeSign",
     "design_kernel_names",
+    "design_threshold_map",
     "design_thresholds",
     "get_design_kernel",
     "levels_to_thresholds",

@@ -14,6 +14,12 @@ from torch import Tensor, nn
 from binsense.errors import BinsenseError
 
 
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """:class:`ChannelShuffle`'s arithmetic on ``(B, g*n, ...)``."""
+    b, c = x.shape[:2]
+    return x.view(b, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
 class ChannelShuffle(nn.Module):
     """ShuffleNet's channel shuffle: ``(B, g*n, H, W)`` viewed as ``(B, g, n, H, W)``,
     transposed to ``(B, n, g, H, W)`` and flattened; channel ``k*n + j`` (group ``k``,
@@ -38,12 +44,16 @@ class ChannelShuffle(nn.Module):
         return (c % n) * g + c // n
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c = x.shape[:2]
-        g = self.groups
-        return x.view(b, g, c // g, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+        return channel_shuffle(x, self.groups)
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}"
+
+
+def global_pool(x: Tensor, mode: str) -> Tensor:
+    """The sum or the mean of ``x`` over every axis after the channels."""
+    dims = tuple(range(2, x.dim()))
+    return x.sum(dims) if mode == "sum" else x.mean(dims)
 
 
 class GlobalPool(nn.Module):
@@ -62,11 +72,10 @@ class GlobalPool(nn.Module):
         self.mode = mode
 
     def forward(self, x: Tensor) -> Tensor:
-        dims = tuple(range(2, x.dim()))
-        return x.sum(dims) if self.mode == "sum" else x.mean(dims)
+        return global_pool(x, self.mode)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
 
 
-__all__ = ["ChannelShuffle", "GlobalPool"]
+__all__ = ["ChannelShuffle", "GlobalPool", "channel_shuffle", "global_pool"]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from binsense.registry import ComponentSpec, Registry, split_spec
 
 
-def _sign(x: Tensor) -> Tensor:
+def sign_pm1(x: Tensor) -> Tensor:
     """sign with sign(0) = +1, same dtype as ``x``."""
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
@@ -78,7 +78,7 @@ def _fusion_enabled() -> bool:
     return os.environ.get(FUSED_ENV, "1") != "0"
 
 
-_fused_sign = _Fused(_sign)
+_fused_sign = _Fused(sign_pm1)
 
 
 class _SurrogateSign(torch.autograd.Function):
@@ -282,6 +282,7 @@ def get_quantizer(spec: ComponentSpec | SignQuantizer | None, **kwargs) -> SignQ
 __all__ = [
     "QUANTIZERS",
     "SignQuantizer",
+    "sign_pm1",
     "SteSign",
     "TriangleSign",
     "SwishSign",
