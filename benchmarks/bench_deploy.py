@@ -48,6 +48,7 @@ C) instead of the best one alone. ``--quick``: 3 repeats.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -69,7 +70,7 @@ from torch import nn
 from binsense.data import dataset_info
 from binsense.deploy import convert, kernels
 from binsense.deploy.bits import pack_bits
-from binsense.deploy.ir import FloatStage, PackedConv, PackedLinear, ResidualOp, Threshold
+from binsense.deploy.ir import FloatStage, PackedConv, PackedLinear, Threshold
 from binsense.layers import BinaryConv2d
 from binsense.models import build_model
 
@@ -227,26 +228,33 @@ def calibrate(model: nn.Module, batches: int = 4, batch: int = 32, seed: int = 0
     return model.eval()
 
 
+def float_values(stage: FloatStage) -> int:
+    """The float parameters of a float stage: the tensors its typed ops hold (a conv's
+    weight and bias, a norm's statistics and affine parameters, an encoder's mean and
+    std), not the affine form a norm records for the exports (derived from them)."""
+    return sum(
+        value.numel()
+        for op in stage.ops
+        for f in dataclasses.fields(op)
+        if isinstance(value := getattr(op, f.name), torch.Tensor) and value.is_floating_point()
+    )
+
+
 def weight_memory(twin: nn.Module, deployed) -> dict[str, float]:
     """Bits of the twin's float32 parameters and of the deployed program's parts."""
     twin_bits = 32 * sum(p.numel() for p in twin.parameters())
     packed = thresholds = floats = 0
     fan_in = 0
-    for op in deployed.ops.modules():  # forward order: a threshold follows its layer
+    # forward order: a threshold follows its layer; a residual unit's packed convs,
+    # threshold and float stages are visited as its children
+    for op in deployed.ops.modules():
         if isinstance(op, PackedConv | PackedLinear):
             packed += 64 * op.weight_words.numel()
             fan_in = op.fan_in
         elif isinstance(op, Threshold):
             thresholds += op.tau.numel() * (math.ceil(math.log2(fan_in + 2)) + 1)
         elif isinstance(op, FloatStage):
-            floats += 32 * sum(t.numel() for t in op.state_dict().values() if t.is_floating_point())
-        elif isinstance(op, ResidualOp):
-            floats += 32 * sum(
-                t.numel()
-                for part in (op.rest, op.shortcut, op.post)
-                for t in part.state_dict().values()
-                if t.is_floating_point()
-            )
+            floats += 32 * float_values(op)
     total = packed + thresholds + floats
     return {
         "twin": twin_bits,

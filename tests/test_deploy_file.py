@@ -1,5 +1,6 @@
 """Deployed-model files: round trips bit for bit, sizes in bits, one-line errors for bad
-files, the allow-list of types, and the CLI's --out / --load."""
+files, the allow-list of (typed) ops, older and newer format versions, and the CLI's
+--out / --load."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 import json
 import zlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from torch import nn
 from binsense.cli import main
 from binsense.compress.summary import summary
 from binsense.data import dataset_info
-from binsense.deploy import check_exact, convert
+from binsense.deploy import check_exact, convert, stage
 from binsense.deploy import fileformat as ff
 from binsense.deploy.fileformat import (
     DeployFileError,
@@ -26,7 +28,7 @@ from binsense.deploy.fileformat import (
     read_deployed,
     save_deployed,
 )
-from binsense.deploy.ir import FloatStage
+from binsense.deploy.ir import FlattenOp, FloatStage
 from binsense.deploy.program import DeployedModel
 from binsense.errors import BinsenseError, CheckpointError
 from binsense.models import build_model
@@ -70,10 +72,40 @@ def test_round_trip_is_bit_identical(name, dataset, options, tmp_path):
     assert torch.equal(loaded(x), deployed(x)) and torch.equal(loaded(x), expected)
     assert [type(op) for op in loaded.ops] == [type(op) for op in deployed.ops]
     assert list(dict(loaded.ops.named_children())) == list(dict(deployed.ops.named_children()))
+    stages = loaded.float_stages()  # typed float ops and their source layers, kept
+    assert [[type(f) for f in s.ops] for s in stages] == [
+        [type(f) for f in s.ops] for s in deployed.float_stages()
+    ]
+    assert [s.sources for s in stages] == [s.sources for s in deployed.float_stages()]
+    assert not any(isinstance(m, nn.Module) for s in stages for m in s.ops)
+    _assert_compact_encodings(_manifest(_payload(path)))
     attach_layers(loaded, model)  # every packed layer's integers too
     result = check_exact(model, [(x, None)], loaded)
     assert result.exact and result.logit_mismatches == 0 and result.layers >= 2
     assert load_deployed(path).predict(x).tolist() == expected.argmax(1).tolist()
+
+
+def _float_ops(entry: dict):
+    """The float op entries of an op entry (a float stage, or a residual unit's parts)."""
+    if entry["op"] == "FloatStage":
+        yield from entry["ops"]
+    for part in ("rest", "shortcut", "post"):
+        if isinstance(entry.get(part), dict):
+            yield from _float_ops(entry[part])
+
+
+def _assert_compact_encodings(manifest: dict) -> None:
+    """A binary float conv's or linear layer's weight is stored one bit a weight ("pm1"),
+    every other float-op tensor as raw float32."""
+    for entry in manifest["ops"]:
+        for op in _float_ops(entry):
+            assert op["type"] in stage.FLOAT_OPS
+            for key, ref in op["tensors"].items():
+                record = manifest["tensors"][ref]
+                binary = key == "weight" and op["params"].get("binary")
+                want = ("pm1", "int64") if binary else ("raw", "float32")
+                assert (record["enc"], record["blob"]) == want, (op["type"], key, record)
+                assert record["dtype"] == "float32"
 
 
 def _float_size(model: nn.Module) -> int:
@@ -207,7 +239,11 @@ def test_broken_manifests_are_corrupt(saved, tmp_path):
                 first: {**manifest["tensors"][first], "offset": 10**9},
             },
         },  # fmt: skip
-        {**manifest, "ops": [{**manifest["ops"][0], "modules": "x"}, *manifest["ops"][1:]]},
+        _with_first(manifest, {**manifest["ops"][0], "ops": "x"}),
+        _with_first(manifest, {**manifest["ops"][0], "sources": None}),
+        _with_first(manifest, {**manifest["ops"][0], "sources": []}),  # its conv has one
+        _with_first(manifest, {**manifest["ops"][0], "ops": [42]}),
+        _with_first(manifest, {**manifest["ops"][0], "ops": [{"type": "ReLU", "params": 7}]}),
     ]
     for i, m in enumerate(broken):
         with pytest.raises(DeployFileError, match="is corrupt") as e:
@@ -215,18 +251,69 @@ def test_broken_manifests_are_corrupt(saved, tmp_path):
         _one_line(e)
 
 
+def _with_first(manifest: dict, op: dict) -> dict:
+    return {**manifest, "ops": [op, *manifest["ops"][1:]]}
+
+
+def _with_float_op(manifest: dict, kind: str, **changes) -> dict:
+    """``manifest`` with the first float op of type ``kind`` of its first stage changed."""
+    stage_entry = manifest["ops"][0]
+    ops = list(stage_entry["ops"])
+    i = next(i for i, op in enumerate(ops) if op["type"] == kind)
+    ops[i] = {**ops[i], **changes}
+    return _with_first(manifest, {**stage_entry, "ops": ops})
+
+
+def test_damaged_float_op_values_are_corrupt(saved, tmp_path):
+    """Every value of a typed float op passes its ``from_spec`` checks: a damaged
+    parameter or tensor reference is one "corrupt" line, not another exception."""
+    payload = _payload(saved)
+    manifest = _manifest(payload)
+    ops = manifest["ops"][0]["ops"]
+    conv = next(op for op in ops if op["type"] == "Conv")
+    norm = next(op for op in ops if op["type"] == "BatchNorm")
+    weight = conv["tensors"]["weight"]
+    cases = [
+        (_with_float_op(manifest, "Conv", params={**conv["params"], "stride": [0, 1]}), "stride"),
+        (_with_float_op(manifest, "Conv", params={**conv["params"], "groups": "2"}), "groups"),
+        (_with_float_op(manifest, "Conv", params={**conv["params"], "groups": 3}), "groups"),
+        # a float weight claimed to be binary (±1)
+        (_with_float_op(manifest, "Conv", params={**conv["params"], "binary": True}), "±1"),
+        (_with_float_op(manifest, "Conv", tensors={}), "weight"),
+        (_with_float_op(manifest, "Conv", tensors={"weight": "nowhere"}), "does not hold"),
+        (_with_float_op(manifest, "Conv", tensors={"weight": weight, "bias": weight}), "twice"),
+        (_with_float_op(manifest, "BatchNorm", params={**norm["params"], "eps": -1}), "eps"),
+        (_with_float_op(manifest, "BatchNorm", params={"eps": 1e-5}), "affine form"),
+        (_with_float_op(manifest, "MaxPool", params={}), "kernel"),
+    ]
+    for i, (m, words) in enumerate(cases):
+        with pytest.raises(DeployFileError, match="is corrupt") as e:
+            load_deployed(_write(tmp_path / f"d{i}.bsd", payload, m))
+        assert words in _one_line(e), (words, str(e.value))
+
+
 def test_types_outside_the_allow_list_are_refused_without_importing(saved, tmp_path, monkeypatch):
     payload = _payload(saved)
     manifest = _manifest(payload)
-    stage = manifest["ops"][0]
-    assert stage["op"] == "FloatStage"
-    evil_module = {**stage, "modules": [{"type": "os.system", "args": {"command": "true"}},
-                                        *stage["modules"][1:]]}  # fmt: skip
+    first = manifest["ops"][0]
+    assert first["op"] == "FloatStage"
+
+    def with_float_op(op: dict) -> dict:
+        return _with_first(manifest, {**first, "ops": [op, *first["ops"][1:]]})
+
     evil_op = {"name": "evil", "op": "builtins.eval", "params": {}}
     cases = [
-        ({**manifest, "ops": [evil_module, *manifest["ops"][1:]]}, "module type 'os.system'"),
+        (with_float_op({"type": "os.system", "params": {"command": "true"}}),
+         "float op type 'os.system'"),
+        # a module of format version 1, a name of the op table, a base class: not float ops
+        (with_float_op({"type": "Conv2d", "args": {}, "tensors": {}}), "float op type 'Conv2d'"),
+        (with_float_op({"type": "PackedConv", "params": {}}), "float op type 'PackedConv'"),
+        (with_float_op({"type": "FloatOp", "params": {}}), "float op type 'FloatOp'"),
+        (with_float_op({"type": ["ReLU"]}), "float op type \"\\['ReLU'\\]\""),
         ({**manifest, "ops": [*manifest["ops"], evil_op]}, "op type 'builtins.eval'"),
-    ]
+        ({**manifest, "ops": [*manifest["ops"], {"name": "s", "op": "ChannelShuffle"}]},
+         "op type 'ChannelShuffle'"),
+    ]  # fmt: skip
 
     def no_import(*args, **kwargs):
         raise AssertionError("the loader imported a name from the file")
@@ -238,11 +325,69 @@ def test_types_outside_the_allow_list_are_refused_without_importing(saved, tmp_p
         assert "does not load" in _one_line(e)
 
 
-def test_unknown_module_types_refuse_to_save(tmp_path):
-    deployed = DeployedModel(nn.Sequential(OrderedDict(head=FloatStage(nn.GELU()))))
-    with pytest.raises(BinsenseError, match="holds a GELU module, which the deployed-model"):
-        save_deployed(deployed, tmp_path / "x.bsd")
-    assert not (tmp_path / "x.bsd").exists()
+def test_unknown_module_types_are_refused_by_lowering():
+    """A trained module outside the table never reaches a program: lowering refuses it
+    with one line naming its path."""
+    with pytest.raises(BinsenseError, match="^head: a GELU module does not deploy") as e:
+        FloatStage.lower([("head", nn.GELU())])
+    _one_line(e)
+    inner = nn.Sequential(nn.Flatten(), nn.GELU())
+    with pytest.raises(BinsenseError, match="^head.1: a GELU module does not deploy"):
+        FloatStage.lower([("head", inner)])
+
+
+@dataclass(frozen=True, eq=False)
+class Gelu(stage.FloatOp):
+    """A float op outside :data:`binsense.deploy.stage.FLOAT_OPS`."""
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x)
+
+
+@dataclass(frozen=True, eq=False)
+class ReLU(stage.FloatOp):
+    """Named as a registered op, but not that class."""
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0)
+
+
+def test_unknown_op_types_refuse_to_save(tmp_path):
+    cases = [
+        (FloatStage([stage.Flatten(), Gelu()]), "model: head.1 is a Gelu float op"),
+        (FloatStage([ReLU()]), "model: head.0 is a ReLU float op"),
+        (nn.GELU(), "op 'head' is a GELU op"),
+        (nn.Sequential(FlattenOp()), "op 'head' is a Sequential op"),
+    ]
+    for op, words in cases:
+        deployed = DeployedModel(nn.Sequential(OrderedDict(flat=FlattenOp(), head=op)))
+        with pytest.raises(BinsenseError, match="cannot save the deployed model") as e:
+            save_deployed(deployed, tmp_path / "x.bsd")
+        assert words in _one_line(e) and "which the deployed-model file does not know" in str(
+            e.value
+        )
+        assert not (tmp_path / "x.bsd").exists()
+
+
+def test_a_version_1_file_says_how_to_write_it_again(saved, tmp_path, monkeypatch):
+    """Format version 1 stored PyTorch modules: one line naming the command that writes
+    the file again, before anything of it is read as ops (whatever its manifest holds)."""
+    payload = _payload(saved)
+    manifest = {**_manifest(payload), "version": 1, "ops": [{"name": "x", "op": "FloatStage",
+                "modules": [{"type": "Conv2d", "args": {}, "tensors": {}}]}]}  # fmt: skip
+    old = _write(tmp_path / "v1.bsd", {**payload, "version": 1}, manifest)
+    program = load_deployed(saved)
+    monkeypatch.setattr(ff, "VERSION", 1)  # and a file this binsense wrote as version 1
+    written = save_deployed(program, tmp_path / "written.bsd")
+    monkeypatch.undo()
+    assert ff.VERSION == 2 and torch.load(written, weights_only=True)["version"] == 1
+    for path in (old, written):
+        with pytest.raises(DeployFileError) as e:
+            load_deployed(path)
+        text = _one_line(e)
+        assert "by an older binsense (format version 1, which stored PyTorch modules" in text
+        assert "binsense deploy --checkpoint RUN/checkpoint.pt --out FILE." in text
+        assert str(path) in text and "corrupt" not in text
 
 
 def test_a_file_of_another_model_is_refused_for_layer_checks(saved):
@@ -393,7 +538,7 @@ def test_single_bit_flips_are_corrupt_or_harmless_never_another_error(saved, tmp
 def test_crafted_geometry_is_refused_before_anything_runs(saved, tmp_path):
     """A 7.6 KB file with a conv padding of 65,536 took 9.8 GB in infer: every conv and
     pool geometry is bounded when the file is read (padding at most the kernel, stride
-    and dilation at most 8, adaptive pools at most 64 wide)."""
+    and dilation at most 8, adaptive pools at most 4,096 wide)."""
     payload = _payload(saved)
     manifest = _manifest(payload)
     ops = manifest["ops"]
@@ -415,9 +560,19 @@ def test_crafted_geometry_is_refused_before_anything_runs(saved, tmp_path):
     huge = text.replace('"padding": [1, 1]', '"padding": [4096, 4096]', 1)
     crafted.append(with_op(stage, json.loads(huge)))
     pool = first("MaxPoolInt")
-    big_pool = json.loads(json.dumps(ops[pool]).replace('"padding": 0', '"padding": 50000', 1))
+    big_pool = json.loads(
+        json.dumps(ops[pool]).replace('"padding": [0, 0]', '"padding": [50000, 50000]', 1)
+    )
     assert big_pool != ops[pool]
     crafted.append(with_op(pool, big_pool))
+    float_pool = json.loads(
+        text.replace('"padding": [0, 0]', '"padding": [3, 3]', 1)
+    )  # the float stage's max-pool: 2x2 windows
+    assert float_pool != ops[stage]
+    crafted.append(with_op(stage, float_pool))
+    wide = {**ops[stage], "ops": [*ops[stage]["ops"], {"type": "AdaptiveAvgPool",
+            "params": {"output_size": [1, 5000]}, "tensors": {}}]}  # fmt: skip
+    crafted.append(with_op(stage, wide))
     for i, m in enumerate(crafted):
         with pytest.raises(DeployFileError, match="is corrupt") as e:
             load_deployed(_write(tmp_path / f"g{i}.bsd", payload, m))

@@ -169,6 +169,69 @@ def test_unsupported_programs_are_refused_with_one_line():
         generate_c(deployed, (3, 32, 32))
 
 
+def test_norms_are_the_forms_the_program_records_never_probed_again(monkeypatch):
+    """Every norm of the C export is the affine form :func:`binsense.deploy.stage.lower`
+    recorded (``op.form``): exporting probes nothing, writes that form's ``a``, ``b`` and
+    arithmetic, and reports its recorded mismatches."""
+    import dataclasses
+
+    from binsense.deploy import stage
+
+    deployed = convert(calibrated("mnist_bnn", "mnist", width=0.25))
+    head = deployed.ops.head_norm
+    (bn,) = head.ops
+    assert isinstance(bn, stage.BatchNorm)
+    for probe in ("norm_affine", "integer_probe", "float_probe"):
+        monkeypatch.setattr(stage, probe, lambda *a, **k: pytest.fail("the export probed"))
+    files, info = generate_c(deployed, (1, 28, 28))
+    assert info.float_mismatches == 0
+    # a recorded form with mismatches: counted, and its values written as they are
+    form = dataclasses.replace(bn.form, a=bn.form.a * 2, mismatches=3)
+    head.ops = (dataclasses.replace(bn, form=form),)
+    files, info = generate_c(deployed, (1, 28, 28))
+    assert info.float_mismatches == 3
+    k = re.search(r"bsn_head_lin\(&L(\d+)", files["model.c"]).group(1)
+    written = re.search(rf"L{k}_A\[\d+\] = {{([^}}]*)}}", files["model.h"]).group(1)
+    values = [float.fromhex(v.strip().rstrip("f")) for v in written.split(",")]
+    assert np.array_equal(np.array(values, np.float32), form.a)
+    assert f"L{k}_A, L{k}_B, {int(form.fused)}," in files["model.c"]
+
+
+def test_a_float_op_c_does_not_compute_is_refused_in_one_line():
+    """A float stage is read op by op (one handler per op type): an op outside the C
+    layer's parts, or out of their order, is one line naming the stage's ops."""
+    from binsense.deploy import stage
+
+    deployed = convert(calibrated("mnist_bnn", "mnist", width=0.25))
+    first = deployed.ops.input
+    ops = first.ops
+    first.ops = (*ops[:-1], stage.ReLU(), ops[-1])  # conv, pool, norm, ReLU, sign
+    with pytest.raises(BinsenseError, match=r"op input: a float input stage of Standardize, "
+                       r"Conv, MaxPool, BatchNorm, ReLU, Sign \(C takes \[encode\], conv, "
+                       r"\[pool\], \[norm\], sign\) does not export to C\.$"):  # fmt: skip
+        generate_c(deployed, (1, 28, 28))
+    first.ops = (ops[0], ops[1], ops[3], ops[2], ops[4])  # the norm before the pool
+    with pytest.raises(BinsenseError, match="a float input stage of .*BatchNorm, MaxPool"):
+        generate_c(deployed, (1, 28, 28))
+    first.ops = ops
+    generate_c(deployed, (1, 28, 28))
+
+
+def test_channel_shuffles_are_the_layer_permutation():
+    """The C layout follows :class:`~binsense.deploy.ir.Shuffle` as the trained
+    :class:`~binsense.layers.ChannelShuffle` moves channels."""
+    from binsense.export.c import _shuffle_permutation
+    from binsense.layers.shape import ChannelShuffle, channel_shuffle
+
+    for groups, channels in ((2, 8), (4, 24), (3, 9), (1, 5)):
+        p = _shuffle_permutation("s", groups, channels)
+        assert np.array_equal(p, ChannelShuffle(groups).channel_permutation(channels).numpy())
+        x = torch.arange(channels).view(1, -1, 1, 1)
+        assert np.array_equal(channel_shuffle(x, groups).view(-1).numpy()[p], np.arange(channels))
+    with pytest.raises(BinsenseError, match="channel shuffle of 4 groups on 6 channels"):
+        _shuffle_permutation("s", 4, 6)
+
+
 @needs_cc
 def test_a_broken_build_is_one_line(tmp_path):
     deployed = convert(calibrated("mnist_bnn", "mnist", width=0.25))

@@ -1,17 +1,22 @@
 """ONNX export: the graph gives the packed engine's logits bit for bit in onnxruntime, per
-model family, on real images; binarisation never uses ``Sign``; weights are stored as bits;
-the command line writes it; without the extra the error says how to install it."""
+model family, on real images, and for hand-built float stages of every typed float op;
+binarisation never uses ``Sign``; weights are stored as bits; a float op that does not
+export is refused with one line; the command line writes it; without the extra the error
+says how to install it."""
 
 from __future__ import annotations
 
 import sys
+from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
 from test_export_c import calibrated, real_images
+from torch import nn
 
-from binsense.deploy import convert
+from binsense.deploy import convert, ir, stage
+from binsense.deploy.program import DeployedModel
 from binsense.errors import BinsenseError
 
 pytest.importorskip(
@@ -62,6 +67,74 @@ def test_sign_of_zero_is_plus_one_in_the_graph():
     assert bool((first == 1).all())  # sign(0) = +1 in the engine (and PyTorch)
     got = run_onnx(build_onnx(deployed, (1, 28, 28))[0], x.numpy())
     assert np.array_equal(got, deployed(x).numpy())
+
+
+def typed_program(*ops: stage.FloatOp) -> DeployedModel:
+    """A program of one float stage of typed ops (:mod:`binsense.deploy.stage`)."""
+    return DeployedModel(nn.Sequential(OrderedDict(head=ir.FloatStage(ops))))
+
+
+def _standardize() -> stage.Standardize:
+    return stage.Standardize(torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3]))
+
+
+def _random_norm(norm: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.2, 2)
+        norm.weight.uniform_(-1, 1)  # negative gammas too
+        norm.bias.uniform_(-0.5, 0.5)
+    return norm.eval()
+
+
+def test_typed_float_ops_equal_the_engine_bit_for_bit():
+    """A float stage built from typed ops, no trained model: standardize, a float conv
+    (the FMA chain), a batch norm (its recorded form), ReLU, max-pool, hardtanh, sign,
+    flatten, a float linear layer on ±1 (the ordered sum) and a 1-D norm."""
+    torch.manual_seed(0)
+    body = stage.lower([
+        ("conv", nn.Conv2d(3, 4, 3, padding=1)), ("norm", _random_norm(nn.BatchNorm2d(4))),
+        ("relu", nn.ReLU()), ("pool", nn.MaxPool2d(2)), ("tanh", nn.Hardtanh(-0.5, 0.5)),
+    ])  # fmt: skip
+    head = stage.lower([("fc", nn.Linear(64, 5)), ("norm", _random_norm(nn.BatchNorm1d(5)))], 1)
+    assert head.ops[0].pm1_input and not head.ops[0].sign_input
+    deployed = typed_program(_standardize(), *body.ops, stage.Sign(), stage.Flatten(), *head.ops)
+    x = torch.rand(32, 3, 8, 8)
+    onnx_model, builder = build_onnx(deployed, (3, 8, 8))
+    got = run_onnx(onnx_model, x.numpy())
+    assert builder.float_mismatches == 0
+    assert np.array_equal(got.view(np.uint32), deployed(x).numpy().view(np.uint32))
+    assert np.array_equal(got[:1].view(np.uint32), deployed(x[:1]).numpy().view(np.uint32))
+    ops = {n.op_type for n in onnx_model.graph.node}
+    assert {"Relu", "MaxPool", "Clip", "CumSum"} <= ops and not {"Conv", "Gemm", "Sign"} & ops
+
+
+@pytest.mark.parametrize("pool", ["sum", "mean", "adaptive"])
+def test_global_pools_and_design_equal_the_engine_bit_for_bit(pool):
+    """A coupled DeSign shift and sign, then a global pool of the ±1 map (exact sums)."""
+    kernel = torch.tensor([[[0.25, -0.25], [-0.5, 0.5]]])
+    design = stage.DeSignShift(kernel, torch.tensor([1.0, -0.5, 2.0]), True)
+    pools = {"sum": [stage.GlobalPool("sum")], "mean": [stage.GlobalPool("mean")],
+             "adaptive": [stage.AdaptiveAvgPool((1, 1)), stage.Flatten()]}  # fmt: skip
+    deployed = typed_program(_standardize(), design, *pools[pool])
+    x = torch.rand(8, 3, 4, 4)
+    got = run_onnx(build_onnx(deployed, (3, 4, 4))[0], x.numpy())
+    assert np.array_equal(got.view(np.uint32), deployed(x).numpy().view(np.uint32))
+
+
+@pytest.mark.parametrize(
+    ("ops", "match"),
+    [
+        ([stage.ShortcutOp(1, 0, "slice"), stage.Flatten()],
+         r"head_0_shortcutop: a ShortcutOp op does not export to ONNX .*binsense deploy"),
+        ([stage.AdaptiveAvgPool((2, 2)), stage.Flatten()],
+         r"only a global adaptive average pool exports \(output size 1"),
+    ],
+)  # fmt: skip
+def test_float_ops_that_do_not_export_are_refused_with_one_line(ops, match):
+    with pytest.raises(BinsenseError, match=match) as caught:
+        build_onnx(typed_program(*ops), (3, 4, 4))
+    assert "\n" not in str(caught.value)
 
 
 def test_weights_are_stored_as_bits(tmp_path):

@@ -8,16 +8,18 @@ is refused with one line. The ``qonnx`` package's own tools accept every family'
 from __future__ import annotations
 
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from test_export_c import calibrated, real_images
+from torch import nn
 
 from binsense.compress.summary import summary
-from binsense.deploy import convert
+from binsense.deploy import convert, ir, stage
+from binsense.deploy.program import DeployedModel
 from binsense.errors import BinsenseError
 
 pytest.importorskip("onnx", reason='the export extra is not installed: pip install -e ".[export]"')
@@ -104,6 +106,15 @@ def test_nbc_encoder_is_refused_with_one_line():
     with pytest.raises(BinsenseError, match="not thresholds"):
         build_qonnx(deployed, (1, 28, 28))
     assert torch.is_tensor(deployed.ops[0].table)
+
+
+def test_a_float_op_that_does_not_export_is_refused_with_one_line():
+    """A typed float op without a handler (a residual unit's shortcut) is one line."""
+    ops = (stage.ShortcutOp(1, 0, "slice"), stage.Flatten())
+    deployed = DeployedModel(nn.Sequential(OrderedDict(head=ir.FloatStage(ops))))
+    with pytest.raises(BinsenseError, match="a ShortcutOp op does not export to QONNX") as caught:
+        build_qonnx(deployed, (3, 4, 4))
+    assert "\n" not in str(caught.value)
 
 
 # ---------------------------------------------------------------- the qonnx package's tools

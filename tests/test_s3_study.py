@@ -97,7 +97,7 @@ def results(db: Path) -> list[tuple]:
     ("fields", "message"),
     [
         ({"distill": {"teacher": {"modle": "mnist_bnn_float"}}}, "did you mean 'model'"),
-        ({"distill": {"teacher": {"epochs": 0}}}, "teacher: epochs"),
+        ({"distill": {"teacher": {"epochs": 0}}}, "teacher: 'epochs' must be greater"),
         ({"distill": {"teacher": {}, "alfa": 0.5}}, "alfa"),
         ({"distill": {"alpha": 0.5}}, "exactly one of"),
         ({"distill": {"teacher": {}, "teacher_checkpoint": "x.pt"}}, "exactly one of"),

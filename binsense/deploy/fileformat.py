@@ -10,7 +10,7 @@ checks it against the PyTorch model.
 ``torch.load(..., weights_only=True)``, which runs no code from the file (the file is
 read into memory first, so that an I/O error and bad content are told apart)::
 
-    {"format": "binsense-deployed", "version": 1, "sha256": <hex>,
+    {"format": "binsense-deployed", "version": 2, "sha256": <hex>,
      "manifest": <zlib-compressed UTF-8 JSON (bytes)>,
      "blobs": {"int64": 1-D tensor, "float32": 1-D tensor}}
 
@@ -23,15 +23,16 @@ a few KB of JSON, is compressed for the same reason):
   re-packed on load; the ``int8`` ±1 copy of the conv weights is unpacked from them);
   integer tensors (the thresholds ``tau``) as ``value - min`` in as many bits as their
   range needs; bool tensors (an encoder's code table) and ±1 tensors (the thresholds'
-  directions, binary weights inside a float stage) one bit each;
-- ``float32``: float tensors (the float stages: a float first layer or head, batch
-  norms, DeSign kernels), exactly as they are.
+  directions, the weights of a binary ``Conv`` / ``Linear`` inside a float stage) one
+  bit each;
+- ``float32``: the other float tensors (of the float stages: a float first layer or
+  head, batch norms and their affine forms, DeSign kernels), exactly as they are.
 
 ``sha256`` covers the manifest and every blob: a changed byte is reported as corruption.
 
 **The manifest** (JSON) holds everything else::
 
-    {"format": "binsense-deployed", "version": 1, "source": "RecipeModel", "meta": {...},
+    {"format": "binsense-deployed", "version": 2, "source": "RecipeModel", "meta": {...},
      "ops": [op, ...],
      "tensors": {name: {"blob": "int64", "offset": 0, "numel": n, "shape": [...],
                         "dtype": "int64", "enc": ENC, ...}}}
@@ -41,33 +42,34 @@ valid bits a row), ``"int"`` (``"width"`` bits a value, plus ``"min"``), ``"bits
 (bool) or ``"pm1"`` (±1); ``offset`` and ``numel`` count elements of the blob.
 
 - an **op** is ``{"name": ..., "op": TYPE, ...}`` with ``TYPE`` one of
-  :data:`OP_TYPES`: ``PackedConv``, ``PackedLinear``, ``Threshold`` and ``PlanesInput``
-  with ``"params"`` (plain numbers) and ``"tensors"`` (names in ``"tensors"``);
-  ``MaxPoolInt`` with its ``"pool"`` module; ``FloatStage`` with its ``"modules"``;
-  ``ResidualOp`` with its parts (``conv1``, ``threshold1``, ``conv2``, ``rest`` ops,
-  ``shortcut`` and ``post`` modules); ``ChannelShuffle`` with its ``groups``;
-  ``ToInt8`` and ``FlattenOp`` with nothing;
-- a **module** of a float stage is ``{"type": TYPE, "args": {...}, "tensors": {...}}``
-  (its constructor arguments and state dict), or, for the containers ``Sequential`` and
-  ``BinaryBlock``, ``{"type": ..., "children": [[name, module], ...]}``, with ``TYPE``
-  one of :data:`MODULE_TYPES`: ``Conv2d``, ``Linear``, ``BinaryConv2d`` /
-  ``BinaryLinear`` (binary weights on a real input, stored as bits), ``BatchNorm1d`` /
-  ``2d``, ``QuantizedBatchNorm``, ``ChannelAffine``, ``MaxPool2d``,
-  ``AdaptiveAvgPool2d``, ``Flatten``, ``Identity``, ``ReLU``, ``Hardtanh``,
-  ``FloatEncoder``, ``Sign`` (every sign quantizer: their forward is the same sign),
-  ``DeSign`` (its kernel, with the sign or shift only, coupled to a batch norm of the
-  same stage by its path), ``GlobalPool`` and ``Shortcut``.
+  :data:`OP_TYPES`: ``PackedConv``, ``PackedLinear``, ``Threshold``, ``PlanesInput``,
+  ``MaxPoolInt`` and ``Shuffle`` with ``"params"`` (plain values, the op's ``spec()``)
+  and ``"tensors"`` (names in ``"tensors"``); ``FloatStage`` with ``"sources"`` (the
+  paths of the trained conv and linear layers it was lowered from) and ``"ops"`` (float
+  ops); ``ResidualOp`` with its six parts as ops (``conv1``, ``threshold1``, ``conv2``
+  and the float stages ``rest``, ``shortcut``, ``post``); ``ToInt8`` and ``FlattenOp``
+  with nothing;
+- a **float op** is ``{"type": TYPE, "params": {...}, "tensors": {...}}`` (its
+  ``spec()``), with ``TYPE`` one of :data:`binsense.deploy.stage.FLOAT_OPS`:
+  ``Standardize``, ``Conv``, ``Linear``, ``BatchNorm`` (with its affine ``form``),
+  ``ScaleShift``, ``MaxPool``, ``AdaptiveAvgPool``, ``GlobalPool``, ``Flatten``,
+  ``ReLU``, ``Hardtanh``, ``Sign``, ``DeSignShift``, ``ShortcutOp``.
 
-A model holding any other module type is refused when saved, with one line. On load,
-types are looked up in these fixed tables only (no name is imported), constructor
-arguments are checked, and modules are built on the meta device and then given the
-file's tensors, whose sizes the records must match: a manifest cannot make the loader
-allocate much more than the file holds.
+No PyTorch module is stored: a program holding an op of another type is refused when
+saved, with one line. On load, types are looked up in these fixed tables only (no name
+is imported, no module is built), each op's ``from_spec`` checks every value
+(:mod:`binsense.deploy.plain`), and the tensor records must match the blobs, each read
+once: a manifest cannot make the loader allocate much more than the file holds.
+
+**Versions.** This binsense writes and reads version 2. Version 1 (binsense before the
+typed float ops) stored the float stages as PyTorch modules: such a file is refused with
+one line saying how to write it again (``binsense deploy --checkpoint RUN/checkpoint.pt
+--out FILE``).
 
 **Errors** are one line (:class:`DeployFileError`, a
 :class:`~binsense.errors.CheckpointError`): a missing, truncated or corrupt file, a
-foreign file (a training checkpoint, any other archive), a file of a newer format
-version, a type outside the allow-list.
+foreign file (a training checkpoint, any other archive), a file of an older or a newer
+format version, a type outside the allow-list.
 """
 
 from __future__ import annotations
@@ -88,33 +90,34 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from binsense.deploy import ir
+from binsense.deploy import ir, stage
 from binsense.deploy.bits import pack_bits, unpack_bits
 from binsense.deploy.program import DeployedModel, convert
-from binsense.encoders.base import FloatEncoder
 from binsense.errors import BinsenseError, CheckpointError
 from binsense.io import ReadError, atomic_write, os_error_text
-from binsense.layers.binary import BinaryConv2d, BinaryLinear
-from binsense.layers.block import BinaryBlock, Shortcut
-from binsense.layers.bn import QuantizedBatchNorm
-from binsense.layers.design import DeSign
-from binsense.layers.norm import ChannelAffine
-from binsense.layers.shape import ChannelShuffle, GlobalPool
-from binsense.quant.sign import SignQuantizer, SteSign
 from binsense.zoo import resolve_deployed_path
 
 FORMAT = "binsense-deployed"
-#: The format version this binsense writes; it reads versions 1..VERSION.
-VERSION = 1
+#: The format version this binsense writes and reads (an older file: module docstring).
+VERSION = 2
 #: The usual file name suffix (not enforced).
 SUFFIX = ".bsd"
 
 #: Op types a file may name (module docstring).
 OP_TYPES = (
     "PlanesInput", "FloatStage", "ToInt8", "PackedConv", "PackedLinear", "MaxPoolInt",
-    "Threshold", "FlattenOp", "ResidualOp", "ChannelShuffle",
+    "Threshold", "FlattenOp", "ResidualOp", "Shuffle",
+)  # fmt: skip
+#: The ops stored as their ``spec()`` and rebuilt by ``from_spec``.
+_SPEC_OPS: dict[str, type[nn.Module]] = {
+    "PackedConv": ir.PackedConv, "PackedLinear": ir.PackedLinear, "Threshold": ir.Threshold,
+    "PlanesInput": ir.PlanesInput, "MaxPoolInt": ir.MaxPoolInt, "Shuffle": ir.Shuffle,
+}  # fmt: skip
+#: A ResidualOp's parts and their op types, in the order of ``ResidualOp.from_parts``.
+_RESIDUAL_PARTS = (
+    ("conv1", "PackedConv"), ("threshold1", "Threshold"), ("conv2", "PackedConv"),
+    ("rest", "FloatStage"), ("shortcut", "FloatStage"), ("post", "FloatStage"),
 )  # fmt: skip
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -129,7 +132,6 @@ _DTYPES: dict[str, torch.dtype] = {
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 _BLOB_DTYPES = ("int64", "float32", "float64")
 _ENCODINGS = ("raw", "int", "bits", "pm1", "words")
-_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _MAX_SIZE = 1 << 40  # bound on any count read from a manifest
 #: What ``torch.load`` raises for bytes that are not a (complete) archive of plain data.
 _UNREADABLE = (
@@ -137,26 +139,14 @@ _UNREADABLE = (
     TypeError, AttributeError, ImportError, AssertionError, struct.error, zipfile.BadZipFile,
 )  # fmt: skip
 _MAX_MANIFEST = 64 << 20  # bytes of manifest JSON
-#: Largest output of an adaptive pool (binsense's global pools give 1).
-_MAX_POOL_OUTPUT = 64
-#: Most channels a shortcut may add by zero padding.
-_MAX_SIZE_CHANNELS = 1 << 16
-
-
-def _geometry(kernel, padding, stride, dilation) -> None:
-    """:func:`~binsense.deploy.ir.check_geometry`, as a damaged-file error."""
-    try:
-        ir.check_geometry(kernel, padding, stride, dilation)
-    except BinsenseError as e:
-        raise _Bad(str(e).rstrip(".")) from None
-
 
 #: Largest file read as a deployed model: far above any BNN (a full-width VGG-small is
 #: about 1 MB), far below what reading junk into memory may cost.
 MAX_FILE_BYTES = 1 << 30
 #: A ``torch.save`` archive is a zip file: its first four bytes.
 _ZIP_MAGIC = b"PK\x03\x04"
-_MAX_CONSTANT = 1 << 20  # elements of a tensor stored in 0 bits (all one value)
+#: Elements of all the tensors of a file stored in 0 bits (each all one value).
+_MAX_CONSTANT = 1 << 20
 
 
 class DeployFileError(CheckpointError):
@@ -246,10 +236,15 @@ class _Reader:
     def __init__(self, records: Any, blobs: dict[str, Tensor]) -> None:
         self.records = _dict(records, "tensors")
         self.blobs = blobs
+        self.used: set[str] = set()  # each record is read once: no tensor twice in memory
+        self.constant = 0  # elements of the tensors stored in 0 bits, so far
 
     def get(self, name: Any) -> Tensor:
         if not isinstance(name, str) or name not in self.records:
             raise _Bad(f"a tensor {str(name)[:60]!r} that the file does not hold")
+        if name in self.used:
+            raise _Bad(f"tensor {name[:60]!r} read twice")
+        self.used.add(name)
         r = _dict(self.records[name], f"tensor {name}")
         blob = _choice(r.get("blob"), _BLOB_DTYPES, "blob")
         enc = _choice(r.get("enc"), _ENCODINGS, "encoding")
@@ -277,8 +272,10 @@ class _Reader:
             count = n // shape[-1] * width
         if blob != "int64" or numel != -(-count // 64):
             raise _Bad(f"tensor {name}: {numel} words for {count} bits")
-        if count == 0 and n > _MAX_CONSTANT:
-            raise _Bad(f"tensor {name}: {n} constant values")
+        if count == 0:
+            self.constant += n
+            if self.constant > _MAX_CONSTANT:
+                raise _Bad(f"tensor {name}: {n} constant values")
         bits = _unpack(data, count)
         if enc == "words":
             return pack_bits(bits.reshape(*shape[:-1], width), -1, True).reshape(shape)
@@ -319,276 +316,18 @@ def _count(value: Any, low: int = 0, what: str = "a count") -> int:
     return value
 
 
-def _flag(args: dict, key: str) -> bool:
-    value = args.get(key)
-    if not isinstance(value, bool):
-        raise _Bad(f"{key} {value!r} (true or false)")
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise _Bad(f"a name {str(value)[:60]!r}")
     return value
 
 
-def _number(args: dict, key: str, allow_none: bool = False) -> float | None:
-    value = args.get(key)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _Bad(f"{key} {value!r} (a finite number)")
-    return float(value)
-
-
-def _int(args: dict, key: str, low: int = 0) -> int:
-    return _count(args.get(key), low, key)
-
-
-def _ints(args: dict, key: str, low: int = 0, n: int = 2) -> int | tuple[int, ...]:
-    """An int or a list of ``n`` ints (a kernel size, stride, padding)."""
-    value = args.get(key)
-    if isinstance(value, list):
-        if len(value) != n:
-            raise _Bad(f"{key} {value!r}")
-        return tuple(_count(v, low, key) for v in value)
-    return _count(value, low, key)
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists (JSON)."""
-    return list(value) if isinstance(value, tuple) else value
-
-
-# ---------------------------------------------------------------- float-stage modules
-
-
-def _is_sign(m: nn.Module) -> bool:
-    return isinstance(m, SignQuantizer) and type(m).forward is SignQuantizer.forward
-
-
-def _unknown(m: nn.Module, where: str) -> BinsenseError:
-    return BinsenseError(
-        f"cannot save the deployed model: {where} holds a {type(m).__name__} module, which the "
-        f"deployed-model file does not know (known: {', '.join(MODULE_TYPES)})."
-    )
-
-
-def _binary_args(m: BinaryConv2d | BinaryLinear, where: str) -> dict:
-    if m.scale:
-        raise BinsenseError(
-            f"cannot save the deployed model: {where} is a binary layer with an XNOR scale "
-            "inside a float stage, which the file format does not store."
-        )
-    for q in (m.weight_quantizer, m.input_quantizer):
-        if q is not None and not _is_sign(q):
-            raise _unknown(q, where)
-    return {"weight_sign": m.weight_quantizer is not None, "input_sign": m.input_quantizer
-            is not None}  # fmt: skip
-
-
-def _module_args(m: nn.Module, where: str, scope: dict[int, str]) -> tuple[str, dict]:
-    """``(type name, constructor arguments)`` of a leaf module of a float stage."""
-    t = type(m)
-    if t in (nn.Conv2d, BinaryConv2d):
-        args = {
-            "in_channels": m.in_channels, "out_channels": m.out_channels,
-            "kernel_size": list(m.kernel_size), "stride": list(m.stride),
-            "padding": _plain(m.padding), "dilation": list(m.dilation), "groups": m.groups,
-            "bias": m.bias is not None, "padding_mode": m.padding_mode,
-        }  # fmt: skip
-        if t is BinaryConv2d:
-            args.update(_binary_args(m, where))
-        return t.__name__, args
-    if t in (nn.Linear, BinaryLinear):
-        args = {"in_features": m.in_features, "out_features": m.out_features,
-                "bias": m.bias is not None}  # fmt: skip
-        if t is BinaryLinear:
-            args.update(_binary_args(m, where))
-        return t.__name__, args
-    if t in (nn.BatchNorm1d, nn.BatchNorm2d, QuantizedBatchNorm):
-        args = {"num_features": m.num_features, "eps": m.eps, "momentum": m.momentum,
-                "affine": m.affine, "track_running_stats": m.track_running_stats}  # fmt: skip
-        if t is QuantizedBatchNorm:
-            args.update(bits=m.bits, qat=m.qat)
-        return t.__name__, args
-    if t is ChannelAffine:
-        return "ChannelAffine", {"channels": m.scale.numel()}
-    if t is nn.MaxPool2d:
-        if m.return_indices:
-            raise _unknown(m, where)
-        return "MaxPool2d", {
-            "kernel_size": _plain(m.kernel_size), "stride": _plain(m.stride),
-            "padding": _plain(m.padding), "dilation": _plain(m.dilation),
-            "ceil_mode": m.ceil_mode,
-        }  # fmt: skip
-    if t is nn.AdaptiveAvgPool2d:
-        return "AdaptiveAvgPool2d", {"output_size": _plain(m.output_size)}
-    if t is nn.Flatten:
-        return "Flatten", {"start_dim": m.start_dim, "end_dim": m.end_dim}
-    if t is nn.Identity:
-        return "Identity", {}
-    if t is nn.ReLU:
-        return "ReLU", {}
-    if t is nn.Hardtanh:
-        return "Hardtanh", {"min_val": m.min_val, "max_val": m.max_val}
-    if t is FloatEncoder:
-        return "FloatEncoder", {"channels": m.out_channels}
-    if _is_sign(m):
-        return "Sign", {"surrogate": t.__name__}
-    if t is DeSign:
-        if m.quantizer is not None and not _is_sign(m.quantizer):
-            raise _unknown(m.quantizer, where)
-        coupled = None
-        if m.coupled_bn is not None:
-            coupled = scope.get(id(m.coupled_bn))
-            if coupled is None:
-                raise BinsenseError(
-                    f"cannot save the deployed model: the DeSign at {where} is coupled to a "
-                    "batch norm outside its float stage."
-                )
-        return "DeSign", {"kernel_name": m.kernel_name, "sign": m.quantizer is not None,
-                          "coupled": coupled}  # fmt: skip
-    if t is GlobalPool:
-        return "GlobalPool", {"mode": m.mode}
-    if t is Shortcut:
-        return "Shortcut", {"stride": m.stride, "pad": m.pad, "mode": m.mode}
-    raise _unknown(m, where)
-
-
-def _module_entry(m: nn.Module, where: str, w: _Writer, scope: dict[int, str]) -> dict:
-    t = type(m)
-    if t in (nn.Sequential, BinaryBlock):
-        children = [
-            [name, _module_entry(child, f"{where}.{name}", w, scope)]
-            for name, child in m.named_children()
-        ]
-        return {"type": t.__name__, "children": children}
-    if next(m.children(), None) is not None and t not in (DeSign, BinaryConv2d, BinaryLinear):
-        raise _unknown(m, where)  # (their children are sign quantizers, stored as flags)
-    kind, args = _module_args(m, where, scope)
-    tensors = {}
-    for key, value in m.state_dict().items():
-        binary_weight = key == "weight" and kind in ("BinaryConv2d", "BinaryLinear")
-        if binary_weight and args["weight_sign"]:
-            with torch.no_grad():
-                value = m.binary_weight()
-            tensors[key] = w.add(f"{where}.{key}", value, "pm1")
-        else:
-            tensors[key] = w.add(f"{where}.{key}", value)
-    return {"type": kind, "args": args, "tensors": tensors}
-
-
-def _build_leaf(kind: str, a: dict, state: dict[str, Tensor]) -> nn.Module:
-    """A leaf module of ``kind`` from checked arguments (on the meta device: the file's
-    tensors are assigned afterwards)."""
-    if kind in ("Conv2d", "BinaryConv2d"):
-        padding = a.get("padding")
-        if not (isinstance(padding, str) and padding in ("same", "valid")):
-            padding = _ints(a, "padding")
-        conv_args = (
-            _int(a, "in_channels", 1), _int(a, "out_channels", 1), _ints(a, "kernel_size", 1),
-            _ints(a, "stride", 1), padding, _ints(a, "dilation", 1), _int(a, "groups", 1),
-            _flag(a, "bias"),
-        )  # fmt: skip
-        if not isinstance(padding, str):
-            _geometry(conv_args[2], padding, conv_args[3], conv_args[5])
-        mode = _choice(a.get("padding_mode"), _PADDING_MODES, "padding_mode")
-        if kind == "Conv2d":
-            return nn.Conv2d(*conv_args, padding_mode=mode)
-        conv = BinaryConv2d(
-            *conv_args, weight_quantizer=SteSign() if _flag(a, "weight_sign") else None,
-            input_quantizer=SteSign() if _flag(a, "input_sign") else None,
-        )  # fmt: skip
-        conv.padding_mode = mode
-        return conv
-    if kind in ("Linear", "BinaryLinear"):
-        lin_args = (_int(a, "in_features", 1), _int(a, "out_features", 1), _flag(a, "bias"))
-        if kind == "Linear":
-            return nn.Linear(*lin_args)
-        return BinaryLinear(
-            *lin_args, weight_quantizer=SteSign() if _flag(a, "weight_sign") else None,
-            input_quantizer=SteSign() if _flag(a, "input_sign") else None,
-        )  # fmt: skip
-    if kind in ("BatchNorm1d", "BatchNorm2d", "QuantizedBatchNorm"):
-        bn_args = (
-            _int(a, "num_features", 1), _number(a, "eps"), _number(a, "momentum", True),
-            _flag(a, "affine"), _flag(a, "track_running_stats"),
-        )  # fmt: skip
-        if kind == "QuantizedBatchNorm":
-            return QuantizedBatchNorm(bn_args[0], _int(a, "bits", 1), *bn_args[1:],
-                                      qat=_flag(a, "qat"))  # fmt: skip
-        return (nn.BatchNorm1d if kind == "BatchNorm1d" else nn.BatchNorm2d)(*bn_args)
-    if kind == "ChannelAffine":
-        return ChannelAffine(_int(a, "channels", 1))
-    if kind == "MaxPool2d":
-        stride = None if a.get("stride") is None else _ints(a, "stride", 1)
-        pool_args = (_ints(a, "kernel_size", 1), stride, _ints(a, "padding"),
-                     _ints(a, "dilation", 1))  # fmt: skip
-        _geometry(pool_args[0], pool_args[2], stride or 1, pool_args[3])
-        return nn.MaxPool2d(*pool_args, ceil_mode=_flag(a, "ceil_mode"))
-    if kind == "AdaptiveAvgPool2d":
-        size = a.get("output_size")
-        if isinstance(size, list):
-            if len(size) != 2:
-                raise _Bad(f"output_size {size!r}")
-            size = tuple(None if s is None else _count(s, 1, "output_size") for s in size)
-        else:
-            size = _count(size, 1, "output_size")
-        if any(
-            s is not None and s > _MAX_POOL_OUTPUT
-            for s in (size if isinstance(size, tuple) else (size,))
-        ):
-            raise _Bad(f"output_size {size!r} (at most {_MAX_POOL_OUTPUT})")
-        return nn.AdaptiveAvgPool2d(size)
-    if kind == "Flatten":
-        start, end = a.get("start_dim"), a.get("end_dim")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)):
-            raise _Bad(f"Flatten dims {start!r}, {end!r}")
-        return nn.Flatten(start, end)
-    if kind == "Identity":
-        return nn.Identity()
-    if kind == "ReLU":
-        return nn.ReLU()
-    if kind == "Hardtanh":
-        return nn.Hardtanh(_number(a, "min_val"), _number(a, "max_val"))
-    if kind == "FloatEncoder":
-        channels = _int(a, "channels", 1)
-        info = _EncoderInfo(channels)
-        return FloatEncoder(info, [0.0] * channels, [1.0] * channels)  # type: ignore[arg-type]
-    if kind == "Sign":
-        return SteSign()  # every sign quantizer has the same forward: sign, sign(0) = +1
-    if kind == "DeSign":
-        kernel = state.get("kernel")
-        if not isinstance(kernel, Tensor):
-            raise _Bad("a DeSign without its kernel")
-        design = DeSign(kernel.to("cpu"), SteSign() if _flag(a, "sign") else None)
-        name = a.get("kernel_name")
-        design.kernel_name = name if isinstance(name, str) else "custom"
-        return design
-    if kind == "GlobalPool":
-        return GlobalPool(_choice(a.get("mode"), ("sum", "mean"), "GlobalPool mode"))
-    if kind == "Shortcut":
-        mode = _choice(a.get("mode"), ("avg_pool", "slice"), "Shortcut mode")
-        pad, stride = _int(a, "pad"), _int(a, "stride", 1)
-        if pad > _MAX_SIZE_CHANNELS or stride > ir.MAX_STRIDE:
-            raise _Bad(f"shortcut pad {pad}, stride {stride}")
-        return Shortcut(0, pad, stride, mode)
-    raise _Bad(f"module type {kind!r}")  # pragma: no cover - checked by the caller
-
-
-@dataclass(frozen=True)
-class _EncoderInfo:
-    """What :class:`FloatEncoder` reads of a data set's description."""
-
-    in_channels: int
-
-
-#: Module types a float stage may hold (module docstring): the allow-list of the loader.
-MODULE_TYPES = (
-    "Sequential", "BinaryBlock", "Conv2d", "Linear", "BinaryConv2d", "BinaryLinear",
-    "BatchNorm1d", "BatchNorm2d", "QuantizedBatchNorm", "ChannelAffine", "MaxPool2d",
-    "AdaptiveAvgPool2d", "Flatten", "Identity", "ReLU", "Hardtanh", "FloatEncoder", "Sign",
-    "DeSign", "GlobalPool", "Shortcut",
-)  # fmt: skip
+# ---------------------------------------------------------------- ops (load)
 
 
 class _Loader:
-    """Builds ops and modules from a checked manifest."""
+    """Builds ops from a checked manifest: types from the fixed tables only, every value
+    through the op's ``from_spec``."""
 
     def __init__(self, reader: _Reader, path: str) -> None:
         self.reader = reader
@@ -601,109 +340,85 @@ class _Loader:
             "was altered."
         )
 
-    def module(self, entry: Any, couplings: list[tuple[DeSign, str]]) -> nn.Module:
-        entry = _dict(entry, "a module")
-        kind = entry.get("type")
-        if kind not in MODULE_TYPES:
-            raise self.refuse(kind, "module", MODULE_TYPES)
-        if kind in ("Sequential", "BinaryBlock"):
-            children = entry.get("children")
-            if not isinstance(children, list):
-                raise _Bad(f"{kind} without children")
-            built: dict[str, nn.Module] = {}
-            for item in children:
-                if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
-                    raise _Bad(f"a child of {kind}: {str(item)[:60]}")
-                built[item[0]] = self.module(item[1], couplings)
-            if kind == "Sequential":
-                if list(built) != [str(i) for i in range(len(built))]:
-                    raise _Bad("Sequential children must be named 0, 1, ...")
-                return nn.Sequential(*built.values())
-            if not {"conv", "norm", "act"} <= set(built) <= {"conv", "pool", "norm", "act"}:
-                raise _Bad(f"BinaryBlock children {sorted(built)}")
-            return BinaryBlock(built["conv"], built["norm"], built["act"], built.get("pool"))
-        args = _dict(entry.get("args", {}), f"{kind} arguments")
+    def spec(self, cls: Any, kind: str, entry: dict) -> Any:
+        """``cls.from_spec`` of the entry's params and tensors, its refusals as damage."""
+        params = _dict(entry.get("params", {}), f"{kind} parameters")
         refs = _dict(entry.get("tensors", {}), f"{kind} tensors")
-        state = {_name(k): self.reader.get(v) for k, v in refs.items()}
-        with torch.device("meta"):
-            m = _build_leaf(kind, args, state)
+        tensors = {_name(k): self.reader.get(v) for k, v in refs.items()}
         try:
-            m.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as e:
-            raise _Bad(f"{kind}: {str(e).splitlines()[0][:200]}") from None
-        if any(t.is_meta for t in (*m.parameters(), *m.buffers())):
-            raise _Bad(f"{kind} without all its tensors")
-        if kind == "DeSign" and args.get("coupled") is not None:
-            couplings.append((m, _name(args["coupled"])))
-        return m.eval()
+            return cls.from_spec(params, tensors)
+        except KeyError as e:
+            raise _Bad(f"{kind} without {e}") from None
+        except BinsenseError as e:
+            raise _Bad(f"{kind}: {str(e).rstrip('.')}") from None
 
-    def stage(self, entry: dict) -> ir.FloatStage:
-        modules = entry.get("modules")
-        if not isinstance(modules, list) or not modules:
-            raise _Bad("a FloatStage without modules")
-        couplings: list[tuple[DeSign, str]] = []
-        stage = ir.FloatStage(*(self.module(m, couplings) for m in modules))
-        paths = dict(stage.body.named_modules())
-        for design, path in couplings:
-            bn = paths.get(path)
-            if not isinstance(bn, _BatchNorm):
-                raise _Bad(f"a DeSign coupled to {path!r}, not a batch norm of its stage")
-            design.coupled_bn = bn
-        return stage
+    def float_op(self, entry: Any) -> stage.FloatOp:
+        entry = _dict(entry, "a float op")
+        kind = entry.get("type")
+        cls = stage.FLOAT_OPS.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise self.refuse(kind, "float op", tuple(stage.FLOAT_OPS))
+        return self.spec(cls, kind, entry)
 
-    def op(self, entry: Any) -> nn.Module:
+    def float_stage(self, entry: dict) -> ir.FloatStage:
+        ops, sources = entry.get("ops"), entry.get("sources")
+        if not isinstance(ops, list) or not isinstance(sources, list):
+            raise _Bad("a FloatStage without its ops and sources")
+        built = [self.float_op(e) for e in ops]
+        layers = sum(isinstance(op, stage.Conv | stage.Linear) for op in built)
+        if len(sources) != layers:
+            raise _Bad(f"a FloatStage of {layers} conv / linear layers with {len(sources)} sources")
+        return ir.FloatStage(built, [_name(s) for s in sources])
+
+    def op(self, entry: Any, only: str | None = None) -> nn.Module:
+        """The op of ``entry``; ``only``: the type it must have (a ResidualOp's part)."""
         entry = _dict(entry, "an op")
         kind = entry.get("op")
         if kind not in OP_TYPES:
             raise self.refuse(kind, "op", OP_TYPES)
-        if kind in ("PackedConv", "PackedLinear", "Threshold", "PlanesInput"):
-            cls = {"PackedConv": ir.PackedConv, "PackedLinear": ir.PackedLinear,
-                   "Threshold": ir.Threshold, "PlanesInput": ir.PlanesInput}[kind]  # fmt: skip
-            params = _dict(entry.get("params", {}), f"{kind} parameters")
-            refs = _dict(entry.get("tensors", {}), f"{kind} tensors")
-            tensors = {_name(k): self.reader.get(v) for k, v in refs.items()}
-            try:
-                return cls.from_spec(params, tensors)
-            except KeyError as e:
-                raise _Bad(f"{kind} without {e}") from None
-            except BinsenseError as e:
-                raise _Bad(f"{kind}: {e}") from None
+        if only is not None and kind != only:
+            raise _Bad(f"a ResidualOp part of type {kind}, not {only}")
+        if kind in _SPEC_OPS:
+            return self.spec(_SPEC_OPS[kind], kind, entry)
         if kind == "FloatStage":
-            return self.stage(entry)
+            return self.float_stage(entry)
         if kind == "ToInt8":
             return ir.ToInt8()
         if kind == "FlattenOp":
             return ir.FlattenOp()
-        if kind == "MaxPoolInt":
-            pool = self.module(entry.get("pool"), [])
-            if not isinstance(pool, nn.MaxPool2d):
-                raise _Bad("MaxPoolInt without a MaxPool2d")
-            return ir.MaxPoolInt(pool)
-        if kind == "ChannelShuffle":
-            return ChannelShuffle(_int(_dict(entry.get("params"), "params"), "groups", 1))
-        # ResidualOp
-        parts = [self.op(entry.get(k)) for k in ("conv1", "threshold1", "conv2", "rest")]
-        types = (ir.PackedConv, ir.Threshold, ir.PackedConv, ir.FloatStage)
-        if not all(isinstance(p, t) for p, t in zip(parts, types, strict=True)):
-            raise _Bad("a ResidualOp whose parts are not conv, threshold, conv, float stage")
-        shortcut = self.module(entry.get("shortcut"), [])
-        post = self.module(entry.get("post"), [])
-        return ir.ResidualOp.from_parts(*parts, shortcut, post)  # type: ignore[arg-type]
-
-
-def _name(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > 200:
-        raise _Bad(f"a name {str(value)[:60]!r}")
-    return value
+        # ResidualOp: its parts, each of its one type (no op nests another ResidualOp)
+        parts = [self.op(entry.get(part), t) for part, t in _RESIDUAL_PARTS]
+        return ir.ResidualOp.from_parts(*parts)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- ops (save)
 
 
+def _unknown(where: str, what: str, kind: str, known: Any) -> BinsenseError:
+    return BinsenseError(
+        f"cannot save the deployed model: {where} is a {kind} {what}, which the deployed-model "
+        f"file does not know (known: {', '.join(known)})."
+    )
+
+
+def _float_entry(where: str, op: Any, w: _Writer) -> dict:
+    """A float op as its ``spec()``; a binary conv's or linear layer's ±1 weight as bits."""
+    t = type(op)
+    if stage.FLOAT_OPS.get(t.__name__) is not t:
+        raise _unknown(where, "float op", t.__name__, stage.FLOAT_OPS)
+    params, tensors = op.spec()
+    binary = isinstance(op, stage.Conv | stage.Linear) and op.binary
+    refs = {
+        k: w.add(f"{where}.{k}", v, "pm1" if binary and k == "weight" else None)
+        for k, v in tensors.items()
+    }
+    return {"type": t.__name__, "params": params, "tensors": refs}
+
+
 def _op_entry(name: str, op: nn.Module, w: _Writer) -> dict:
     t = type(op)
     entry: dict[str, Any] = {"name": name, "op": t.__name__}
-    if t in (ir.PackedConv, ir.PackedLinear, ir.Threshold, ir.PlanesInput):
+    if _SPEC_OPS.get(t.__name__) is t:
         params, tensors = op.spec()
         entry["params"] = params
         width = params.get("in_per_group", params.get("fan_in", 0))  # bits in a word row
@@ -712,26 +427,15 @@ def _op_entry(name: str, op: nn.Module, w: _Writer) -> dict:
             for k, v in tensors.items()
         }
     elif t is ir.FloatStage:
-        scope = {id(m): path for path, m in op.body.named_modules()}
-        entry["modules"] = [
-            _module_entry(m, f"{name}.{i}", w, scope) for i, m in enumerate(op.body)
-        ]
+        entry["sources"] = [str(s) for s in op.sources]
+        entry["ops"] = [_float_entry(f"{name}.{i}", f, w) for i, f in enumerate(op.ops)]
     elif t in (ir.ToInt8, ir.FlattenOp):
         pass
-    elif t is ir.MaxPoolInt:
-        entry["pool"] = _module_entry(op.pool, f"{name}.pool", w, {})
-    elif t is ChannelShuffle:
-        entry["params"] = {"groups": op.groups}
     elif t is ir.ResidualOp:
-        for part in ("conv1", "threshold1", "conv2", "rest"):
+        for part, _ in _RESIDUAL_PARTS:
             entry[part] = _op_entry(f"{name}.{part}", getattr(op, part), w)
-        entry["shortcut"] = _module_entry(op.shortcut, f"{name}.shortcut", w, {})
-        entry["post"] = _module_entry(op.post, f"{name}.post", w, {})
     else:
-        raise BinsenseError(
-            f"cannot save the deployed model: op {name!r} is a {t.__name__}, which the "
-            f"deployed-model file does not know (known: {', '.join(OP_TYPES)})."
-        )
+        raise _unknown(f"op {name!r}", "op", t.__name__, OP_TYPES)
     return entry
 
 
@@ -758,8 +462,9 @@ def save_deployed(
     """Write ``deployed`` to ``path`` atomically (module docstring); returns the path.
 
     ``meta``: plain JSON data kept in the manifest (the CLI writes the model, data set and
-    checkpoint names). An op or module of a type the format does not know is refused
-    with one line (:class:`~binsense.errors.BinsenseError`) before anything is written.
+    checkpoint names). An op or float op of a type the format does not know, or a
+    parameter that is not plain JSON data, is refused with one line
+    (:class:`~binsense.errors.BinsenseError`) before anything is written.
     """
     w = _Writer()
     ops = [_op_entry(name, op, w) for name, op in deployed.ops.named_children()]
@@ -767,7 +472,12 @@ def save_deployed(
         "format": FORMAT, "version": VERSION, "source": deployed.source,
         "meta": _plain_meta(meta), "ops": ops, "tensors": w.records,
     }  # fmt: skip
-    text = json.dumps(manifest, separators=(",", ":"), allow_nan=False).encode()
+    try:
+        text = json.dumps(manifest, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as e:  # an op's parameter (meta was checked above)
+        raise BinsenseError(
+            f"cannot save the deployed model: an op parameter is not plain JSON data ({e})."
+        ) from None
     packed = zlib.compress(text, 9)  # a few KB of JSON: a tenth of a compact model's bits
     blobs = w.blobs()
     payload = {
@@ -857,7 +567,14 @@ def read_deployed(path: str | os.PathLike) -> DeployedFile:
     if version > VERSION:
         raise DeployFileError(
             f"deployed model {name!r} has format version {version}, newer than this binsense "
-            f"reads (up to {VERSION}); upgrade binsense."
+            f"reads (version {VERSION}); upgrade binsense."
+        )
+    if version < VERSION:  # version 1: float stages as PyTorch modules
+        raise DeployFileError(
+            f"deployed model {name!r} was written by an older binsense (format version "
+            f"{version}, which stored PyTorch modules; this binsense reads version {VERSION}); "
+            "write it again from its checkpoint: binsense deploy --checkpoint "
+            "RUN/checkpoint.pt --out FILE."
         )
     packed, blobs, digest = obj.get("manifest"), obj.get("blobs"), obj.get("sha256")
     if not (isinstance(packed, bytes) and isinstance(blobs, dict) and isinstance(digest, str)):
@@ -921,26 +638,27 @@ def packed_ops(deployed: DeployedModel) -> list[nn.Module]:
 def attach_layers(deployed: DeployedModel, model: nn.Module, path: str = "the file") -> None:
     """Pair the packed ops of a loaded ``deployed`` with the binary layers of the PyTorch
     ``model`` it was converted from, for :func:`~binsense.deploy.check_exact`'s per-layer
-    counts; a file whose program does not have the model's shape is refused."""
+    counts; a file whose program does not have the model's shape (its op types, packed
+    layer shapes, or float stages' source layers) is refused."""
     reference = convert(model)
     ours = [type(op).__name__ for op in deployed.ops]
     theirs = [type(op).__name__ for op in reference.ops]
     loaded = packed_ops(deployed)
+    sources = [s.sources for s in deployed.float_stages()]  # the float layers' paths
     same = ours == theirs and len(loaded) == len(reference.layers) and all(
         a.weight_words.shape == b.weight_words.shape
         for a, (_, b) in zip(loaded, reference.layers, strict=True)
-    )  # fmt: skip
+    ) and sources == [s.sources for s in reference.float_stages()]  # fmt: skip
     if not same:
         raise DeployFileError(
-            f"{path} is not a conversion of this checkpoint's model (its ops or layer shapes "
-            "differ); pass the checkpoint it was written from."
+            f"{path} is not a conversion of this checkpoint's model (its ops, layer shapes "
+            "or float layers differ); pass the checkpoint it was written from."
         )
     deployed.layers = [(t, p) for (t, _), p in zip(reference.layers, loaded, strict=True)]
 
 
 __all__ = [
     "FORMAT",
-    "MODULE_TYPES",
     "OP_TYPES",
     "SUFFIX",
     "VERSION",

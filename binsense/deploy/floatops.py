@@ -178,30 +178,12 @@ def _leaf(module: nn.Module, x: Tensor) -> Tensor:
     return conv2d(x, weight, module.bias, module.stride, module.padding, module.groups)
 
 
-def forward(module: nn.Module, x: Tensor) -> Tensor:
-    """``module(x)`` with every float conv and linear layer in it computed in the fixed
-    order (through :class:`~torch.nn.Sequential` and binary blocks); other modules
-    (encoders, pools, norms, signs: element-wise or exact) run as they are."""
-    from binsense.layers.block import BinaryBlock
-
-    if isinstance(module, nn.Sequential):
-        for m in module:
-            x = forward(m, x)
-        return x
-    if isinstance(module, BinaryBlock):
-        x = forward(module.conv, x)
-        if module.pool is not None:
-            x = module.pool(x)
-        return module.act(module.norm(x))
-    return _leaf(module, x) if _fixed(module) else module(x)
-
-
 @contextmanager
 def ordered(*roots: nn.Module) -> Iterator[None]:
     """Within the block, every conv and linear layer under ``roots`` computes in the fixed
-    order (its ``forward`` replaced, then restored): the trained model whose float
-    layers a deployed model shares, run as the deployed model defines them
-    (:func:`binsense.deploy.program.check_exact`'s reference)."""
+    order (its ``forward`` replaced, then restored): the trained layers a deployed
+    model's float stages were lowered from, run as the deployed model defines them
+    (:meth:`binsense.deploy.program.DeployedModel.reference`)."""
     patched = []
     for root in roots:
         for m in root.modules():
@@ -220,7 +202,6 @@ __all__ = [
     "conv2d",
     "conv2d_reference",
     "fma",
-    "forward",
     "linear",
     "ordered",
     "tap_major",

@@ -5,12 +5,14 @@ take them as JSON values and tensors, every value checked (a file cannot make th
 allocate or index out of range).
 
 - :class:`PlanesInput`: a binary encoder as integer compares on the 8-bit ADC code;
-- :class:`FloatStage`: a float first layer, head or residual part, summed in the order of
-  :mod:`binsense.deploy.floatops`; :class:`ToInt8` after its sign;
+- :class:`FloatStage`: a float first layer, head or residual part as typed float32 ops
+  (:mod:`binsense.deploy.stage`: no trained module stays in a program), summed in the
+  order of :mod:`binsense.deploy.floatops`; :class:`ToInt8` after its sign;
 - :class:`PackedConv` / :class:`PackedLinear`: XNOR-popcount on 64-bit words,
   :math:`y = 2\,\mathrm{popcount}(\overline{x \oplus w}) - K`, with the padding
   correction :attr:`PackedConv.border`;
-- :class:`MaxPoolInt`, :class:`Threshold`, :class:`FlattenOp`, :class:`ResidualOp`.
+- :class:`MaxPoolInt`, :class:`Threshold`, :class:`Shuffle`, :class:`FlattenOp`,
+  :class:`ResidualOp`.
 
 The package docstring of :mod:`binsense.deploy.program` gives the arithmetic (padding,
 thresholds by enumeration).
@@ -46,6 +48,7 @@ from binsense.quant.sign import SignQuantizer
 # ---------------------------------------------------------------- plain data (files)
 # ``spec()`` gives an op's plain parameters (JSON) and tensors, ``from_spec`` rebuilds it
 # from them without the trained model (binsense.deploy.fileformat); every value is checked.
+
 
 def _blank(cls):
     """An instance of the module class ``cls`` without running its ``__init__``."""

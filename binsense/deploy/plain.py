@@ -56,9 +56,7 @@ def plain_choice(value, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def plain_tensor(
-    tensors: dict[str, Tensor], name: str, dtype: torch.dtype, shape=None
-) -> Tensor:
+def plain_tensor(tensors: dict[str, Tensor], name: str, dtype: torch.dtype, shape=None) -> Tensor:
     """The tensor ``name`` of ``dtype`` (and ``shape``, if given), else one line."""
     t = tensors.get(name)
     if not isinstance(t, Tensor) or t.dtype != dtype:

@@ -4,9 +4,11 @@ r"""Trained BNN -> integer program, with bit-packed binary layers (reference eng
 encoder -> blocks -> head) and returns a :class:`DeployedModel`, a list of small ops:
 
 - **input stage**: a binary encoder becomes integer compares on the 8-bit ADC code (its
-  exact code table); a float encoder and a float first block stay float32 modules, up
-  to their sign, their conv summed in the one order of :mod:`binsense.deploy.floatops`
-  (batched PyTorch's on the checked CPUs; the same at every batch size);
+  exact code table); a float encoder and a float first block are lowered to typed
+  float32 ops (:mod:`binsense.deploy.stage`), up to their sign, their conv summed in the
+  one order of :mod:`binsense.deploy.floatops` (batched PyTorch's on the checked CPUs;
+  the same at every batch size) and each norm's affine form for the exports probed
+  once, here;
 - :class:`PackedConv` / :class:`PackedLinear`: a binary layer on ±1 inputs, its weights
   packed into 64-bit words along the input channels of each group, computed as
   :math:`y = 2\,\mathrm{popcount}(\overline{x \oplus w}) - K` with :math:`K` the fan-in;
@@ -15,7 +17,12 @@ encoder -> blocks -> head) and returns a :class:`DeployedModel`, a list of small
 - :class:`Threshold`: the block's (norm, act) pair as integer thresholds, one per
   channel (sign) or per channel and position class (DeSign);
 - the head: the classifier's norm on the integer output (a per-class scale and shift) or
-  a float linear layer.
+  a float linear layer (typed float ops, as the input stage).
+
+No trained :class:`~torch.nn.Module` stays in the program: every reader (this reference
+run, the packed engine, the file format, ONNX, QONNX, C) reads the same op types, and
+the float stages record the paths of the trained layers they came from
+(:meth:`DeployedModel.reference`).
 
 **Padding.** The trained model pads its ±1 activations with 0, a value no bit can hold.
 The packed layer pads with bit 0 (that is, −1) and adds back, at every output position,

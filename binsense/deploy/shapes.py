@@ -64,8 +64,7 @@ def _meta_run(op: ir.FloatStage, shape: tuple[int, ...], workspace: bool) -> tup
         except Exception as e:  # whatever the op raises: the shape does not fit
             first = (str(e).splitlines() or [type(e).__name__])[0].rstrip(".")
             raise BinsenseError(
-                f"{type(float_op).__name__} cannot take shape {tuple(x.shape[1:])}: "
-                f"{first[:200]}"
+                f"{type(float_op).__name__} cannot take shape {tuple(x.shape[1:])}: {first[:200]}"
             ) from None
         work = 4 * y.numel() if workspace and isinstance(float_op, stage.Conv | stage.Linear) else 0
         peak = max(peak, x.numel() + y.numel() + work)

@@ -191,6 +191,12 @@ def _vector(tensors: dict[str, Tensor], name: str, channels: int | None = None) 
     return t
 
 
+def _vectors(tensors: dict[str, Tensor], first: str, second: str) -> tuple[Tensor, Tensor]:
+    """Two per-channel vectors of the same length."""
+    a = _vector(tensors, first)
+    return a, _vector(tensors, second, a.numel())
+
+
 def _form(params: dict, tensors: dict[str, Tensor], channels: int) -> Affine:
     form = params.get("form")
     if not isinstance(form, dict):
@@ -221,8 +227,7 @@ class Standardize(FloatOp):
 
     @classmethod
     def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> Standardize:
-        mean = _vector(tensors, "mean")
-        return cls(mean, _vector(tensors, "std", mean.numel()))
+        return cls(*_vectors(tensors, "mean", "std"))
 
 
 @_op
@@ -322,7 +327,8 @@ class BatchNorm(FloatOp):
 
     def run(self, x: Tensor) -> Tensor:
         mean, var, weight, bias = (
-            None if t is None else t.to(x.device) for t in (self.mean, self.var, self.weight, self.bias)
+            None if t is None else t.to(x.device)
+            for t in (self.mean, self.var, self.weight, self.bias)
         )
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
 
@@ -359,8 +365,7 @@ class ScaleShift(FloatOp):
 
     @classmethod
     def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> ScaleShift:
-        a = _vector(tensors, "a")
-        return cls(a, _vector(tensors, "b", a.numel()))
+        return cls(*_vectors(tensors, "a", "b"))
 
 
 @_op
@@ -431,7 +436,6 @@ class GlobalPool(FloatOp):
 class Flatten(FloatOp):
     """``x.flatten(1)``."""
 
-
     def run(self, x: Tensor) -> Tensor:
         return x.flatten(1)
 
@@ -439,7 +443,6 @@ class Flatten(FloatOp):
 @_op
 @dataclass(frozen=True, eq=False)
 class ReLU(FloatOp):
-
     def run(self, x: Tensor) -> Tensor:
         return F.relu(x)
 
@@ -670,7 +673,9 @@ def _lower_one(path: str, m: nn.Module, out: Lowered) -> None:
         out.bound = 1
     elif type(m) is DeSign:
         if m.quantizer is not None and not isinstance(m.quantizer, SignQuantizer):
-            raise BinsenseError(f"{path}: a {type(m.quantizer).__name__} quantizer does not deploy.")
+            raise BinsenseError(
+                f"{path}: a {type(m.quantizer).__name__} quantizer does not deploy."
+            )
         scale = m.scale()
         ops.append(DeSignShift(_tensor(m.kernel), _tensor(scale), m.quantizer is not None))
         out.bound = 1 if m.quantizer is not None else 0

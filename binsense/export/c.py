@@ -46,18 +46,19 @@ flat in ``C, H, W`` order for a fully connected layer).
 the encoder's output for each of the 256 pixel values (exact: the encoder is
 element-wise), summed in the one order of the engine (:mod:`binsense.deploy.floatops`:
 kernel row, column, then channel, one ``fmaf`` a tap, the bias last), then max-pool, the
-norm and the sign;
-the head's norm on the integer popcounts is the norm's own arithmetic
-(:func:`binsense.export.common.norm_affine`, checked on every integer the layer can
-output). An FMA is ``BSN_FMA``, C99's ``fmaf`` by default (exact by definition; one
-``vfma.f32`` on a Cortex-M4F, ``vfmadd`` with ``-mfma`` on x86; link ``-lm``): float32
-arithmetic only, no float64. Do not compile with ``-ffast-math``: the float parts rely
-on IEEE float32 products and sums (no product is ever added in the same expression, so
-``-ffp-contract`` changes nothing). A float linear classifier on ±1 inputs sums in index
-order, the engine's order: the logits equal the engine's bit for bit. ``model.c`` builds
-clean under ``-Wdouble-promotion`` (the Cortex-M4 Makefile sets it): no ``double``.
-A float first conv with ±1 weights (``first_layer = "binary"`` on a float encoder)
-stores them as bits and multiplies by ``±1.0f``, the same values.
+norm and the sign. Every norm is the norm's own arithmetic: the affine form the program
+records (:attr:`binsense.deploy.stage.BatchNorm.form`, found once when the program was
+built by :func:`binsense.deploy.stage.norm_affine`; on the integer popcounts of a head,
+checked on every integer the layer can output). An FMA is ``BSN_FMA``, C99's ``fmaf`` by
+default (exact by definition; one ``vfma.f32`` on a Cortex-M4F, ``vfmadd`` with
+``-mfma`` on x86; link ``-lm``): float32 arithmetic only, no float64. Do not compile
+with ``-ffast-math``: the float parts rely on IEEE float32 products and sums (no product
+is ever added in the same expression, so ``-ffp-contract`` changes nothing). A float
+linear classifier on ±1 inputs sums in index order, the engine's order: the logits equal
+the engine's bit for bit. ``model.c`` builds clean under ``-Wdouble-promotion`` (the
+Cortex-M4 Makefile sets it): no ``double``. A float first conv with ±1 weights
+(``first_layer = "binary"`` on a float encoder) stores them as bits and multiplies by
+``±1.0f``, the same values.
 
 **Popcount** is portable SWAR code on 32-bit words (Hacker's Delight 5-1: a Cortex-M4
 has no popcount instruction); define ``BINSENSE_BUILTIN_POPCOUNT`` to use
@@ -71,6 +72,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -78,31 +80,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from binsense.deploy import ir
+from binsense.deploy import ir, stage
 from binsense.deploy.bits import unpack_bits
 from binsense.deploy.kernels import compilers
 from binsense.deploy.program import DeployedModel
-from binsense.encoders.base import ADC_MAX, FloatEncoder, adc_code
+from binsense.deploy.stage import Affine
+from binsense.encoders.base import ADC_MAX, adc_code
 from binsense.errors import BinsenseError
-from binsense.export.common import (
-    FLOAT_EXACT,
-    MAX_ENUMERATION,
-    Affine,
-    float_probe,
-    integer_probe,
-    no_residual,
-    norm_affine,
-    op_shapes,
-)
+from binsense.export.common import FLOAT_EXACT, no_residual, op_shapes
 from binsense.io import atomic_write_text
-from binsense.layers.binary import BinaryConv2d, is_binary_layer
-from binsense.layers.block import BinaryBlock
-from binsense.layers.design import DeSign
-from binsense.layers.norm import ChannelAffine
-from binsense.layers.shape import ChannelShuffle, GlobalPool
-from binsense.quant.sign import SignQuantizer
+from binsense.layers.design import design_threshold_map
 
 
 @dataclass
@@ -202,14 +190,46 @@ class _Layer:
     produces_bits: bool = True
 
 
-def _leaves(m: nn.Module) -> list[nn.Module]:
-    if isinstance(m, nn.Sequential | BinaryBlock):
-        return [leaf for child in m.children() for leaf in _leaves(child)]
-    return [m]
+# ---- float stages: each typed op (binsense.deploy.stage) read by one handler
+
+#: A float op as a part of a C layer: ``(part, value)``, or ``None`` where C does not
+#: compute that op (its configuration).
+_Part = tuple[str, Any] | None
 
 
-def _is_norm(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Identity | ChannelAffine)
+def _sign_part(op: stage.DeSignShift) -> _Part:
+    return ("sign", op) if op.sign else None  # a DeSign shift without its sign: no bits
+
+
+def _linear_part(op: stage.Linear) -> _Part:
+    return None if op.binary or op.sign_input else ("linear", op)
+
+
+#: Float op type -> its handler, the one place the C export dispatches on a float op's
+#: type. A norm is its affine form as recorded in the program (:func:`stage.lower`
+#: probed it once, :attr:`stage.BatchNorm.form`); a type missing here does not export.
+_FLOAT_PARTS: dict[type, Callable[[Any], _Part]] = {
+    stage.Standardize: lambda op: ("encode", op),
+    stage.Conv: lambda op: ("conv", op),
+    stage.Linear: _linear_part,
+    stage.MaxPool: lambda op: ("pool", op),
+    stage.GlobalPool: lambda op: ("global_pool", op),
+    stage.BatchNorm: lambda op: ("norm", op.form),
+    stage.ScaleShift: lambda op: ("norm", op.form),
+    stage.Sign: lambda op: ("sign", op),
+    stage.DeSignShift: _sign_part,
+    stage.Flatten: lambda op: ("flatten", op),
+}
+
+#: The parts each float C layer computes, in its order (each at most once, ``encode``
+#: any number of times; ``required`` must be there): a float first layer, a conv head
+#: (global pool, then the norm of the sums), a float head (a float linear classifier on
+#: ±1 inputs; flattening is free) and the norm of a binary linear head.
+_FIRST = ("encode", "conv", "pool", "norm", "sign")
+_CONV_HEAD = ("global_pool", "norm")
+_FLOAT_HEAD = ("linear", "norm")
+_INT_HEAD = ("norm",)
+_REPEATED = ("encode",)
 
 
 class _Lowering:
@@ -229,60 +249,21 @@ class _Lowering:
         return BinsenseError(f"op {name}: {what} does not export to C.")
 
     def _lower(self) -> None:
-        ops, shapes = self.ops, self.shapes
-        i, shape = 0, self.input_shape
-        while i < len(ops):
-            name, op = ops[i]
-            nxt = ops[i + 1][1] if i + 1 < len(ops) else None
-            last = i  # the index of the last op this step consumes
-            if isinstance(op, ir.PlanesInput) and i == 0:
-                self._add("planes", {"table": op.table.cpu().numpy()}, shape, shapes[i])
-            elif isinstance(op, ir.FloatStage) and i == 0:
-                if not isinstance(nxt, ir.ToInt8):
-                    raise self._fail(name, "a float input stage that does not end in a sign")
-                self._add("fconv", self._float_first(name, op, shape), shape, shapes[i])
-                last = i + 1
-            elif isinstance(op, ir.PackedConv):
-                if op.fan_in >= FLOAT_EXACT:
-                    raise self._fail(name, f"a fan-in of {op.fan_in}")
-                unit = ir.conv_unit([o for _, o in ops], i)
-                pool = unit.pool.pool if unit.pool is not None else None
-                last, tail = unit.tail_index, unit.tail
-                params = {"op": op, "pool": _pool_params(name, pool), "conv_shape": shapes[i]}
-                if isinstance(tail, ir.Threshold):
-                    params["threshold"] = tail
-                    self._add("bconv", params, shape, shapes[last])
-                elif isinstance(tail, ir.FloatStage) and pool is None and last == len(ops) - 1:
-                    params.update(self._conv_head(ops[last][0], tail, op, shapes[i]))
-                    self._add("head_conv", params, shape, shapes[last], bits=False)
-                else:
-                    raise self._fail(name, "a binary conv not followed by a threshold or head")
-            elif isinstance(op, ir.PackedLinear):
-                last = i + 1
-                params = {"op": op}
-                if isinstance(nxt, ir.Threshold):
-                    params["threshold"] = nxt
-                    self._add("blin", params, shape, shapes[last])
-                elif isinstance(nxt, ir.FloatStage) and last == len(ops) - 1:
-                    params["affine"] = self._int_norm(ops[last][0], nxt.body, op.fan_in,
-                                                      shapes[i][0])  # fmt: skip
-                    self._add("head_lin", params, shape, shapes[last], bits=False)
-                else:
-                    raise self._fail(name, "a binary linear layer not followed by a threshold")
-            elif isinstance(op, ir.FlattenOp):
-                pass
-            elif isinstance(op, ChannelShuffle):
-                p = op.channel_permutation(shape[0]).numpy()
-                self._perm = p if self._perm is None else p[self._perm]
-            elif isinstance(op, ir.FloatStage) and i == len(ops) - 1 and self.layers:
-                self._add("head_float", self._float_head(name, op, shape), shape, shapes[i],
-                          bits=False)  # fmt: skip
-            else:
+        """Each op by its step (:attr:`_STEPS`); a step returns the index of the last op
+        it consumes, or ``None`` where its op cannot stand."""
+        i = 0
+        while i < len(self.ops):
+            name, op = self.ops[i]
+            step = self._STEPS.get(type(op))
+            last = step(self, i) if step is not None else None
+            if last is None:
                 raise self._fail(name, f"a {type(op).__name__} here")
-            shape = shapes[last]
             i = last + 1
         if not self.layers or self.layers[-1].produces_bits:
             raise BinsenseError("the C export needs a program that ends in a head (logits).")
+
+    def _in_shape(self, i: int) -> tuple:
+        return self.input_shape if i == 0 else self.shapes[i - 1]
 
     def _add(self, kind: str, params: dict, in_shape: tuple, out_shape: tuple,
              bits: bool = True) -> None:  # fmt: skip
@@ -291,128 +272,206 @@ class _Lowering:
         self.layers.append(layer)
         self._perm = None
 
+    # -------------------------------------------------------------- program ops
+    def _planes(self, i: int) -> int | None:
+        if i != 0:
+            return None
+        op = self.ops[i][1]
+        self._add("planes", {"table": op.table.cpu().numpy()}, self._in_shape(i), self.shapes[i])
+        return i
+
+    def _float_stage(self, i: int) -> int | None:
+        name, op = self.ops[i]
+        shape = self._in_shape(i)
+        if i == 0:
+            nxt = self.ops[i + 1][1] if i + 1 < len(self.ops) else None
+            if not isinstance(nxt, ir.ToInt8):
+                raise self._fail(name, "a float input stage that does not end in a sign")
+            self._add("fconv", self._float_first(name, op, shape), shape, self.shapes[i])
+            return i + 1
+        if i == len(self.ops) - 1 and self.layers:
+            self._add("head_float", self._float_head(name, op, shape), shape, self.shapes[i],
+                      bits=False)  # fmt: skip
+            return i
+        return None
+
+    def _packed_conv(self, i: int) -> int:
+        name, op = self.ops[i]
+        shapes, shape = self.shapes, self._in_shape(i)
+        if op.fan_in >= FLOAT_EXACT:
+            raise self._fail(name, f"a fan-in of {op.fan_in}")
+        unit = ir.conv_unit([o for _, o in self.ops], i)
+        last, tail = unit.tail_index, unit.tail
+        params = {"op": op, "pool": _pool_params(name, unit.pool), "conv_shape": shapes[i]}
+        if isinstance(tail, ir.Threshold):
+            params["threshold"] = tail
+            self._add("bconv", params, shape, shapes[last])
+        elif (isinstance(tail, ir.FloatStage) and unit.pool is None
+              and last == len(self.ops) - 1):  # fmt: skip
+            params.update(self._conv_head(self.ops[last][0], tail, op, shapes[i]))
+            self._add("head_conv", params, shape, shapes[last], bits=False)
+        else:
+            raise self._fail(name, "a binary conv not followed by a threshold or head")
+        return last
+
+    def _packed_linear(self, i: int) -> int:
+        name, op = self.ops[i]
+        shapes, shape = self.shapes, self._in_shape(i)
+        last = i + 1
+        nxt = self.ops[last][1] if last < len(self.ops) else None
+        params = {"op": op}
+        if isinstance(nxt, ir.Threshold):
+            params["threshold"] = nxt
+            self._add("blin", params, shape, shapes[last])
+        elif isinstance(nxt, ir.FloatStage) and last == len(self.ops) - 1:
+            parts = self._parts(self.ops[last][0], nxt, _INT_HEAD, (), "head after a binary layer")
+            params["affine"] = self._norm(self.ops[last][0], parts, shapes[i][0])
+            self._add("head_lin", params, shape, shapes[last], bits=False)
+        else:
+            raise self._fail(name, "a binary linear layer not followed by a threshold")
+        return last
+
+    def _flatten(self, i: int) -> int:
+        return i  # free: a fully connected layer reads the bits flat (module docstring)
+
+    def _shuffle(self, i: int) -> int:
+        name, op = self.ops[i]
+        p = _shuffle_permutation(name, op.groups, self._in_shape(i)[0])
+        self._perm = p if self._perm is None else p[self._perm]
+        return i
+
+    #: Program op type -> its step.
+    _STEPS: dict[type, Callable[[_Lowering, int], int | None]] = {
+        ir.PlanesInput: _planes,
+        ir.FloatStage: _float_stage,
+        ir.PackedConv: _packed_conv,
+        ir.PackedLinear: _packed_linear,
+        ir.FlattenOp: _flatten,
+        ir.Shuffle: _shuffle,
+    }
+
     # -------------------------------------------------------------- float parts
-    def _float_first(self, name: str, stage: ir.FloatStage, in_shape: tuple) -> dict:
-        leaves = _leaves(stage.body)
-        k = next((n for n, m in enumerate(leaves) if isinstance(m, nn.Conv2d)), None)
-        if k is None:
-            raise self._fail(name, "a float input stage without a convolution")
-        pre, conv, rest = leaves[:k], leaves[k], leaves[k + 1 :]
-        if not all(isinstance(m, FloatEncoder | nn.Identity) for m in pre):
-            raise self._fail(name, "a float input stage with layers before its conv other than "
-                             "the float encoder")  # fmt: skip
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.dilation != (1, 1):
-            raise self._fail(name, "a float conv with non-zero padding modes or dilation")
+    def _parts(self, name: str, st: ir.FloatStage, order: tuple[str, ...],
+               required: tuple[str, ...], what: str, skip: tuple[str, ...] = ()
+               ) -> dict[str, list]:  # fmt: skip
+        """``part -> values`` of the ops of ``st`` read by :data:`_FLOAT_PARTS`, checked
+        to come in ``order`` with every ``required`` part (``skip``: parts that cost
+        nothing here); one line naming the ops otherwise."""
+        found: dict[str, list] = {}
+        last = -1
+        for op in st.ops:
+            handler = _FLOAT_PARTS.get(type(op))
+            part = handler(op) if handler is not None else None
+            if part is not None and part[0] in skip:
+                continue
+            k = order.index(part[0]) if part is not None and part[0] in order else -1
+            if k < 0 or k < last or (k == last and part[0] not in _REPEATED):
+                break
+            found.setdefault(part[0], []).append(part[1])
+            last = k
+        else:
+            if all(p in found for p in required):
+                return found
+        ops = ", ".join(type(op).__name__ for op in st.ops) or "no ops"
+        takes = ", ".join(p if p in required else f"[{p}]" for p in order)
+        raise self._fail(name, f"a {what} of {ops} (C takes {takes})")
+
+    def _norm(self, name: str, parts: dict[str, list], channels: int) -> Affine:
+        """The recorded affine form of the stage's norm (identity without one); its
+        mismatches (probe values where it differs from the module) are counted."""
+        if "norm" not in parts:
+            ones = np.ones(channels, np.float32)
+            return Affine(ones, np.zeros(channels, np.float32), False)
+        form: Affine = parts["norm"][0]
+        if np.shape(form.a) != (channels,) or np.shape(form.b) != (channels,):
+            raise self._fail(name, f"a norm of {np.size(form.a)} values on {channels} channels")
+        self.float_mismatches += form.mismatches
+        return form
+
+    def _float_first(self, name: str, st: ir.FloatStage, in_shape: tuple) -> dict:
+        parts = self._parts(name, st, _FIRST, ("conv", "sign"), "float input stage")
+        conv: stage.Conv = parts["conv"][0]
         c = in_shape[0]
+        cout = conv.weight.shape[0]
         # the encoder's output for every pixel value (element-wise per channel: exact)
         pixels = torch.arange(ADC_MAX + 1, dtype=torch.float32).div_(255.0)
         x = pixels.view(1, 1, 1, -1).expand(1, c, 1, ADC_MAX + 1).contiguous()
         with torch.no_grad():
-            for m in pre:
-                x = m.eval()(x)
+            for encoder in parts.get("encode", []):
+                x = encoder.run(x)
             table = x[0, :, 0, :].float()
-            if isinstance(conv, BinaryConv2d):
-                if conv.input_quantizer is not None:
-                    table = torch.where(table >= 0, 1.0, -1.0)
-                weight = conv.binary_weight().detach().float()
-            else:
-                weight = conv.weight.detach().float()
-        pool = None
-        if rest and isinstance(rest[0], nn.MaxPool2d):
-            pool, rest = rest[0], rest[1:]
-        norm: nn.Module = nn.Identity()
-        if rest and _is_norm(rest[0]):
-            norm, rest = rest[0], rest[1:]
-        if (
-            len(rest) != 1
-            or not isinstance(rest[0], SignQuantizer | DeSign)
-            or (isinstance(rest[0], DeSign) and rest[0].quantizer is None)
-        ):
-            raise self._fail(name, "a float input stage other than encoder, conv, [max-pool], "
-                             "norm, sign")  # fmt: skip
-        form = norm_affine(norm, conv.out_channels, float_probe(conv.out_channels, True))
-        self.float_mismatches += form.mismatches
+            if conv.sign_input:
+                table = torch.where(table >= 0, 1.0, -1.0)
+        form = self._norm(name, parts, cout)
+        sign = parts["sign"][0]
         shift = None
-        if isinstance(rest[0], DeSign):
-            f, m, n = rest[0].kernel.shape
+        if isinstance(sign, stage.DeSignShift):
+            _, m, n = sign.kernel.shape
             with torch.no_grad():  # one period of the (C, H, W) map: the position classes
-                shift = rest[0].thresholds(conv.out_channels, m, n).detach().float().numpy()
-        conv_shape = (conv.out_channels, *_conv_out(conv, in_shape[1:]))
+                t = design_threshold_map(sign.kernel, sign.scale, cout, m, n)
+                shift = t.detach().float().numpy()
+        conv_shape = (cout, *_conv_out(conv, in_shape[1:]))
+        pool = parts["pool"][0] if "pool" in parts else None
         return {
-            "table": table.numpy(), "weight": weight.numpy(), "conv": conv, "affine": form,
+            "table": table.numpy(), "weight": conv.weight.detach().float().numpy(),
+            "conv": conv, "affine": form,
             "bias": None if conv.bias is None else conv.bias.detach().float().numpy(),
             "pool": _pool_params(name, pool), "shift": shift, "conv_shape": conv_shape,
         }  # fmt: skip
 
-    def _int_norm(self, name: str, body: nn.Sequential, bound: int, channels: int) -> Affine:
-        leaves = _leaves(body)
-        if len(leaves) != 1 or not _is_norm(leaves[0]):
-            raise self._fail(name, "a head other than a norm after a binary layer")
-        if bound <= MAX_ENUMERATION:
-            probe = integer_probe(-bound, bound, channels, False)
-        else:
-            probe = float_probe(channels, False)
-        form = norm_affine(leaves[0], channels, probe)
-        self.float_mismatches += form.mismatches
-        return form
-
-    def _conv_head(self, name: str, stage: ir.FloatStage, op: ir.PackedConv, conv_shape: tuple
+    def _conv_head(self, name: str, st: ir.FloatStage, op: ir.PackedConv, conv_shape: tuple
                    ) -> dict:  # fmt: skip
-        leaves = _leaves(stage.body)
-        if not leaves or not isinstance(leaves[0], GlobalPool):
-            raise self._fail(name, "a conv head without a global pool")
+        parts = self._parts(name, st, _CONV_HEAD, ("global_pool",), "conv head")
         positions = conv_shape[1] * conv_shape[2]
         if op.fan_in * positions >= FLOAT_EXACT:
             raise self._fail(name, "a global pool whose sums exceed float32 integers")
-        mean = leaves[0].mode == "mean"
-        rest = nn.Sequential(*leaves[1:]) if len(leaves) > 1 else nn.Sequential(nn.Identity())
-        bound = 0 if mean else op.fan_in * positions
-        if mean:
-            form = norm_affine(rest[0], conv_shape[0], float_probe(conv_shape[0], False))
-            self.float_mismatches += form.mismatches
-        else:
-            form = self._int_norm(name, rest, bound, conv_shape[0])
-        return {"affine": form, "mean": mean}
+        mean = parts["global_pool"][0].mode == "mean"
+        return {"affine": self._norm(name, parts, conv_shape[0]), "mean": mean}
 
-    def _float_head(self, name: str, stage: ir.FloatStage, in_shape: tuple) -> dict:
-        leaves = [m for m in _leaves(stage.body) if not isinstance(m, nn.Flatten)]
-        if not leaves or type(leaves[0]) is not nn.Linear:
-            raise self._fail(name, "a float head other than linear [+ norm]")
-        lin = leaves[0]
-        if lin.in_features != int(np.prod(in_shape)):
+    def _float_head(self, name: str, st: ir.FloatStage, in_shape: tuple) -> dict:
+        parts = self._parts(name, st, _FLOAT_HEAD, ("linear",), "float head",
+                            skip=("flatten",))  # fmt: skip
+        lin: stage.Linear = parts["linear"][0]
+        n_out, n_in = lin.weight.shape
+        if n_in != int(np.prod(in_shape)):
             raise self._fail(name, "a float head of the wrong width")
-        norm = None
-        if len(leaves) == 2 and _is_norm(leaves[1]):
-            norm = norm_affine(leaves[1], lin.out_features, float_probe(lin.out_features, False))
-            self.float_mismatches += norm.mismatches
-        elif len(leaves) > 1:
-            raise self._fail(name, "a float head other than linear [+ norm]")
+        norm = self._norm(name, parts, n_out) if "norm" in parts else None
         bias = None if lin.bias is None else lin.bias.detach().float().numpy()
         return {"weight": lin.weight.detach().float().numpy(), "bias": bias, "affine": norm}
 
 
-def _conv_out(conv: nn.Conv2d, hw: tuple) -> tuple[int, int]:
-    return tuple(
-        (hw[d] + 2 * conv.padding[d] - conv.kernel_size[d]) // conv.stride[d] + 1 for d in (0, 1)
-    )  # type: ignore[return-value]
+def _conv_out(conv: stage.Conv, hw: tuple) -> tuple[int, int]:
+    (kh, kw), (sh, sw), (ph, pw) = conv.weight.shape[2:], conv.stride, conv.padding
+    return (hw[0] + 2 * ph - kh) // sh + 1, (hw[1] + 2 * pw - kw) // sw + 1
 
 
-def _pool_params(name: str, pool: nn.MaxPool2d | None) -> tuple[int, int, int] | None:
-    """``(kernel, stride, padding)`` of a square max-pool, or ``None``."""
+def _shuffle_permutation(name: str, groups: int, channels: int) -> np.ndarray:
+    """``p[c]``: the output position of input channel ``c`` under a channel shuffle of
+    ``groups`` (:func:`binsense.layers.shape.channel_shuffle`: channel ``k n + j`` of
+    group ``k`` moves to ``j g + k``)."""
+    if channels % groups:
+        raise BinsenseError(f"op {name}: a channel shuffle of {groups} groups on {channels} "
+                            "channels does not export to C.")  # fmt: skip
+    c = np.arange(channels)
+    n = channels // groups
+    return (c % n) * groups + c // n
+
+
+def _pool_params(name: str, pool: stage.MaxPool | ir.MaxPoolInt | None
+                 ) -> tuple[int, int, int] | None:  # fmt: skip
+    """``(kernel, stride, padding)`` of a square max-pool (a float one or one on the
+    popcounts: both hold plain pairs), or ``None``."""
     if pool is None:
         return None
 
     def one(v: Any) -> int:
-        if isinstance(v, tuple):
-            if len(set(v)) != 1:
-                raise BinsenseError(f"op {name}: only square max-pools export to C.")
-            return int(v[0])
-        return int(v)
+        if len(set(v)) != 1:
+            raise BinsenseError(f"op {name}: only square max-pools export to C.")
+        return int(v[0])
 
     if one(pool.dilation) != 1 or pool.ceil_mode:
         raise BinsenseError(f"op {name}: max-pools with dilation or ceil_mode do not export to C.")
-    stride = pool.stride if pool.stride is not None else pool.kernel_size
-    return one(pool.kernel_size), one(stride), one(pool.padding)
+    return one(pool.kernel), one(pool.stride), one(pool.padding)
 
 
 # ---------------------------------------------------------------- layouts and code
@@ -560,10 +619,10 @@ def _geom(op_or_conv: Any, in_shape: tuple, conv_shape: tuple, pool, out_shape: 
     if isinstance(op_or_conv, ir.PackedConv):
         cout, groups, cin_g = op_or_conv.out_channels, op_or_conv.groups, op_or_conv.in_per_group
         (kh, kw), (sh, sw), (ph, pw) = op_or_conv.kernel, op_or_conv.stride, op_or_conv.padding
-    else:
+    else:  # a float conv (stage.Conv): weight (C_out, C_in / groups, k_h, k_w)
         conv = op_or_conv
-        cout, groups, cin_g = conv.out_channels, conv.groups, conv.in_channels // conv.groups
-        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        cout, cin_g, kh, kw = conv.weight.shape
+        groups, (sh, sw), (ph, pw) = conv.groups, conv.stride, conv.padding
     pk, ps, pp = pool if pool is not None else (0, 1, 0)
     oh, ow = (out_shape[1], out_shape[2]) if len(out_shape) == 3 else conv_shape[1:]
     return (
@@ -650,7 +709,7 @@ def generate_c(
             body.append(f"    bsn_run_planes(&{p}, image, {dst});")
         elif layer.kind == "fconv":
             conv = prm["conv"]
-            if is_binary_layer(conv):  # binary weights on real pixels (CExportInfo)
+            if conv.binary or conv.sign_input:  # a binary layer on real pixels (CExportInfo)
                 binary_weights += int(conv.weight.numel())
             enc = data.array(f"{p}_ENC", "float", prm["table"])
             weight = prm["weight"]

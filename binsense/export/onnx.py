@@ -19,14 +19,17 @@ every integer below :math:`2^{24}` exactly, whatever the summation order. Then
 - a binary encoder is its exact code table: ``Clip(Round(255 x), 0, 255)`` (round half
   to even, as :func:`binsense.encoders.base.adc_code`) indexes the ±1 planes (``Gather``).
 
-The float parts are the trained model's float32 modules: a float encoder and first
-layer, a head norm, a float classifier. A norm is written in the arithmetic PyTorch uses
-(:func:`binsense.export.common.norm_affine`, checked bit for bit on every integer it can
-see, or on a probe). The float convs and a float classifier on ±1 inputs follow the one
-summation order of :mod:`binsense.deploy.floatops`, the engine's at every batch size:
-a conv is the chain of exact fused multiply-adds (``Slice`` of each tap, kernel row,
-column, then channel; :meth:`GraphBuilder.fma`, float64 with the halfway case mended),
-the bias last; a classifier is its products summed left to right by ``CumSum``
+The float parts are the program's float stages, typed float32 ops
+(:mod:`binsense.deploy.stage`: a float encoder and first layer, a head norm, a float
+classifier), each written by its handler (:attr:`GraphBuilder.FLOAT_OPS`, one per op
+type). A norm is written in the arithmetic PyTorch uses: the affine form the op records
+(:func:`binsense.deploy.stage.norm_affine`, probed once when the program is built,
+checked bit for bit on every integer it can see, or on a probe). The float convs and a
+float classifier on ±1 inputs (its op's ``pm1_input``, without an input sign of its own)
+follow the one summation order of :mod:`binsense.deploy.floatops`, the engine's at every
+batch size: a conv is the chain of exact fused multiply-adds (``Slice`` of each tap,
+kernel row, column, then channel; :meth:`GraphBuilder.fma`, float64 with the halfway case
+mended), the bias last; a classifier is its products summed left to right by ``CumSum``
 (onnxruntime's ``Gemm`` sums in blocks of K, another order once K > 128). The graph gives
 the engine's logits bit for bit at any batch (tests: every family, batch 1 and 32).
 
@@ -41,36 +44,26 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
-from binsense.deploy import ir
+from binsense.deploy import ir, stage
 from binsense.deploy.program import DeployedModel
-from binsense.encoders.base import ADC_MAX, FloatEncoder
+from binsense.deploy.stage import Affine
+from binsense.encoders.base import ADC_MAX
 from binsense.errors import BinsenseError
 from binsense.export.common import (
     FLOAT_EXACT,
-    MAX_ENUMERATION,
-    Affine,
-    float_probe,
-    integer_probe,
     no_residual,
-    norm_affine,
     op_shapes,
     pack_bits_u8,
     pm1_weight,
     threshold_arrays,
 )
 from binsense.io import atomic_write
-from binsense.layers.binary import BinaryConv2d, BinaryLinear, is_binary_layer
-from binsense.layers.block import BinaryBlock
-from binsense.layers.design import DeSign
-from binsense.layers.norm import ChannelAffine
-from binsense.layers.shape import ChannelShuffle, GlobalPool
-from binsense.quant.sign import SignQuantizer
+from binsense.layers.design import design_threshold_map
 
 #: The standard opset the graphs use (``BitwiseAnd`` needs 18).
 OPSET = 18
@@ -124,8 +117,12 @@ class ExportInfo:
 class GraphBuilder:
     """Builds the ONNX graph of a deployed model, op by op (standard flavour).
 
+    Each program op (:mod:`binsense.deploy.ir`) and each typed float op of a float stage
+    (:mod:`binsense.deploy.stage`) is written by the method its type names in
+    :attr:`PROGRAM_OPS` / :attr:`FLOAT_OPS` (a table per op type, as Larq Compute Engine
+    and Brevitas map layer types to converters), from the op's plain fields.
     :class:`binsense.export.qonnx.QonnxBuilder` overrides :meth:`sign`,
-    :meth:`binary_weight`, :meth:`threshold` and :meth:`planes`.
+    :meth:`binary_weight`, :meth:`binary_conv`, :meth:`threshold` and :meth:`planes`.
     """
 
     flavour = "ONNX"
@@ -292,7 +289,139 @@ class GraphBuilder:
         clipped = self.node("Clip", [rounded, lo, hi], "adc_clip")
         return self.node("Cast", [clipped], "adc_code", to=self.onnx.TensorProto.INT64)
 
-    # ---------------------------------------------------------------- ops
+    # ---------------------------------------------------------------- float stages
+    #: The handler (a method name) of each typed float op of a float stage
+    #: (:mod:`binsense.deploy.stage`), called as ``handler(x, op, shape, out_shape, base)``
+    #: with the op's input and output shapes (no batch axis); a type not here does not
+    #: export (a residual unit's :class:`~binsense.deploy.stage.ShortcutOp`).
+    FLOAT_OPS: ClassVar[dict[type, str]] = {
+        stage.Standardize: "standardize",
+        stage.Conv: "float_conv",
+        stage.Linear: "float_linear",
+        stage.BatchNorm: "norm",
+        stage.ScaleShift: "norm",
+        stage.MaxPool: "maxpool",
+        stage.AdaptiveAvgPool: "adaptive_avg_pool",
+        stage.GlobalPool: "global_pool",
+        stage.Flatten: "flatten",
+        stage.ReLU: "relu",
+        stage.Hardtanh: "hardtanh",
+        stage.Sign: "sign_op",
+        stage.DeSignShift: "design_shift",
+    }
+
+    def float_stage(self, x: str, op: ir.FloatStage, shape: tuple, out_shape: tuple,
+                    base: str) -> str:  # fmt: skip
+        """A float stage: its typed ops in order, each by its :attr:`FLOAT_OPS` handler
+        (graph names ``{base}_{index}_{type}``), each op's output shape from a run on
+        the meta device (no memory; :func:`op_shapes` checked the stage first)."""
+        meta = torch.empty(1, *shape, device="meta")
+        for i, float_op in enumerate(op.ops):
+            kind = type(float_op).__name__
+            name = f"{base}_{i}_{kind.lower()}"
+            handler = self.FLOAT_OPS.get(type(float_op))
+            if handler is None:
+                known = ", ".join(t.__name__ for t in self.FLOAT_OPS)
+                raise BinsenseError(
+                    f"{name}: a {kind} op does not export to {self.flavour} (float stages "
+                    f"export {known}); run it with the packed engine (binsense deploy)."
+                )
+            with torch.no_grad():
+                meta = float_op.run(meta)
+            after = tuple(meta.shape[1:])
+            x = getattr(self, handler)(x, float_op, shape, after, name)
+            shape = after
+        return x
+
+    def standardize(self, x: str, op: stage.Standardize, shape: tuple, out_shape: tuple,
+                    base: str) -> str:  # fmt: skip
+        """A float encoder: ``(x - mean) / std`` per colour channel."""
+        mean = self.float_const(f"{base}_mean", op.mean.cpu().numpy().reshape(1, -1, 1, 1))
+        std = self.float_const(f"{base}_std", op.std.cpu().numpy().reshape(1, -1, 1, 1))
+        return self.node("Div", [self.node("Sub", [x, mean]), std], base)
+
+    def float_conv(self, x: str, op: stage.Conv, shape: tuple, out_shape: tuple,
+                   base: str) -> str:  # fmt: skip
+        """A float conv: the exact fixed-order chain (:meth:`fma_conv`), or one ``Conv``
+        (not :attr:`exact_float`)."""
+        if self.exact_float:
+            return self.fma_conv(x, op, shape, base)
+        attrs = {"kernel_shape": list(op.weight.shape[2:]), "strides": list(op.stride),
+                 "pads": [*op.padding, *op.padding], "dilations": [1, 1],
+                 "group": op.groups}  # fmt: skip
+        return self.node("Conv", self._layer_inputs(x, op, base), base, **attrs)
+
+    def float_linear(self, x: str, op: stage.Linear, shape: tuple, out_shape: tuple,
+                     base: str) -> str:  # fmt: skip
+        """A float linear layer: on ±1 inputs (no input sign of its own) the fixed-order
+        sum (:meth:`ordered_linear`), else one ``Gemm``."""
+        if self.exact_float and op.pm1_input and not op.sign_input:
+            return self.ordered_linear(x, op, base)
+        return self.node("Gemm", self._layer_inputs(x, op, base), base, transB=1)
+
+    def norm(self, x: str, op: stage.BatchNorm | stage.ScaleShift, shape: tuple,
+             out_shape: tuple, base: str) -> str:  # fmt: skip
+        """A norm as its recorded affine form (:attr:`~binsense.deploy.stage.BatchNorm.form`,
+        probed once by :func:`binsense.deploy.stage.lower`; a scale and shift is exact by
+        definition); its probe mismatches counted in :attr:`float_mismatches`."""
+        form = op.form
+        self.float_mismatches += form.mismatches
+        return self.affine(x, form, len(shape) + 1, base)
+
+    def maxpool(self, x: str, op: stage.MaxPool | ir.MaxPoolInt, shape: tuple,
+                out_shape: tuple, base: str) -> str:  # fmt: skip
+        """A max-pool (float, or on integers) of the op's plain geometry."""
+        pads = list(op.padding)
+        return self.node(
+            "MaxPool", [x], base, kernel_shape=list(op.kernel), strides=list(op.stride),
+            pads=pads + pads, dilations=list(op.dilation), ceil_mode=int(op.ceil_mode),
+        )  # fmt: skip
+
+    def adaptive_avg_pool(self, x: str, op: stage.AdaptiveAvgPool, shape: tuple,
+                          out_shape: tuple, base: str) -> str:  # fmt: skip
+        if tuple(op.output_size) != (1, 1):
+            raise BinsenseError(
+                f"{base}: only a global adaptive average pool exports (output size 1, got "
+                f"{tuple(op.output_size)})."
+            )
+        return self.node("GlobalAveragePool", [x], base)
+
+    def global_pool(self, x: str, op: stage.GlobalPool, shape: tuple, out_shape: tuple,
+                    base: str) -> str:  # fmt: skip
+        """The sum or mean over the map (``ReduceSum`` / ``ReduceMean``, axes as an input
+        since opset 18)."""
+        axes = self.const(f"{base}_axes", np.array([2, 3]))
+        reduce = "ReduceSum" if op.mode == "sum" else "ReduceMean"
+        return self.node(reduce, [x, axes], base, keepdims=0)
+
+    def flatten(self, x: str, op: stage.Flatten, shape: tuple, out_shape: tuple,
+                base: str) -> str:  # fmt: skip
+        return self.node("Flatten", [x], base, axis=1)
+
+    def relu(self, x: str, op: stage.ReLU, shape: tuple, out_shape: tuple, base: str) -> str:
+        return self.node("Relu", [x], base)
+
+    def hardtanh(self, x: str, op: stage.Hardtanh, shape: tuple, out_shape: tuple,
+                 base: str) -> str:  # fmt: skip
+        lo = self.const(f"{base}_lo", np.float32(op.min_val))
+        hi = self.const(f"{base}_hi", np.float32(op.max_val))
+        return self.node("Clip", [x, lo, hi], base)
+
+    def sign_op(self, x: str, op: stage.Sign, shape: tuple, out_shape: tuple, base: str) -> str:
+        return self.sign(x, base)
+
+    def design_shift(self, x: str, op: stage.DeSignShift, shape: tuple, out_shape: tuple,
+                     base: str) -> str:  # fmt: skip
+        """DeSign: ``x`` minus its ``(C, H, W)`` threshold map, then the sign when the op
+        has one."""
+        if len(shape) != 3:
+            raise BinsenseError(f"{base}: DeSign takes (C, H, W) maps, got shape {shape}.")
+        with torch.no_grad():
+            t = design_threshold_map(op.kernel, op.scale, *shape).detach().float().cpu().numpy()
+        shifted = self.node("Sub", [x, self.float_const(f"{base}_t", t)], f"{base}_shift")
+        return self.sign(shifted, base) if op.sign else shifted
+
+    # ---------------------------------------------------------------- float arithmetic
     def affine(self, x: str, form: Affine, rank: int, base: str) -> str:
         """``a x + b`` per channel in the norm's arithmetic (one rounding when fused)."""
         shape = (1, -1, *([1] * (rank - 2)))
@@ -301,17 +430,6 @@ class GraphBuilder:
         if not form.fused:
             return self.node("Add", [self.node("Mul", [x, a], f"{base}_ax"), b], base)
         return self.fma(self.f64(x), self.f64(a), b, base)
-
-    def module(self, x: str, m: nn.Module, shape: tuple, base: str, integer_in: int) -> str:
-        """One float-stage module (children in order for containers). ``integer_in``:
-        the largest magnitude of integer inputs (0 for real-valued inputs): norms on
-        integers are checked on every integer."""
-        for name, child in _children(m, base):
-            with torch.no_grad():
-                out_shape = tuple(child.eval()(torch.zeros(2, *shape)).shape[1:])
-            x, integer_in = self._leaf(x, child, shape, name, integer_in)
-            shape = out_shape
-        return x
 
     def f64(self, x: str) -> str:
         """``x`` cast to float64 (one ``Cast`` per tensor, shared)."""
@@ -351,24 +469,23 @@ class GraphBuilder:
         side = self.node("Where", [self.node("Greater", [err, zero]), up, down])
         return self.node("Where", [halfway, side, near], base)
 
-    def fma_conv(self, x: str, conv: nn.Conv2d, shape: tuple, base: str) -> str:
+    def fma_conv(self, x: str, op: stage.Conv, shape: tuple, base: str) -> str:
         """A float conv in the one order of :mod:`binsense.deploy.floatops`: per group,
         ``Slice`` each tap (kernel row, column, then channel) and chain exact FMAs from +0
         (zero padding: a padded tap adds an exact 0), the bias added last."""
-        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        weight = op.weight.detach().float().cpu().numpy()
+        out_channels, _, kh, kw = weight.shape
+        (sh, sw), (ph, pw) = op.stride, op.padding
         c_in, h, w = shape
-        g = conv.groups
-        cg, og = c_in // g, conv.out_channels // g
+        g = op.groups
+        cg, og = c_in // g, out_channels // g
         ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        if getattr(conv, "input_quantizer", None) is not None:
+        if op.sign_input:
             x = self.sign(x, f"{base}_in")
         if ph or pw:
             pads = self.const(f"{base}_pads", np.array([0, 0, ph, pw, 0, 0, ph, pw]))
             x = self.node("Pad", [x, pads], f"{base}_padded")
-        with torch.no_grad():
-            weight = getattr(conv, "binary_weight", lambda: conv.weight)()
-        weight = weight.detach().float().cpu().numpy()
-        self._count_weights(conv, int(weight.size))
+        self._count_weights(op, int(weight.size))
         axes = self.const(f"{base}_axes", np.array([1, 2, 3]))
         steps = self.const(f"{base}_steps", np.array([1, sh, sw]))
         x64 = self.f64(x)
@@ -389,22 +506,18 @@ class GraphBuilder:
                         acc = self.fma(tap, self.const(f"{t}_w", wt, double=True), acc, t)
             groups.append(acc)
         acc = groups[0] if g == 1 else self.node("Concat", groups, f"{base}_groups", axis=1)
-        if conv.bias is not None:
-            bias = self.float_const(
-                f"{base}_bias", conv.bias.detach().cpu().numpy().reshape(1, -1, 1, 1)
-            )
+        if op.bias is not None:
+            bias = self.float_const(f"{base}_bias", op.bias.cpu().numpy().reshape(1, -1, 1, 1))
             acc = self.node("Add", [acc, bias], base)
         return acc
 
-    def ordered_linear(self, x: str, m: nn.Linear, base: str) -> str:
+    def ordered_linear(self, x: str, op: stage.Linear, base: str) -> str:
         """A float linear layer on ±1 inputs in the one order of
         :mod:`binsense.deploy.floatops`: the products (exact: ±w) summed left to right by
         ``CumSum`` (sequential in onnxruntime; its ``Gemm`` sums in blocks of K), the last
         partial sum taken, the bias added last."""
-        with torch.no_grad():
-            weight = getattr(m, "binary_weight", lambda: m.weight)()
-        weight = weight.detach().float().cpu().numpy()
-        self._count_weights(m, int(weight.size))
+        weight = op.weight.detach().float().cpu().numpy()
+        self._count_weights(op, int(weight.size))
         k = weight.shape[1]
         xu = self.node("Unsqueeze", [x, self.const(f"{base}_ax1", np.array([1]))], f"{base}_x")
         products = self.node("Mul", [xu, self.const(f"{base}_w", weight)], f"{base}_products")
@@ -412,104 +525,28 @@ class GraphBuilder:
         last = self.node("Gather", [sums, self.const(f"{base}_last", np.array([k - 1]))],
                          f"{base}_last_sum", axis=2)  # fmt: skip
         y = self.node("Squeeze", [last, self.const(f"{base}_ax2", np.array([2]))], f"{base}_sum")
-        if m.bias is not None:
-            y = self.node(
-                "Add", [y, self.float_const(f"{base}_bias", m.bias.detach().numpy())], base
-            )
+        if op.bias is not None:
+            y = self.node("Add", [y, self.float_const(f"{base}_bias", op.bias.cpu().numpy())], base)
         return y
 
-    def _layer_inputs(self, x: str, m: nn.Module, base: str) -> list[str]:
+    def _layer_inputs(self, x: str, op: stage.Conv | stage.Linear, base: str) -> list[str]:
         """A conv's or linear layer's inputs: ``x`` (through its input sign, if any), its
         weights (binary: stored as bits; float: float32) and its bias."""
-        inputs = [x]
-        if isinstance(m, BinaryConv2d | BinaryLinear):
-            if m.input_quantizer is not None:
-                inputs = [self.sign(x, f"{base}_in")]
-            with torch.no_grad():
-                w = m.binary_weight().detach().cpu().numpy()
+        inputs = [self.sign(x, f"{base}_in") if op.sign_input else x]
+        w = op.weight.detach().cpu().numpy()
+        if op.binary:
             inputs.append(self._weight(base, w))
         else:
-            inputs.append(self.float_const(f"{base}_w", m.weight.detach().cpu().numpy()))
-        if m.bias is not None:
-            inputs.append(self.float_const(f"{base}_bias", m.bias.detach().cpu().numpy()))
+            inputs.append(self.float_const(f"{base}_w", w))
+        if op.bias is not None:
+            inputs.append(self.float_const(f"{base}_bias", op.bias.cpu().numpy()))
         return inputs
 
-    def _leaf(self, x: str, m: nn.Module, shape: tuple, base: str,
-              integer_in: int) -> tuple[str, int]:  # fmt: skip
-        if isinstance(m, FloatEncoder):
-            mean = self.float_const(f"{base}_mean", m.mean.cpu().numpy())
-            std = self.float_const(f"{base}_std", m.std.cpu().numpy())
-            return self.node("Div", [self.node("Sub", [x, mean]), std], base), 0
-        if isinstance(m, nn.Conv2d):
-            if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                raise BinsenseError(f"{base}: the export needs a conv with numeric zero padding.")
-            if self.exact_float and m.dilation == (1, 1):
-                return self.fma_conv(x, m, shape, base), 0
-            attrs = {"kernel_shape": list(m.kernel_size), "strides": list(m.stride),
-                     "pads": [*m.padding, *m.padding], "dilations": list(m.dilation),
-                     "group": m.groups}  # fmt: skip
-            return self.node("Conv", self._layer_inputs(x, m, base), base, **attrs), 0
-        if isinstance(m, nn.Linear):
-            if self.exact_float and integer_in == 1 and getattr(m, "input_quantizer", None) is None:
-                return self.ordered_linear(x, m, base), 0
-            return self.node("Gemm", self._layer_inputs(x, m, base), base, transB=1), 0
-        if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Identity | ChannelAffine):
-            channels = shape[0]
-            spatial = len(shape) == 3
-            if integer_in and integer_in <= MAX_ENUMERATION:
-                probe = integer_probe(-integer_in, integer_in, channels, spatial)
-            else:
-                probe = float_probe(channels, spatial)
-            form = norm_affine(m, channels, probe)
-            self.float_mismatches += form.mismatches
-            return self.affine(x, form, len(shape) + 1, base), 0
-        if isinstance(m, nn.MaxPool2d):
-            return self._maxpool(x, m, base), integer_in
-        if isinstance(m, nn.AdaptiveAvgPool2d):
-            if m.output_size not in (1, (1, 1)):
-                raise BinsenseError(f"{base}: only a global adaptive average pool exports.")
-            return self.node("GlobalAveragePool", [x], base), 0
-        if isinstance(m, nn.Flatten):
-            if m.start_dim != 1 or m.end_dim != -1:
-                raise BinsenseError(f"{base}: only Flatten(1, -1) exports.")
-            return self.node("Flatten", [x], base, axis=1), integer_in
-        if isinstance(m, nn.ReLU):
-            return self.node("Relu", [x], base), integer_in
-        if isinstance(m, nn.Hardtanh):
-            lo = self.const(f"{base}_lo", np.float32(m.min_val))
-            hi = self.const(f"{base}_hi", np.float32(m.max_val))
-            return self.node("Clip", [x, lo, hi], base), 0
-        if isinstance(m, SignQuantizer):
-            return self.sign(x, base), 1
-        if isinstance(m, DeSign):
-            with torch.no_grad():
-                t = m.thresholds(*shape).detach().float().cpu().numpy()
-            shifted = self.node("Sub", [x, self.float_const(f"{base}_t", t)], f"{base}_shift")
-            if m.quantizer is None:
-                return shifted, 0
-            return self.sign(shifted, base), 1
-        if isinstance(m, GlobalPool):
-            axes = self.const(f"{base}_axes", np.array([2, 3]))
-            op = "ReduceSum" if m.mode == "sum" else "ReduceMean"
-            if op == "ReduceSum":
-                return (
-                    self.node(op, [x, axes], base, keepdims=0),
-                    integer_in * int(np.prod(shape[1:])),
-                )
-            return self.node(op, [x], base, axes=[2, 3], keepdims=0), 0
-        raise BinsenseError(f"{base}: a {type(m).__name__} module does not export to ONNX.")
-
-    def binary_conv(self, x: str, op: ir.PackedConv, name: str) -> str:
-        """A packed conv as one ``Conv`` on ±1 values (every output an integer, exact in
-        float32 whatever the summation order)."""
-        w = self.binary_weight(name, pm1_weight(op))
-        return self.node("Conv", [x, w], name, group=op.groups, **conv_attrs(op))
-
-    def _count_weights(self, m: nn.Module, n: int) -> None:
-        """``n`` weights of ``m`` written as float taps (:meth:`fma_conv`,
-        :meth:`ordered_linear`): binary weights if ``m`` is a binary layer
-        (:class:`ExportInfo`'s one definition), else float parameters."""
-        if is_binary_layer(m):
+    def _count_weights(self, op: stage.Conv | stage.Linear, n: int) -> None:
+        """``n`` weights of ``op`` written as float taps (:meth:`fma_conv`,
+        :meth:`ordered_linear`): binary weights if ``op`` is binary (:class:`ExportInfo`'s
+        one definition), else float parameters."""
+        if op.binary:
             self.binary_weights += n
         else:
             self.float_params += n
@@ -519,16 +556,51 @@ class GraphBuilder:
             raise BinsenseError(f"{base}: binary weights must be ±1.")
         return self.binary_weight(base, w.astype(np.int8))
 
-    def _maxpool(self, x: str, pool: nn.MaxPool2d, base: str) -> str:
-        def pair(v):
-            return list(v) if isinstance(v, tuple) else [v, v]
+    # ---------------------------------------------------------------- the program's ops
+    #: The handler (a method name) of each op type of a program (:mod:`binsense.deploy.ir`),
+    #: called as ``handler(x, op, shape, out_shape, name)``; a type not here does not export.
+    PROGRAM_OPS: ClassVar[dict[type, str]] = {
+        ir.PlanesInput: "planes_op",
+        ir.FloatStage: "float_stage",
+        ir.ToInt8: "to_int8",
+        ir.PackedConv: "packed_conv",
+        ir.PackedLinear: "packed_linear",
+        ir.MaxPoolInt: "maxpool",
+        ir.Threshold: "threshold_op",
+        ir.FlattenOp: "flatten",
+        ir.Shuffle: "shuffle",
+    }
 
-        stride = pool.stride if pool.stride is not None else pool.kernel_size
-        pads = pair(pool.padding)
-        return self.node(
-            "MaxPool", [x], base, kernel_shape=pair(pool.kernel_size), strides=pair(stride),
-            pads=pads + pads, dilations=pair(pool.dilation), ceil_mode=int(pool.ceil_mode),
-        )  # fmt: skip
+    def planes_op(self, x: str, op: ir.PlanesInput, shape: tuple, out_shape: tuple,
+                  base: str) -> str:  # fmt: skip
+        return self.planes(x, op, out_shape)
+
+    def to_int8(self, x: str, op: ir.ToInt8, shape: tuple, out_shape: tuple, base: str) -> str:
+        return x  # the graph keeps ±1 as float32
+
+    def packed_conv(self, x: str, op: ir.PackedConv, shape: tuple, out_shape: tuple,
+                    base: str) -> str:  # fmt: skip
+        if op.fan_in >= FLOAT_EXACT:
+            raise BinsenseError(f"{base}: fan-in {op.fan_in} is too large for float32.")
+        return self.binary_conv(x, op, base)
+
+    def packed_linear(self, x: str, op: ir.PackedLinear, shape: tuple, out_shape: tuple,
+                      base: str) -> str:  # fmt: skip
+        w = self.binary_weight(base, np.ascontiguousarray(pm1_weight(op).T))
+        return self.node("MatMul", [x, w], base)
+
+    def threshold_op(self, x: str, op: ir.Threshold, shape: tuple, out_shape: tuple,
+                     base: str) -> str:  # fmt: skip
+        return self.threshold(x, op, out_shape, base)
+
+    def shuffle(self, x: str, op: ir.Shuffle, shape: tuple, out_shape: tuple, base: str) -> str:
+        return self.channel_shuffle(x, op.groups, shape, base)
+
+    def binary_conv(self, x: str, op: ir.PackedConv, name: str) -> str:
+        """A packed conv as one ``Conv`` on ±1 values (every output an integer, exact in
+        float32 whatever the summation order)."""
+        w = self.binary_weight(name, pm1_weight(op))
+        return self.node("Conv", [x, w], name, group=op.groups, **conv_attrs(op))
 
     def channel_shuffle(self, x: str, groups: int, shape: tuple, base: str) -> str:
         c = shape[0]
@@ -540,40 +612,21 @@ class GraphBuilder:
 
     # ---------------------------------------------------------------- the program
     def program(self, deployed: DeployedModel, input_shape: tuple[int, int, int]) -> Any:
-        """The ONNX model of ``deployed`` for images ``input_shape``."""
+        """The ONNX model of ``deployed`` for images ``input_shape``: each op by its
+        :attr:`PROGRAM_OPS` handler."""
         helper, tp = self.helper, self.onnx.TensorProto
         no_residual(deployed, self.flavour)
         shapes = op_shapes(deployed, input_shape)
-        x, shape, integer_in = "image", tuple(input_shape), 0
+        x, shape = "image", tuple(input_shape)
         for (name, op), out_shape in zip(deployed.ops.named_children(), shapes, strict=True):
-            if isinstance(op, ir.PlanesInput):
-                x, integer_in = self.planes(x, op, out_shape), 1
-            elif isinstance(op, ir.FloatStage):
-                x = self.module(x, op.body, shape, name, integer_in)
-                integer_in = 0
-            elif isinstance(op, ir.ToInt8):
-                pass
-            elif isinstance(op, ir.PackedConv):
-                if op.fan_in >= FLOAT_EXACT:
-                    raise BinsenseError(f"{name}: fan-in {op.fan_in} is too large for float32.")
-                x = self.binary_conv(x, op, name)
-                integer_in = op.fan_in
-            elif isinstance(op, ir.PackedLinear):
-                w = self.binary_weight(name, np.ascontiguousarray(pm1_weight(op).T))
-                x = self.node("MatMul", [x, w], name)
-                integer_in = op.fan_in
-            elif isinstance(op, ir.MaxPoolInt):
-                x = self._maxpool(x, op.pool, name)
-            elif isinstance(op, ir.Threshold):
-                x = self.threshold(x, op, out_shape, name)
-                integer_in = 1
-            elif isinstance(op, ir.FlattenOp):
-                x = self.node("Flatten", [x], name, axis=1)
-            elif isinstance(op, ChannelShuffle):
-                x = self.channel_shuffle(x, op.groups, shape, name)
-            else:
-                raise BinsenseError(f"op {name} ({type(op).__name__}) does not export.")
-            shape = out_shape
+            handler = self.PROGRAM_OPS.get(type(op))
+            if handler is None:
+                raise BinsenseError(
+                    f"op {name} ({type(op).__name__}) does not export to {self.flavour}; "
+                    "run it with the packed engine (binsense deploy)."
+                )
+            x = getattr(self, handler)(x, op, shape, tuple(out_shape), name)
+            shape = tuple(out_shape)
         if len(shape) != 1:
             raise BinsenseError(f"the program ends in shape {shape}, not (classes,).")
         logits = self.node("Identity", [x], "logits")
@@ -589,17 +642,6 @@ class GraphBuilder:
         model = helper.make_model(graph, opset_imports=opsets, producer_name="binsense")
         model.ir_version = 8
         return model
-
-
-def _children(m: nn.Module, base: str) -> list[tuple[str, nn.Module]]:
-    """The leaves of a float stage's module tree, with their graph names, in order."""
-    if isinstance(m, nn.Sequential | BinaryBlock):
-        return [
-            leaf
-            for name, child in m.named_children()
-            for leaf in _children(child, f"{base}_{name}")
-        ]
-    return [(base, m)]
 
 
 def conv_attrs(op: ir.PackedConv) -> dict[str, list[int]]:

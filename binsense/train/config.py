@@ -20,7 +20,7 @@ from pydantic import (
 # the distillation defaults live in compress (train -> compress; never the reverse)
 from binsense.compress.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 from binsense.compress.prune import PruningSchedule
-from binsense.errors import BinsenseError, did_you_mean
+from binsense.errors import BinsenseError, did_you_mean, pydantic_problem
 from binsense.noise import NoiseAugment, get_noise_type
 from binsense.resources import MAX_THREADS, resolve_device
 
@@ -110,16 +110,6 @@ _STEP_DEFAULTS = {"precision": "fp32", "channels_last": False, "compile": False}
 #: TrainConfig fields a teacher never inherits from its student: the student's own
 #: compression (its teacher table may set its own).
 _STUDENT_ONLY = ("distill", "prune")
-
-
-def _nested_problem(err: ValidationError) -> str:
-    """The first problem of a nested config as a short phrase naming the key."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "config"
-    if first["type"] == "extra_forbidden":
-        return f"unknown key {loc!r}"
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg[:1].lower() + msg[1:]}, got {first.get('input')!r}"
 
 
 class TrainDistill(BaseModel):
@@ -308,7 +298,7 @@ class TrainConfig(BaseModel):
         try:
             teacher = TrainConfig(**{**student, **v.teacher})
         except ValidationError as e:
-            raise ValueError(f"teacher: {_nested_problem(e)}") from None
+            raise ValueError(f"teacher: {pydantic_problem(e, TrainConfig.model_fields)}") from None
         check_teacher_data(teacher.dataset, student["dataset"])
         return v
 
