@@ -121,7 +121,7 @@ def _us(seconds: float) -> str:
 def bench_conv(channels: int, size: int, batch: int, path: str, threads: int, repeats: int):
     torch.manual_seed(channels)
     conv = BinaryConv2d(channels, channels, 3, 1, 1)
-    packed = PackedConv(conv)
+    packed = PackedConv.of(conv)
     weight = conv.binary_weight().detach()
     x = _pm1(batch, channels, size, size, seed=size)
     y_float = F.conv2d(x, weight, None, 1, 1)

@@ -61,11 +61,11 @@ def _bn(c: int, seed: int = 0) -> nn.BatchNorm2d:
 )
 def test_fused_conv_pool_threshold_equals_the_ops(cin, cout, groups, size, pool, design):
     torch.manual_seed(0)
-    conv = PackedConv(BinaryConv2d(cin, cout, 3, 1, 1, groups=groups))
+    conv = PackedConv.of(BinaryConv2d(cin, cout, 3, 1, 1, groups=groups))
     norm = _bn(cout)
     act = DeSign(design) if design else SteSign()
-    threshold = Threshold(norm, act, conv.fan_in, cout, spatial=True)
-    pool_op = MaxPoolInt(nn.MaxPool2d(pool)) if pool else None
+    threshold = Threshold.of(norm, act, conv.fan_in, cout, spatial=True)
+    pool_op = MaxPoolInt.of(nn.MaxPool2d(pool)) if pool else None
     x = _pm1(3, cin, size, size + 1)
     y = conv(x)
     expected = threshold(pool_op(y) if pool_op else y)

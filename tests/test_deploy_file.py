@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from binsense.deploy.fileformat import (
     read_deployed,
     save_deployed,
 )
-from binsense.deploy.ir import FlattenOp, FloatStage
+from binsense.deploy.ir import FlattenOp, FloatStage, Op, OpList
 from binsense.deploy.program import DeployedModel
 from binsense.errors import BinsenseError, CheckpointError
 from binsense.models import build_model
@@ -71,7 +70,7 @@ def test_round_trip_is_bit_identical(name, dataset, options, tmp_path):
     expected = loaded.reference(model, x)  # the model, its float layers in the deployed order
     assert torch.equal(loaded(x), deployed(x)) and torch.equal(loaded(x), expected)
     assert [type(op) for op in loaded.ops] == [type(op) for op in deployed.ops]
-    assert list(dict(loaded.ops.named_children())) == list(dict(deployed.ops.named_children()))
+    assert list(dict(loaded.ops.named())) == list(dict(deployed.ops.named()))
     stages = loaded.float_stages()  # typed float ops and their source layers, kept
     assert [[type(f) for f in s.ops] for s in stages] == [
         [type(f) for f in s.ops] for s in deployed.float_stages()
@@ -356,17 +355,27 @@ def test_unknown_op_types_refuse_to_save(tmp_path):
     cases = [
         (FloatStage([stage.Flatten(), Gelu()]), "model: head.1 is a Gelu float op"),
         (FloatStage([ReLU()]), "model: head.0 is a ReLU float op"),
-        (nn.GELU(), "op 'head' is a GELU op"),
-        (nn.Sequential(FlattenOp()), "op 'head' is a Sequential op"),
+        (_StrayOp(), "op 'head' is a _StrayOp op"),
     ]
     for op, words in cases:
-        deployed = DeployedModel(nn.Sequential(OrderedDict(flat=FlattenOp(), head=op)))
+        deployed = DeployedModel(OpList({"flat": FlattenOp(), "head": op}))
         with pytest.raises(BinsenseError, match="cannot save the deployed model") as e:
             save_deployed(deployed, tmp_path / "x.bsd")
         assert words in _one_line(e) and "which the deployed-model file does not know" in str(
             e.value
         )
         assert not (tmp_path / "x.bsd").exists()
+    # a PyTorch module is no op at all: a program cannot even hold one
+    for module in (nn.GELU(), nn.Sequential(nn.Flatten())):
+        with pytest.raises(BinsenseError, match="op 'head' is a .*, not a deployed op"):
+            OpList({"flat": FlattenOp(), "head": module})
+
+
+class _StrayOp(Op):
+    """An op type the file format does not know."""
+
+    def __call__(self, x):
+        return x
 
 
 def test_a_version_1_file_says_how_to_write_it_again(saved, tmp_path, monkeypatch):

@@ -6,7 +6,6 @@ op runs (``--allow-large`` / ``BINSENSE_ALLOW_LARGE`` skip that)."""
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -20,7 +19,15 @@ from binsense.data import dataset_info
 from binsense.deploy import convert, kernels
 from binsense.deploy import ir as deploy_ops
 from binsense.deploy.fileformat import load_deployed, save_deployed
-from binsense.deploy.ir import FlattenOp, MaxPoolInt, PackedConv, PackedLinear, Threshold
+from binsense.deploy.ir import (
+    FlattenOp,
+    MaxPoolInt,
+    Op,
+    OpList,
+    PackedConv,
+    PackedLinear,
+    Threshold,
+)
 from binsense.deploy.program import DeployedModel
 from binsense.deploy.shapes import op_footprint, op_output_shape
 from binsense.errors import BinsenseError
@@ -47,6 +54,13 @@ _FAMILIES = [
 ]
 
 
+class _Stray(Op):
+    """An op type the shape walk does not know."""
+
+    def __call__(self, x):
+        return x
+
+
 def _one_line(text: str) -> str:
     assert "\n" not in text.strip() and "Traceback" not in text, text
     return text
@@ -54,17 +68,17 @@ def _one_line(text: str) -> str:
 
 @pytest.fixture
 def ops_run(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the op types whose forward ran (every op type and the C kernel watched)."""
+    """Names of the op types that ran (every op type and the C kernel watched)."""
     calls: list[str] = []
 
     def watch(cls: type) -> None:
-        real = cls.forward
+        real = cls.__call__
 
-        def forward(self, *args, **kwargs):
+        def call(self, *args, **kwargs):
             calls.append(cls.__name__)
             return real(self, *args, **kwargs)
 
-        monkeypatch.setattr(cls, "forward", forward)
+        monkeypatch.setattr(cls, "__call__", call)
 
     for cls in _OP_TYPES:
         watch(cls)
@@ -107,7 +121,7 @@ def test_walked_shapes_equal_a_real_run_and_no_op_runs(name, dataset, options, m
 
     calls: list[str] = []
     for cls in _OP_TYPES:
-        monkeypatch.setattr(cls, "forward", lambda self, *a, _c=cls: calls.append(_c.__name__))
+        monkeypatch.setattr(cls, "__call__", lambda self, *a, _c=cls: calls.append(_c.__name__))
     walked = deployed.activation_shapes(shape)
     assert walked == real and not calls
     assert real[-1] == (info.num_classes,)
@@ -150,7 +164,7 @@ def test_a_fully_convolutional_program_walks_any_image_size():
 def test_the_pool_rule_equals_pytorch_on_every_small_geometry():
     """MaxPoolInt's shape rule against the pool itself, refusals included."""
     for k, s, p, d, ceil in itertools.product((1, 2, 3, 4), (1, 2, 3), (0, 1, 2), (1, 2), (0, 1)):
-        pool = MaxPoolInt(nn.MaxPool2d(k, s, p, d, ceil_mode=bool(ceil)))
+        pool = MaxPoolInt.of(nn.MaxPool2d(k, s, p, d, ceil_mode=bool(ceil)))
         for h in range(1, 10):
             shape = (2, h, h + 1)
             try:
@@ -169,9 +183,9 @@ def test_the_pool_rule_equals_pytorch_on_every_small_geometry():
 def test_the_formula_on_a_hand_made_program(monkeypatch):
     """8 bytes x batch x max(in + out [+ work]); the documented fallback terms."""
     torch.manual_seed(0)
-    conv = PackedConv(BinaryConv2d(4, 6, 3, padding=1))  # 4 -> 6 channels, 5x5 maps
-    linear = PackedLinear(BinaryLinear(150, 10))
-    ops = nn.Sequential(OrderedDict(conv=conv, flat=FlattenOp(), fc=linear))
+    conv = PackedConv.of(BinaryConv2d(4, 6, 3, padding=1))  # 4 -> 6 channels, 5x5 maps
+    linear = PackedLinear.of(BinaryLinear(150, 10))
+    ops = OpList({"conv": conv, "flat": FlattenOp(), "fc": linear})
     deployed = DeployedModel(ops)
     shape = (4, 5, 5)
     assert deployed.activation_shapes(shape) == [(6, 5, 5), (150,), (10,)]
@@ -193,8 +207,8 @@ def test_the_formula_on_a_hand_made_program(monkeypatch):
 
 def test_fields_that_do_not_fit_the_input_are_one_line_naming_the_op():
     torch.manual_seed(0)
-    conv = PackedConv(BinaryConv2d(16, 8, 3, groups=2))  # 16 channels in 2 groups, no padding
-    linear = PackedLinear(BinaryLinear(100, 10))
+    conv = PackedConv.of(BinaryConv2d(16, 8, 3, groups=2))  # 16 channels in 2 groups, no padding
+    linear = PackedLinear.of(BinaryLinear(100, 10))
     cases = [
         ([conv], (12, 8, 8), "takes 16 channels (8 per group, 2 group(s)), got 12"),
         ([conv], (16, 2, 9), "3x3 kernel does not fit a 2x9 map"),
@@ -215,10 +229,10 @@ def test_fields_that_do_not_fit_the_input_are_one_line_naming_the_op():
             (16, 8, 8),
             "holds 7 channel thresholds",
         ),  # fmt: skip
-        ([nn.ReLU()], (1, 8, 8), "does not know the op type ReLU"),
+        ([_Stray()], (1, 8, 8), "does not know the op type _Stray"),
     ]
     for ops, shape, words in cases:
-        deployed = DeployedModel(nn.Sequential(*ops))
+        deployed = DeployedModel(OpList((str(i), op) for i, op in enumerate(ops)))
         with pytest.raises(BinsenseError) as e:
             deployed.check_memory(shape, 1, allow=True)
         text = _one_line(str(e.value))

@@ -47,7 +47,7 @@ def test_packed_conv_equals_the_zero_padded_float_conv(cin, cout, stride, paddin
     conv = BinaryConv2d(cin, cout, 3, stride, padding, groups=groups)
     x = _pm1(2, cin, size, size + 1)
     expected = F.conv2d(x, conv.binary_weight().detach(), None, stride, padding, groups=groups)
-    got = PackedConv(conv)(x)
+    got = PackedConv.of(conv)(x)
     assert got.dtype == torch.int32 and torch.equal(got.float(), expected)  # borders too
 
 
@@ -55,7 +55,7 @@ def test_packed_linear_with_an_odd_fan_in():
     torch.manual_seed(0)
     lin = BinaryLinear(131, 7)
     x = _pm1(5, 131)
-    assert torch.equal(PackedLinear(lin)(x).float(), x @ lin.binary_weight().detach().T)
+    assert torch.equal(PackedLinear.of(lin)(x).float(), x @ lin.binary_weight().detach().T)
 
 
 def _bn(c: int, seed: int = 0) -> nn.BatchNorm2d:
@@ -87,7 +87,7 @@ def test_thresholds_equal_the_trained_pair_on_every_integer(kind):
     elif kind == "bn4bit":
         quantize_bn(nn.Sequential(norm), 4)
     y = torch.arange(-k, k + 1, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, c, 5, 6)
-    threshold = Threshold(norm, act, k, c, spatial=True)
+    threshold = Threshold.of(norm, act, k, c, spatial=True)
     with torch.no_grad():
         expected = act(norm(y.contiguous()))
     assert torch.equal(threshold(y.to(torch.int32)).float(), expected)
@@ -105,9 +105,9 @@ def test_thresholds_equal_the_trained_pair_on_every_integer(kind):
 def test_a_pair_outside_the_folding_table_is_refused_in_one_line():
     bn = _bn(4)
     with pytest.raises(BinsenseError, match="no threshold: ReLU is not a sign"):
-        Threshold(bn, nn.ReLU(), 9, 4, spatial=True)
+        Threshold.of(bn, nn.ReLU(), 9, 4, spatial=True)
     with pytest.raises(BinsenseError, match="only shifts"):
-        Threshold(bn, DeSign("2x2", quantizer=None), 9, 4, spatial=True)
+        Threshold.of(bn, DeSign("2x2", quantizer=None), 9, 4, spatial=True)
     assert not pair_folds(nn.LayerNorm(4), SteSign()) and pair_folds(bn, SteSign())
 
 

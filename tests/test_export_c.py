@@ -20,8 +20,8 @@ from test_deploy_program import _calibrated
 
 from binsense.compress.prune import prune, remove_pruned
 from binsense.data import load_dataset
-from binsense.deploy import convert
-from binsense.deploy.ir import PackedConv, PackedLinear, PlanesInput, Threshold, ToInt8
+from binsense.deploy import DeployedModel, convert
+from binsense.deploy.ir import OpList, PackedConv, PackedLinear, PlanesInput, Threshold, ToInt8
 from binsense.errors import BinsenseError
 from binsense.export.c import (
     CORTEX_M4_CC,
@@ -178,7 +178,8 @@ def test_norms_are_the_forms_the_program_records_never_probed_again(monkeypatch)
     from binsense.deploy import stage
 
     deployed = convert(calibrated("mnist_bnn", "mnist", width=0.25))
-    head = deployed.ops.head_norm
+    named = dict(deployed.ops.named())
+    head = named["head_norm"]
     (bn,) = head.ops
     assert isinstance(bn, stage.BatchNorm)
     for probe in ("norm_affine", "integer_probe", "float_probe"):
@@ -187,7 +188,8 @@ def test_norms_are_the_forms_the_program_records_never_probed_again(monkeypatch)
     assert info.float_mismatches == 0
     # a recorded form with mismatches: counted, and its values written as they are
     form = dataclasses.replace(bn.form, a=bn.form.a * 2, mismatches=3)
-    head.ops = (dataclasses.replace(bn, form=form),)
+    named["head_norm"] = dataclasses.replace(head, ops=(dataclasses.replace(bn, form=form),))
+    deployed = DeployedModel(OpList(named), deployed.source)
     files, info = generate_c(deployed, (1, 28, 28))
     assert info.float_mismatches == 3
     k = re.search(r"bsn_head_lin\(&L(\d+)", files["model.c"]).group(1)
@@ -200,21 +202,27 @@ def test_norms_are_the_forms_the_program_records_never_probed_again(monkeypatch)
 def test_a_float_op_c_does_not_compute_is_refused_in_one_line():
     """A float stage is read op by op (one handler per op type): an op outside the C
     layer's parts, or out of their order, is one line naming the stage's ops."""
+    import dataclasses
+
     from binsense.deploy import stage
 
     deployed = convert(calibrated("mnist_bnn", "mnist", width=0.25))
-    first = deployed.ops.input
-    ops = first.ops
-    first.ops = (*ops[:-1], stage.ReLU(), ops[-1])  # conv, pool, norm, ReLU, sign
+    named = dict(deployed.ops.named())
+    ops = named["input"].ops
+
+    def with_input(float_ops) -> DeployedModel:
+        stage_ = dataclasses.replace(named["input"], ops=float_ops)
+        return DeployedModel(OpList({**named, "input": stage_}), deployed.source)
+
+    conv_pool_norm_relu_sign = with_input((*ops[:-1], stage.ReLU(), ops[-1]))
     with pytest.raises(BinsenseError, match=r"op input: a float input stage of Standardize, "
                        r"Conv, MaxPool, BatchNorm, ReLU, Sign \(C takes \[encode\], conv, "
                        r"\[pool\], \[norm\], sign\) does not export to C\.$"):  # fmt: skip
-        generate_c(deployed, (1, 28, 28))
-    first.ops = (ops[0], ops[1], ops[3], ops[2], ops[4])  # the norm before the pool
+        generate_c(conv_pool_norm_relu_sign, (1, 28, 28))
+    norm_before_pool = with_input((ops[0], ops[1], ops[3], ops[2], ops[4]))
     with pytest.raises(BinsenseError, match="a float input stage of .*BatchNorm, MaxPool"):
-        generate_c(deployed, (1, 28, 28))
-    first.ops = ops
-    generate_c(deployed, (1, 28, 28))
+        generate_c(norm_before_pool, (1, 28, 28))
+    generate_c(with_input(ops), (1, 28, 28))
 
 
 def test_channel_shuffles_are_the_layer_permutation():

@@ -7,7 +7,6 @@ says how to install it."""
 from __future__ import annotations
 
 import sys
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -71,7 +70,7 @@ def test_sign_of_zero_is_plus_one_in_the_graph():
 
 def typed_program(*ops: stage.FloatOp) -> DeployedModel:
     """A program of one float stage of typed ops (:mod:`binsense.deploy.stage`)."""
-    return DeployedModel(nn.Sequential(OrderedDict(head=ir.FloatStage(ops))))
+    return DeployedModel(ir.OpList({"head": ir.FloatStage(tuple(ops))}))
 
 
 def _standardize() -> stage.Standardize:

@@ -8,14 +8,13 @@ is refused with one line. The ``qonnx`` package's own tools accept every family'
 from __future__ import annotations
 
 import warnings
-from collections import Counter, OrderedDict
+from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from test_export_c import calibrated, real_images
-from torch import nn
 
 from binsense.compress.summary import summary
 from binsense.deploy import convert, ir, stage
@@ -111,7 +110,7 @@ def test_nbc_encoder_is_refused_with_one_line():
 def test_a_float_op_that_does_not_export_is_refused_with_one_line():
     """A typed float op without a handler (a residual unit's shortcut) is one line."""
     ops = (stage.ShortcutOp(1, 0, "slice"), stage.Flatten())
-    deployed = DeployedModel(nn.Sequential(OrderedDict(head=ir.FloatStage(ops))))
+    deployed = DeployedModel(ir.OpList({"head": ir.FloatStage(tuple(ops))}))
     with pytest.raises(BinsenseError, match="a ShortcutOp op does not export to QONNX") as caught:
         build_qonnx(deployed, (3, 4, 4))
     assert "\n" not in str(caught.value)

@@ -133,7 +133,7 @@ def test_packed_conv_equals_the_float_conv_on_each_path(
     conv = BinaryConv2d(cin, cout, kernel, stride, padding, groups=groups)
     x = _pm1(3, cin, h, w, seed=cout)
     expected = F.conv2d(x, conv.binary_weight().detach(), None, stride, padding, groups=groups)
-    packed = PackedConv(conv)
+    packed = PackedConv.of(conv)
     for inputs in (x, x.to(torch.int8)):
         got = packed(inputs)
         assert got.dtype == torch.int32 and torch.equal(got.float(), expected)
@@ -151,7 +151,7 @@ def test_packed_linear_equals_the_matmul_on_each_path(monkeypatch, path, feature
     torch.manual_seed(features)
     lin = BinaryLinear(features, out)
     x = _pm1(5, features, seed=out)
-    packed = PackedLinear(lin)
+    packed = PackedLinear.of(lin)
     monkeypatch.setenv(kernels.ENV, "torch")
     reference = packed(x)
     monkeypatch.setenv(kernels.ENV, path)
@@ -178,7 +178,7 @@ def test_the_fused_threshold_writes_the_next_layers_words(
     _need(path)
     torch.manual_seed(0)
     conv = BinaryConv2d(cin, cout, kernel, stride, padding, groups=groups)
-    packed = PackedConv(conv)
+    packed = PackedConv.of(conv)
     x = _pm1(2, cin, h, w)
     y = F.conv2d(x, conv.binary_weight().detach(), None, stride, padding, groups=groups)
     y = y.to(torch.int32)
@@ -240,7 +240,7 @@ def test_without_a_compiler_it_warns_once_and_stays_exact(tmp_path, monkeypatch,
     conv = BinaryConv2d(70, 8, 3, 1, 1, groups=2)
     x = _pm1(2, 70, 5, 5)
     expected = F.conv2d(x, conv.binary_weight().detach(), None, 1, 1, groups=2)
-    packed = PackedConv(conv)
+    packed = PackedConv.of(conv)
     with pytest.warns(RuntimeWarning, match="could not be built") as record:
         got = packed(x)
     assert len([r for r in record if "could not be built" in str(r.message)]) == 1

@@ -41,11 +41,12 @@ compares both on every batch it checks. It runs where the C kernel runs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from binsense.deploy import ir, kernels, stage
 from binsense.deploy.bits import WORD, pack_bits, unpack_bits
@@ -233,8 +234,8 @@ class PackedEngine:
     """Runs a program's op list with packed activations between binary layers (module
     docstring); ``engine(x)`` equals ``ops(x)`` exactly."""
 
-    def __init__(self, ops: nn.Sequential) -> None:
-        self.ops = list(ops.children())
+    def __init__(self, ops: Sequence[ir.Op]) -> None:
+        self.ops = list(ops)
         self._steps: dict[int, object] = {}
         self._perms: dict[tuple[int, int], Tensor] = {}
 
@@ -253,7 +254,7 @@ class PackedEngine:
                 return None
         return None
 
-    def _perm(self, i: int, op: nn.Module, channels: int) -> Tensor:
+    def _perm(self, i: int, op: ir.Shuffle, channels: int) -> Tensor:
         key = (i, channels)
         if key not in self._perms:  # out[c] = in[perm[c]], read off the module itself
             probe = torch.arange(channels, dtype=torch.float32).view(1, channels, 1, 1)
@@ -344,7 +345,7 @@ def _float_input(
     return Packed(words, channels, groups)
 
 
-def _is_shuffle(op: nn.Module) -> bool:
+def _is_shuffle(op: ir.Op) -> bool:
     return isinstance(op, ir.Shuffle)
 
 

@@ -83,7 +83,6 @@ import pickle
 import struct
 import zipfile
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,11 +109,11 @@ OP_TYPES = (
     "Threshold", "FlattenOp", "ResidualOp", "Shuffle",
 )  # fmt: skip
 #: The ops stored as their ``spec()`` and rebuilt by ``from_spec``.
-_SPEC_OPS: dict[str, type[nn.Module]] = {
+_SPEC_OPS: dict[str, type[ir.Op]] = {
     "PackedConv": ir.PackedConv, "PackedLinear": ir.PackedLinear, "Threshold": ir.Threshold,
     "PlanesInput": ir.PlanesInput, "MaxPoolInt": ir.MaxPoolInt, "Shuffle": ir.Shuffle,
 }  # fmt: skip
-#: A ResidualOp's parts and their op types, in the order of ``ResidualOp.from_parts``.
+#: A ResidualOp's parts and their op types, in the order of its fields.
 _RESIDUAL_PARTS = (
     ("conv1", "PackedConv"), ("threshold1", "Threshold"), ("conv2", "PackedConv"),
     ("rest", "FloatStage"), ("shortcut", "FloatStage"), ("post", "FloatStage"),
@@ -370,7 +369,7 @@ class _Loader:
             raise _Bad(f"a FloatStage of {layers} conv / linear layers with {len(sources)} sources")
         return ir.FloatStage(built, [_name(s) for s in sources])
 
-    def op(self, entry: Any, only: str | None = None) -> nn.Module:
+    def op(self, entry: Any, only: str | None = None) -> ir.Op:
         """The op of ``entry``; ``only``: the type it must have (a ResidualOp's part)."""
         entry = _dict(entry, "an op")
         kind = entry.get("op")
@@ -388,7 +387,7 @@ class _Loader:
             return ir.FlattenOp()
         # ResidualOp: its parts, each of its one type (no op nests another ResidualOp)
         parts = [self.op(entry.get(part), t) for part, t in _RESIDUAL_PARTS]
-        return ir.ResidualOp.from_parts(*parts)  # type: ignore[arg-type]
+        return ir.ResidualOp(*parts)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- ops (save)
@@ -415,7 +414,7 @@ def _float_entry(where: str, op: Any, w: _Writer) -> dict:
     return {"type": t.__name__, "params": params, "tensors": refs}
 
 
-def _op_entry(name: str, op: nn.Module, w: _Writer) -> dict:
+def _op_entry(name: str, op: ir.Op, w: _Writer) -> dict:
     t = type(op)
     entry: dict[str, Any] = {"name": name, "op": t.__name__}
     if _SPEC_OPS.get(t.__name__) is t:
@@ -467,7 +466,7 @@ def save_deployed(
     (:class:`~binsense.errors.BinsenseError`) before anything is written.
     """
     w = _Writer()
-    ops = [_op_entry(name, op, w) for name, op in deployed.ops.named_children()]
+    ops = [_op_entry(name, op, w) for name, op in deployed.ops.named()]
     manifest = {
         "format": FORMAT, "version": VERSION, "source": deployed.source,
         "meta": _plain_meta(meta), "ops": ops, "tensors": w.records,
@@ -601,7 +600,7 @@ def read_deployed(path: str | os.PathLike) -> DeployedFile:
         if not isinstance(ops, list) or not ops:
             raise _Bad("no ops")
         loader = _Loader(_Reader(manifest.get("tensors"), blobs), name)
-        named: dict[str, nn.Module] = {}
+        named: dict[str, ir.Op] = {}
         for entry in ops:
             op_name = _name(_dict(entry, "an op").get("name"))
             if op_name in named or "." in op_name:
@@ -611,7 +610,7 @@ def read_deployed(path: str | os.PathLike) -> DeployedFile:
     except (_Bad, zlib.error, ArithmeticError, AssertionError, AttributeError, LookupError,
             RuntimeError, TypeError, ValueError) as e:  # fmt: skip
         raise _corrupt(name, str(e)[:200] or type(e).__name__) from None
-    model = DeployedModel(nn.Sequential(OrderedDict(named)).eval(), str(source), [])
+    model = DeployedModel(ir.OpList(named), str(source), [])
     return DeployedFile(model, manifest, p.stat().st_size)
 
 
@@ -624,9 +623,9 @@ def load_deployed(path: str | os.PathLike) -> DeployedModel:
     return read_deployed(path).model
 
 
-def packed_ops(deployed: DeployedModel) -> list[nn.Module]:
+def packed_ops(deployed: DeployedModel) -> list[ir.Op]:
     """The packed binary ops of ``deployed`` in forward order (as ``convert`` lists them)."""
-    out: list[nn.Module] = []
+    out: list[ir.Op] = []
     for op in deployed.ops:
         if isinstance(op, ir.PackedConv | ir.PackedLinear):
             out.append(op)

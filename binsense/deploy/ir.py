@@ -1,8 +1,11 @@
 r"""The deployed ops: what :func:`binsense.deploy.program.convert` emits and every reader
 of a program (the reference run, the packed engine, the file format, ONNX, QONNX, C)
-interprets. Each op holds its plain parameters; ``spec()`` / ``from_spec()`` give and
-take them as JSON values and tensors, every value checked (a file cannot make the loader
-allocate or index out of range).
+interprets. Each op is a frozen dataclass (:class:`Op`) of tensors and plain values, made
+from its trained module once (``Op.of(...)``; no :class:`~torch.nn.Module` stays in a
+program); calling it is the reference run of its arithmetic. ``spec()`` /
+``from_spec()`` give and take its fields as JSON values and tensors, every value checked
+(a file cannot make the loader allocate or index out of range). :class:`OpList` holds a
+program's ops in order, with their names.
 
 - :class:`PlanesInput`: a binary encoder as integer compares on the 8-bit ADC code;
 - :class:`FloatStage`: a float first layer, head or residual part as typed float32 ops
@@ -20,7 +23,7 @@ thresholds by enumeration).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,11 +53,23 @@ from binsense.quant.sign import SignQuantizer
 # from them without the trained model (binsense.deploy.fileformat); every value is checked.
 
 
-def _blank(cls):
-    """An instance of the module class ``cls`` without running its ``__init__``."""
-    op = cls.__new__(cls)
-    nn.Module.__init__(op)
-    return op
+@dataclass(frozen=True, eq=False)
+class Op:
+    """One op of a deployed program: a frozen dataclass of tensors and plain values (no
+    :class:`~torch.nn.Module` inside); calling it is the reference run of its arithmetic.
+    Readers switch on its type. Per-input-size tables (a conv's border, the C kernel's
+    weight panels) are cached in the instance's ``__dict__``, never in its fields."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def spec(self) -> tuple[dict, dict[str, Tensor]]:
+        """Plain parameters (JSON values) and tensors that rebuild it (``from_spec``)."""
+        return {}, {}
+
+    @classmethod
+    def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> Op:
+        return cls()
 
 
 def _weight_bits(words: Tensor, n: int) -> Tensor:
@@ -69,12 +84,12 @@ def _weight_bits(words: Tensor, n: int) -> Tensor:
 # ---------------------------------------------------------------- ops
 
 
-def _cached(module: nn.Module, name: str, key: tuple, make):
-    """``make()``, kept in ``module.__dict__[name]`` while ``key`` stays the same."""
-    entry = module.__dict__.get(name)
+def _cached(op: Op, name: str, key: tuple, make):
+    """``make()``, kept in ``op.__dict__[name]`` while ``key`` stays the same."""
+    entry = op.__dict__.get(name)
     if entry is None or entry[0] != key:
         entry = (key, make())
-        module.__dict__[name] = entry
+        op.__dict__[name] = entry
     return entry[1]
 
 
@@ -83,16 +98,32 @@ def _tensor_key(t: Tensor) -> tuple:
     return (t.data_ptr(), t._version, tuple(t.shape))
 
 
-class PackedConv(nn.Module):
+@dataclass(frozen=True, eq=False)
+class PackedConv(Op):
     r"""A binary 2-D convolution on ±1 inputs, with packed weights (module docstring).
 
-    ``weight_words``: int64 ``(C_out, k_h, k_w, words)`` per group's input channels;
-    ``border``: int32 ``(C_out, H_out, W_out)`` correction for the zero padding of the
-    trained model, built for one input size (rebuilt when another size comes).
+    ``weight_words``: int64 ``(C_out, k_h, k_w, words)`` per group's input channels,
+    padding bits 1 (they add nothing); ``weight_pm1``: the same weights as int8 ±1
+    ``(C_out, C_in / groups, k_h, k_w)``; :meth:`border`: int32 ``(C_out, H_out, W_out)``
+    correction for the zero padding of the trained model, built for one input size.
     """
 
-    def __init__(self, conv: BinaryConv2d) -> None:
-        super().__init__()
+    out_channels: int
+    in_per_group: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    groups: int
+    weight_words: Tensor
+    weight_pm1: Tensor
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_per_group * self.kernel[0] * self.kernel[1]
+
+    @classmethod
+    def of(cls, conv: BinaryConv2d) -> PackedConv:
+        """The op of a trained binary conv (its binary weights, packed)."""
         if conv.scale or conv.bias is not None or conv.input_quantizer is not None:
             raise BinsenseError(
                 "the deploy step packs binary convs without XNOR scale, bias or input "
@@ -104,16 +135,9 @@ class PackedConv(nn.Module):
             w = conv.binary_weight().detach().cpu()
         if not torch.all(w.abs() == 1):
             raise BinsenseError("binary conv weights must be ±1 to pack (sign quantizer).")
-        self.groups = conv.groups
-        self.stride = conv.stride
-        self.padding = conv.padding
-        self.kernel = conv.kernel_size
-        self.out_channels, self.in_per_group = w.shape[0], w.shape[1]
-        self.fan_in = self.in_per_group * self.kernel[0] * self.kernel[1]
-        self.register_buffer("weight_pm1", w.to(torch.int8))
-        # words along the input channels of each group; padding bits 1 (adds nothing)
-        self.register_buffer("weight_words", pack_bits(w.permute(0, 2, 3, 1) > 0, -1, True))
-        self._border: tuple[tuple[int, int], Tensor] | None = None
+        words = pack_bits(w.permute(0, 2, 3, 1) > 0, -1, True)
+        return cls(w.shape[0], w.shape[1], tuple(conv.kernel_size), tuple(conv.stride),
+                   tuple(conv.padding), conv.groups, words, w.to(torch.int8))  # fmt: skip
 
     def spec(self) -> tuple[dict, dict[str, Tensor]]:
         """Plain parameters and the packed words that rebuild this op (:meth:`from_spec`)."""
@@ -127,38 +151,35 @@ class PackedConv(nn.Module):
     @classmethod
     def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> PackedConv:
         """The op of :meth:`spec`'s data (checked; ``weight_pm1`` unpacked from the words)."""
-        op = _blank(cls)
-        op.groups = plain_int(params["groups"], "groups")
-        op.stride = plain_pair(params["stride"], "stride", 1)
-        op.padding = plain_pair(params["padding"], "padding", 0)
-        op.kernel = plain_pair(params["kernel"], "kernel", 1)
-        check_geometry(op.kernel, op.padding, op.stride)
-        op.out_channels = plain_int(params["out_channels"], "out_channels")
-        op.in_per_group = plain_int(params["in_per_group"], "in_per_group")
-        if op.out_channels % op.groups:
-            raise BinsenseError(f"{op.out_channels} output channels in {op.groups} groups.")
-        kh, kw = op.kernel
-        op.fan_in = op.in_per_group * kh * kw
-        shape = (op.out_channels, kh, kw, -(-op.in_per_group // WORD))
+        groups = plain_int(params["groups"], "groups")
+        stride = plain_pair(params["stride"], "stride", 1)
+        padding = plain_pair(params["padding"], "padding", 0)
+        kernel = plain_pair(params["kernel"], "kernel", 1)
+        check_geometry(kernel, padding, stride)
+        out_channels = plain_int(params["out_channels"], "out_channels")
+        in_per_group = plain_int(params["in_per_group"], "in_per_group")
+        if out_channels % groups:
+            raise BinsenseError(f"{out_channels} output channels in {groups} groups.")
+        kh, kw = kernel
+        shape = (out_channels, kh, kw, -(-in_per_group // WORD))
         words = plain_tensor(tensors, "weight_words", torch.int64, shape)
-        w = torch.where(_weight_bits(words, op.in_per_group), 1, -1).to(torch.int8)
-        op.register_buffer("weight_pm1", w.permute(0, 3, 1, 2).contiguous())
-        op.register_buffer("weight_words", words)
-        op._border = None
-        return op
+        w = torch.where(_weight_bits(words, in_per_group), 1, -1).to(torch.int8)
+        return cls(out_channels, in_per_group, kernel, stride, padding, groups, words,
+                   w.permute(0, 3, 1, 2).contiguous())  # fmt: skip
 
     def border(self, height: int, width: int) -> Tensor:
         """``+sum(w)`` over the padded taps at each output position, ``(C_out, H', W')``."""
-        if self._border is not None and self._border[0] == (height, width):
-            return self._border[1]
-        ph, pw = self.padding
-        pad = torch.ones(1, self.in_per_group * self.groups, height + 2 * ph, width + 2 * pw)
-        pad[:, :, ph : ph + height, pw : pw + width] = 0
-        border = F.conv2d(pad, self.weight_pm1.float(), stride=self.stride, groups=self.groups)
-        self._border = ((height, width), border[0].round().to(torch.int32))
-        return self._border[1]
 
-    def forward(self, x: Tensor) -> Tensor:
+        def make() -> Tensor:
+            ph, pw = self.padding
+            pad = torch.ones(1, self.in_per_group * self.groups, height + 2 * ph, width + 2 * pw)
+            pad[:, :, ph : ph + height, pw : pw + width] = 0
+            border = F.conv2d(pad, self.weight_pm1.float(), stride=self.stride, groups=self.groups)
+            return border[0].round().to(torch.int32)
+
+        return _cached(self, "_border", (height, width), make)
+
+    def __call__(self, x: Tensor) -> Tensor:
         """``x``: ±1 (any dtype) ``(B, C_in, H, W)`` -> int32 ``(B, C_out, H', W')``."""
         if kernels.runs(x):  # the C kernel (binsense.deploy.kernels); the same integers
             return self._by_kernel(x)
@@ -186,7 +207,7 @@ class PackedConv(nn.Module):
         return 2 * out - self.fan_in + self.border(h, w).to(x.device)
 
     def _by_kernel(self, x: Tensor) -> Tensor:
-        """:meth:`forward` by the C kernel (:func:`binsense.deploy.kernels.conv2d_words`),
+        """The op by the C kernel (:func:`binsense.deploy.kernels.conv2d_words`),
         its weight panels, bias and dims kept between calls of the same geometry."""
         b, _, h, w = x.shape
         g, ww = self.groups, self.weight_words
@@ -208,17 +229,22 @@ class PackedConv(nn.Module):
         return kernels.conv2d_words(kernels.pack_input(x, g), weights, dims, bias)
 
 
-class PackedLinear(nn.Module):
-    """A binary linear layer on ±1 inputs with packed weights (no padding)."""
+@dataclass(frozen=True, eq=False)
+class PackedLinear(Op):
+    """A binary linear layer on ±1 inputs with packed weights (no padding):
+    ``weight_words`` int64 ``(out, words)``, padding bits 1."""
 
-    def __init__(self, linear: BinaryLinear) -> None:
-        super().__init__()
+    fan_in: int
+    weight_words: Tensor
+
+    @classmethod
+    def of(cls, linear: BinaryLinear) -> PackedLinear:
+        """The op of a trained binary linear layer."""
         if linear.scale or linear.bias is not None or linear.input_quantizer is not None:
             raise BinsenseError("the deploy step packs binary linear layers without scale or bias.")
         with torch.no_grad():
             w = linear.binary_weight().detach().cpu()
-        self.fan_in = w.shape[1]
-        self.register_buffer("weight_words", pack_bits(w > 0, 1, True))
+        return cls(w.shape[1], pack_bits(w > 0, 1, True))
 
     def spec(self) -> tuple[dict, dict[str, Tensor]]:
         """Plain parameters and the packed words that rebuild this op (:meth:`from_spec`)."""
@@ -228,15 +254,13 @@ class PackedLinear(nn.Module):
     @classmethod
     def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> PackedLinear:
         """The op of :meth:`spec`'s data (checked)."""
-        op = _blank(cls)
-        op.fan_in = plain_int(params["fan_in"], "fan_in")
+        fan_in = plain_int(params["fan_in"], "fan_in")
         out = plain_int(params["out_features"], "out_features")
-        words = plain_tensor(tensors, "weight_words", torch.int64, (out, -(-op.fan_in // WORD)))
-        _weight_bits(words, op.fan_in)
-        op.register_buffer("weight_words", words)
-        return op
+        words = plain_tensor(tensors, "weight_words", torch.int64, (out, -(-fan_in // WORD)))
+        _weight_bits(words, fan_in)
+        return cls(fan_in, words)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor:
         if kernels.runs(x):  # the C kernel (binsense.deploy.kernels); the same integers
             return self._by_kernel(x)
         words = pack_bits(to_bits(x), 1, False)  # (B, words)
@@ -244,7 +268,7 @@ class PackedLinear(nn.Module):
         return 2 * popcount64(xnor).sum(dim=-1) - self.fan_in
 
     def _by_kernel(self, x: Tensor) -> Tensor:
-        """:meth:`forward` by the C kernel (:func:`binsense.deploy.kernels.gemm_packed`; int64
+        """The op by the C kernel (:func:`binsense.deploy.kernels.gemm_packed`; int64
         as the PyTorch path), its weight panels kept between calls."""
         ww = self.weight_words
         panels = _cached(self, "_xnor_panels", _tensor_key(ww), lambda: kernels.pack_b(ww))
@@ -252,23 +276,29 @@ class PackedLinear(nn.Module):
         return (2 * c - self.fan_in).to(torch.int64)
 
 
-class MaxPoolInt(nn.Module):
+@dataclass(frozen=True, eq=False)
+class MaxPoolInt(Op):
     """Max-pool on integer popcounts (where the trained block pools: before its norm),
     with the trained pool's geometry as plain pairs."""
 
-    def __init__(self, pool: nn.MaxPool2d) -> None:
-        super().__init__()
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+
+    @classmethod
+    def of(cls, pool: nn.MaxPool2d) -> MaxPoolInt:
+        """The op of a trained max-pool."""
         if pool.return_indices:
             raise BinsenseError("a max-pool returning indices does not deploy.")
 
         def pair(v) -> tuple[int, int]:
             return tuple(v) if isinstance(v, tuple | list) else (int(v), int(v))
 
-        self.kernel = pair(pool.kernel_size)
-        self.stride = pair(pool.stride if pool.stride is not None else pool.kernel_size)
-        self.padding = pair(pool.padding)
-        self.dilation = pair(pool.dilation)
-        self.ceil_mode = bool(pool.ceil_mode)
+        stride = pool.stride if pool.stride is not None else pool.kernel_size
+        return cls(pair(pool.kernel_size), pair(stride), pair(pool.padding),
+                   pair(pool.dilation), bool(pool.ceil_mode))  # fmt: skip
 
     def spec(self) -> tuple[dict, dict[str, Tensor]]:
         """The geometry as plain values (:meth:`from_spec`)."""
@@ -280,16 +310,14 @@ class MaxPoolInt(nn.Module):
     @classmethod
     def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> MaxPoolInt:
         """The op of :meth:`spec`'s data (checked)."""
-        op = _blank(cls)
-        op.kernel = plain_pair(params["kernel"], "kernel", 1)
-        op.stride = plain_pair(params["stride"], "stride", 1)
-        op.padding = plain_pair(params["padding"], "padding", 0)
-        op.dilation = plain_pair(params["dilation"], "dilation", 1)
-        check_geometry(op.kernel, op.padding, op.stride, op.dilation)
+        kernel = plain_pair(params["kernel"], "kernel", 1)
+        stride = plain_pair(params["stride"], "stride", 1)
+        padding = plain_pair(params["padding"], "padding", 0)
+        dilation = plain_pair(params["dilation"], "dilation", 1)
+        check_geometry(kernel, padding, stride, dilation)
         if not isinstance(params["ceil_mode"], bool):
             raise BinsenseError("ceil_mode must be true or false.")
-        op.ceil_mode = params["ceil_mode"]
-        return op
+        return cls(kernel, stride, padding, dilation, params["ceil_mode"])
 
     @property
     def blocks(self) -> int | None:
@@ -301,7 +329,7 @@ class MaxPoolInt(nn.Module):
             return k
         return None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor:
         k = self.blocks
         if k is not None:  # non-overlapping windows: a max over reshaped blocks, on the integers
             b, c, h, w = x.shape
@@ -314,17 +342,22 @@ class MaxPoolInt(nn.Module):
         return y.to(torch.int32)
 
 
-class Threshold(nn.Module):
+@dataclass(frozen=True, eq=False)
+class Threshold(Op):
     r"""Integer thresholds of a (norm, act) pair: ``+1`` iff ``flip * (y - tau) >= 0``.
 
     ``tau``: int64 ``(C,)``, or ``(C, m, n)`` per position class (DeSign); found by
     evaluating the trained modules on every integer :math:`-K..K` (module docstring).
     """
 
-    def __init__(
-        self, norm: nn.Module, act: nn.Module, fan_in: int, channels: int, spatial: bool
-    ) -> None:
-        super().__init__()
+    tau: Tensor
+    flip: Tensor
+
+    @classmethod
+    def of(
+        cls, norm: nn.Module, act: nn.Module, fan_in: int, channels: int, spatial: bool
+    ) -> Threshold:
+        """The thresholds of a trained (norm, act) pair on integers ``-fan_in..fan_in``."""
         problem = fold_problem(norm, act)
         if problem is not None:
             raise BinsenseError(f"this (norm, activation) pair is no threshold: {problem}.")
@@ -348,9 +381,8 @@ class Threshold(nn.Module):
         tau = torch.where(rising, first_pos, last_pos).to(torch.int64) - fan_in
         tau = torch.where(always, -fan_in - 1, torch.where(never, fan_in + 1, tau))
         flip = torch.where(rising | always, 1, -1).to(torch.int64)
-        self.register_buffer("tau", tau)
-        self.register_buffer("flip", flip)
-        self._check_monotone(signs, tau, flip, values)
+        cls._check_monotone(signs, tau, flip, values)
+        return cls(tau, flip)
 
     def spec(self) -> tuple[dict, dict[str, Tensor]]:
         """No plain parameters; the tensors ``tau`` and ``flip`` (:meth:`from_spec`)."""
@@ -360,16 +392,13 @@ class Threshold(nn.Module):
     def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> Threshold:
         """The op of :meth:`spec`'s data: int64 ``tau`` ``(C,)`` or ``(C, m, n)``, ``flip``
         ±1 of the same shape."""
-        op = _blank(cls)
         tau = plain_tensor(tensors, "tau", torch.int64)
         if tau.dim() not in (1, 3):
             raise BinsenseError(f"thresholds of shape {tuple(tau.shape)}: (C,) or (C, m, n).")
         flip = plain_tensor(tensors, "flip", torch.int64, tau.shape)
         if not bool((flip.abs() == 1).all()):
             raise BinsenseError("threshold directions must be +1 or -1.")
-        op.register_buffer("tau", tau)
-        op.register_buffer("flip", flip)
-        return op
+        return cls(tau, flip)
 
     @staticmethod
     def _check_monotone(signs: Tensor, tau: Tensor, flip: Tensor, values: Tensor) -> None:
@@ -383,10 +412,10 @@ class Threshold(nn.Module):
 
     def _signed(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """``(flip, flip * tau)`` as int32, broadcast to ``y`` (cached per map size)."""
-        key = (tuple(y.shape[1:]), y.device)
-        cached = getattr(self, "_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        return _cached(self, "_signed_cache", (tuple(y.shape[1:]), y.device),
+                       lambda: self._make_signed(y))  # fmt: skip
+
+    def _make_signed(self, y: Tensor) -> tuple[Tensor, Tensor]:
         tau, flip = self.tau.to(y.device), self.flip.to(y.device)
         if tau.dim() == 3:  # per position class, tiled from the top-left corner
             c, h, w = tau.shape[0], y.shape[2], y.shape[3]
@@ -396,22 +425,25 @@ class Threshold(nn.Module):
             shape = (1, -1, *([1] * (y.dim() - 2)))
             tau, flip = tau.view(shape), flip.view(shape)
         # |tau| <= K + 1 and |y| <= K: int32 products cannot overflow
-        value = (flip.to(torch.int32), (flip * tau).to(torch.int32))
-        self._cache = (key, value)
-        return value
+        return flip.to(torch.int32), (flip * tau).to(torch.int32)
 
-    def forward(self, y: Tensor) -> Tensor:
+    def __call__(self, y: Tensor) -> Tensor:
         """int32 popcounts ``(B, C, ...)`` -> int8 ±1: ``flip * y >= flip * tau``."""
         flip, flip_tau = self._signed(y)
         return (y.to(torch.int32) * flip >= flip_tau).to(torch.int8).mul_(2).sub_(1)
 
 
-class PlanesInput(nn.Module):
-    """A binary encoder as integer compares: ADC code -> ±1 planes via its code table."""
+@dataclass(frozen=True, eq=False)
+class PlanesInput(Op):
+    """A binary encoder as integer compares: ADC code -> ±1 planes via its code table
+    (bool ``(C, 256, K)``)."""
 
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.register_buffer("table", encoder.code_table().cpu())  # bool (C, 256, K)
+    table: Tensor
+
+    @classmethod
+    def of(cls, encoder: nn.Module) -> PlanesInput:
+        """The op of a trained binary encoder (its exact code table)."""
+        return cls(encoder.code_table().cpu())
 
     def spec(self) -> tuple[dict, dict[str, Tensor]]:
         """No plain parameters; the bool code table (:meth:`from_spec`)."""
@@ -420,14 +452,12 @@ class PlanesInput(nn.Module):
     @classmethod
     def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> PlanesInput:
         """The op of :meth:`spec`'s data: a bool ``(C, 256, K)`` code table."""
-        op = _blank(cls)
         table = plain_tensor(tensors, "table", torch.bool)
         if table.dim() != 3 or table.shape[1] != 256:
             raise BinsenseError(f"a code table of shape {tuple(table.shape)}: (C, 256, K).")
-        op.register_buffer("table", table)
-        return op
+        return cls(table)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor:
         codes = adc_code(x).to(torch.int64)  # (B, C, H, W)
         table = self.table.to(x.device)
         c, _, k = table.shape
@@ -436,24 +466,27 @@ class PlanesInput(nn.Module):
         return torch.where(bits, 1, -1).to(torch.int8)
 
 
-class FloatStage(nn.Module):
+@dataclass(frozen=True, eq=False)
+class FloatStage(Op):
     """Float32 ops (a float encoder or first block, a float head, a residual unit's float
     part): typed ops of :mod:`binsense.deploy.stage`, their convs and linear layers in
     the one fixed summation order of :mod:`binsense.deploy.floatops` (one answer per
     image, whatever the batch). ``sources``: the paths, in the trained model, of the conv
     and linear layers they came from (:meth:`DeployedModel.reference`)."""
 
-    def __init__(self, ops: Sequence[stage.FloatOp], sources: Sequence[str] = ()) -> None:
-        super().__init__()
-        self.ops = tuple(ops)
-        self.sources = tuple(sources)
+    ops: tuple[stage.FloatOp, ...]
+    sources: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:  # any sequences given: kept as tuples (frozen)
+        object.__setattr__(self, "ops", tuple(self.ops))
+        object.__setattr__(self, "sources", tuple(self.sources))
 
     @classmethod
     def lower(cls, modules: Sequence[tuple[str, nn.Module]], bound: int = 0) -> FloatStage:
         """The stage of trained ``(path, module)`` pairs (:func:`binsense.deploy.stage.lower`;
         ``bound``: the largest integer its input holds, 0 for real values)."""
         lowered = stage.lower(modules, bound)
-        return cls(lowered.ops, lowered.sources)
+        return cls(tuple(lowered.ops), tuple(lowered.sources))
 
     def pre_sign(self) -> tuple[stage.FloatOp, ...] | None:
         """The ops up to the pre-activation of a final sign (a float first block
@@ -462,41 +495,45 @@ class FloatStage(nn.Module):
             return self.ops[:-1]
         return None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor:
         return stage.run_ops(self.ops, x.to(torch.float32))
 
 
-class ToInt8(nn.Module):
+@dataclass(frozen=True, eq=False)
+class ToInt8(Op):
     """Float ±1 -> int8 ±1 (after a float stage that ends in a sign)."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor:
         return x.to(torch.int8)
 
 
-class Shuffle(nn.Module):
+@dataclass(frozen=True, eq=False)
+class Shuffle(Op):
     """A channel shuffle of ``groups`` (:func:`binsense.layers.shape.channel_shuffle`)."""
 
-    def __init__(self, groups: int) -> None:
-        super().__init__()
-        self.groups = plain_int(groups, "groups")
+    groups: int
 
     def spec(self) -> tuple[dict, dict[str, Tensor]]:
         return {"groups": self.groups}, {}
 
     @classmethod
     def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> Shuffle:
-        return cls(params["groups"])
+        return cls(plain_int(params["groups"], "groups"))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor:
         return channel_shuffle(x, self.groups)
 
 
-class FlattenOp(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
+@dataclass(frozen=True, eq=False)
+class FlattenOp(Op):
+    """``x.flatten(1)``."""
+
+    def __call__(self, x: Tensor) -> Tensor:
         return x.flatten(1)
 
 
-class ResidualOp(nn.Module):
+@dataclass(frozen=True, eq=False)
+class ResidualOp(Op):
     r"""A binary residual unit on a real residual stream (the ResNet-18 BNN).
 
     :math:`y = \mathrm{post}(\mathrm{act}_2(\mathrm{norm}_2(W_2 \ast h)) + s(x))` with
@@ -506,8 +543,16 @@ class ResidualOp(nn.Module):
     same integers.
     """
 
-    def __init__(self, unit: ResidualUnit, path: str = "") -> None:
-        super().__init__()
+    conv1: PackedConv
+    threshold1: Threshold
+    conv2: PackedConv
+    rest: FloatStage
+    shortcut: FloatStage
+    post: FloatStage
+
+    @classmethod
+    def of(cls, unit: ResidualUnit, path: str = "") -> ResidualOp:
+        """The op of a trained residual unit at ``path`` in its model."""
         b1, b2 = unit.block1, unit.block2
         if not isinstance(unit.binarize, SignQuantizer) or not (
             isinstance(b1.conv, BinaryConv2d) and isinstance(b2.conv, BinaryConv2d)
@@ -515,34 +560,71 @@ class ResidualOp(nn.Module):
             raise BinsenseError("only binary residual units (a sign on the stream) deploy.")
         if b1.pool is not None or b2.pool is not None:
             raise BinsenseError("a residual unit with pooling inside does not deploy.")
-        self.conv1 = PackedConv(b1.conv)
-        self.threshold1 = Threshold(
-            b1.norm, b1.act, self.conv1.fan_in, b1.conv.out_channels, spatial=True
-        )
-        self.conv2 = PackedConv(b2.conv)
+        conv1, conv2 = PackedConv.of(b1.conv), PackedConv.of(b2.conv)
+        threshold1 = Threshold.of(b1.norm, b1.act, conv1.fan_in, b1.conv.out_channels, True)
         at = f"{path}." if path else ""
-        self.rest = FloatStage.lower(
-            [(f"{at}block2.norm", b2.norm), (f"{at}block2.act", b2.act)], self.conv2.fan_in
+        rest = FloatStage.lower(
+            [(f"{at}block2.norm", b2.norm), (f"{at}block2.act", b2.act)], conv2.fan_in
         )
-        self.shortcut = FloatStage.lower([(f"{at}shortcut", unit.shortcut)])
-        self.post = FloatStage.lower([(f"{at}post", unit.post)])
+        shortcut = FloatStage.lower([(f"{at}shortcut", unit.shortcut)])
+        post = FloatStage.lower([(f"{at}post", unit.post)])
+        return cls(conv1, threshold1, conv2, rest, shortcut, post)
 
-    @classmethod
-    def from_parts(
-        cls, conv1: PackedConv, threshold1: Threshold, conv2: PackedConv, rest: FloatStage,
-        shortcut: FloatStage, post: FloatStage,
-    ) -> ResidualOp:  # fmt: skip
-        """The op from its rebuilt parts (a file; :mod:`binsense.deploy.fileformat`)."""
-        op = _blank(cls)
-        op.conv1, op.threshold1, op.conv2 = conv1, threshold1, conv2
-        op.rest, op.shortcut, op.post = rest, shortcut, post
-        return op
-
-    def forward(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, observe: Observer | None = None) -> Tensor:
         x = x.to(torch.float32)
         signs = torch.where(x >= 0, 1, -1).to(torch.int8)  # sign(0) = +1
-        y2 = self.conv2(self.threshold1(self.conv1(signs)))
+        y1 = self.conv1(signs)
+        y2 = self.conv2(self.threshold1(y1))
+        if observe is not None:
+            observe(self.conv1, y1)
+            observe(self.conv2, y2)
         return self.post(self.rest(y2.to(torch.float32)) + self.shortcut(x))
+
+
+#: ``observe(op, output)``: called by :meth:`OpList.__call__` after each op runs.
+Observer = Callable[[Op, Tensor], None]
+
+
+class OpList(Sequence[Op]):
+    """The ops of a deployed program in order, each with its name: a plain sequence
+    (``ops[i]``, ``len``, iteration), :meth:`named` pairs, and the reference run."""
+
+    def __init__(self, named: Mapping[str, Op] | Iterable[tuple[str, Op]]) -> None:
+        pairs = list(named.items() if isinstance(named, Mapping) else named)
+        for name, op in pairs:
+            if not isinstance(op, Op):
+                raise BinsenseError(f"op {name!r} is a {type(op).__name__}, not a deployed op.")
+        self.names = tuple(name for name, _ in pairs)
+        self.ops = tuple(op for _, op in pairs)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.ops[i]
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter(self.ops)
+
+    def named(self) -> Iterator[tuple[str, Op]]:
+        """``(name, op)`` in order."""
+        return zip(self.names, self.ops, strict=True)
+
+    def walk(self) -> Iterator[Op]:
+        """Every op, the parts of a residual unit included (after it)."""
+        for op in self.ops:
+            yield op
+            if isinstance(op, ResidualOp):
+                yield from (op.conv1, op.threshold1, op.conv2, op.rest, op.shortcut, op.post)
+
+    def __call__(self, x: Tensor, observe: Observer | None = None) -> Tensor:
+        """The ops in order on ``x`` (the reference run); ``observe(op, out)`` after each
+        op (and each binary conv inside a residual unit)."""
+        for op in self.ops:
+            x = op(x, observe) if isinstance(op, ResidualOp) else op(x)
+            if observe is not None:
+                observe(op, x)
+        return x
 
 
 @dataclass(frozen=True)
@@ -555,11 +637,11 @@ class ConvUnit:
 
     conv: PackedConv
     pool: MaxPoolInt | None
-    tail: nn.Module | None
+    tail: Op | None
     tail_index: int
 
 
-def conv_unit(ops: Sequence[nn.Module], i: int) -> ConvUnit:
+def conv_unit(ops: Sequence[Op], i: int) -> ConvUnit:
     """The :class:`ConvUnit` of the :class:`PackedConv` at ``ops[i]``."""
     conv, j = ops[i], i + 1
     pool = ops[j] if j < len(ops) and isinstance(ops[j], MaxPoolInt) else None
@@ -569,6 +651,9 @@ def conv_unit(ops: Sequence[nn.Module], i: int) -> ConvUnit:
 
 __all__ = [
     "ConvUnit",
+    "Observer",
+    "Op",
+    "OpList",
     "conv_unit",
     "MAX_STRIDE",
     "FlattenOp",

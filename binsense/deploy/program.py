@@ -47,7 +47,6 @@ run-time-dispatched XNOR-popcount kernels and the file format build on its ops.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -113,10 +112,10 @@ class DeployedModel:
     line (:func:`model_input`).
     """
 
-    ops: nn.Sequential
+    ops: ir.OpList
     source: str = ""
     #: (trained binary layer, its packed op) pairs, in forward order, for layer checks.
-    layers: list[tuple[nn.Module, nn.Module]] = field(default_factory=list)
+    layers: list[tuple[nn.Module, ir.Op]] = field(default_factory=list)
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
@@ -132,10 +131,11 @@ class DeployedModel:
         return engine(x)
 
     @torch.no_grad()
-    def run_ops(self, x: Tensor) -> Tensor:
+    def run_ops(self, x: Tensor, observe: ir.Observer | None = None) -> Tensor:
         """The logits by the op list, op by op on ±1 / integer NCHW tensors (the
-        reference the packed engine is checked against)."""
-        return self.ops(self._input(x))
+        reference the packed engine is checked against); ``observe(op, out)`` after
+        each op (:meth:`binsense.deploy.ir.OpList.__call__`)."""
+        return self.ops(self._input(x), observe)
 
     def _input(self, x: Tensor) -> Tensor:
         """:func:`model_input`, and images of a shape the program fits: the first batch of
@@ -152,7 +152,7 @@ class DeployedModel:
     def float_stages(self) -> list[ir.FloatStage]:
         """The float stages (first layer, head, a residual unit's float parts): typed ops
         run in the order of :mod:`binsense.deploy.floatops`."""
-        return [m for m in self.ops.modules() if isinstance(m, ir.FloatStage)]
+        return [op for op in self.ops.walk() if isinstance(op, ir.FloatStage)]
 
     def float_layers(self, model: nn.Module) -> list[nn.Module]:
         """The conv and linear layers of the trained ``model`` that this program's float
@@ -181,7 +181,7 @@ class DeployedModel:
     def trace(self, x: Tensor) -> Iterator[tuple[str, Tensor]]:
         """Each op's name and output, in order (for per-layer comparisons)."""
         x = self._input(x)
-        for name, op in self.ops.named_children():
+        for name, op in self.ops.named():
             x = op(x)
             yield name, x
 
@@ -195,7 +195,7 @@ class DeployedModel:
         shape = checked_shape(input_shape)
         shown = "x".join(map(str, shape))
         steps = []
-        for name, op in self.ops.named_children():
+        for name, op in self.ops.named():
             try:
                 out, peak = op_footprint(op, shape, workspace)
             except BinsenseError as e:
@@ -290,22 +290,22 @@ def _binary_input_block(block: BinaryBlock) -> bool:
 
 
 def _block_ops(
-    block: BinaryBlock, name: str, path: str, ops: dict[str, nn.Module], layers: list
+    block: BinaryBlock, name: str, path: str, ops: dict[str, ir.Op], layers: list
 ) -> None:
     conv = block.conv
-    packed: nn.Module = (
-        ir.PackedConv(conv) if isinstance(conv, BinaryConv2d) else ir.PackedLinear(conv)
+    packed: ir.PackedConv | ir.PackedLinear = (
+        ir.PackedConv.of(conv) if isinstance(conv, BinaryConv2d) else ir.PackedLinear.of(conv)
     )
     ops[f"{name}_conv"] = packed
     layers.append((conv, packed))
     if block.pool is not None:
         if not isinstance(block.pool, nn.MaxPool2d):
             raise BinsenseError(f"block {name}: only max-pools deploy on integers.")
-        ops[f"{name}_pool"] = ir.MaxPoolInt(block.pool)
+        ops[f"{name}_pool"] = ir.MaxPoolInt.of(block.pool)
     if pair_folds(block.norm, block.act):
         channels = conv.out_channels if isinstance(conv, BinaryConv2d) else conv.out_features
         spatial = isinstance(conv, BinaryConv2d)
-        ops[f"{name}_threshold"] = ir.Threshold(
+        ops[f"{name}_threshold"] = ir.Threshold.of(
             block.norm, block.act, packed.fan_in, channels, spatial
         )
     elif isinstance(block.act, nn.Identity):  # the classifier: its norm on the integers
@@ -332,8 +332,8 @@ def convert(model: nn.Module) -> DeployedModel:
     model = model.eval()
     if not any(is_binary_layer(m) for m in model.modules()):
         raise BinsenseError("this model has no binary layer: there is nothing to deploy.")
-    ops: dict[str, nn.Module] = {}
-    layers: list[tuple[nn.Module, nn.Module]] = []
+    ops: dict[str, ir.Op] = {}
+    layers: list[tuple[nn.Module, ir.Op]] = []
     pending: list[tuple[str, nn.Module]] = []
     if isinstance(model.encoder, FloatEncoder):
         pending.append(("encoder", model.encoder))
@@ -341,7 +341,7 @@ def convert(model: nn.Module) -> DeployedModel:
     else:
         if not getattr(model.encoder, "binary", False):
             raise BinsenseError(f"encoder {type(model.encoder).__name__} does not deploy.")
-        ops["input"] = ir.PlanesInput(model.encoder)
+        ops["input"] = ir.PlanesInput.of(model.encoder)
         stream = "binary"
     for i, module in enumerate(model.blocks):
         name, path = f"b{i}", f"blocks.{i}"
@@ -351,7 +351,7 @@ def convert(model: nn.Module) -> DeployedModel:
                 pending = []
             if stream != "float":
                 raise BinsenseError(f"residual unit {name} needs a real residual stream.")
-            op = ir.ResidualOp(module, path)
+            op = ir.ResidualOp.of(module, path)
             ops[name] = op
             layers += [(module.block1.conv, op.conv1), (module.block2.conv, op.conv2)]
         elif isinstance(module, BinaryBlock) and stream == "binary":
@@ -377,7 +377,7 @@ def convert(model: nn.Module) -> DeployedModel:
     head = model.head
     if isinstance(head, BinaryBlock) and is_binary_layer(head.conv) and stream == "binary":
         if isinstance(head.conv, BinaryConv2d):  # the compact model's 1x1 conv head
-            ops["head_conv"] = ir.PackedConv(head.conv)
+            ops["head_conv"] = ir.PackedConv.of(head.conv)
             layers.append((head.conv, ops["head_conv"]))
             rest = [(f"head.{n}", getattr(head, n)) for n in ("pool", "norm")]
             ops["head_rest"] = ir.FloatStage.lower(
@@ -387,7 +387,7 @@ def convert(model: nn.Module) -> DeployedModel:
             _block_ops(head, "head", "head", ops, layers)
     else:
         ops["head"] = ir.FloatStage.lower([("head", head)], 1 if stream == "binary" else 0)
-    return DeployedModel(nn.Sequential(OrderedDict(ops)), type(model).__name__, layers)
+    return DeployedModel(ir.OpList(ops), type(model).__name__, layers)
 
 
 # ---------------------------------------------------------------- exactness check
@@ -436,14 +436,14 @@ def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None)
     deployed = deployed if deployed is not None else convert(model)
     float_layers = deployed.float_layers(model)
     seen: dict[int, Tensor] = {}
-    hooks = []
-    for trained, packed in deployed.layers:
-        for module in (trained, packed):
-            hooks.append(
-                module.register_forward_hook(
-                    lambda m, i, o: seen.__setitem__(id(m), o)  # noqa: B023 - m is the arg
-                )
-            )
+
+    def observe(op, out) -> None:
+        seen[id(op)] = out
+
+    hooks = [
+        trained.register_forward_hook(lambda m, i, o: observe(m, o))
+        for trained, _ in deployed.layers
+    ]
     names = [f"{i}:{type(t).__name__}" for i, (t, _) in enumerate(deployed.layers)]
     mismatches = dict.fromkeys(names, 0)
     images = pred = logit = engine = 0
@@ -452,7 +452,7 @@ def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None)
             seen.clear()
             with floatops.ordered(*float_layers):
                 ref = model(x)
-            out = deployed.run_ops(x)
+            out = deployed.run_ops(x, observe)
             fast = deployed(x)
             engine += int((fast != out).flatten(1).any(1).sum())
             for name, (trained, packed) in zip(names, deployed.layers, strict=True):

@@ -7,7 +7,6 @@ an input shape, checked field by field, and the activation memory that follows
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from binsense.deploy import ir, stage
 from binsense.deploy.bits import WORD
@@ -75,7 +74,7 @@ def _meta_run(op: ir.FloatStage, shape: tuple[int, ...], workspace: bool) -> tup
 
 
 def op_footprint(
-    op: nn.Module, shape: tuple[int, ...], workspace: bool = False
+    op: ir.Op, shape: tuple[int, ...], workspace: bool = False
 ) -> tuple[tuple[int, ...], int]:
     """``(output shape, peak elements)`` of ``op`` on one image whose input has ``shape``
     (no batch axis), from the op's parameters: no packed op runs, a float stage runs on
@@ -191,7 +190,7 @@ def checked_shape(input_shape) -> tuple[int, int, int]:
     return tuple(input_shape)  # type: ignore[return-value]
 
 
-def op_output_shape(op: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+def op_output_shape(op: ir.Op, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The output shape of ``op`` (no batch axis) for inputs of ``shape``, without running
     a packed op (:func:`op_footprint`)."""
     return op_footprint(op, shape)[0]

@@ -238,7 +238,7 @@ class _Lowering:
     def __init__(self, deployed: DeployedModel, input_shape: tuple[int, int, int]) -> None:
         no_residual(deployed, "C")
         self.input_shape = tuple(input_shape)
-        self.ops = list(deployed.ops.named_children())
+        self.ops = list(deployed.ops.named())
         self.shapes = op_shapes(deployed, self.input_shape)
         self.layers: list[_Layer] = []
         self.float_mismatches = 0

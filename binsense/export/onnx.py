@@ -618,7 +618,7 @@ class GraphBuilder:
         no_residual(deployed, self.flavour)
         shapes = op_shapes(deployed, input_shape)
         x, shape = "image", tuple(input_shape)
-        for (name, op), out_shape in zip(deployed.ops.named_children(), shapes, strict=True):
+        for (name, op), out_shape in zip(deployed.ops.named(), shapes, strict=True):
             handler = self.PROGRAM_OPS.get(type(op))
             if handler is None:
                 raise BinsenseError(
