@@ -21,7 +21,7 @@ from binsense.deploy.engine import (
     _PlanesWords,
     _regroup,
 )
-from binsense.deploy.ir import MaxPoolInt, PackedConv, Threshold
+from binsense.deploy.ir import MaxPoolInt, OpList, PackedConv, Threshold
 from binsense.layers import BinaryConv2d, DeSign
 from binsense.quant import SteSign
 
@@ -69,7 +69,10 @@ def test_fused_conv_pool_threshold_equals_the_ops(cin, cout, groups, size, pool,
     x = _pm1(3, cin, size, size + 1)
     y = conv(x)
     expected = threshold(pool_op(y) if pool_op else y)
-    fused = _FusedConv(conv, pool_op, threshold)
+    named = {"conv": conv, **({"pool": pool_op} if pool_op else {}), "threshold": threshold}
+    (unit,) = OpList(named).units.values()  # the unit the program decides once
+    assert unit.fused and unit.pool is pool_op and unit.tail is threshold
+    fused = _FusedConv(unit)
     packed = Packed(kernels.pack_input(x, groups), cin, groups)
     got = fused(packed)
     assert got.channels == cout and torch.equal(got.pm1(), expected)

@@ -41,7 +41,6 @@ compares both on every batch it checks. It runs where the C kernel runs
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -136,19 +135,13 @@ class _Conv:
 
 
 class _FusedConv(_Conv):
-    """PackedConv [+ non-overlapping MaxPoolInt] + Threshold: one fused C call (and a pool
-    on bits)."""
+    """A fused :class:`~binsense.deploy.ir.ConvUnit`: PackedConv [+ non-overlapping
+    MaxPoolInt] + Threshold, one C call (and a pool on bits)."""
 
-    def __init__(
-        self, conv: ir.PackedConv, pool: ir.MaxPoolInt | None, threshold: ir.Threshold
-    ) -> None:
-        super().__init__(conv)
-        self.threshold = threshold
-        self.k = pool.blocks if pool is not None else 1
-
-    @staticmethod
-    def fits(pool: ir.MaxPoolInt | None) -> bool:
-        return pool is None or pool.blocks is not None
+    def __init__(self, unit: ir.ConvUnit) -> None:
+        super().__init__(unit.conv)
+        self.threshold = unit.tail
+        self.k = unit.pool.blocks if unit.pool is not None else 1
 
     def extra(self, ho: int, wo: int, bias: Tensor) -> tuple:
         k, c = self.k, self.conv.out_channels
@@ -234,8 +227,8 @@ class PackedEngine:
     """Runs a program's op list with packed activations between binary layers (module
     docstring); ``engine(x)`` equals ``ops(x)`` exactly."""
 
-    def __init__(self, ops: Sequence[ir.Op]) -> None:
-        self.ops = list(ops)
+    def __init__(self, ops: ir.OpList) -> None:
+        self.ops, self.units = list(ops), ops.units
         self._steps: dict[int, object] = {}
         self._perms: dict[tuple[int, int], Tensor] = {}
 
@@ -304,11 +297,10 @@ class PackedEngine:
         return h.pm1() if isinstance(h, Packed) else h
 
     def _conv(self, i: int, h: Packed) -> tuple[Tensor | Packed, int]:
-        ops, conv = self.ops, self.ops[i]
+        conv, unit = self.ops[i], self.units[i]
         h = _regroup(h, conv.groups)
-        unit = ir.conv_unit(ops, i)
-        if isinstance(unit.tail, ir.Threshold) and _FusedConv.fits(unit.pool):
-            step = self._step(i, lambda: _FusedConv(conv, unit.pool, unit.tail))
+        if unit.fused:
+            step = self._step(i, lambda: _FusedConv(unit))
             return step(h), unit.tail_index + 1
         return self._step(i, lambda: _Conv(conv))(h), i + 1
 

@@ -581,6 +581,34 @@ class ResidualOp(Op):
         return self.post(self.rest(y2.to(torch.float32)) + self.shortcut(x))
 
 
+@dataclass(frozen=True)
+class ConvUnit:
+    """A binary conv of a program with what consumes its integers: an optional
+    :class:`MaxPoolInt`, then ``tail`` (a :class:`Threshold`, a float head stage, another
+    op, or ``None`` at the end of the program) at index ``tail_index``. Found once, when
+    the program is built (:attr:`OpList.units`); the engine runs a ``fused`` unit as one
+    C call (conv, pool on bits, threshold), the C export lowers a unit to one layer."""
+
+    conv: PackedConv
+    pool: MaxPoolInt | None
+    tail: Op | None
+    tail_index: int
+
+    @property
+    def fused(self) -> bool:
+        """Conv, a non-overlapping pool or none, and a threshold: one fused C call."""
+        no_pool = self.pool is None or self.pool.blocks is not None
+        return isinstance(self.tail, Threshold) and no_pool
+
+
+def _conv_unit(ops: Sequence[Op], i: int) -> ConvUnit:
+    """The :class:`ConvUnit` of the :class:`PackedConv` at ``ops[i]``."""
+    conv, j = ops[i], i + 1
+    pool = ops[j] if j < len(ops) and isinstance(ops[j], MaxPoolInt) else None
+    j += pool is not None
+    return ConvUnit(conv, pool, ops[j] if j < len(ops) else None, j)
+
+
 #: ``observe(op, output)``: called by :meth:`OpList.__call__` after each op runs.
 Observer = Callable[[Op, Tensor], None]
 
@@ -596,6 +624,13 @@ class OpList(Sequence[Op]):
                 raise BinsenseError(f"op {name!r} is a {type(op).__name__}, not a deployed op.")
         self.names = tuple(name for name, _ in pairs)
         self.ops = tuple(op for _, op in pairs)
+        #: Each binary conv's unit (conv, pool, what takes its integers), by op index:
+        #: the fusion the engine and the C export both follow, decided here once.
+        self.units = {
+            i: _conv_unit(self.ops, i)
+            for i, op in enumerate(self.ops)
+            if isinstance(op, PackedConv)
+        }
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -627,34 +662,11 @@ class OpList(Sequence[Op]):
         return x
 
 
-@dataclass(frozen=True)
-class ConvUnit:
-    """A binary conv of a program with what consumes its integers: an optional
-    :class:`MaxPoolInt`, then ``tail`` (a :class:`Threshold`, a float head stage, another
-    op, or ``None`` at the end of the program) at index ``tail_index``. The one place that
-    finds a conv's group; the engine fuses it into one C call where it can, the C export
-    lowers it to one layer."""
-
-    conv: PackedConv
-    pool: MaxPoolInt | None
-    tail: Op | None
-    tail_index: int
-
-
-def conv_unit(ops: Sequence[Op], i: int) -> ConvUnit:
-    """The :class:`ConvUnit` of the :class:`PackedConv` at ``ops[i]``."""
-    conv, j = ops[i], i + 1
-    pool = ops[j] if j < len(ops) and isinstance(ops[j], MaxPoolInt) else None
-    j += pool is not None
-    return ConvUnit(conv, pool, ops[j] if j < len(ops) else None, j)
-
-
 __all__ = [
     "ConvUnit",
     "Observer",
     "Op",
     "OpList",
-    "conv_unit",
     "MAX_STRIDE",
     "FlattenOp",
     "FloatStage",

@@ -239,6 +239,7 @@ class _Lowering:
         no_residual(deployed, "C")
         self.input_shape = tuple(input_shape)
         self.ops = list(deployed.ops.named())
+        self.units = deployed.ops.units
         self.shapes = op_shapes(deployed, self.input_shape)
         self.layers: list[_Layer] = []
         self.float_mismatches = 0
@@ -300,7 +301,7 @@ class _Lowering:
         shapes, shape = self.shapes, self._in_shape(i)
         if op.fan_in >= FLOAT_EXACT:
             raise self._fail(name, f"a fan-in of {op.fan_in}")
-        unit = ir.conv_unit([o for _, o in self.ops], i)
+        unit = self.units[i]
         last, tail = unit.tail_index, unit.tail
         params = {"op": op, "pool": _pool_params(name, unit.pool), "conv_shape": shapes[i]}
         if isinstance(tail, ir.Threshold):
