@@ -339,8 +339,8 @@ class Trainer:
             return
         if not resume:
             raise BinsenseError(
-                f"{str(self.run_path)!r} already holds a checkpoint; pass --resume to continue "
-                "it, or choose another output folder."
+                f"{str(self.run_path)!r} already holds a checkpoint; resume it (--resume, or "
+                "train(..., resume=True)), or choose another output folder."
             )
         check_resume_settings(
             self.run_path, self.config, self.device, self.train_set, self.test_set,
