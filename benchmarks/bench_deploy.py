@@ -246,8 +246,8 @@ def weight_memory(twin: nn.Module, deployed) -> dict[str, float]:
     packed = thresholds = floats = 0
     fan_in = 0
     # forward order: a threshold follows its layer; a residual unit's packed convs,
-    # threshold and float stages are visited as its children
-    for op in deployed.ops.modules():
+    # threshold and float stages are visited after it (OpList.walk)
+    for op in deployed.ops.walk():
         if isinstance(op, PackedConv | PackedLinear):
             packed += 64 * op.weight_words.numel()
             fan_in = op.fan_in
@@ -272,7 +272,7 @@ def op_profile(deployed, x: torch.Tensor, repeats: int) -> dict[str, float]:
     for _ in range(max(repeats, 1) + 1):  # the first pass warms up, then is overwritten
         spent: dict[str, float] = {}
         h = x
-        for op in deployed.ops.children():
+        for op in deployed.ops:
             start = time.perf_counter()
             h = op(h)
             name = type(op).__name__

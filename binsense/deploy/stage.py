@@ -58,7 +58,7 @@ from binsense.layers.norm import ChannelAffine
 from binsense.layers.shape import GlobalPool as GlobalPoolModule
 from binsense.layers.shape import global_pool
 from binsense.quant.fixed import quantize_fixed_ste
-from binsense.quant.sign import SignQuantizer, sign_pm1
+from binsense.quant.sign import SignQuantizer, fused_sign_pm1
 
 #: Norms on integer inputs up to this magnitude are checked on every integer.
 MAX_ENUMERATION = 1 << 17
@@ -248,7 +248,7 @@ class Conv(FloatOp):
 
     def run(self, x: Tensor) -> Tensor:
         if self.sign_input:
-            x = sign_pm1(x)
+            x = fused_sign_pm1(x)
         if x.is_meta:
             return F.conv2d(x, self.weight.to("meta"), None, self.stride, self.padding, 1,
                             self.groups)  # fmt: skip
@@ -291,7 +291,7 @@ class Linear(FloatOp):
 
     def run(self, x: Tensor) -> Tensor:
         if self.sign_input:
-            x = sign_pm1(x)
+            x = fused_sign_pm1(x)
         if x.is_meta:
             return F.linear(x, self.weight.to("meta"))
         return floatops.linear(x, self.weight, self.bias)
@@ -471,7 +471,7 @@ class Sign(FloatOp):
     """Every sign quantizer's forward: ``+1`` where ``x >= 0``, else ``-1`` (float)."""
 
     def run(self, x: Tensor) -> Tensor:
-        return sign_pm1(x)
+        return fused_sign_pm1(x)
 
 
 @_op
@@ -491,7 +491,7 @@ class DeSignShift(FloatOp):
         _, c, h, w = x.shape
         t = design_threshold_map(self.kernel, self.scale, c, h, w)
         shifted = x - t.to(device=x.device, dtype=x.dtype)
-        return sign_pm1(shifted) if self.sign else shifted
+        return fused_sign_pm1(shifted) if self.sign else shifted
 
     @classmethod
     def from_spec(cls, params: dict, tensors: dict[str, Tensor]) -> DeSignShift:

@@ -78,7 +78,8 @@ def _fusion_enabled() -> bool:
     return os.environ.get(FUSED_ENV, "1") != "0"
 
 
-_fused_sign = _Fused(sign_pm1)
+#: :func:`sign_pm1` as one fused pass where ``torch.compile`` works (the same values).
+fused_sign_pm1 = _Fused(sign_pm1)
 
 
 class _SurrogateSign(torch.autograd.Function):
@@ -88,7 +89,7 @@ class _SurrogateSign(torch.autograd.Function):
     def forward(ctx, x: Tensor, backward: _Fused, params: tuple) -> Tensor:
         ctx.save_for_backward(x)
         ctx.backward_kernel, ctx.params = backward, params
-        return _fused_sign(x)
+        return fused_sign_pm1(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -282,6 +283,7 @@ def get_quantizer(spec: ComponentSpec | SignQuantizer | None, **kwargs) -> SignQ
 __all__ = [
     "QUANTIZERS",
     "SignQuantizer",
+    "fused_sign_pm1",
     "sign_pm1",
     "SteSign",
     "TriangleSign",
