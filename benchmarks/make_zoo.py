@@ -67,6 +67,7 @@ def main() -> int:
     minutes = sum(m["epoch_time_s"] + m.get("eval_time_s", 0.0) for m in metrics) / 60
     started = datetime.fromisoformat(provenance["started"])
     ended = datetime.fromtimestamp((args.run / "checkpoint.pt").stat().st_mtime, timezone.utc)
+    wall = round((ended - started).total_seconds() / 60, 1)
     card = {
         "name": args.name,
         "recipe": args.recipe,
@@ -86,12 +87,13 @@ def main() -> int:
         "training": {
             "epochs": config.epochs,
             "epoch_minutes": round(minutes, 1),
-            "wall_minutes": round((ended - started).total_seconds() / 60, 1),
+            # a resumed run's provenance starts at its last resume: no whole wall time
+            "wall_minutes": wall if wall >= minutes else None,
             "precision": env.get("precision", "fp32"),
             "machine": env.get("cpu") or cpu_name(),
             "threads": env.get("threads"),
             "torch": env.get("torch"),
-            "started": provenance.get("started"),
+            "started": provenance.get("started"),  # (the last resume, if resumed)
         },
         "commands": [
             f"binsense train --recipe {args.recipe} --seed {config.seed} --out RUN",
