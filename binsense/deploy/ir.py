@@ -23,6 +23,7 @@ thresholds by enumeration).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -54,14 +55,15 @@ from binsense.quant.sign import SignQuantizer
 
 
 @dataclass(frozen=True, eq=False)
-class Op:
+class Op(abc.ABC):
     """One op of a deployed program: a frozen dataclass of tensors and plain values (no
     :class:`~torch.nn.Module` inside); calling it is the reference run of its arithmetic.
     Readers switch on its type. Per-input-size tables (a conv's border, the C kernel's
     weight panels) are cached in the instance's ``__dict__``, never in its fields."""
 
+    @abc.abstractmethod
     def __call__(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The op's output for ``x`` (the reference run)."""
 
     def spec(self) -> tuple[dict, dict[str, Tensor]]:
         """Plain parameters (JSON values) and tensors that rebuild it (``from_spec``)."""

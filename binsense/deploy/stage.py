@@ -27,6 +27,7 @@ otherwise. :func:`lower` runs it and records the form in the :class:`BatchNorm` 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -154,15 +155,16 @@ def _op(cls):
 
 
 @dataclass(frozen=True, eq=False)
-class FloatOp:
+class FloatOp(abc.ABC):
     """One float32 op of a float stage: :meth:`run` on ``(B, ...)`` float32 tensors.
 
     :meth:`spec` gives its plain parameters (JSON values) and tensors; ``from_spec``
     rebuilds it from them, every value checked (a file cannot make it allocate or index
     out of range)."""
 
+    @abc.abstractmethod
     def run(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The op's output for ``x`` (``(B, ...)`` float32), the module's arithmetic."""
 
     def spec(self) -> tuple[dict, dict[str, Tensor]]:
         params: dict[str, Any] = {}
