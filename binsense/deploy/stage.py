@@ -55,7 +55,7 @@ from binsense.layers.binary import BinaryConv2d, BinaryLinear
 from binsense.layers.block import BinaryBlock, Shortcut, shortcut
 from binsense.layers.bn import QuantizedBatchNorm
 from binsense.layers.design import DeSign, design_threshold_map
-from binsense.layers.norm import ChannelAffine
+from binsense.layers.norm import ChannelAffine, channel_view
 from binsense.layers.shape import GlobalPool as GlobalPoolModule
 from binsense.layers.shape import global_pool
 from binsense.quant.fixed import quantize_fixed_ste
@@ -210,11 +210,6 @@ def _form(params: dict, tensors: dict[str, Tensor], channels: int) -> Affine:
     )  # fmt: skip
 
 
-def _shape_for(t: Tensor, x: Tensor) -> Tensor:
-    """A per-channel vector shaped to broadcast over ``x`` ``(N, C, ...)``."""
-    return t.view(1, -1, *([1] * (x.dim() - 2)))
-
-
 @_op
 @dataclass(frozen=True, eq=False)
 class Standardize(FloatOp):
@@ -358,7 +353,7 @@ class ScaleShift(FloatOp):
 
     def run(self, x: Tensor) -> Tensor:
         a, b = self.a.to(x.device), self.b.to(x.device)
-        return x * _shape_for(a, x) + _shape_for(b, x)
+        return x * channel_view(a, x) + channel_view(b, x)
 
     @property
     def form(self) -> Affine:
