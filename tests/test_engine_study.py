@@ -9,7 +9,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import torch
 
+from binsense.data import dataset_info
+from binsense.evaluate.conditions import Clean
+from binsense.models import build_model
 from binsense.study import execute as runner_module
 from binsense.study.runner import run_study
 from binsense.study.schema import StudyFileError, load_study
@@ -131,3 +135,37 @@ def test_engine_option_is_strict_and_not_in_condition_ids(tiny_data, tmp_path):
         load_study(_write(tmp_path / "c", tiny_data, 'engine = "binsens"'))
     with pytest.raises(StudyFileError, match="'engine' must be"):
         load_study(_write(tmp_path / "d", tiny_data, "engine = 1"))
+
+
+class _Batch:
+    """A loader of one batch on the CPU (what :class:`_Programs` reads of a loader)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __iter__(self):
+        yield self.x, torch.zeros(len(self.x), dtype=torch.long)
+
+
+def test_engine_check_holds_the_deployed_order_not_pytorchs(monkeypatch):
+    """The engine's logits equal the trained model's with its float layers summed in the
+    deployed order (``DeployedModel.reference``), not PyTorch's own order, which changes
+    with the batch and the CPU and so flips signs at near ties (a trained CNV on CIFAR-10
+    JPEGs: logits 2.4e-6 apart on all of the first 16 images). Here the first conv's own
+    forward is made to differ from the deployed order (by more than an ulp, so that random
+    weights flip signs too): the engine is still used."""
+    model = build_model("cnv", dataset_info("cifar10"), width=0.125).eval()
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    float_conv = runner_module.convert(model).float_layers(model)[0]
+    forward = type(float_conv).forward
+
+    def other_order(self, inp):
+        return forward(self, inp) + 0.05
+
+    monkeypatch.setattr(type(float_conv), "forward", other_order)
+    with torch.no_grad():
+        assert not torch.equal(model(x), runner_module.convert(model)(x))
+    program, why = runner_module._Programs().get(model, Clean(), _Batch(x))
+    assert why == "" and program is not None
