@@ -194,6 +194,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    """Print the study file's claims ([[report.claim]]) with their verdicts."""
+    from binsense.errors import BinsenseError
+    from binsense.io import atomic_write_text
+    from binsense.study.claims import format_claims, judge_study
+
+    study = _load(args)
+    if not study.report.claim:
+        raise BinsenseError(
+            f"{args.file} (preset {study.preset or 'none'}) states no claims: add "
+            "[[report.claim]] blocks (see binsense.study.claims), or use `study compare`."
+        )
+    text = format_claims(judge_study(study))
+    if args.output:
+        atomic_write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", help="study file (TOML)")
     p.add_argument("--preset", help="preset of the file (default: its study.default_preset)")
@@ -201,7 +221,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_study_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``study run|results|report|show|compare`` to the main CLI's sub-commands."""
+    """Add ``study run|results|report|show|compare|claims`` to the main CLI's sub-commands."""
     p = subparsers.add_parser(
         "study",
         help="run a study: train a grid of models, evaluate them under conditions, report",
@@ -275,6 +295,23 @@ def add_study_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("-o", "--output", help="write the table to this file instead of stdout")
     q.add_argument("--plot", metavar="FILE", help="also write the figure (PNG) here")
     q.set_defaults(func=cmd_compare)
+
+    q = sub.add_parser(
+        "claims",
+        help="the study file's claims ([[report.claim]]) judged from its store",
+        description="Each claim: holds / does not hold / inconclusive / not run, from the "
+        "95 %% intervals of its paired differences per condition (binsense.study.claims).",
+    )
+    q.add_argument(
+        "file",
+        metavar="STUDY",
+        action=_StudyOrFolder,
+        help="study file (TOML), or the study folder it ran into (next to the file)",
+    )
+    q.add_argument("--preset", help="preset of the file (default: its study.default_preset)")
+    q.add_argument("--out", help="study folder (default: next to the file, named after it)")
+    q.add_argument("-o", "--output", help="write the Markdown to this file instead of stdout")
+    q.set_defaults(func=cmd_claims)
 
 
 __all__ = ["add_study_commands"]

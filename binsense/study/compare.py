@@ -304,7 +304,7 @@ def _reference_mean(
 
 def paired_difference(
     condition: ConditionInfo,
-    pairs: Sequence[tuple[Arm, Arm]],
+    pairs: Sequence[tuple[Arm | None, Arm]],
     rows: Mapping[tuple[str, str, int], Mapping[str, Any]],
     confidence: float = CONFIDENCE,
     reference: ConditionInfo | None = None,
@@ -312,6 +312,9 @@ def paired_difference(
     """The paired difference of one condition (module docstring); ``None`` if no draw of
     any pair is stored for both sides. With ``reference``, each accuracy is taken relative
     to its training's mean accuracy under ``reference`` (a pair lacking it is skipped).
+    A pair ``(None, b)`` has no A: with ``reference`` its difference is B's own change
+    from the reference (a condition's effect on one training group,
+    :mod:`binsense.study.claims`).
 
     Raises:
         BinsenseError: the two rows of a pair come from different test images.
@@ -322,18 +325,18 @@ def paired_difference(
     for a, b in pairs:
         base_a = base_b = 0.0
         if reference is not None:
-            ref_a = _reference_mean(a.run_id, reference, rows)
+            ref_a = 0.0 if a is None else _reference_mean(a.run_id, reference, rows)
             ref_b = _reference_mean(b.run_id, reference, rows)
             if ref_a is None or ref_b is None:
                 continue
             base_a, base_b = ref_a, ref_b
         da, db, dd = [], [], []
         for draw in range(condition.draws):
-            ra = rows.get((a.run_id, condition.condition_id, draw))
             rb = rows.get((b.run_id, condition.condition_id, draw))
+            ra = rb if a is None else rows.get((a.run_id, condition.condition_id, draw))
             if ra is None or rb is None:
                 continue
-            if ra["data_fingerprint"] != rb["data_fingerprint"]:
+            if a is not None and ra["data_fingerprint"] != rb["data_fingerprint"]:
                 raise BinsenseError(
                     f"condition {condition.label!r}: runs {a.run_id} and {b.run_id} were "
                     f"evaluated on different test images (fingerprints "
@@ -341,7 +344,7 @@ def paired_difference(
                     f"{str(rb['data_fingerprint'])[:16]}…), "
                     "so they cannot be paired; compare trainings on the same data set."
                 )
-            da.append(ra["accuracy"] - base_a)
+            da.append(0.0 if a is None else ra["accuracy"] - base_a)
             db.append(rb["accuracy"] - base_b)
             dd.append(db[-1] - da[-1])
         if dd:

@@ -481,6 +481,34 @@ def _comparison_blocks(study: Study, rows: list[dict[str, Any]]) -> list[Any]:
     return blocks
 
 
+def _claim_blocks(study: Study, rows: list[dict[str, Any]]) -> list[Any]:
+    """The "Claims" section: per ``[[report.claim]]`` block its verdict (holds / does not
+    hold / inconclusive / not run) in one table, then each claim's conditions with their
+    paired differences and 95 % intervals (:mod:`binsense.study.claims`)."""
+    from binsense.study import claims
+
+    results = claims.judge_study(study, rows)
+    blocks: list[Any] = [
+        _Heading("Claims"),
+        _Text(
+            "Each claim is judged condition by condition from the 95 % interval of its "
+            "paired difference (accuracy points; mean over seeds, Student-t over the seed "
+            "means): it holds where the interval lies on the expected side of the bound "
+            "(inside it, for 'within'), does not hold where it lies on the other side, and "
+            "is inconclusive otherwise. A claim holds if it holds at every condition and "
+            "does not hold if it fails at any; intervals are per condition, uncorrected."
+        ),
+        _Table(claims.SUMMARY_HEADER, claims.summary_rows(results)),
+    ]
+    for result in results:
+        blocks += [
+            _Heading(result.name, 3),
+            _Text(f"{result.quantity}; expected {result.expect} points: {result.verdict}."),
+            _Table(claims.DETAIL_HEADER, claims.detail_rows(result)),
+        ]
+    return blocks
+
+
 # ---------------------------------------------------------------- blocks
 
 
@@ -574,6 +602,8 @@ def _blocks(
         ))  # fmt: skip
         blocks.append(averages)
 
+    if study.report.claim:
+        blocks += _claim_blocks(study, rows)
     if study.report.compare:
         blocks += _comparison_blocks(study, rows)
 

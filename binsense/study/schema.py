@@ -69,6 +69,7 @@ from binsense.errors import BinsenseError, nearest, pydantic_problem
 from binsense.errors import did_you_mean as _did_you_mean
 from binsense.evaluate.conditions import Condition, condition_class, condition_kinds
 from binsense.io import safe_child
+from binsense.study.claims import Expectation, check_claims
 from binsense.study.selector import check_comparisons
 from binsense.train import TrainConfig
 
@@ -191,6 +192,34 @@ class CompareSpec(BaseModel):
     )
 
 
+#: Keys of one ``[[report.claim]]`` block.
+_CLAIM_KEYS = ("name", "paper", "a", "b", "relative_to", "where", "expect")
+
+
+class ClaimSpec(BaseModel):
+    """One ``[[report.claim]]`` block: a paper's statement judged from the store —
+    ``b`` (and optionally ``a``) select training groups, ``where`` the conditions,
+    ``relative_to`` a reference condition (required without ``a``), ``expect`` the
+    bound in accuracy points (``"> X"``, ``"< X"``, ``"within X"``). See
+    :mod:`binsense.study.claims`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    name: str = Field(description="the claim, as the report states it")
+    paper: str | None = Field(None, description="what the paper reports")
+    a: dict[str, Any] | None = Field(None, description="selector of the group A (B − A)")
+    b: dict[str, Any] = Field(description="selector of the training group the claim is about")
+    relative_to: str | None = Field(None, description="reference condition label")
+    where: dict[str, Any] = Field(description="the conditions it is judged on")
+    expect: str = Field(description="'> X', '< X' or 'within X' (accuracy points)")
+
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, text: str) -> str:
+        Expectation.parse(text)
+        return text
+
+
 class ReportOptions(BaseModel):
     """The ``[report]`` table: how the report presents results (never what is run).
 
@@ -214,6 +243,9 @@ class ReportOptions(BaseModel):
     )
     compare: list[CompareSpec] = Field(
         default_factory=list, description="paired comparisons ([[report.compare]] blocks)"
+    )
+    claim: list[ClaimSpec] = Field(
+        default_factory=list, description="a paper's claims with verdicts ([[report.claim]])"
     )
 
     @field_validator("compare", mode="before")
@@ -240,6 +272,40 @@ class ReportOptions(BaseModel):
                         f"{where} needs {side!r}, a non-empty table of training keys to values "
                         f'(e.g. {side} = {{ variant = "NBC-8" }}), got {value!r}'
                     )
+        return blocks
+
+    @field_validator("claim", mode="before")
+    @classmethod
+    def _claim_blocks(cls, blocks: Any) -> Any:
+        """Each block a table of known keys; b and where non-empty tables, a a non-empty
+        table when given, relative_to given when a is not."""
+        if not isinstance(blocks, list):
+            raise ValueError(f"must be [[report.claim]] blocks (a list of tables), got {blocks!r}")
+        for i, block in enumerate(blocks, 1):
+            where = f"[[report.claim]] #{i}"
+            if not isinstance(block, Mapping):
+                raise ValueError(f"{where} must be a table, got {block!r}")
+            for key in block:
+                if key not in _CLAIM_KEYS:
+                    raise ValueError(
+                        f"{where} unknown key {key!r}{_did_you_mean(key, _CLAIM_KEYS)}"
+                    )
+            for key, example in (("b", '{ variant = "DeSign-2D" }'), ("a", None),
+                                 ("where", '{ kind = "bn_bits", bits = 4 }')):  # fmt: skip
+                value = block.get(key)
+                if (key != "a" or value is not None) and (
+                    not isinstance(value, Mapping) or not value
+                ):
+                    raise ValueError(
+                        f"{where} needs {key!r}, a non-empty table (e.g. {key} = "
+                        f"{example or block.get('b') or '{ variant = ... }'}), got {value!r}"
+                    )
+            if block.get("a") is None and block.get("relative_to") is None:
+                raise ValueError(
+                    f"{where} has no 'a', so it is about one training group's change under "
+                    "its conditions: give relative_to, the reference condition's label (e.g. "
+                    'relative_to = "clean"), or a = {...} to compare two groups'
+                )
         return blocks
 
     def in_heatmap(self, kind: str, params: Mapping[str, Any]) -> bool:
@@ -891,6 +957,16 @@ def _expand(
         try:
             check_comparisons(
                 report.compare, trainings, condition_labels(list(evaluations.values())).values()
+            )
+        except BinsenseError as e:
+            raise place.error(_where(place, overlay, ("report",), "report"), str(e)) from None
+    if report.claim:  # selectors, reference label and conditions of each claim
+        labels = condition_labels(list(evaluations.values()))
+        try:
+            check_claims(
+                report.claim,
+                trainings,
+                [(labels[cid], ev.kind, ev.condition.params()) for cid, ev in evaluations.items()],
             )
         except BinsenseError as e:
             raise place.error(_where(place, overlay, ("report",), "report"), str(e)) from None
