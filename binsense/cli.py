@@ -509,6 +509,7 @@ def cmd_design_kernel(args: argparse.Namespace) -> int:
         equivalent_kernels,
         kernel_text,
         load_gray_images,
+        named_kernel,
         plot_design_demo,
         plot_kernel_scores,
         score_kernels,
@@ -521,6 +522,7 @@ def cmd_design_kernel(args: argparse.Namespace) -> int:
     for flag, path in (("--plot", args.plot), ("--demo", args.demo)):
         if path:
             check_output_file(Path(path), flag)
+    named = {name: named_kernel(name, args.size) for name in args.kernel or ()}
     check_data_dir(args.data_dir)
     gray = load_gray_images(args.dataset, args.images, args.data_dir)
     t0 = time.perf_counter()
@@ -531,6 +533,7 @@ def cmd_design_kernel(args: argparse.Namespace) -> int:
     top = ranking.records(args.criterion, args.top)
     has_ref = tuple(ranking.kernels.shape[1:]) == (2, 2)
     refs = [ranking.record(k) for k in equivalent_kernels(REFERENCE_KERNEL)] if has_ref else []
+    chosen = {name: ranking.record(k) for name, k in named.items()}
     if args.json:
         row = {
             "dataset": args.dataset,
@@ -542,6 +545,7 @@ def cmd_design_kernel(args: argparse.Namespace) -> int:
             "criterion": args.criterion,
             "top": [r.as_dict() for r in top],
             "reference": [r.as_dict() for r in refs],
+            "named": {name: r.as_dict() for name, r in chosen.items()},
             "wall_s": wall,
         }
         print(json.dumps(row))
@@ -563,6 +567,12 @@ def cmd_design_kernel(args: argparse.Namespace) -> int:
             print(
                 f"{what:<18} {kernel_text(r.kernel):<22} rank tv {r.rank_tv}, "
                 f"psnr {r.rank_psnr}, mse {r.rank_mse} of {len(ranking)}"
+            )
+        for name, r in chosen.items():
+            print(
+                f"{name:<18} {kernel_text(r.kernel):<22} rank tv {r.rank_tv}, psnr "
+                f"{r.rank_psnr}, mse {r.rank_mse} of {len(ranking)} (tv {r.tv:.4f}, psnr "
+                f"{r.psnr:.3f}, mse {r.mse:.4f})"
             )
     if args.plot:
         path = plot_kernel_scores(ranking, args.plot, REFERENCE_KERNEL if has_ref else None)
@@ -776,6 +786,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random binary convs")
     p.add_argument("--top", type=int, default=10, help="kernels to list (default 10)")
     p.add_argument("--criterion", choices=("tv", "psnr", "mse"), default="tv", help="rank by")
+    p.add_argument(
+        "--kernel",
+        action="append",
+        metavar="NAME",
+        help="also print the scores and ranks of this named kernel (2x2, 2x2_v1, sign, ...; "
+        "repeat it): a study's trained kernels beside the search's ranking",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of the sorted score curves")
     p.add_argument("--demo", metavar="PATH", help="write a PNG: image, feature map, sign, DeSign")

@@ -31,6 +31,8 @@ from binsense.layers.design_search import (
     candidate_kernels,
     dither_binarize,
     equivalent_kernels,
+    load_gray_images,
+    named_kernel,
     score_kernels,
     simulate_feature_maps,
     to_grayscale,
@@ -463,6 +465,24 @@ def test_cli_design_kernel(tiny_data, tmp_path, capsys):
     assert plot.stat().st_size > 1000 and demo.stat().st_size > 1000
     assert main([*args, "--size", "3"]) == 2
     assert "error: 6^9 = 10,077,696" in capsys.readouterr().err
+
+
+def test_cli_design_kernel_scores_named_kernels(tiny_data, capsys):
+    """A study's trained kernels beside the ranking: sign is the all-zero kernel, the
+    presets are their levels; the named record is the ranking's own record."""
+    args = ["design-kernel", "--dataset", tiny_data, "--images", "6", "--top", "0"]
+    assert main([*args, "--json", "--kernel", "2x2_v1", "--kernel", "sign"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["named"]["sign"]["kernel"] == [[0, 0], [0, 0]]
+    assert row["named"]["2x2_v1"]["kernel"] == [[1, 1], [0, 3]]
+    gray = load_gray_images(tiny_data, 6, None)
+    ranking = score_kernels(gray, size=2, conv_kernels=8, seed=0)
+    assert row["named"]["2x2_v1"] == ranking.record(named_kernel("2x2_v1")).as_dict()
+    assert main([*args, "--kernel", "2x2x4_shift"]) == 2
+    assert "has shape (4, 2, 2), and the search scores 2x2 kernels" in capsys.readouterr().err
+    with pytest.raises(BinsenseError, match="unknown DeSign kernel 'x'; the names: sign, 2x2"):
+        named_kernel("x")
+    assert named_kernel("sign", 3) == ((0, 0, 0),) * 3
 
 
 @pytest.mark.parametrize("design", ["2x2", "2x2x4_shift"])

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from binsense.errors import BinsenseError, unknown_name
 from binsense.io import atomic_write
-from binsense.layers.design import design_thresholds
+from binsense.layers.design import DESIGN_KERNELS, design_kernel_names, design_thresholds
 
 RELU_LEVELS = (0, 1, 3, 5, 7, 9)
 """Values of ReLU(3x3 binary conv of ±1 inputs): the integer design levels."""
@@ -175,6 +175,31 @@ def equivalent_kernels(kernel: Tensor | Sequence) -> list[tuple[tuple[float, ...
     keys = list(seen)
     first = _key(k)
     return [first] + [x for x in keys if x != first]
+
+
+def named_kernel(name: str, size: int | tuple[int, int] = 2) -> tuple[tuple[float, ...], ...]:
+    """The integer-level kernel a trained model names (``model_options.design``), as the
+    search scores it: a preset of :data:`~binsense.layers.design.DESIGN_KERNELS`, or
+    ``"sign"``, the all-zero kernel (the plain sign: every threshold at level 0). So a
+    study's trained gains can be set beside the search's ranks of the same kernels.
+
+    Raises:
+        BinsenseError: an unknown name (with the names), or a kernel that is not
+            ``size`` x ``size`` (e.g. a 3-D kernel; the search scores 2-D ones).
+    """
+    m, n = _kernel_size(size)
+    if name == "sign":
+        return _key(torch.zeros(m, n, dtype=torch.float64))
+    if name not in DESIGN_KERNELS:
+        known = ", ".join(["sign", *design_kernel_names()])
+        raise BinsenseError(f"unknown DeSign kernel {name!r}; the names: {known}.")
+    k = torch.as_tensor(DESIGN_KERNELS.get(name), dtype=torch.float64)
+    if tuple(k.shape) != (m, n):
+        raise BinsenseError(
+            f"DeSign kernel {name!r} has shape {tuple(k.shape)}, and the search scores "
+            f"{m}x{n} kernels (--size {m}); name a {m}x{n} kernel or sign."
+        )
+    return _key(k)
 
 
 def _key(k: Tensor) -> tuple[tuple[float, ...], ...]:
@@ -473,6 +498,7 @@ def plot_design_demo(
 
 __all__ = [
     "CRITERIA",
+    "named_kernel",
     "REFERENCE_KERNEL",
     "RELU_LEVELS",
     "KernelRanking",
