@@ -143,16 +143,16 @@ def local_reference(tmp_path_factory, tiny_data):
 def test_plan_has_the_teacher_edge_and_is_empty_when_done(local_reference, tmp_path, tiny_data):
     path = write(tmp_path, tiny_data)
     study = load_study(path)
-    ids = [t.run_id for t in (*study.teachers, *study.trainings)]
+    ids = [t.run_id for t in (*study.hidden, *study.trainings)]
     empty = StoreSnapshot({}, {}, {}, frozenset())
     plan = make_plan(study, empty)
-    (teacher,) = study.teachers
+    (teacher,) = study.hidden
     students = {t.run_id for t in study.trainings if t.teacher_id == teacher.run_id}
     assert len(students) == 2 and len(plan.trainings) == 5 and len(plan.evaluations) == 4
     order = [t.run_id for t in plan.trainings]
     assert all(order.index(teacher.run_id) < order.index(s) for s in students)
-    assert {t.run_id for t in plan.trainings if t.after == teacher.run_id} == students
-    assert all(e.after == e.run_id and len(e.items) == 3 for e in plan.evaluations)
+    assert {t.run_id for t in plan.trainings if t.after == (teacher.run_id,)} == students
+    assert all(e.after == (e.run_id,) and len(e.items) == 3 for e in plan.evaluations)
     assert plan.skipped == 0
     done_study = load_study(local_reference[0])
     with ResultStore(done_study.store_path, readonly=True) as store:

@@ -171,7 +171,7 @@ def test_study_file_typos_in_distill_and_prune_are_one_line(tmp_path, tiny_data,
 
 def test_plan_orders_teachers_first_and_adds_hidden_ones(tmp_path, tiny_data):
     study = load_study(write(tmp_path / "s.toml", tiny_data))
-    assert len(study.trainings) == 10 and study.teachers == ()  # teacher = float, seed 0
+    assert len(study.trainings) == 10 and study.hidden == ()  # teacher = float, seed 0
     order = [t.run_id for t in study.training_order()]
     assert sorted(order) == sorted(t.run_id for t in study.trainings)
     teacher = next(t for t in study.trainings if t.grid == {"seed": 0, "variant": "float"})
@@ -180,8 +180,8 @@ def test_plan_orders_teachers_first_and_adds_hidden_ones(tmp_path, tiny_data):
     assert all(order.index(teacher.run_id) < order.index(s.run_id) for s in students)
 
     hidden = load_study(write(tmp_path / "h.toml", tiny_data, extra=""))
-    assert len(hidden.trainings) == 8 and len(hidden.teachers) == 1
-    (t,) = hidden.teachers
+    assert len(hidden.trainings) == 8 and len(hidden.hidden) == 1
+    (t,) = hidden.hidden
     assert t.config.model == "mnist_bnn_float" and t.label().startswith("teacher of ")
     order = hidden.training_order()
     first_student = min(i for i, s in enumerate(order) if s.teacher_id == t.run_id)
@@ -284,7 +284,7 @@ def test_hidden_teacher_is_trained_and_stored_not_evaluated(tmp_path, tiny_data)
     path = write(tmp_path / "h.toml", tiny_data, extra="")
     summary = run_study(path, out=tmp_path / "out", progress=False, log=lambda s: None)
     study = summary.study
-    (teacher,) = study.teachers
+    (teacher,) = study.hidden
     assert summary.failed == 0 and summary.trained == 9
     rows = runs(tmp_path / "out" / "results.sqlite")
     assert rows[teacher.run_id]["status"] == "trained" and rows[teacher.run_id]["size"]
@@ -427,8 +427,8 @@ def test_s3_study_file():
     for preset in ("smoke", "cpu", "paper"):
         load_study(path, preset)
     study = load_study(path, "cpu")
-    assert len(study.trainings) == 22 and len(study.teachers) == 1
-    (teacher,) = study.teachers
+    assert len(study.trainings) == 22 and len(study.hidden) == 1
+    (teacher,) = study.hidden
     assert teacher.config.model == "compact_bnn_float" and teacher.config.epochs == 8
     encoders = [t for t in study.trainings if "w2" not in t.grid["variant"]]
     assert len(encoders) == 15 and {t.config.seed for t in encoders} == {0, 1, 2}

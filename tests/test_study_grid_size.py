@@ -75,12 +75,12 @@ def test_teachers_come_first_and_every_distinct_model_is_still_checked(tmp_path)
     teacher = 'distill = { teacher = { model = "mnist_bnn_float", seed = 0 } }\n'
     path = _write(tmp_path, f"{BASE}{teacher}[train.grid]\nseed = {seeds}\nlr = {_values(20)}\n")
     study = load_study(path)
-    assert len(study.trainings) == 1000 and len(study.teachers) == 20
+    assert len(study.trainings) == 1000 and len(study.hidden) == 20
     order = study.training_order()
     position = {t.run_id: i for i, t in enumerate(order)}
     assert len(order) == 1020
     assert all(position[t.teacher_id] < position[t.run_id] for t in study.trainings)
-    assert study.training(study.teachers[0].run_id) is study.teachers[0]
+    assert study.training(study.hidden[0].run_id) is study.hidden[0]
 
     options = 'model_options = [{ width = 0.5 }, { width = 0.5, design = "2x3" }]'
     with pytest.raises(StudyFileError, match="unknown DeSign kernel .2x3."):  # not skipped

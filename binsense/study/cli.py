@@ -109,15 +109,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     study = _load(args)
     progress = study_progress(study)
     per_run = study.draws_per_run
-    total = len(study.trainings) * (1 + per_run) + len(study.teachers)
-    teachers: dict[str, str | None] = {}
-    if study.teachers and study.store_path.is_file():
+    total = len(study.trainings) * (1 + per_run) + len(study.hidden)
+    hidden: dict[str, str | None] = {}
+    if study.hidden and study.store_path.is_file():
         from binsense.study.store import ResultStore
 
         with ResultStore(study.store_path, readonly=True) as store:
-            teachers = {t.run_id: store.run_status(t.run_id) for t in study.teachers}
+            hidden = {t.run_id: store.run_status(t.run_id) for t in study.hidden}
     done = sum((p.status == "trained") + p.draws_done for p in progress)
-    done += sum(status == "trained" for status in teachers.values())
+    done += sum(status == "trained" for status in hidden.values())
     preset = f" (preset {study.preset})" if study.preset else ""
     print(f"study {study.name}{preset}: {study.path}")
     if study.description:
@@ -137,12 +137,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         )
         for reason in p.failures:
             print(f"      failed: {reason}")
-    if study.teachers:
-        print("teachers (trained first, not evaluated):")
-        for t in study.teachers:
+    if study.hidden:
+        print("teachers and starts (trained first, not evaluated):")
+        for t in study.hidden:
             c = t.config
-            status = teachers.get(t.run_id) or "not started"
-            print(f"  {t.run_id}  {c.model} on {c.dataset}, {c.epochs} epoch(s)  {status}")
+            status = hidden.get(t.run_id) or "not started"
+            print(
+                f"  {t.run_id}  {t.label()}: {c.model} on {c.dataset}, {c.epochs} epoch(s)  "
+                f"{status}"
+            )
     print("conditions:")
     for ev in study.evaluations:
         print(f"  {ev.condition_id}  {ev.label()}  {ev.draws} draw(s)")

@@ -283,7 +283,7 @@ def execute_training(
                 clean_stale_temps(folder)
             result = train(
                 training.config, folder, data_dir=data_dir, resume=True, progress=progress,
-                log=log, teacher=task.teacher_checkpoint,
+                log=log, teacher=task.teacher_checkpoint, init=task.init_checkpoint,
             )  # fmt: skip
             check_finite(result.model)
         except FATAL:

@@ -4,8 +4,8 @@
 expanded :class:`~binsense.study.schema.Study`, and returns a :class:`Plan`:
 
 - a :class:`TrainTask` for every training that is not trained (or whose checkpoint is
-  gone), with an explicit edge to the teacher training it distils from when that teacher
-  is itself still to train (``after``);
+  gone), with explicit edges to the teacher training it distils from and the training
+  it starts from, where those are themselves still to train (``after``);
 - an :class:`EvalTask` per trained-or-to-be-trained run with draws that are not stored:
   all of that run's pending ``(condition, draw)`` pairs, so one worker keeps one test
   loader and one deployed-program cache for them; it waits for the run's training when
@@ -63,17 +63,19 @@ class TrainTask:
     """Train (or resume) one run in its run folder.
 
     ``status``: the store's status when planned (``None``: never started);
-    ``teacher_checkpoint``: the checkpoint of the teacher training it distils from, in the
-    teacher's run folder; ``after``: that teacher's run id when it is itself in the plan
-    (the task waits for it); ``evaluate``: whether the run is a grid point (a hidden
-    teacher is trained, never evaluated); ``pending``: its draws still to evaluate.
+    ``teacher_checkpoint`` / ``init_checkpoint``: the checkpoint of the teacher training
+    it distils from / of the training it starts from, in their run folders; ``after``:
+    the run ids of those that are themselves in the plan (the task waits for them);
+    ``evaluate``: whether the run is a grid point (a hidden training is trained, never
+    evaluated); ``pending``: its draws still to evaluate.
     """
 
     training: Training
     run_dir: Path
     status: str | None
     teacher_checkpoint: Path | None
-    after: str | None
+    init_checkpoint: Path | None
+    after: tuple[str, ...]
     evaluate: bool
     pending: int
 
@@ -87,14 +89,14 @@ class EvalTask:
     """Evaluate the pending ``items`` (``(evaluation, draw)`` pairs) of one run from its
     checkpoint. ``stored_fingerprints``: the test-data fingerprints of the run's stored
     rows, per planned condition (new rows on other data are refused); ``after``: the
-    run id whose training must finish first (itself), or ``None``."""
+    run id whose training must finish first (itself), or nothing."""
 
     training: Training
     checkpoint: Path
     items: tuple[tuple[Evaluation, int], ...]
     options: EvalOptions
     stored_fingerprints: dict[str, frozenset[str]]
-    after: str | None
+    after: tuple[str, ...]
 
     @property
     def run_id(self) -> str:
@@ -104,7 +106,7 @@ class EvalTask:
 @dataclass(frozen=True)
 class Plan:
     """The tasks left in a study (module docstring); ``trainings`` in an order where each
-    teacher comes before its students."""
+    teacher and start comes before the trainings that need it."""
 
     trainings: tuple[TrainTask, ...]
     evaluations: tuple[EvalTask, ...]
@@ -119,10 +121,10 @@ class Plan:
         """The plan as text, one task per line (``binsense study show``-style)."""
         out = []
         for t in self.trainings:
-            wait = f", after run {t.after}" if t.after else ""
+            wait = f", after run {', '.join(t.after)}" if t.after else ""
             out.append(f"train {t.run_id} ({t.training.label()}){wait}")
         for e in self.evaluations:
-            wait = f", after run {e.after}" if e.after else ""
+            wait = f", after run {', '.join(e.after)}" if e.after else ""
             out.append(f"evaluate {e.run_id}: {len(e.items)} draw(s){wait}")
         out += [f"size {t.run_id}" for t in self.sizes]
         return out
@@ -130,13 +132,13 @@ class Plan:
 
 def make_plan(study: Study, snapshot: StoreSnapshot) -> Plan:
     """The tasks left in ``study`` given the store's ``snapshot`` (module docstring)."""
-    hidden = {t.run_id for t in study.teachers}
+    hidden = {t.run_id for t in study.hidden}
     conditions = {e.condition_id for e in study.evaluations}
     trains: dict[str, TrainTask] = {}
     evals: list[EvalTask] = []
     sizes: list[Training] = []
     skipped = 0
-    for training in study.training_order():  # every teacher before its students
+    for training in study.training_order():  # every teacher and start before its users
         run_id = training.run_id
         folder = study.run_dir(run_id)
         status = snapshot.status.get(run_id)
@@ -152,11 +154,12 @@ def make_plan(study: Study, snapshot: StoreSnapshot) -> Plan:
         trained = status == "trained" and checkpoint_path(folder).is_file()
         skipped += status == "trained"  # (a lost checkpoint is trained again: one step)
         if not trained:
-            teacher = training.teacher_id
+            teacher, start = training.teacher_id, training.start_id
             trains[run_id] = TrainTask(
                 training, folder, status,
                 None if teacher is None else checkpoint_path(study.run_dir(teacher)),
-                teacher if teacher in trains else None, graded, len(items),
+                None if start is None else checkpoint_path(study.run_dir(start)),
+                tuple(r for r in training.needs if r in trains), graded, len(items),
             )  # fmt: skip
         elif run_id not in snapshot.sized:
             sizes.append(training)
@@ -164,7 +167,7 @@ def make_plan(study: Study, snapshot: StoreSnapshot) -> Plan:
             stored = snapshot.fingerprints.get(run_id, {})
             task = EvalTask(
                 training, checkpoint_path(folder), items, study.eval,
-                {c: f for c, f in stored.items() if c in conditions}, None if trained else run_id,
+                {c: f for c, f in stored.items() if c in conditions}, () if trained else (run_id,),
             )  # fmt: skip
             evals.append(task)
     return Plan(tuple(trains.values()), tuple(evals), tuple(sizes), skipped)

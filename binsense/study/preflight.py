@@ -78,7 +78,7 @@ def check_study_run(
     check_out_dir(study.out_dir, "study folder")
     check_data_dir(data_dir)
     where = f"{study.path}" + (f" (preset {study.preset})" if study.preset else "")
-    trainings = study.training_order()  # the grid's trainings and their hidden teachers
+    trainings = study.training_order()  # the grid's trainings and their hidden ones
     devices = {t.config.device for t in trainings}
     if study.eval.device:
         devices.add(study.eval.device)
@@ -95,7 +95,7 @@ def check_study_run(
         if key in checked:
             continue
         checked.add(key)
-        which = f"training {t.label()}: " if t.grid or t.teacher_of else ""
+        which = f"training {t.label()}: " if t.grid or t.hidden_for else ""
         with _prefixed(f"{where}: {which}"):
             info = dataset_info(c.dataset)
             check_config_fits(c, info=info, training=True, device=c.device, allow=allow_large)

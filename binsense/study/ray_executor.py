@@ -7,8 +7,8 @@ kind = "ray"`` in the study file). The driver plans, submits and records
 - **Placement.** Each training is one task requesting ``cpus`` CPUs (default: its
   ``threads``) and ``gpus`` GPUs (``[executor]``); each trained run's pending draws are
   one evaluation task with the same request. A task is submitted once what it waits
-  for is trained: a student after its teacher, a run's evaluations after its training.
-  Ray sets a worker's ``OMP_NUM_THREADS`` to its CPU request; the training still sets
+  for is trained: a student after its teacher and start, a run's evaluations after its
+  training. Ray sets a worker's ``OMP_NUM_THREADS`` to its CPU request; the training still sets
   torch's thread count to its ``threads`` (part of its identity: the same threads give
   the same weights, wherever they run).
 - **Checkpoints.** Where every node sees the study folder at the same path (one
@@ -110,19 +110,27 @@ def _node_folder(study_key: str, name: str) -> Path:
 
 
 def _train_on_node(
-    task: TrainTask, seed: dict[str, bytes], teacher: bytes | None, study_key: str, kwargs: dict
+    task: TrainTask,
+    seed: dict[str, bytes],
+    needed: dict[str, bytes],
+    study_key: str,
+    kwargs: dict,
 ) -> _Shipped:
     """:func:`execute_training` in a folder on this node: seeded with the run folder's
-    files unless a killed try left one here (as recent or more); teacher's checkpoint
-    from its bytes. Returns the outcome and the folder's files."""
+    files unless a killed try left one here (as recent or more); the teacher's and the
+    start's checkpoints (``needed``: ``"teacher"`` / ``"init"`` -> bytes) from their
+    bytes. Returns the outcome and the folder's files."""
     folder = _node_folder(study_key, task.run_id)
     if not folder.is_dir():
         _write_files(folder, seed)
-    teacher_path = None
-    if teacher is not None:
-        teacher_path = _node_folder(study_key, f"{task.run_id}.teacher") / "checkpoint.pt"
-        _write_files(teacher_path.parent, {teacher_path.name: teacher})
-    local = dataclasses.replace(task, run_dir=folder, teacher_checkpoint=teacher_path)
+    paths: dict[str, Path | None] = {"teacher": None, "init": None}
+    for role, data in needed.items():
+        path = _node_folder(study_key, f"{task.run_id}.{role}") / "checkpoint.pt"
+        _write_files(path.parent, {path.name: data})
+        paths[role] = path
+    local = dataclasses.replace(
+        task, run_dir=folder, teacher_checkpoint=paths["teacher"], init_checkpoint=paths["init"]
+    )
     return _Shipped(execute_training(local, **kwargs), _files(folder))
 
 
@@ -247,9 +255,13 @@ class RayExecutor:
             gpus = 1 if device.startswith("cuda") else 0
         handle = Handle()
         if self.shipping and fn is execute_training:
-            teacher = task.teacher_checkpoint
-            data = None if teacher is None else teacher.read_bytes()
-            fn, args = _train_on_node, (task, _files(task.run_dir), data, self.study_key, kwargs)
+            needed = {
+                role: path.read_bytes()
+                for role, path in (("teacher", task.teacher_checkpoint),
+                                   ("init", task.init_checkpoint))
+                if path is not None
+            }  # fmt: skip
+            fn, args = _train_on_node, (task, _files(task.run_dir), needed, self.study_key, kwargs)
             kwargs, handle.ship_to = {}, task.run_dir
         elif self.shipping and fn is execute_evaluations:
             data = task.checkpoint.read_bytes()

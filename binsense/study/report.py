@@ -34,8 +34,9 @@ else from :data:`AXIS_LABELS`.
 
 The *Trained models* table gives each model's deployed size — Mbit (2^20 bits) and
 whether it is fully binary, from :func:`binsense.compress.summary.summary` of the trained
-(pruned) model, which the runner stores in the run row — and lists the hidden teachers
-(trainings that only serve as distillation teachers) below the grid's trainings.
+(pruned) model, which the runner stores in the run row — and lists the hidden trainings
+(those that only serve as distillation teachers or fine-tuning starts) below the grid's
+trainings.
 """
 
 from __future__ import annotations
@@ -543,7 +544,7 @@ def _blocks(
     ))  # fmt: skip
     run_rows = {r["run_id"]: r for r in runs}
     table = []
-    for t in (*study.trainings, *study.teachers):
+    for t in (*study.trainings, *study.hidden):
         r = run_rows.get(t.run_id, {})
         acc = r.get("test_accuracy")
         seconds = r.get("train_seconds")
@@ -756,7 +757,7 @@ def write_report(study: Study, out_dir: str | os.PathLike | None = None) -> Repo
     rows = study_rows(study)
     check_one_dataset_per_run(study, rows)
     with ResultStore(study.store_path, readonly=True) as store:
-        runs = store.runs([t.run_id for t in (*study.trainings, *study.teachers)])
+        runs = store.runs([t.run_id for t in (*study.trainings, *study.hidden)])
         failures = store.failures(
             [t.run_id for t in study.trainings], [e.condition_id for e in study.evaluations]
         )

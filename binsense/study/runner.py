@@ -2,12 +2,13 @@
 
 ``run_study`` expands the study file (:func:`~binsense.study.schema.load_study`), reads
 what the results store holds and makes a plan (:mod:`binsense.study.plan`): the
-trainings left, each teacher before its students, and per run its pending (condition,
-draw) pairs. An executor (:mod:`binsense.study.executors`: this process, one unit at a
-time, by default; Ray with ``--executor ray``, :mod:`binsense.study.ray_executor`) runs
-the units (:mod:`binsense.study.execute`) and the driver alone records their outcomes
-(:mod:`binsense.study.record`). So a second run of a finished study does nothing and a
-run that was killed (even with ``kill -9``) continues where it stopped:
+trainings left, each teacher and start before the trainings that need it, and per run
+its pending (condition, draw) pairs. An executor (:mod:`binsense.study.executors`: this
+process, one unit at a time, by default; Ray with ``--executor ray``,
+:mod:`binsense.study.ray_executor`) runs the units (:mod:`binsense.study.execute`) and
+the driver alone records their outcomes (:mod:`binsense.study.record`). So a second run
+of a finished study does nothing and a run that was killed (even with ``kill -9``)
+continues where it stopped:
 
 - a training whose store row says ``trained`` is loaded from its checkpoint, never
   retrained; any other training calls :func:`binsense.train.train` with ``resume=True``
@@ -18,17 +19,18 @@ run that was killed (even with ``kill -9``) continues where it stopped:
 - temporary files that a kill left in the study folder (``.NAME.*.tmp``) are removed at
   the start (:func:`binsense.io.clean_stale_temps`; the study lock is held).
 
-**Teachers first.** A training that distils from a teacher training (``distill = {
-teacher = {...} }``) depends on it: the plan is walked in
-:meth:`~binsense.study.schema.Study.training_order`, every teacher before its students —
-a teacher that is a grid point is trained (and evaluated) at its first use, a hidden
-teacher (:attr:`~binsense.study.schema.Study.teachers`) is trained and stored like any
-run but not evaluated. The student's training gets the teacher's checkpoint path
-(``<study dir>/runs/<teacher id>/checkpoint.pt``). After a kill the same walk resumes: a
-teacher whose row says ``trained`` is not touched again (its checkpoint is what the
-student loads), an unfinished teacher resumes from its own checkpoint, then the student
-resumes from its own. A student whose teacher failed is recorded as failed with that
-reason (and tried again, after its teacher, by the next run).
+**Teachers and starts first.** A training that distils from a teacher training
+(``distill = { teacher = {...} }``) or fine-tunes from a starting training (``init = {
+training = {...} }``) depends on it: the plan is walked in
+:meth:`~binsense.study.schema.Study.training_order`, every teacher and start before the
+trainings that need it — one that is a grid point is trained (and evaluated) at its
+first use, a hidden one (:attr:`~binsense.study.schema.Study.hidden`) is trained and
+stored like any run but not evaluated. The dependent training gets its checkpoint path
+(``<study dir>/runs/<id>/checkpoint.pt``). After a kill the same walk resumes: a
+teacher or start whose row says ``trained`` is not touched again (its checkpoint is
+what the dependent training loads), an unfinished one resumes from its own checkpoint,
+then the dependent one resumes from its own. A training whose teacher or start failed
+is recorded as failed with that reason (and tried again, after it, by the next run).
 
 **Model size.** Once a model is trained, its deployed size
 (:func:`binsense.compress.summary.summary` totals: Mbit, ``fully_binary``, ...) is stored
@@ -165,7 +167,7 @@ def study_lock(out_dir: Path) -> AbstractContextManager[None]:
 def check_output_names(study: Study) -> None:
     """Refuse names that would put outputs outside the study folder (preset, run ids)."""
     _ = study.report_dir  # checks the preset name
-    for t in (*study.trainings, *study.teachers):
+    for t in (*study.trainings, *study.hidden):
         study.run_dir(t.run_id)
 
 
@@ -240,7 +242,7 @@ class _Driver:
                     capacity = self.executor.capacity
                     if capacity is not None and len(running) >= capacity:
                         break
-                    if task.after is None or task.after in self.trained:
+                    if all(run_id in self.trained for run_id in task.after):
                         queue.remove(task)
                         handle = self.submit(task)
                         running[id(handle)] = (handle, task)
@@ -264,17 +266,19 @@ class _Driver:
                 check_test_data(task, fingerprints[key])
 
     def drop_blocked(self, queue: list[TrainTask | EvalTask]) -> list[TrainTask | EvalTask]:
-        """Fail the trainings whose teacher failed (their students in turn), and drop the
+        """Fail the trainings whose teacher or start failed (theirs in turn), and drop the
         evaluations of failed trainings (the bar counted them with the failure)."""
         changed = True
         while changed:
             changed = False
             for task in list(queue):
-                if task.after not in self.failed:
+                failed = next((r for r in task.after if r in self.failed), None)
+                if failed is None:
                     continue
                 queue.remove(task)
                 if isinstance(task, TrainTask):
-                    reason = f"its teacher (run {task.after}) failed: {self.failed[task.after]}"
+                    role = "teacher" if failed == task.training.teacher_id else "start"
+                    reason = f"its {role} (run {failed}) failed: {self.failed[failed]}"
                     self.recorder.fail_training(task.training, reason, task.status, task.pending)
                     self.failed[task.run_id] = reason
                     changed = True
@@ -375,9 +379,9 @@ def run_study(
         removed = clean_stale_temps(study.out_dir, recursive=True)
         if removed:
             log(f"removed {len(removed)} temporary file(s) left by an interrupted run")
-        run_ids = [t.run_id for t in (*study.teachers, *study.trainings)]
+        run_ids = [t.run_id for t in (*study.hidden, *study.trainings)]
         plan = make_plan(study, StoreSnapshot.read(store, run_ids))
-        total = len(study.trainings) * (1 + study.draws_per_run) + len(study.teachers)
+        total = len(study.trainings) * (1 + study.draws_per_run) + len(study.hidden)
         with tqdm(
             total=total,
             desc=f"study {study.name}",

@@ -30,10 +30,13 @@ parameters and the choice of test images, so changing any of them re-evaluates).
 
 A training that distils from a teacher described by a config (``distill = { teacher =
 {...} }``, :class:`binsense.train.config.TrainDistill`) depends on that teacher's
-training: its run id is the teacher config's hash. A teacher that is not itself a point
-of the grid becomes a *hidden* training (:attr:`Study.teachers`): trained and stored like
-the others, but not evaluated under the conditions nor listed as a grid point.
-:meth:`Study.training_order` puts every teacher before its students.
+training, and a fine-tuning that starts from a training described by a config (``init =
+{ training = {...} }``, :class:`binsense.train.config.TrainInit`) on that starting
+training: its run id is the config's hash. One that is not itself a point of the grid
+becomes a *hidden* training (:attr:`Study.hidden`): trained and stored like the others,
+but not evaluated under the conditions nor listed as a grid point.
+:meth:`Study.training_order` puts every teacher and start before the trainings that
+need them.
 
 **Size.** A grid is counted before it is expanded — the product of its list lengths,
 summed over the ``[[train.grid]]`` blocks (and, apart, over the ``[[condition]]``
@@ -326,20 +329,22 @@ _MISSING = object()
 class Training:
     """One model to train: its config, its grid coordinates and its content-derived id.
 
-    ``teacher_of`` is set on a hidden teacher (not a grid point): the label of the first
-    student that needs it.
+    ``hidden_for`` is set on a hidden training (not a grid point: a teacher or a start):
+    the label of the first training that needs it, as its ``role`` (``"teacher"`` or
+    ``"start"``).
     """
 
     run_id: str
     config: TrainConfig
     grid: dict[str, Any]
-    teacher_of: str | None = None
+    hidden_for: str | None = None
+    role: str = ""
 
     def label(self, keys: Iterable[str] | None = None) -> str:
         """``seed=0, lr=0.001`` (the grid values, optionally only ``keys``); ``base`` if none;
-        ``teacher of <student>`` for a hidden teacher."""
-        if self.teacher_of is not None:
-            return f"teacher of {self.teacher_of}"
+        ``teacher of <student>`` / ``start of <fine-tuning>`` for a hidden training."""
+        if self.hidden_for is not None:
+            return f"{self.role} of {self.hidden_for}"
         items = [(k, v) for k, v in self.grid.items() if keys is None or k in keys]
         return ", ".join(f"{k}={v}" for k, v in items) or "base"
 
@@ -349,6 +354,19 @@ class Training:
         a teacher given as a checkpoint path)."""
         teacher = self.config.teacher_config()
         return None if teacher is None else run_id_for(teacher)
+
+    @property
+    def start_id(self) -> str | None:
+        """The run id of the training it starts from (``None``: no ``init``, or a start
+        given as a checkpoint path)."""
+        start = self.config.init_config()
+        return None if start is None else run_id_for(start)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The run ids of the trainings that must finish before this one: its teacher and
+        its start, where described by a config."""
+        return tuple(r for r in (self.teacher_id, self.start_id) if r is not None)
 
 
 @dataclass(frozen=True)
@@ -381,30 +399,31 @@ class Study:
     eval: EvalOptions
     out_dir: Path
     report: ReportOptions = ReportOptions()
-    teachers: tuple[Training, ...] = ()
+    hidden: tuple[Training, ...] = ()
     executor: ExecutorOptions = ExecutorOptions()
 
     def training(self, run_id: str) -> Training | None:
-        """The training (grid point or hidden teacher) with this run id."""
+        """The training (grid point or hidden training) with this run id."""
         return self._by_run_id.get(run_id)
 
     @functools.cached_property
     def _by_run_id(self) -> dict[str, Training]:
         """run id -> training, built once: :meth:`training_order` looks up every
-        student's teacher, which a scan of the trainings made quadratic."""
-        return {t.run_id: t for t in (*self.teachers, *self.trainings)}
+        training's teacher and start, which a scan of the trainings made quadratic."""
+        return {t.run_id: t for t in (*self.hidden, *self.trainings)}
 
     def training_order(self) -> list[Training]:
-        """Every training to run, grid points and hidden teachers, each teacher before its
-        students (otherwise in grid order)."""
+        """Every training to run, grid points and hidden trainings, each teacher and start
+        before the trainings that need them (otherwise in grid order)."""
         order: dict[str, Training] = {}
 
         def visit(t: Training) -> None:
             if t.run_id in order:
                 return
-            teacher = self.training(t.teacher_id) if t.teacher_id else None
-            if teacher is not None:
-                visit(teacher)
+            for run_id in t.needs:
+                needed = self.training(run_id)
+                if needed is not None:
+                    visit(needed)
             order[t.run_id] = t
 
         for t in self.trainings:
@@ -604,7 +623,7 @@ def _check_training(config: TrainConfig, place: _Place, where: Mapping[str, str]
 def _expand_trainings(
     section: Mapping[str, Any], place: _Place, overlay: Mapping[str, Any]
 ) -> tuple[list[Training], list[Training]]:
-    """The grid's trainings and the hidden teachers they need (:func:`_hidden_teachers`).
+    """The grid's trainings and the hidden ones they need (:func:`_hidden_trainings`).
 
     ``grid`` is one table, or a list of tables (``[[train.grid]]`` blocks): then the plan
     is the union of each grid's expansion (a training in two grids is trained once), so a
@@ -646,8 +665,7 @@ def _expand_trainings(
         _expand_grid(
             base, grid, index if many else None, place, overlay, fields, trainings, checked
         )
-    where = _where(place, overlay, ("train", "distill"), "train")
-    return list(trainings.values()), _hidden_teachers(trainings, place, where, checked)
+    return list(trainings.values()), _hidden_trainings(trainings, place, overlay, checked)
 
 
 def _with_recipe(base: dict[str, Any], place: _Place, overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -751,26 +769,36 @@ def _expand_grid(
         trainings.setdefault(run_id, Training(run_id=run_id, config=config, grid=point))
 
 
-def _hidden_teachers(
-    trainings: Mapping[str, Training], place: _Place, where: str, checked: set[str]
+def _hidden_trainings(
+    trainings: Mapping[str, Training],
+    place: _Place,
+    overlay: Mapping[str, Any],
+    checked: set[str],
 ) -> list[Training]:
-    """The teachers (and their teachers) that are not grid points, checked like them
-    (``checked``: as in :func:`_expand_grid`)."""
+    """The teachers and starts (and theirs in turn) that are not grid points, checked like
+    them (``checked``: as in :func:`_expand_grid`)."""
     hidden: dict[str, Training] = {}
-    for student in trainings.values():
-        config = student.config
-        while (teacher := config.teacher_config()) is not None:
-            run_id = run_id_for(teacher)
+    todo = list(trainings.values())
+    while todo:
+        needer = todo.pop(0)
+        for role, key, config in (
+            ("teacher", ("distill", "teacher"), needer.config.teacher_config()),
+            ("start", ("init", "training"), needer.config.init_config()),
+        ):
+            if config is None:
+                continue
+            run_id = run_id_for(config)
             if run_id in trainings or run_id in hidden:
-                break
-            what = f"{where} distill.teacher (of {student.label()}):"
-            if _model_key(teacher) not in checked:
+                continue
+            table = _where(place, overlay, ("train", key[0]), "train")
+            what = f"{table} {'.'.join(key)} (of {needer.label()}):"
+            if _model_key(config) not in checked:
                 _check_training(
-                    teacher, place, dict.fromkeys(("dataset", "model", "model_options"), what)
+                    config, place, dict.fromkeys(("dataset", "model", "model_options"), what)
                 )
-                checked.add(_model_key(teacher))
-            hidden[run_id] = Training(run_id, teacher, {}, teacher_of=student.label())
-            config = teacher
+                checked.add(_model_key(config))
+            hidden[run_id] = Training(run_id, config, {}, hidden_for=needer.label(), role=role)
+            todo.append(hidden[run_id])
     return list(hidden.values())
 
 
@@ -927,7 +955,7 @@ def _expand(
         ExecutorOptions, _table(doc, "executor", place, "[executor]"), place,
         _where(place, overlay, ("executor",), "executor"),
     )  # fmt: skip
-    trainings, teachers = _expand_trainings(_table(doc, "train", place, "[train]"), place, overlay)
+    trainings, hidden = _expand_trainings(_table(doc, "train", place, "[train]"), place, overlay)
     blocks = doc.get("condition", [{"kind": "clean"}])
     if not isinstance(blocks, list):
         raise place.error("[[condition]]", "must be an array of tables ([[condition]] blocks)")
@@ -970,7 +998,7 @@ def _expand(
             )
         except BinsenseError as e:
             raise place.error(_where(place, overlay, ("report",), "report"), str(e)) from None
-    return info, trainings, list(evaluations.values()), options, report, teachers, executor
+    return info, trainings, list(evaluations.values()), options, report, hidden, executor
 
 
 def load_study(
@@ -999,9 +1027,7 @@ def load_study(
     presets = doc.get("presets", {})
     if not isinstance(presets, Mapping):
         raise StudyFileError(f"{file}: [presets] must be a table of [presets.NAME] tables")
-    info, trainings, evaluations, options, report, teachers, executor = _expand(
-        doc, _Place(file), {}
-    )
+    info, trainings, evaluations, options, report, hidden, executor = _expand(doc, _Place(file), {})
     for name, overlay in presets.items():
         try:  # a preset names the report folder (report-NAME): one plain path component
             safe_child(path.parent, f"report-{name}", what=f"preset name {name!r} (report folder)")
@@ -1031,7 +1057,7 @@ def load_study(
             raise StudyFileError(
                 f"{file}: unknown preset {chosen!r}{source} (presets: {listed}){hint}"
             )
-        info, trainings, evaluations, options, report, teachers, executor = _expand(
+        info, trainings, evaluations, options, report, hidden, executor = _expand(
             deep_merge(doc, presets[chosen]), _Place(file, chosen), presets[chosen]
         )
     return Study(
@@ -1045,7 +1071,7 @@ def load_study(
         eval=options,
         out_dir=Path(out) if out is not None else path.with_suffix(""),
         report=report,
-        teachers=tuple(teachers),
+        hidden=tuple(hidden),
         executor=executor,
     )
 

@@ -44,6 +44,7 @@ from binsense.train.checkpoint import (
     checkpoint_path,
     load_checkpoint,
     load_model,
+    load_state_strict,
 )
 from binsense.train.config import TrainConfig, TrainPrune, check_teacher_data
 
@@ -60,6 +61,7 @@ class TrainerView(Protocol):
     hooks: Any  # binsense.train.trainer.Hooks: its ``loss`` is read
     run_path: Path | None
     train_loader: Any
+    start_epoch: int
 
     def log(self, message: str) -> None: ...
 
@@ -132,6 +134,41 @@ class Callback:
 # ---------------------------------------------------------------------- distillation
 
 
+def finished_checkpoint(
+    path: Path, what: str, dataset: str, wanted: TrainConfig | None, hint: str
+) -> tuple[dict[str, Any], TrainConfig]:
+    """The checkpoint of a finished training that another training needs (``what``:
+    ``"teacher"`` or ``"start"``), read and checked: it exists, its training finished, it
+    was trained on ``dataset`` and, when ``wanted`` describes it, with exactly that
+    config. Each problem is one :class:`~binsense.errors.BinsenseError` line (``hint``:
+    the table that describes it, for the config mismatch). Returns the checkpoint and
+    its config."""
+    if path.is_dir():
+        path = checkpoint_path(path)
+    if not path.is_file():
+        raise BinsenseError(
+            f"the {what} checkpoint {str(path)!r} does not exist; train the {what} first."
+        )
+    ckpt = load_checkpoint(path)
+    trained = checkpoint_config(ckpt, path)
+    if not ckpt.get("complete", False):
+        raise BinsenseError(
+            f"the {what} checkpoint {str(path)!r} holds {ckpt.get('epoch', 0)} of its "
+            f"{trained.epochs} epochs; finish the {what}'s training first."
+        )
+    try:
+        check_teacher_data(trained.dataset, dataset)
+    except ValueError as e:
+        raise BinsenseError(f"{what} checkpoint {str(path)!r}: {e}.") from None
+    if wanted is not None and trained.config_hash() != wanted.config_hash():
+        raise BinsenseError(
+            f"the {what} checkpoint {str(path)!r} was trained with config "
+            f"{trained.config_hash()}, but {hint} describes {wanted.config_hash()}; pass "
+            "the checkpoint of that training."
+        )
+    return ckpt, trained
+
+
 def load_teacher(
     config: TrainConfig,
     teacher: nn.Module | str | os.PathLike | None,
@@ -143,9 +180,9 @@ def load_teacher(
     ``teacher`` (a model, a run folder or its ``checkpoint.pt``) is used when given,
     else ``config.distill.teacher_checkpoint``. A checkpoint must be of a finished
     training of the student's data set and, when ``distill.teacher`` describes the
-    teacher's training, of exactly that config; each problem is one line
-    (:class:`~binsense.errors.BinsenseError`). Building the teacher leaves the random
-    state alone (the student's initialisation and batches stay those of the seed).
+    teacher's training, of exactly that config (:func:`finished_checkpoint`). Building
+    the teacher leaves the random state alone (the student's initialisation and batches
+    stay those of the seed).
     """
     d = config.distill
     assert d is not None
@@ -160,34 +197,77 @@ def load_teacher(
     if isinstance(source, nn.Module):
         return source, {"model": type(source).__name__}
     path = Path(source)
-    if path.is_dir():
-        path = checkpoint_path(path)
-    if not path.is_file():
-        raise BinsenseError(
-            f"the teacher checkpoint {str(path)!r} does not exist; train the teacher first."
-        )
-    ckpt = load_checkpoint(path)
-    trained = checkpoint_config(ckpt, path)
-    if not ckpt.get("complete", False):
-        raise BinsenseError(
-            f"the teacher checkpoint {str(path)!r} holds {ckpt.get('epoch', 0)} of its "
-            f"{trained.epochs} epochs; finish the teacher's training first."
-        )
-    try:
-        check_teacher_data(trained.dataset, config.dataset)
-    except ValueError as e:
-        raise BinsenseError(f"teacher checkpoint {str(path)!r}: {e}.") from None
-    wanted = config.teacher_config()
-    if wanted is not None and trained.config_hash() != wanted.config_hash():
-        raise BinsenseError(
-            f"the teacher checkpoint {str(path)!r} was trained with config "
-            f"{trained.config_hash()}, but distill.teacher describes "
-            f"{wanted.config_hash()}; pass the checkpoint of that training."
-        )
+    _, trained = finished_checkpoint(
+        path, "teacher", config.dataset, config.teacher_config(), "distill.teacher"
+    )
+    path = checkpoint_path(path) if path.is_dir() else path
     info = {"checkpoint": str(path), "config_hash": trained.config_hash()}
     with torch.random.fork_rng(devices=[]):  # building it leaves the student's RNG alone
         model, _ = load_model(path, allow_large=allow_large)
     return model, info
+
+
+class InitCallback(Callback):
+    """Fine-tuning (the config's ``init``, :class:`~binsense.train.config.TrainInit`): at
+    :meth:`on_train_begin` of a run that starts at epoch 0, the model's parameters and
+    batch-norm statistics are loaded from a finished training's checkpoint (the
+    ``init`` path given to the trainer, else ``init.checkpoint``), strictly. A resumed
+    run has its own weights: nothing is loaded, and a start whose config hash differs
+    from the recorded one is refused, as for a teacher.
+
+    State and provenance: ``{"start": {"checkpoint": PATH, "config_hash": H,
+    "test_acc": A}}``, what the run started from.
+    """
+
+    name: ClassVar[str | None] = "init"
+
+    def __init__(self, init: str | os.PathLike | None = None) -> None:
+        self.init = init
+        self.start_info: dict[str, Any] | None = None
+
+    def on_train_begin(self, trainer: TrainerView) -> None:
+        config = trainer.config
+        assert config.init is not None, "InitCallback needs a config with init"
+        source = self.init if self.init is not None else config.init.checkpoint
+        if source is None:
+            raise BinsenseError(
+                "init.training describes the starting training, but no checkpoint was "
+                "given: train it first and pass its checkpoint (train(..., init=PATH)), set "
+                "init.checkpoint = PATH instead, or run it in a study, which trains it first."
+            )
+        path = Path(source)
+        path = checkpoint_path(path) if path.is_dir() else path
+        ckpt, trained = finished_checkpoint(
+            path, "start", config.dataset, config.init_config(), "init.training"
+        )
+        was = (self.start_info or {}).get("config_hash")
+        if was is not None and was != trained.config_hash():
+            raise BinsenseError(
+                f"the finished epochs of {str(trainer.run_path)!r} started from a training "
+                f"with config {was}, but the start checkpoint {str(path)!r} now holds config "
+                f"{trained.config_hash()}; resume with that start, or delete the folder."
+            )
+        metrics = ckpt.get("metrics") or [{}]
+        self.start_info = {
+            "checkpoint": str(path),
+            "config_hash": trained.config_hash(),
+            "test_acc": metrics[-1].get("test_acc"),
+        }
+        if trainer.start_epoch == 0:  # a resumed run keeps its own weights
+            load_state_strict(trainer.model, ckpt["model"], str(path), ckpt.get("format"))
+            acc = self.start_info["test_acc"]
+            shown = "" if acc is None else f" (test accuracy {acc:.2%})"
+            trainer.log(f"starting from {path}{shown}")
+
+    def provenance(self) -> dict[str, Any]:
+        return {} if self.start_info is None else {"start": self.start_info}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.start_info is None else {"start": dict(self.start_info)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        start = state.get("start")
+        self.start_info = dict(start) if start else None
 
 
 class DistillCallback(Callback):
@@ -351,12 +431,15 @@ def config_callbacks(
     config: TrainConfig,
     *,
     teacher: nn.Module | str | os.PathLike | None = None,
+    init: str | os.PathLike | None = None,
     allow_large: bool | None = None,
 ) -> list[Callback]:
-    """The callbacks ``config`` asks for, in order: ``distill`` ->
-    :class:`DistillCallback` (from ``teacher`` if given), ``prune`` ->
-    :class:`PruneCallback`."""
+    """The callbacks ``config`` asks for, in order: ``init`` -> :class:`InitCallback`
+    (from ``init`` if given), ``distill`` -> :class:`DistillCallback` (from ``teacher``
+    if given), ``prune`` -> :class:`PruneCallback`."""
     out: list[Callback] = []
+    if config.init is not None:
+        out.append(InitCallback(init))
     if config.distill is not None:
         out.append(DistillCallback(teacher, allow_large=allow_large))
     if config.prune is not None:
@@ -367,7 +450,9 @@ def config_callbacks(
 __all__ = [
     "Callback",
     "DistillCallback",
+    "InitCallback",
     "PruneCallback",
     "config_callbacks",
+    "finished_checkpoint",
     "load_teacher",
 ]

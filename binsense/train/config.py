@@ -107,9 +107,9 @@ class TrainNoise(BaseModel):
 #: the run id.
 _STEP_DEFAULTS = {"precision": "fp32", "channels_last": False, "compile": False}
 
-#: TrainConfig fields a teacher never inherits from its student: the student's own
-#: compression (its teacher table may set its own).
-_STUDENT_ONLY = ("distill", "prune")
+#: TrainConfig fields a teacher or a starting point never inherits from the training that
+#: needs it: that training's own compression and start (their tables may set their own).
+_STUDENT_ONLY = ("distill", "prune", "init")
 
 
 class TrainDistill(BaseModel):
@@ -166,6 +166,64 @@ class TrainDistill(BaseModel):
             )
         if self.teacher_checkpoint is not None and not self.teacher_checkpoint.strip():
             raise ValueError("teacher_checkpoint must be a path, got an empty string")
+        return self
+
+
+class TrainInit(BaseModel):
+    """Start from another training's final weights (fine-tuning; ``[train] init = {...}``):
+    the model's parameters and batch-norm statistics are loaded from a finished training
+    before the first epoch, and the optimizer and schedule start afresh. A resumed run
+    continues from its own checkpoint instead.
+
+    The starting point is given one of two ways (exactly one), as a teacher is
+    (:class:`TrainDistill`):
+
+    - ``training = { <TrainConfig fields> }``: another training, described by the fields
+      in which it differs from this one (e.g. ``{ train_noise = "none", epochs = 40 }``),
+      laid over this training's own fields minus ``distill``, ``prune`` and ``init``;
+      its full config is :meth:`TrainConfig.init_config`, so its run id. A study trains
+      it first (a grid point, or a hidden training) and passes its checkpoint;
+      :func:`binsense.train.train` needs it (``init=PATH``);
+    - ``checkpoint = "PATH"``: the ``checkpoint.pt`` of a finished training. The *path*
+      is part of the run id, not the file's content.
+
+    Either way the checkpoint must be of a finished training of the same data set and
+    model shape (loaded strictly: a missing or misshapen tensor is one error line).
+    Fine-tuning is how noise-aware and pruned models are often made from a clean one
+    (S0's ``full`` preset says where it does so).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    training: dict[str, Any] | None = Field(
+        None, description="TrainConfig fields in which the starting training differs"
+    )
+    checkpoint: str | None = Field(None, description="a finished run's checkpoint.pt")
+
+    @field_validator("training")
+    @classmethod
+    def _known_fields(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            fields = TrainConfig.model_fields
+            for key in v:
+                if key not in fields:
+                    raise ValueError(f"unknown key {key!r}{did_you_mean(key, fields)}")
+                if key in _STUDENT_ONLY:
+                    raise ValueError(
+                        f"{key!r} cannot be set for the starting training (a start is "
+                        "trained plainly; give it as a finished run's checkpoint instead)"
+                    )
+        return v
+
+    @model_validator(mode="after")
+    def _one_start(self) -> TrainInit:
+        if (self.training is None) == (self.checkpoint is None):
+            raise ValueError(
+                "give exactly one of training = { <fields of the starting training> } and "
+                'checkpoint = "PATH"'
+            )
+        if self.checkpoint is not None and not self.checkpoint.strip():
+            raise ValueError("checkpoint must be a path, got an empty string")
         return self
 
 
@@ -278,8 +336,9 @@ class TrainConfig(BaseModel):
     # last: their validators see every field above (the teacher inherits them)
     distill: TrainDistill | None = None
     prune: TrainPrune | None = None
+    init: TrainInit | None = None
 
-    @field_validator("train_noise", "distill", "prune", mode="before")
+    @field_validator("train_noise", "distill", "prune", "init", mode="before")
     @classmethod
     def _none_is_clean(cls, v: Any) -> Any:
         """``"none"`` turns it off: clean training, no distillation, no pruning (TOML has
@@ -300,6 +359,28 @@ class TrainConfig(BaseModel):
         except ValidationError as e:
             raise ValueError(f"teacher: {pydantic_problem(e, TrainConfig.model_fields)}") from None
         check_teacher_data(teacher.dataset, student["dataset"])
+        return v
+
+    @field_validator("init")
+    @classmethod
+    def _start_is_valid(cls, v: TrainInit | None, info: ValidationInfo) -> Any:
+        """The starting training's config (these fields + its table) must be valid, of
+        the same data set and model."""
+        if v is None or v.training is None:
+            return v
+        own = {k: x for k, x in info.data.items() if k not in _STUDENT_ONLY}
+        if len(own) < len(cls.model_fields) - len(_STUDENT_ONLY):
+            return v  # another field is invalid: that error is the one to report
+        try:
+            start = TrainConfig(**{**own, **v.training})
+        except ValidationError as e:
+            raise ValueError(f"init: {pydantic_problem(e, TrainConfig.model_fields)}") from None
+        if (start.dataset, start.model) != (own["dataset"], own["model"]):
+            raise ValueError(
+                f"init: the starting training is {start.model!r} on {start.dataset!r}, this one "
+                f"{own['model']!r} on {own['dataset']!r}; a start must be the same model on the "
+                "same data set (drop dataset and model from the init table)"
+            )
         return v
 
     @field_validator("device")
@@ -324,6 +405,15 @@ class TrainConfig(BaseModel):
         student = {k: v for k, v in self.to_dict().items() if k not in _STUDENT_ONLY}
         return TrainConfig(**{**student, **self.distill.teacher})
 
+    def init_config(self) -> TrainConfig | None:
+        """The starting training's full config (:class:`TrainInit`: these fields minus
+        ``distill`` / ``prune`` / ``init``, with the ``training`` table over them), or
+        ``None`` when this training does not start from a training described here."""
+        if self.init is None or self.init.training is None:
+            return None
+        own = {k: v for k, v in self.to_dict().items() if k not in _STUDENT_ONLY}
+        return TrainConfig(**{**own, **self.init.training})
+
     def config_hash(self) -> str:
         """Content hash of the fields that change the trained model (not device/threads).
 
@@ -332,7 +422,7 @@ class TrainConfig(BaseModel):
         d = self.to_dict()
         for k in ("device", "threads"):
             d.pop(k)
-        for k in ("train_noise", "distill", "prune"):
+        for k in ("train_noise", "distill", "prune", "init"):
             if d[k] is None:  # off: leave out, so ids of runs from before it stay
                 d.pop(k)
         for k, default in _STEP_DEFAULTS.items():

@@ -5,9 +5,10 @@ fingerprints, device), ``metrics.jsonl`` (one line per epoch) and ``checkpoint.p
 (model, optimizer and scheduler state after the last finished epoch, and the state of
 its callbacks). The loop is :class:`Trainer`, in small parts with seams (:class:`Hooks`:
 the loss, after-step hooks such as latent clipping, the input transform, callbacks).
-The config's ``distill`` and ``prune`` fields are callbacks
-(:mod:`binsense.train.callbacks`), which own their state: the distillation loss from
-the teacher's checkpoint, and the pruning schedule after every step; a pruned model is
+The config's ``init``, ``distill`` and ``prune`` fields are callbacks
+(:mod:`binsense.train.callbacks`), which own their state: the starting weights of a
+fine-tuning, the distillation loss from the teacher's checkpoint, and the pruning
+schedule after every step; a pruned model is
 removed for real after the last epoch's training pass, so the final evaluation and
 checkpoint are of the smaller model. Batch order and
 augmentation of epoch *e* depend only on ``(seed, e)`` (see :class:`DeviceLoader`), and
@@ -225,17 +226,17 @@ class Trainer:
         log: Callable[[str], None] = tqdm.write,
         allow_large: bool | None = None,
         teacher: nn.Module | str | os.PathLike | None = None,
+        init: str | os.PathLike | None = None,
     ) -> None:
         self.config = config
         self.allow_large = allow_large
         self.run_path = Path(run_dir) if run_dir is not None else None
         self.data_dir = data_dir
         self.hooks = hooks if hooks is not None else Hooks()
-        self.teacher = teacher
         self.loss = self.hooks.loss or cross_entropy(config.label_smoothing)
         self.after_step: list[StepHook] = list(self.hooks.after_step)
         self.callbacks: list[Callback] = [
-            *config_callbacks(config, teacher=teacher, allow_large=allow_large),
+            *config_callbacks(config, teacher=teacher, init=init, allow_large=allow_large),
             *self.hooks.callbacks,
         ]
         names = [cb.name for cb in self.callbacks if cb.name is not None]
@@ -579,6 +580,7 @@ def train(
     log: Callable[[str], None] = tqdm.write,
     allow_large: bool | None = None,
     teacher: nn.Module | str | os.PathLike | None = None,
+    init: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train ``config`` and return the model; checkpoint into ``run_dir`` each epoch.
 
@@ -603,6 +605,10 @@ def train(
             passes the checkpoint of that training), and used instead of
             ``distill.teacher_checkpoint`` when given. A checkpoint must be of a finished
             training and, with ``distill.teacher``, of exactly that config.
+        init: with ``config.init``: the checkpoint (or run folder) of the training to
+            start from; needed when ``init.training`` describes it (the study runner
+            passes it), used instead of ``init.checkpoint`` when given; checked as a
+            teacher is.
 
     With ``config.prune``, the returned model (once every epoch is trained) is the pruned
     one, with smaller tensors; its checkpoint reloads at that shape
@@ -613,7 +619,7 @@ def train(
         hooks = replace(hooks, input_transform=_compose(input_transform, hooks.input_transform))
     trainer = Trainer(
         config, run_dir, data_dir=data_dir, hooks=hooks, progress=progress, log=log,
-        allow_large=allow_large, teacher=teacher,
+        allow_large=allow_large, teacher=teacher, init=init,
     )  # fmt: skip
     return trainer.run(resume=resume, stop_after=stop_after)
 

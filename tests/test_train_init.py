@@ -1,0 +1,217 @@
+"""Fine-tuning (``init``): a training that starts from another training's final weights.
+
+On the ``tiny_data`` image folder with ``mnist_bnn`` at width 0.25, as in
+``test_callbacks.py``: the weights at the first step are the start's, bit for bit; the
+start is part of the run id; a resumed fine-tuning ends where an uninterrupted one
+does; every wrong start is one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pydantic import ValidationError
+from test_callbacks import QUIET, config, same_weights, untimed
+
+from binsense.errors import BinsenseError
+from binsense.train import Callback, Hooks, TrainConfig, load_checkpoint, train
+from binsense.train.callbacks import InitCallback
+
+
+class _Snapshot(Callback):
+    """The model's weights when training begins (after the config's callbacks)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_train_begin(self, trainer: Any) -> None:
+        self.state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.fixture
+def start(tiny_data, tmp_path) -> tuple[TrainConfig, Path]:
+    """A finished 1-epoch training to start from."""
+    cfg = config(tiny_data, epochs=1)
+    train(cfg, tmp_path / "start", **QUIET)
+    return cfg, tmp_path / "start" / "checkpoint.pt"
+
+
+def test_fine_tuning_starts_from_the_checkpoints_weights(tiny_data, tmp_path, start):
+    start_cfg, ckpt = start
+    tuned = config(tiny_data, epochs=2, lr=0.001, init={"checkpoint": str(ckpt)})
+    snap = _Snapshot()
+    result = train(tuned, tmp_path / "tuned", hooks=Hooks(callbacks=[snap]), **QUIET)
+    assert same_weights(snap.state, load_checkpoint(ckpt)["model"])
+    fresh = _Snapshot()
+    train(config(tiny_data, epochs=1, lr=0.001), None, hooks=Hooks(callbacks=[fresh]), **QUIET)
+    assert not same_weights(fresh.state, snap.state)  # without init: the seed's weights
+    record = result.provenance["start"]
+    assert record["checkpoint"] == str(ckpt) and record["config_hash"] == start_cfg.config_hash()
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["start"] == record
+    # the start is part of the run id
+    assert tuned.config_hash() != config(tiny_data, epochs=2, lr=0.001).config_hash()
+
+
+def test_a_start_described_by_its_training(tiny_data, tmp_path, start):
+    """``init.training`` describes the start by the fields it differs in; the checkpoint
+    passed must be of exactly that config."""
+    start_cfg, ckpt = start
+    tuned = config(tiny_data, epochs=2, lr=0.001, init={"training": {"epochs": 1, "lr": 0.01}})
+    assert tuned.init_config().config_hash() == start_cfg.config_hash()
+    snap = _Snapshot()
+    train(tuned, tmp_path / "tuned", init=ckpt, hooks=Hooks(callbacks=[snap]), **QUIET)
+    assert same_weights(snap.state, load_checkpoint(ckpt)["model"])
+    other = config(tiny_data, epochs=2, init={"training": {"epochs": 1, "lr": 0.02}})
+    with pytest.raises(BinsenseError, match="but init.training describes") as e:
+        train(other, tmp_path / "other", init=ckpt, **QUIET)
+    assert "\n" not in str(e.value)
+    with pytest.raises(BinsenseError, match="no checkpoint was given"):
+        train(other, tmp_path / "other2", **QUIET)
+
+
+def test_a_resumed_fine_tuning_ends_as_an_uninterrupted_one(tiny_data, tmp_path, start):
+    _, ckpt = start
+    tuned = config(tiny_data, epochs=2, lr=0.001, init={"checkpoint": str(ckpt)})
+    whole = train(tuned, tmp_path / "whole", **QUIET)
+    train(tuned, tmp_path / "parts", stop_after=1, **QUIET)
+    parts = train(tuned, tmp_path / "parts", resume=True, **QUIET)
+    assert same_weights(whole.model.state_dict(), parts.model.state_dict())
+    assert untimed(whole.metrics) == untimed(parts.metrics)
+    # the start's path now holds another training: the resume is refused
+    train(config(tiny_data, epochs=1, seed=7), tmp_path / "other", **QUIET)
+    train(tuned, tmp_path / "again", stop_after=1, **QUIET)
+    shutil.copy(tmp_path / "other" / "checkpoint.pt", ckpt)
+    with pytest.raises(BinsenseError, match="started from a training with config"):
+        train(tuned, tmp_path / "again", resume=True, **QUIET)
+
+
+def test_wrong_starts_are_one_line(tiny_data, tmp_path, start):
+    _, ckpt = start
+    cases = [
+        ({"checkpoint": str(tmp_path / "none.pt")}, "does not exist; train the start first"),
+        ({"checkpoint": str(ckpt)}, "does not match the model"),  # another width
+    ]
+    for init, message in cases:
+        cfg = config(tiny_data, model_options={"width": 0.5}, init=init)
+        with pytest.raises(BinsenseError, match=message) as e:
+            train(cfg, tmp_path / "x", **QUIET)
+        assert "\n" not in str(e.value)
+        shutil.rmtree(tmp_path / "x", ignore_errors=True)
+    half = config(tiny_data, epochs=2)
+    train(half, tmp_path / "half", stop_after=1, **QUIET)
+    cfg = config(tiny_data, init={"checkpoint": str(tmp_path / "half" / "checkpoint.pt")})
+    with pytest.raises(BinsenseError, match="holds 1 of its 2 epochs; finish the start"):
+        train(cfg, tmp_path / "y", **QUIET)
+
+
+@pytest.mark.parametrize(
+    ("init", "message"),
+    [
+        ({}, "give exactly one of training"),
+        ({"checkpoint": "a.pt", "training": {"epochs": 1}}, "give exactly one of training"),
+        ({"training": {"epoch": 1}}, "unknown key 'epoch' — did you mean 'epochs'"),
+        ({"training": {"prune": {"target": 0.5}}}, "'prune' cannot be set for the starting"),
+        ({"training": {"model": "mnist_bnn_float"}}, "a start must be the same model"),
+        ({"training": {"epochs": 0}}, "init: 'epochs' must be greater than or equal to 1"),
+    ],
+)
+def test_init_tables_are_validated(tiny_data, init, message):
+    with pytest.raises(ValidationError, match=message):
+        config(tiny_data, init=init)
+
+
+def test_init_is_a_config_callback(tiny_data, start):
+    _, ckpt = start
+    from binsense.train.callbacks import config_callbacks
+
+    cfg = config(tiny_data, init={"checkpoint": str(ckpt)})
+    assert [type(c) for c in config_callbacks(cfg)] == [InitCallback]
+    assert config(tiny_data, init="none").init is None  # TOML's off switch
+
+
+# ---------------------------------------------------------------- in a study
+
+STUDY = """\
+[study]
+name = "finetune"
+
+[train]
+dataset = "imagefolder:{data}"
+model = "mnist_bnn"
+model_options = {{ width = 0.25 }}
+epochs = 1
+batch_size = 16
+lr = 0.01
+threads = 1
+
+[train.grid]
+seed = [0, 1]
+variant = [
+    {{ name = "clean" }},
+    {{ name = "tuned", train_noise = {noise}, lr = 0.001, init = {{ training = {clean} }} }},
+    {{ name = "tuned from hidden", lr = 0.002, init = {{ training = {{ epochs = 2 }} }} }},
+]
+
+[[condition]]
+kind = "clean"
+"""
+
+
+def _write_study(folder: Path, data: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "finetune.toml"
+    noise, clean = '{ type = "column_offset", level = 0.05 }', '{ train_noise = "none", lr = 0.01 }'
+    path.write_text(STUDY.format(data=data.removeprefix("imagefolder:"), noise=noise, clean=clean))
+    return path
+
+
+def test_a_study_trains_each_start_first_and_fine_tunes_from_it(tiny_data, tmp_path):
+    """``tuned`` starts from the ``clean`` grid point of its seed (same run id); ``tuned
+    from hidden`` from a 2-epoch training that is no grid point: a hidden start, trained
+    (not evaluated) before it. The fine-tuning's first weights are the start's."""
+    from binsense.study.runner import run_study
+    from binsense.study.schema import load_study
+
+    path = _write_study(tmp_path, tiny_data)
+    study = load_study(path)
+    by = {(t.grid["variant"], t.grid["seed"]): t for t in study.trainings}
+    for seed in (0, 1):
+        assert by["tuned", seed].start_id == by["clean", seed].run_id
+    assert len(study.hidden) == 2 and all(t.role == "start" for t in study.hidden)
+    assert study.hidden[0].label() == "start of seed=0, variant=tuned from hidden"
+    order = [t.run_id for t in study.training_order()]
+    for t in study.trainings:
+        assert all(order.index(r) < order.index(t.run_id) for r in t.needs)
+    summary = run_study(path, progress=False, log=lambda s: None)
+    assert summary.failed == 0 and summary.trained == 8  # 6 grid points + 2 hidden starts
+    for seed in (0, 1):
+        for variant in ("tuned", "tuned from hidden"):
+            t = by[variant, seed]
+            config = json.loads((study.run_dir(t.run_id) / "config.json").read_text())
+            start = study.run_dir(t.start_id) / "checkpoint.pt"
+            assert config["start"]["checkpoint"] == str(start)
+            assert config["start"]["config_hash"] == t.start_id
+    again = run_study(path, progress=False, log=lambda s: None)
+    assert again.trained == 0 and again.evaluated == 0
+
+
+def test_a_failed_start_fails_its_fine_tunings_with_the_reason(tiny_data, tmp_path):
+    from binsense.study.runner import run_study
+    from binsense.study.schema import load_study
+    from binsense.study.store import ResultStore
+
+    path = _write_study(tmp_path, tiny_data)
+    path.write_text(path.read_text().replace("{ epochs = 2 }", "{ epochs = 2, lr = 1e30 }"))
+    study = load_study(path)
+    summary = run_study(path, progress=False, log=lambda s: None)
+    assert summary.failed == 4  # the 2 hidden starts diverge, their 2 fine-tunings follow
+    tuned = [t for t in study.trainings if t.grid["variant"] == "tuned from hidden"]
+    with ResultStore(study.store_path, readonly=True) as store:
+        for t in tuned:
+            (failure,) = [f for f in store.failures() if f["run_id"] == t.run_id]
+            assert failure["reason"].startswith(f"its start (run {t.start_id}) failed: ")
