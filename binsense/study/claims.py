@@ -65,7 +65,13 @@ from binsense.study.compare import (
     source_of_study,
 )
 from binsense.study.export import markdown_table
-from binsense.study.selector import Arm, arms_of_study, pair_trainings, select_group
+from binsense.study.selector import (
+    Arm,
+    arms_of_study,
+    check_label,
+    pair_trainings,
+    select_group,
+)
 
 if TYPE_CHECKING:
     from binsense.study.schema import Study
@@ -167,12 +173,7 @@ def check_claims(
             _pairs(arms, spec)
         except BinsenseError as e:
             raise BinsenseError(f"{where} {e}") from None
-        if spec.relative_to is not None and spec.relative_to not in labels:
-            shown = ", ".join(repr(x) for x in labels[:8]) + (", ..." if len(labels) > 8 else "")
-            raise BinsenseError(
-                f"{where} relative_to {spec.relative_to!r} is no condition's label; the "
-                f"labels: {shown}."
-            )
+        check_label(spec.relative_to, labels, where)
         chosen = [
             label
             for label, kind, params in known

@@ -323,12 +323,17 @@ def check_comparisons(
             pair_trainings(arms, spec.a, spec.b, flags=("a", "b"))
         except BinsenseError as e:
             raise BinsenseError(f"[[report.compare]] #{i} {e}") from None
-        if spec.relative_to is not None and spec.relative_to not in known:
-            shown = ", ".join(repr(x) for x in known[:8]) + (", ..." if len(known) > 8 else "")
-            raise BinsenseError(
-                f"[[report.compare]] #{i} relative_to {spec.relative_to!r} is no condition's "
-                f"label; the labels: {shown}."
-            )
+        check_label(spec.relative_to, known, f"[[report.compare]] #{i}")
+
+
+def check_label(label: str | None, known: Sequence[str], where: str) -> None:
+    """A block's ``relative_to`` (``None``: not given) is one of the ``known`` condition
+    labels, or one :class:`~binsense.errors.BinsenseError` line listing them."""
+    if label is not None and label not in known:
+        shown = ", ".join(repr(x) for x in known[:8]) + (", ..." if len(known) > 8 else "")
+        raise BinsenseError(
+            f"{where} relative_to {label!r} is no condition's label; the labels: {shown}."
+        )
 
 
 __all__ = [
@@ -337,6 +342,7 @@ __all__ = [
     "GridTraining",
     "arms_of_study",
     "check_comparisons",
+    "check_label",
     "pair_trainings",
     "parse_selector",
     "select_group",

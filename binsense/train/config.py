@@ -150,23 +150,39 @@ class TrainDistill(BaseModel):
     @field_validator("teacher")
     @classmethod
     def _known_fields(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None:
-            fields = TrainConfig.model_fields
-            for key in v:
-                if key not in fields:
-                    raise ValueError(f"unknown key {key!r}{did_you_mean(key, fields)}")
-        return v
+        return _training_table(v)
 
     @model_validator(mode="after")
     def _one_teacher(self) -> TrainDistill:
-        if (self.teacher is None) == (self.teacher_checkpoint is None):
-            raise ValueError(
-                "give exactly one of teacher = { <fields of the teacher's training> } and "
-                'teacher_checkpoint = "PATH"'
-            )
-        if self.teacher_checkpoint is not None and not self.teacher_checkpoint.strip():
-            raise ValueError("teacher_checkpoint must be a path, got an empty string")
+        _one_of(self.teacher, "teacher", self.teacher_checkpoint, "teacher_checkpoint")
         return self
+
+
+def _training_table(v: dict[str, Any] | None, refused: tuple[str, ...] = ()) -> Any:
+    """A table of TrainConfig fields describing another training (a teacher's, a
+    start's): every key a field, none of ``refused``."""
+    if v is not None:
+        fields = TrainConfig.model_fields
+        for key in v:
+            if key not in fields:
+                raise ValueError(f"unknown key {key!r}{did_you_mean(key, fields)}")
+            if key in refused:
+                raise ValueError(
+                    f"{key!r} cannot be set for the starting training (a start is "
+                    "trained plainly; give it as a finished run's checkpoint instead)"
+                )
+    return v
+
+
+def _one_of(table: Any, table_key: str, path: str | None, path_key: str) -> None:
+    """Exactly one of a training described by a table and a checkpoint path."""
+    if (table is None) == (path is None):
+        raise ValueError(
+            f"give exactly one of {table_key} = {{ <fields of that training> }} and "
+            f'{path_key} = "PATH"'
+        )
+    if path is not None and not path.strip():
+        raise ValueError(f"{path_key} must be a path, got an empty string")
 
 
 class TrainInit(BaseModel):
@@ -203,27 +219,11 @@ class TrainInit(BaseModel):
     @field_validator("training")
     @classmethod
     def _known_fields(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None:
-            fields = TrainConfig.model_fields
-            for key in v:
-                if key not in fields:
-                    raise ValueError(f"unknown key {key!r}{did_you_mean(key, fields)}")
-                if key in _STUDENT_ONLY:
-                    raise ValueError(
-                        f"{key!r} cannot be set for the starting training (a start is "
-                        "trained plainly; give it as a finished run's checkpoint instead)"
-                    )
-        return v
+        return _training_table(v, refused=_STUDENT_ONLY)
 
     @model_validator(mode="after")
     def _one_start(self) -> TrainInit:
-        if (self.training is None) == (self.checkpoint is None):
-            raise ValueError(
-                "give exactly one of training = { <fields of the starting training> } and "
-                'checkpoint = "PATH"'
-            )
-        if self.checkpoint is not None and not self.checkpoint.strip():
-            raise ValueError("checkpoint must be a path, got an empty string")
+        _one_of(self.training, "training", self.checkpoint, "checkpoint")
         return self
 
 
