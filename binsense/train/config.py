@@ -227,6 +227,22 @@ class TrainInit(BaseModel):
         return self
 
 
+def _described(table: dict[str, Any] | None, info: ValidationInfo, what: str) -> Any:
+    """The full config of a training described by ``table`` (a teacher's, a start's):
+    the fields validated so far minus ``distill`` / ``prune`` / ``init``, with the table
+    over them; ``None`` without a table, or while another field is invalid (that error
+    is the one to report). A bad table is one ``ValueError`` line prefixed ``what``."""
+    if table is None:
+        return None
+    own = {k: x for k, x in info.data.items() if k not in _STUDENT_ONLY}
+    if len(own) < len(TrainConfig.model_fields) - len(_STUDENT_ONLY):
+        return None
+    try:
+        return TrainConfig(**{**own, **table})
+    except ValidationError as e:
+        raise ValueError(f"{what}: {pydantic_problem(e, TrainConfig.model_fields)}") from None
+
+
 def check_teacher_data(teacher: str, student: str) -> None:
     """A distillation teacher sees the student's images and predicts its classes: it
     must be trained on the student's data set (else the KD term compares logits of
@@ -349,16 +365,9 @@ class TrainConfig(BaseModel):
     @classmethod
     def _teacher_is_valid(cls, v: TrainDistill | None, info: ValidationInfo) -> Any:
         """The teacher's config (student fields + teacher table) must itself be valid."""
-        if v is None or v.teacher is None:
-            return v
-        student = {k: x for k, x in info.data.items() if k not in _STUDENT_ONLY}
-        if len(student) < len(cls.model_fields) - len(_STUDENT_ONLY):
-            return v  # another field is invalid: that error is the one to report
-        try:
-            teacher = TrainConfig(**{**student, **v.teacher})
-        except ValidationError as e:
-            raise ValueError(f"teacher: {pydantic_problem(e, TrainConfig.model_fields)}") from None
-        check_teacher_data(teacher.dataset, student["dataset"])
+        teacher = _described(None if v is None else v.teacher, info, "teacher")
+        if teacher is not None:
+            check_teacher_data(teacher.dataset, info.data["dataset"])
         return v
 
     @field_validator("init")
@@ -366,20 +375,14 @@ class TrainConfig(BaseModel):
     def _start_is_valid(cls, v: TrainInit | None, info: ValidationInfo) -> Any:
         """The starting training's config (these fields + its table) must be valid, of
         the same data set and model."""
-        if v is None or v.training is None:
-            return v
-        own = {k: x for k, x in info.data.items() if k not in _STUDENT_ONLY}
-        if len(own) < len(cls.model_fields) - len(_STUDENT_ONLY):
-            return v  # another field is invalid: that error is the one to report
-        try:
-            start = TrainConfig(**{**own, **v.training})
-        except ValidationError as e:
-            raise ValueError(f"init: {pydantic_problem(e, TrainConfig.model_fields)}") from None
-        if (start.dataset, start.model) != (own["dataset"], own["model"]):
+        start = _described(None if v is None else v.training, info, "init")
+        if start is not None and (start.dataset, start.model) != (
+            info.data["dataset"], info.data["model"]
+        ):  # fmt: skip
             raise ValueError(
                 f"init: the starting training is {start.model!r} on {start.dataset!r}, this one "
-                f"{own['model']!r} on {own['dataset']!r}; a start must be the same model on the "
-                "same data set (drop dataset and model from the init table)"
+                f"{info.data['model']!r} on {info.data['dataset']!r}; a start must be the same "
+                "model on the same data set (drop dataset and model from the init table)"
             )
         return v
 
