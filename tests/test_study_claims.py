@@ -15,7 +15,8 @@ import pytest
 from test_study_compare import _fill, _write
 
 from binsense.cli import main
-from binsense.study.claims import FAILS, HOLDS, NOT_RUN, UNSURE, Expectation, judge_study
+from binsense.study.claim_spec import FAILS, HOLDS, NOT_RUN, UNSURE, Expectation
+from binsense.study.claims import judge_study
 from binsense.study.report import write_report
 from binsense.study.schema import StudyFileError, load_study
 from binsense.study.store import ResultStore

@@ -72,7 +72,7 @@ from binsense.errors import BinsenseError, nearest, pydantic_problem
 from binsense.errors import did_you_mean as _did_you_mean
 from binsense.evaluate.conditions import Condition, condition_class, condition_kinds
 from binsense.io import safe_child
-from binsense.study.claims import Expectation, check_claims
+from binsense.study.claim_spec import Expectation, check_claims
 from binsense.study.selector import check_comparisons
 from binsense.train import TrainConfig
 
