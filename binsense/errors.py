@@ -200,3 +200,11 @@ def unit_range_problem(x) -> str | None:
     if math.isinf(lo) or math.isinf(hi):
         return f"infinite values (range [{lo:g}, {hi:g}])"
     return f"values in [{lo:g}, {hi:g}]"
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one short line (its type when it is not a binsense error)."""
+    text = " ".join(str(e).split())
+    if not isinstance(e, BinsenseError):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= 500 else text[:497] + "..."

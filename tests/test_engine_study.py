@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from binsense.data import dataset_info
+from binsense.deploy import convert
+from binsense.deploy import program as program_module
 from binsense.evaluate.conditions import Clean
 from binsense.models import build_model
 from binsense.study import execute as runner_module
@@ -82,13 +84,13 @@ def test_engine_rows_equal_pytorch_rows(tiny_data, tmp_path, monkeypatch):
     torch_path = _write(tmp_path / "pytorch", tiny_data)
     engine_path = _write(tmp_path / "binsense", tiny_data, 'engine = "binsense"')
     converted = []
-    convert = runner_module.convert
+    convert = program_module.convert
 
     def counting_convert(model):
         converted.append(1)
         return convert(model)
 
-    monkeypatch.setattr(runner_module, "convert", counting_convert)
+    monkeypatch.setattr(program_module, "convert", counting_convert)
     notes: list[str] = []
     a = run_study(torch_path, progress=False, log=lambda s: None)
     assert not converted  # the default engine never converts
@@ -158,7 +160,7 @@ def test_engine_check_holds_the_deployed_order_not_pytorchs(monkeypatch):
     weights flip signs too): the engine is still used."""
     model = build_model("cnv", dataset_info("cifar10"), width=0.125).eval()
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    float_conv = runner_module.convert(model).float_layers(model)[0]
+    float_conv = convert(model).float_layers(model)[0]
     forward = type(float_conv).forward
 
     def other_order(self, inp):
@@ -166,6 +168,6 @@ def test_engine_check_holds_the_deployed_order_not_pytorchs(monkeypatch):
 
     monkeypatch.setattr(type(float_conv), "forward", other_order)
     with torch.no_grad():
-        assert not torch.equal(model(x), runner_module.convert(model)(x))
+        assert not torch.equal(model(x), convert(model)(x))
     program, why = runner_module._Programs().get(model, Clean(), _Batch(x))
     assert why == "" and program is not None

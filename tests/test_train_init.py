@@ -215,3 +215,26 @@ def test_a_failed_start_fails_its_fine_tunings_with_the_reason(tiny_data, tmp_pa
         for t in tuned:
             (failure,) = [f for f in store.failures() if f["run_id"] == t.run_id]
             assert failure["reason"].startswith(f"its start (run {t.start_id}) failed: ")
+
+
+# ---------------------------------------------------------------- eval_engine
+
+
+def test_epochs_are_evaluated_by_the_engine_where_the_model_deploys(tiny_data):
+    """``eval_engine = "binsense"``: each epoch's test numbers come from the deployed
+    program (the same accuracy here as PyTorch's), a model that does not deploy falls
+    back to PyTorch with one notice; the field is not part of the run id."""
+    notes: list[str] = []
+    fast = config(tiny_data, eval_engine="binsense", channels_last=True)
+    a = train(fast, None, progress=False, log=notes.append)
+    b = train(config(tiny_data, channels_last=True), None, **QUIET)
+    assert [m["eval_engine"] for m in a.metrics] == ["binsense", "binsense"]
+    assert [m["eval_engine"] for m in b.metrics] == ["pytorch", "pytorch"]
+    assert [m["test_acc"] for m in a.metrics] == [m["test_acc"] for m in b.metrics]
+    assert not any("not the binsense engine" in n for n in notes)
+    assert fast.config_hash() == config(tiny_data, channels_last=True).config_hash()
+    notes.clear()
+    floating = config(tiny_data, model="mnist_bnn_float", eval_engine="binsense")
+    c = train(floating, None, progress=False, log=notes.append)
+    assert [m["eval_engine"] for m in c.metrics] == ["pytorch", "pytorch"]
+    assert sum("not the binsense engine: the model does not deploy" in n for n in notes) == 1

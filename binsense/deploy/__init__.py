@@ -22,7 +22,13 @@ from binsense.deploy.folding import (
     threshold_sign,
 )
 from binsense.deploy.infer import InferResult, check_loader_memory, file_input_shape, infer
-from binsense.deploy.program import CheckResult, DeployedModel, check_exact, convert
+from binsense.deploy.program import (
+    CheckResult,
+    DeployedModel,
+    check_exact,
+    convert,
+    exact_program,
+)
 from binsense.layers.folds import fold_problem, pair_folds
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "check_exact",
     "check_loader_memory",
     "convert",
+    "exact_program",
     "bn_params64",
     "fold_bn_design",
     "fold_bn_sign",

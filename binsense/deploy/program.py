@@ -57,7 +57,7 @@ from binsense.deploy import floatops, ir, kernels
 from binsense.deploy.engine import PackedEngine
 from binsense.deploy.shapes import BYTES_PER_ELEMENT, checked_shape, numel, op_footprint
 from binsense.encoders.base import FloatEncoder
-from binsense.errors import BinsenseError, unit_range_problem
+from binsense.errors import BinsenseError, one_line, unit_range_problem
 from binsense.layers.binary import BinaryConv2d, is_binary_layer
 from binsense.layers.block import BinaryBlock, ResidualUnit
 from binsense.layers.design import DeSign
@@ -422,7 +422,31 @@ class CheckResult:
         )
 
 
+#: Test images :func:`exact_program` is checked on before a program stands in for its model.
+EXACT_CHECK_IMAGES = 16
+
+
 @torch.no_grad()
+def exact_program(model: nn.Module, x: Tensor) -> tuple[DeployedModel | None, str]:
+    """The deployed program of ``model`` if it gives the model's logits on ``x`` bit for
+    bit (against :meth:`DeployedModel.reference`, the deployed contract), else ``None``
+    and why, in one line: the model does not deploy (:func:`convert` refuses it), or
+    its logits differ (a deploy bug). A quick gate for using the engine in place of the
+    model on a whole test set (the study runner's ``engine = "binsense"``, the trainer's
+    ``eval_engine``); :func:`check_exact` is the full check."""
+    try:
+        program = convert(model)
+    except BinsenseError as e:
+        return None, f"the model does not deploy: {one_line(e)}"
+    with torch.no_grad():
+        if torch.equal(program.reference(model, x), program(x)):
+            return program, ""
+    return None, (
+        "its logits differ from the PyTorch model's on the first test images (a deploy "
+        "bug: please report it)"
+    )
+
+
 def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None) -> CheckResult:
     """Run ``model`` (eval mode) and its :func:`convert` on every batch of ``loader``
     (pairs ``(images in [0, 1], labels)``) and count disagreements: predictions, logits
@@ -467,4 +491,12 @@ def check_exact(model: nn.Module, loader, deployed: DeployedModel | None = None)
     return CheckResult(images, pred, logit, len(names), mismatches, engine)
 
 
-__all__ = ["CheckResult", "DeployedModel", "check_exact", "convert", "model_input"]
+__all__ = [
+    "EXACT_CHECK_IMAGES",
+    "CheckResult",
+    "DeployedModel",
+    "check_exact",
+    "convert",
+    "exact_program",
+    "model_input",
+]

@@ -16,8 +16,8 @@ records (:mod:`binsense.study.record`). The failure policy is the runner's:
 **Engine.** With ``[evaluation] engine = "binsense"`` a draw is computed by the model's
 deployed integer program (:func:`binsense.deploy.convert`), converted once per model
 state (:func:`model_state_key`) within one evaluation task and checked bit for bit
-against the model on the first :data:`ENGINE_CHECK_IMAGES` test images; what cannot
-deploy is evaluated by PyTorch with a notice (the runner's docstring has the rules).
+against the model on the first test images (:func:`binsense.deploy.exact_program`);
+what cannot deploy is evaluated by PyTorch with a notice (the runner's docstring has the rules).
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from torch import nn
 
 from binsense.compress.summary import summary
 from binsense.data import DeviceLoader, dataset_info, load_dataset
-from binsense.deploy import convert, kernels
-from binsense.errors import BinsenseError, SettingsMismatchError
+from binsense.deploy import kernels
+from binsense.deploy.program import EXACT_CHECK_IMAGES, exact_program
+from binsense.errors import BinsenseError, SettingsMismatchError, one_line
 from binsense.evaluate import evaluate
 from binsense.evaluate.conditions import Clean, Condition
 from binsense.evaluate.noise_conditions import BnBitsCondition, SensorNoiseCondition
@@ -74,7 +75,6 @@ _ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.
 _ENVIRONMENT_TEXTS = {"no space left on device": errno.ENOSPC, "disk quota exceeded": errno.EDQUOT}
 
 #: Images of the first test batch on which each new deployed program is checked.
-ENGINE_CHECK_IMAGES = 16
 #: What computes a draw's logits from its images: the model or its deployed program.
 Logits = Callable[[torch.Tensor], torch.Tensor]
 #: Where notices and per-epoch lines go.
@@ -114,14 +114,6 @@ def stop_on_environment(error: BaseException, where: str | os.PathLike) -> None:
         raise cause from None
     what = "read or write" if cause.errno == errno.EIO else "write"
     raise write_error(cause, cause.filename or where, what) from None
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one short line (its type when it is not a binsense error)."""
-    text = " ".join(str(e).split())
-    if not isinstance(e, BinsenseError):
-        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
 
 
 # ---------------------------------------------------------------- outcomes
@@ -336,19 +328,8 @@ class _Programs:
         key = model_state_key(condition)
         if key is not None and key in self.found:
             return self.found[key]
-        try:
-            program = convert(model)
-        except BinsenseError as e:
-            found: tuple[Logits | None, str] = (None, f"the model does not deploy: {one_line(e)}")
-        else:
-            x = next(iter(loader))[0][:ENGINE_CHECK_IMAGES]
-            with torch.no_grad():  # the deployed contract: float layers in its one order
-                exact = torch.equal(program.reference(model, x), program(x))
-            found = (program, "") if exact else (
-                None,
-                "its logits differ from the PyTorch model's on the first test images (a "
-                "deploy bug: please report it)",
-            )  # fmt: skip
+        x = next(iter(loader))[0][:EXACT_CHECK_IMAGES]
+        found = exact_program(model.eval(), x)
         if key is not None:
             self.found[key] = found
         return found
@@ -442,7 +423,6 @@ def execute_evaluations(
 
 __all__ = [
     "DrawFailed",
-    "ENGINE_CHECK_IMAGES",
     "Evaluated",
     "FATAL",
     "GRID_POINT",

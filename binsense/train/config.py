@@ -322,6 +322,12 @@ class TrainConfig(BaseModel):
     ``false``: ids of runs from before them stay). ``precision = "auto"`` is bf16 on
     hardware with native bf16 and fp32 elsewhere: the choice is recorded in the run's
     provenance and a run continues only on the precision it started with.
+
+    ``eval_engine`` says how each epoch's test accuracy is computed: ``"pytorch"`` (the
+    fp32, uncompiled model) or ``"binsense"`` (on the CPU, the packed engine wherever the
+    model deploys exactly, :func:`binsense.deploy.exact_program`: the deployed model's
+    own numbers, several times faster; PyTorch otherwise, with a notice). It does not
+    change the weights, so it is not part of the run id; each metrics row says which.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
@@ -349,6 +355,9 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "bf16", "fp32"] = "fp32"
     channels_last: bool = False
     compile: bool = False
+    eval_engine: Literal["pytorch", "binsense"] = Field(
+        "pytorch", description="per-epoch test evaluation: fp32 PyTorch or the packed engine"
+    )
     # last: their validators see every field above (the teacher inherits them)
     distill: TrainDistill | None = None
     prune: TrainPrune | None = None
@@ -423,7 +432,7 @@ class TrainConfig(BaseModel):
         The teacher's table is a field, so changing the teacher changes the student's id.
         """
         d = self.to_dict()
-        for k in ("device", "threads"):
+        for k in ("device", "threads", "eval_engine"):  # where and how: not the weights
             d.pop(k)
         for k in ("train_noise", "distill", "prune", "init"):
             if d[k] is None:  # off: leave out, so ids of runs from before it stay

@@ -14,7 +14,9 @@ What the recipes share, from the literature (``../shared/research/TRAINING.md``)
 - BinaryNet's latent-weight clipping to [-1, 1] (Courbariaux, Hubara et al., 2016);
 - random crop (padding 4) and horizontal flip, label smoothing 0.1;
 - the fast step of :mod:`binsense.train.accel`: bf16 where the CPU has it natively,
-  channels-last, ``torch.compile``. Recorded accuracies are fp32 evaluations.
+  channels-last, ``torch.compile``. Recorded accuracies are exact: the BNN recipes
+  evaluate each epoch through the packed engine (``eval_engine = "binsense"``, the
+  deployed model's own logits), the float one in fp32.
 
 Each recipe ``NAME`` has a ``NAME-gpu`` variant for a CUDA device (bf16, larger batch,
 learning rate scaled with it), ready for the day one is lent; it has not been run.
@@ -42,6 +44,7 @@ BNN_CIFAR10 = {
     "crop_padding": 4,
     "flip": True,
     "threads": 2,
+    "eval_engine": "binsense",  # each epoch's test accuracy by the packed engine (exact)
     **FAST_STEP,
 }
 

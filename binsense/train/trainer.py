@@ -249,6 +249,7 @@ class Trainer:
         self.progress = progress
         self.log = log
         self.metrics: list[dict[str, Any]] = []
+        self.engine_notes: set[str] = set()  # why the engine could not evaluate, once each
         self.start_epoch = 0
         self.step = 0
         self.provenance: dict[str, Any] = {}
@@ -482,12 +483,32 @@ class Trainer:
         return row
 
     def evaluate_epoch(self, row: dict[str, Any]) -> None:
-        """Test loss and accuracy (fp32, uncompiled model) into the epoch's metrics row."""
+        """Test loss and accuracy into the epoch's metrics row: by the fp32, uncompiled
+        model, or by its deployed program (``eval_engine = "binsense"``, where exact)."""
         t0 = time.perf_counter()
-        result = evaluate(self.model, self.test_loader)
+        program = self.deployed() if self.config.eval_engine == "binsense" else None
+        result = evaluate(self.model if program is None else program, self.test_loader)
         row.update(
-            test_loss=result.loss, test_acc=result.accuracy, eval_time_s=time.perf_counter() - t0
-        )
+            test_loss=result.loss, test_acc=result.accuracy, eval_time_s=time.perf_counter() - t0,
+            eval_engine="pytorch" if program is None else "binsense",
+        )  # fmt: skip
+
+    def deployed(self) -> Any:
+        """The model's deployed program where it gives the model's logits exactly
+        (:func:`binsense.deploy.exact_program` on the first test images), else ``None``
+        (each reason said once)."""
+        from binsense.deploy.program import EXACT_CHECK_IMAGES, exact_program
+
+        if self.device.type != "cpu":
+            why = f"the engine runs on the CPU, this training on {self.device}"
+            program = None
+        else:
+            x = next(iter(self.test_loader))[0][:EXACT_CHECK_IMAGES]
+            program, why = exact_program(self.model.eval(), x)
+        if program is None and why not in self.engine_notes:
+            self.engine_notes.add(why)
+            self.log(f"test accuracy by PyTorch, not the binsense engine: {why}")
+        return program
 
     def save(self, epoch: int) -> None:
         """Atomic checkpoint and metrics after a finished epoch."""
