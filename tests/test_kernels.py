@@ -282,3 +282,27 @@ def test_the_dims_slots_are_the_c_enum():
     names = [n.strip().removeprefix("D_") for n in enum.split(",")]
     assert names == [d.name for d in kernels.Dim]
     assert [int(d) for d in kernels.Dim] == list(range(len(names)))
+
+
+@pytest.mark.parametrize("little", [True, False])
+@pytest.mark.parametrize(
+    ("n", "pad"), [(130, False), (130, True), (64, False), (5, True), (0, False)]
+)
+def test_pack_bits_is_its_definition(monkeypatch, little, n, pad):
+    """Bit ``i`` of the packed axis is bit ``i % 64`` of word ``i // 64`` (two's
+    complement int64; pad bits ``pad``), on the byte path and on the shift path
+    (big-endian hosts), and unpacking gives the bits back."""
+    from binsense.deploy import bits as bits_module
+
+    monkeypatch.setattr(bits_module, "_LITTLE", little)
+    b = torch.rand(3, n, 2, generator=torch.Generator().manual_seed(n)) > 0.5
+    words = bits_module.pack_bits(b, 1, pad)
+    assert words.shape == (3, -(-n // 64), 2) and words.dtype == torch.int64
+    for r in range(3):
+        for c in range(2):
+            for k in range(words.shape[1]):
+                value = sum(
+                    1 << j for j in range(64) if (b[r, 64 * k + j, c] if 64 * k + j < n else pad)
+                )
+                assert int(words[r, k, c]) == (value - (1 << 64) if value >= 1 << 63 else value)
+    assert torch.equal(bits_module.unpack_bits(words, n, 1), b)
