@@ -238,3 +238,35 @@ def test_epochs_are_evaluated_by_the_engine_where_the_model_deploys(tiny_data):
     c = train(floating, None, progress=False, log=notes.append)
     assert [m["eval_engine"] for m in c.metrics] == ["pytorch", "pytorch"]
     assert sum("not the binsense engine: the model does not deploy" in n for n in notes) == 1
+
+
+def test_finished_runs_are_reused_from_another_study_folder(tiny_data, tmp_path, capsys):
+    """``--reuse DIR``: a training another study finished under the same run id is copied
+    in (and not trained again); unfinished or other trainings are not; a folder that is
+    not a study's is one error line."""
+    from binsense.cli import main
+    from binsense.study.runner import run_study
+    from binsense.study.schema import load_study
+
+    first = _write_study(tmp_path / "a", tiny_data)
+    run_study(first, progress=False, log=lambda s: None)
+    done = load_study(first)
+    clean = {t.run_id for t in done.trainings if t.grid["variant"] == "clean"}
+    second = _write_study(tmp_path / "b", tiny_data)
+    text = second.read_text().replace('name = "tuned from hidden", lr = 0.002', 'name = "new"')
+    second.write_text(text)
+    lines: list[str] = []
+    summary = run_study(second, progress=False, log=lines.append, reuse=[done.out_dir])
+    study = load_study(second)
+    reused = {line.split()[2] for line in lines if line.startswith("reused run ")}
+    shared = {t.run_id for t in study.trainings if t.grid["variant"] in ("clean", "tuned")}
+    assert reused == shared and clean < shared  # clean and tuned of both seeds
+    assert summary.failed == 0 and len(study.hidden) == 2  # "new"'s starts: trained here
+    for run_id in reused:  # the same file, never written again (its mtime is the copy's)
+        a, b = (d.run_dir(run_id) / "checkpoint.pt" for d in (done, study))
+        assert a.read_bytes() == b.read_bytes()
+        assert a.stat().st_mtime_ns == b.stat().st_mtime_ns
+    assert not list((study.out_dir / "runs").glob(".*"))  # no temporary copy left
+    code = main(["study", "run", str(second), "--reuse", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a study folder (it has no runs/ folder)" in err

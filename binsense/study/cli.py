@@ -44,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_study(  # (it makes the pre-flight checks itself)
         args.file, args.preset, data_dir=args.data_dir, out=args.out,
         progress=False if args.no_progress else None, executor=args.executor,
-        address=args.address,
+        address=args.address, reuse=args.reuse or (),
     )  # fmt: skip
     print(summary.line())
     status = _report(summary.study, None)
@@ -245,6 +245,13 @@ def add_study_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     q.add_argument(
         "--address", help="Ray cluster address: auto (the one `ray start` made) or HOST:PORT"
+    )
+    q.add_argument(
+        "--reuse",
+        action="append",
+        metavar="DIR",
+        help="another study's folder: its finished trainings with the same run id (the "
+        "same config) are copied in instead of trained again (repeatable)",
     )
     q.set_defaults(func=cmd_run)
 

@@ -436,7 +436,6 @@ __all__ = [
     "execute_size",
     "execute_training",
     "model_state_key",
-    "one_line",
     "run_printer",
     "stop_on_environment",
     "test_loader",

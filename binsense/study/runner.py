@@ -90,15 +90,16 @@ carry only the text "No space left on device") stops the study too
 from __future__ import annotations
 
 import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from binsense.errors import SettingsMismatchError
+from binsense.errors import BinsenseError, SettingsMismatchError
 from binsense.io import clean_stale_temps, folder_lock
 from binsense.study.execute import (
     DrawFailed,
@@ -108,7 +109,6 @@ from binsense.study.execute import (
     execute_evaluations,
     execute_size,
     execute_training,
-    one_line,
     run_printer,
     test_loader,
 )
@@ -118,6 +118,7 @@ from binsense.study.preflight import check_study_run
 from binsense.study.record import Failure, Recorder
 from binsense.study.schema import ExecutorOptions, Study, Training, condition_labels, load_study
 from binsense.study.store import ResultStore
+from binsense.train.checkpoint import checkpoint_config, checkpoint_path, load_checkpoint
 from binsense.train.trainer import nonfinite_state
 
 
@@ -317,6 +318,56 @@ class _Driver:
             self.recorder.evaluation(task, outcome)
 
 
+def reuse_runs(
+    study: Study, sources: Sequence[str | os.PathLike], log: Callable[[str], None] = print
+) -> list[str]:
+    """Copy into ``study`` the finished trainings that other study folders (``sources``,
+    their ``--out`` folders) hold under the same run id — the content hash of the
+    training's config, so the same training — and return their run ids.
+
+    A run is taken from the first source whose ``runs/<run id>/checkpoint.pt`` is a
+    finished training of exactly that config (read with its checksum checked); only
+    into a study without a folder for it (nothing of this study is replaced). The folder
+    is copied whole under a hidden name, then renamed into place, so a kill leaves no
+    half-copied run. The runner then finds every epoch done and trains nothing (S0's and
+    S2's ``full`` presets share their clean CNV models this way).
+
+    Raises:
+        BinsenseError: a source that is not a study folder (no ``runs/``).
+    """
+    folders = [Path(s).expanduser() for s in sources]
+    for f in folders:
+        if not (f / "runs").is_dir():
+            raise BinsenseError(
+                f"--reuse {str(f)!r} is not a study folder (it has no runs/ folder); pass "
+                "the folder another study ran into (its --out)."
+            )
+    reused = []
+    for t in (*study.hidden, *study.trainings):
+        here = study.run_dir(t.run_id)
+        if here.exists():
+            continue
+        for f in folders:
+            source = checkpoint_path(f / "runs" / t.run_id)
+            if not source.is_file():
+                continue
+            ckpt = load_checkpoint(source)
+            if (
+                not ckpt.get("complete")
+                or checkpoint_config(ckpt, source).config_hash() != t.run_id
+            ):
+                continue
+            temp = here.with_name(f".{t.run_id}.reuse")
+            shutil.rmtree(temp, ignore_errors=True)  # a copy a kill interrupted
+            here.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source.parent, temp)
+            os.replace(temp, here)
+            reused.append(t.run_id)
+            log(f"reused run {t.run_id} ({t.label()}) from {f}")
+            break
+    return reused
+
+
 def make_executor(options: ExecutorOptions) -> Executor:
     """The executor that ``options`` (the study's ``[executor]`` table, with the CLI's
     ``--executor`` / ``--address`` over it) asks for; Ray is imported only for ``ray``."""
@@ -337,6 +388,7 @@ def run_study(
     log: Callable[[str], None] = tqdm.write,
     executor: str | None = None,
     address: str | None = None,
+    reuse: Sequence[str | os.PathLike] = (),
 ) -> StudySummary:
     """Run (or continue) a study: train and evaluate whatever the store does not hold yet.
 
@@ -352,6 +404,8 @@ def run_study(
             else local; :mod:`binsense.study.executors`).
         address: the Ray cluster's address (``"auto"`` or ``HOST:PORT``; default: the
             file's, else a local Ray with this machine's cores).
+        reuse: other study folders whose finished trainings of the same run id are
+            copied in first instead of trained again (:func:`reuse_runs`).
 
     Returns:
         Counts of what was trained, evaluated and skipped, the wall time and the grid
@@ -379,6 +433,7 @@ def run_study(
         removed = clean_stale_temps(study.out_dir, recursive=True)
         if removed:
             log(f"removed {len(removed)} temporary file(s) left by an interrupted run")
+        reuse_runs(study, reuse, log)
         run_ids = [t.run_id for t in (*study.hidden, *study.trainings)]
         plan = make_plan(study, StoreSnapshot.read(store, run_ids))
         total = len(study.trainings) * (1 + study.draws_per_run) + len(study.hidden)
@@ -417,7 +472,7 @@ __all__ = [
     "environment_cause",
     "make_executor",
     "nonfinite_state",
-    "one_line",
+    "reuse_runs",
     "run_study",
     "study_lock",
     "study_progress",
