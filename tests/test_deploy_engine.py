@@ -23,6 +23,7 @@ from binsense.deploy.engine import (
 )
 from binsense.deploy.ir import MaxPoolInt, OpList, PackedConv, Threshold
 from binsense.layers import BinaryConv2d, DeSign
+from binsense.layers.shape import ChannelShuffle
 from binsense.quant import SteSign
 
 pytestmark = pytest.mark.skipif(
@@ -101,12 +102,16 @@ def test_pool_on_bits_equals_the_max_pool_of_the_signs(k, h, w):
 
 
 def test_regroup_and_shuffle_permute_the_bits():
+    """A shuffle of the packed bits is ChannelShuffle's permutation of the channels
+    (channel ``k*n + j`` to position ``j*g + k``), and the layout follows the groups."""
     bits = torch.rand(2, 3, 4, 96) > 0.5
     p = Packed(pack_bits(bits, -1), 96, 1)
-    perm = torch.randperm(96)
-    q = _regroup(p, 3, perm)  # 3 groups of 32 channels: one word each
+    perm = torch.argsort(ChannelShuffle(4).channel_permutation(96))  # out[c] = in[perm[c]]
+    q = _regroup(p, 3, shuffle=4)  # then 3 groups of 32 channels: one word each
     assert q.words.shape[-1] == 3 and torch.equal(q.bits(), bits[..., perm])
     assert _regroup(q, 3) is q
+    x = torch.where(bits, 1.0, -1.0).permute(0, 3, 1, 2)
+    assert torch.equal(ChannelShuffle(4)(x).permute(0, 2, 3, 1) > 0, q.bits())
 
 
 @pytest.mark.parametrize(

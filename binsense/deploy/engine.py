@@ -26,7 +26,8 @@ program with activations kept as **packed words** between binary layers:
   pre-activation in C (bit 1 iff :math:`z \ge 0`, the quantizer's forward), with no ±1
   tensor in between, a chunk of images at a time (:func:`_float_input`);
 - **channel shuffle** and group layouts the next conv needs are a bit permutation
-  (unpack, index, pack);
+  (unpack, the module's own ``channel_shuffle`` on the channels-last bits, pack a byte
+  at a time);
 - **flatten + binary linear** multiplies the packed map directly: the linear layer's
   weight columns are reordered once from PyTorch's ``(C, H, W)`` flattening to the
   packed ``(H, W, word)`` order, with weight bit 1 against the zero pad bits so that
@@ -52,6 +53,7 @@ from binsense.deploy.bits import WORD, pack_bits, unpack_bits
 from binsense.encoders.base import adc_code
 from binsense.errors import BinsenseError
 from binsense.layers.design import design_thresholds
+from binsense.layers.shape import channel_shuffle
 
 
 @dataclass
@@ -91,14 +93,15 @@ def _pack(bits: Tensor, groups: int) -> Packed:
     return Packed(words.reshape(b, h, w, -1).contiguous(), c, groups)
 
 
-def _regroup(p: Packed, groups: int, perm: Tensor | None = None) -> Packed:
-    """``p`` in the layout of ``groups`` groups, channels reordered by ``perm`` first
-    (``out[c] = in[perm[c]]``)."""
-    if perm is None and p.layout() == _layout(p.channels, groups):
+def _regroup(p: Packed, groups: int, shuffle: int | None = None) -> Packed:
+    """``p`` in the layout of ``groups`` groups, its channels first shuffled in
+    ``shuffle`` groups where given (:func:`~binsense.layers.shape.channel_shuffle`, the
+    trained module's own function, on the channels-last bits)."""
+    if shuffle is None and p.layout() == _layout(p.channels, groups):
         return p
     bits = p.bits()
-    if perm is not None:
-        bits = bits[..., perm]
+    if shuffle is not None:
+        bits = channel_shuffle(bits, shuffle, dim=-1)
     return _pack(bits, groups)
 
 
@@ -230,7 +233,6 @@ class PackedEngine:
     def __init__(self, ops: ir.OpList) -> None:
         self.ops, self.units = list(ops), ops.units
         self._steps: dict[int, object] = {}
-        self._perms: dict[tuple[int, int], Tensor] = {}
 
     def _step(self, i: int, make):
         step = self._steps.get(i)
@@ -246,13 +248,6 @@ class PackedEngine:
             if not _is_shuffle(op):
                 return None
         return None
-
-    def _perm(self, i: int, op: ir.Shuffle, channels: int) -> Tensor:
-        key = (i, channels)
-        if key not in self._perms:  # out[c] = in[perm[c]], read off the module itself
-            probe = torch.arange(channels, dtype=torch.float32).view(1, channels, 1, 1)
-            self._perms[key] = op(probe).view(-1).round().to(torch.int64)
-        return self._perms[key]
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
@@ -279,7 +274,7 @@ class PackedEngine:
                 h, i = self._conv(i, h)
             elif isinstance(h, Packed) and _is_shuffle(op):
                 groups = self._next_conv_groups(i + 1) or 1
-                h = _regroup(h, groups, self._perm(i, op, h.channels))
+                h = _regroup(h, groups, op.groups)
                 i += 1
             elif (
                 isinstance(h, Packed)

@@ -14,10 +14,13 @@ from torch import Tensor, nn
 from binsense.errors import BinsenseError
 
 
-def channel_shuffle(x: Tensor, groups: int) -> Tensor:
-    """:class:`ChannelShuffle`'s arithmetic on ``(B, g*n, ...)``."""
-    b, c = x.shape[:2]
-    return x.view(b, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+def channel_shuffle(x: Tensor, groups: int, dim: int = 1) -> Tensor:
+    """:class:`ChannelShuffle`'s arithmetic on ``(B, g*n, ...)``: the channels of ``dim``
+    (``-1`` for a channels-last map, as the packed engine holds its bits) viewed as
+    ``(g, n)``, transposed and flattened. Data movement only, so any dtype."""
+    d = dim % x.dim()
+    c = x.shape[d]
+    return x.unflatten(d, (groups, c // groups)).transpose(d, d + 1).flatten(d, d + 1)
 
 
 class ChannelShuffle(nn.Module):
