@@ -128,10 +128,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"({per_run} draws per model) = {total} steps; done {done}/{total}"
     )
     print("trainings:")
+    width = max((len(p.training.label()) for p in progress), default=0)
     for p in progress:
         c = p.training.config
         print(
-            f"  {p.training.run_id}  {p.training.label():<24} {c.model} on {c.dataset}, "
+            f"  {p.training.run_id}  {p.training.label():<{width}}  {c.model} on {c.dataset}, "
             f"{c.epochs} epoch(s)  {p.status or 'not started'}, "
             f"{p.draws_done}/{p.draws_total} draws"
         )
