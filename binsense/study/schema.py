@@ -223,6 +223,25 @@ class ClaimSpec(BaseModel):
         return text
 
 
+def _report_blocks(
+    blocks: Any, kind: str, keys: Sequence[str]
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """``[[report.KIND]]`` blocks as ``(where, table)``: a list of tables of known keys
+    (a ``ValueError`` line otherwise)."""
+    if not isinstance(blocks, list):
+        raise ValueError(f"must be [[report.{kind}]] blocks (a list of tables), got {blocks!r}")
+    out = []
+    for i, block in enumerate(blocks, 1):
+        where = f"[[report.{kind}]] #{i}"
+        if not isinstance(block, Mapping):
+            raise ValueError(f"{where} must be a table, got {block!r}")
+        for key in block:
+            if key not in keys:
+                raise ValueError(f"{where} unknown key {key!r}{_did_you_mean(key, keys)}")
+        out.append((where, block))
+    return out
+
+
 class ReportOptions(BaseModel):
     """The ``[report]`` table: how the report presents results (never what is run).
 
@@ -255,19 +274,7 @@ class ReportOptions(BaseModel):
     @classmethod
     def _compare_blocks(cls, blocks: Any) -> Any:
         """Each block a table of ``name``, ``a``, ``b``; a and b non-empty tables."""
-        if not isinstance(blocks, list):
-            raise ValueError(
-                f"must be [[report.compare]] blocks (a list of tables), got {blocks!r}"
-            )
-        for i, block in enumerate(blocks, 1):
-            where = f"[[report.compare]] #{i}"
-            if not isinstance(block, Mapping):
-                raise ValueError(f"{where} must be a table, got {block!r}")
-            for key in block:
-                if key not in _COMPARE_KEYS:
-                    raise ValueError(
-                        f"{where} unknown key {key!r}{_did_you_mean(key, _COMPARE_KEYS)}"
-                    )
+        for where, block in _report_blocks(blocks, "compare", _COMPARE_KEYS):
             for side in ("a", "b"):
                 value = block.get(side)
                 if not isinstance(value, Mapping) or not value:
@@ -282,17 +289,7 @@ class ReportOptions(BaseModel):
     def _claim_blocks(cls, blocks: Any) -> Any:
         """Each block a table of known keys; b and where non-empty tables, a a non-empty
         table when given, relative_to given when a is not."""
-        if not isinstance(blocks, list):
-            raise ValueError(f"must be [[report.claim]] blocks (a list of tables), got {blocks!r}")
-        for i, block in enumerate(blocks, 1):
-            where = f"[[report.claim]] #{i}"
-            if not isinstance(block, Mapping):
-                raise ValueError(f"{where} must be a table, got {block!r}")
-            for key in block:
-                if key not in _CLAIM_KEYS:
-                    raise ValueError(
-                        f"{where} unknown key {key!r}{_did_you_mean(key, _CLAIM_KEYS)}"
-                    )
+        for where, block in _report_blocks(blocks, "claim", _CLAIM_KEYS):
             for key, example in (("b", '{ variant = "DeSign-2D" }'), ("a", None),
                                  ("where", '{ kind = "bn_bits", bits = 4 }')):  # fmt: skip
                 value = block.get(key)
