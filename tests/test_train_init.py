@@ -116,7 +116,7 @@ def test_wrong_starts_are_one_line(tiny_data, tmp_path, start):
         ({"checkpoint": "a.pt", "training": {"epochs": 1}}, "give exactly one of training"),
         ({"training": {"epoch": 1}}, "unknown key 'epoch' — did you mean 'epochs'"),
         ({"training": {"prune": {"target": 0.5}}}, "'prune' cannot be set for the starting"),
-        ({"training": {"model": "mnist_bnn_float"}}, "a start must be the same model"),
+        ({"training": {"dataset": "mnist"}}, "a start must be trained on the same data set"),
         ({"training": {"epochs": 0}}, "init: 'epochs' must be greater than or equal to 1"),
     ],
 )
@@ -270,3 +270,46 @@ def test_finished_runs_are_reused_from_another_study_folder(tiny_data, tmp_path,
     code = main(["study", "run", str(second), "--reuse", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "is not a study folder (it has no runs/ folder)" in err
+
+
+START_STUDY = """\
+[study]
+name = "starts"
+
+[train]
+dataset = "mnist"
+model = "mnist_bnn"
+model_options = {{ width = 0.25 }}
+epochs = 1
+
+[train.grid]
+seed = [0]
+variant = [{{ name = "tuned", init = {{ training = {start} }} }}]
+
+[[condition]]
+kind = "clean"
+"""
+
+
+@pytest.mark.parametrize(
+    ("start", "error"),
+    [
+        ('{ model = "mnist_bnn_float" }', None),  # the float twin: the same tensors
+        ("{ epochs = 3 }", None),
+        ("{ model_options = { width = 0.5 } }", "'mnist_bnn' do not have the same tensors"),
+    ],
+)
+def test_a_start_must_have_the_models_tensors_when_the_file_loads(tmp_path, start, error):
+    """A start of another model or options is refused at load time unless both build the
+    same tensor names and shapes (on the meta device; no data is read)."""
+    from binsense.study.schema import StudyFileError, load_study
+
+    path = tmp_path / "s.toml"
+    path.write_text(START_STUDY.format(start=start))
+    if error is None:
+        (t,) = load_study(path).trainings
+        assert t.start_id is not None
+        return
+    with pytest.raises(StudyFileError, match=error) as e:
+        load_study(path)
+    assert "\n" not in str(e.value) and "init of seed=0, variant=tuned" in str(e.value)

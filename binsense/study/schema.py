@@ -662,7 +662,9 @@ def _expand_trainings(
         _expand_grid(
             base, grid, index if many else None, place, overlay, fields, trainings, checked
         )
-    return list(trainings.values()), _hidden_trainings(trainings, place, overlay, checked)
+    hidden = _hidden_trainings(trainings, place, overlay, checked)
+    _check_starts(trainings, place, _where(place, overlay, ("train", "init"), "train"))
+    return list(trainings.values()), hidden
 
 
 def _with_recipe(base: dict[str, Any], place: _Place, overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -716,6 +718,38 @@ def _check_grid(
             raise place.error(where, f"unknown key {key!r}{hint}")
         if not isinstance(values, list) or not values:
             raise place.error(where, f"{key!r} must be a non-empty list of values, got {values!r}")
+
+
+def _check_starts(trainings: Mapping[str, Training], place: _Place, where: str) -> None:
+    """Each fine-tuning's start (``init.training``) builds a model with the same tensor
+    names and shapes as its own, when the model or its options differ (both built on the
+    meta device), so a start that cannot be loaded is refused before hours of training."""
+    from binsense.data import dataset_info, resolve_dataset_name
+    from binsense.models import check_model
+
+    seen: set[str] = set()
+    for t in trainings.values():
+        start = t.config.init_config()
+        if start is None or _model_key(start) == _model_key(t.config):
+            continue
+        key = _model_key(start) + _model_key(t.config)
+        dataset = resolve_dataset_name(t.config.dataset)
+        if key in seen or dataset.lower().startswith(IMAGEFOLDER_PREFIX):
+            continue  # (an image folder's shape is known only on disk: the load checks)
+        seen.add(key)
+        shapes = [
+            {k: tuple(v.shape) for k, v in check_model(c.model, dataset_info(dataset),
+                                                        **c.model_options).state_dict().items()}
+            for c in (start, t.config)
+        ]  # fmt: skip
+        if shapes[0] != shapes[1]:
+            diff = sorted(set(shapes[0].items()) ^ set(shapes[1].items()))[0][0]
+            raise place.error(
+                where,
+                f"init of {t.label()}: the starting model {start.model!r} and this model "
+                f"{t.config.model!r} do not have the same tensors (first difference: {diff!r}); "
+                "a start must have this model's tensor names and shapes",
+            )
 
 
 def _model_key(config: TrainConfig) -> str:

@@ -203,8 +203,10 @@ class TrainInit(BaseModel):
     - ``checkpoint = "PATH"``: the ``checkpoint.pt`` of a finished training. The *path*
       is part of the run id, not the file's content.
 
-    Either way the checkpoint must be of a finished training of the same data set and
-    model shape (loaded strictly: a missing or misshapen tensor is one error line).
+    Either way the checkpoint must be of a finished training of the same data set, whose
+    model has this model's tensor names and shapes (loaded strictly: a missing or
+    misshapen tensor is one error line). It may be another model of that shape: the float
+    twin (``cnv_float`` for ``cnv``) makes Bi-Real Net's real-valued initialisation.
     Fine-tuning is how noise-aware and pruned models are often made from a clean one
     (S0's ``full`` preset says where it does so).
     """
@@ -382,16 +384,16 @@ class TrainConfig(BaseModel):
     @field_validator("init")
     @classmethod
     def _start_is_valid(cls, v: TrainInit | None, info: ValidationInfo) -> Any:
-        """The starting training's config (these fields + its table) must be valid, of
-        the same data set and model."""
+        """The starting training's config (these fields + its table) must be valid and of
+        the same data set (its model may differ where its tensors have the same names and
+        shapes, e.g. the float twin: the study schema checks that when a file loads, the
+        load itself always)."""
         start = _described(None if v is None else v.training, info, "init")
-        if start is not None and (start.dataset, start.model) != (
-            info.data["dataset"], info.data["model"]
-        ):  # fmt: skip
+        if start is not None and start.dataset != info.data["dataset"]:
             raise ValueError(
-                f"init: the starting training is {start.model!r} on {start.dataset!r}, this one "
-                f"{info.data['model']!r} on {info.data['dataset']!r}; a start must be the same "
-                "model on the same data set (drop dataset and model from the init table)"
+                f"init: the starting training is on {start.dataset!r}, this one on "
+                f"{info.data['dataset']!r}; a start must be trained on the same data set "
+                "(drop dataset from the init table)"
             )
         return v
 
