@@ -267,6 +267,14 @@ def test_finished_runs_are_reused_from_another_study_folder(tiny_data, tmp_path,
         assert a.read_bytes() == b.read_bytes()
         assert a.stat().st_mtime_ns == b.stat().st_mtime_ns
     assert not list((study.out_dir / "runs").glob(".*"))  # no temporary copy left
+    # a damaged checkpoint in the source is skipped with a note; the run is trained here
+    third = _write_study(tmp_path / "c", tiny_data)
+    victim = sorted(clean)[0]
+    (done.run_dir(victim) / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    lines.clear()
+    run_study(third, progress=False, log=lines.append, reuse=[done.out_dir])
+    assert any(line.startswith(f"not reused: run {victim} from ") for line in lines)
+    assert not any(line.startswith(f"reused run {victim}") for line in lines)
     code = main(["study", "run", str(second), "--reuse", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "is not a study folder (it has no runs/ folder)" in err

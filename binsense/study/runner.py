@@ -99,7 +99,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from binsense.errors import BinsenseError, SettingsMismatchError
+from binsense.errors import BinsenseError, SettingsMismatchError, one_line
 from binsense.io import clean_stale_temps, folder_lock
 from binsense.study.execute import (
     DrawFailed,
@@ -351,11 +351,13 @@ def reuse_runs(
             source = checkpoint_path(f / "runs" / t.run_id)
             if not source.is_file():
                 continue
-            ckpt = load_checkpoint(source)
-            if (
-                not ckpt.get("complete")
-                or checkpoint_config(ckpt, source).config_hash() != t.run_id
-            ):
+            try:
+                ckpt = load_checkpoint(source)
+                same = checkpoint_config(ckpt, source).config_hash() == t.run_id
+            except BinsenseError as e:  # a damaged source is skipped, not fatal
+                log(f"not reused: run {t.run_id} from {f}: {one_line(e)}")
+                continue
+            if not (ckpt.get("complete") and same):
                 continue
             temp = here.with_name(f".{t.run_id}.reuse")
             shutil.rmtree(temp, ignore_errors=True)  # a copy a kill interrupted
