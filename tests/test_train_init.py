@@ -321,3 +321,33 @@ def test_a_start_must_have_the_models_tensors_when_the_file_loads(tmp_path, star
     with pytest.raises(StudyFileError, match=error) as e:
         load_study(path)
     assert "\n" not in str(e.value) and "init of seed=0, variant=tuned" in str(e.value)
+
+
+# ---------------------------------------------------------------- GLT drift
+
+
+def test_a_learned_thermometers_drift_is_recorded_and_resumes(tiny_data, tmp_path):
+    """A model with a GLT encoder gets ``glt_shift_*`` and ``glt_grad`` in each metrics
+    row (measured from the start of training, also after a resume); the shift is the
+    distance of the final thresholds from the initial ones."""
+    from binsense.encoders.glt import LearnedThermometer
+    from binsense.encoders.thermometer import uniform_thresholds
+    from binsense.train import load_model
+
+    cfg = config(tiny_data, model_options={"width": 0.25, "encoder": "glt"}, lr=0.05)
+    whole = train(cfg, tmp_path / "whole", **QUIET)
+    rows = whole.metrics
+    assert all({"glt_shift_max", "glt_shift_mean", "glt_grad"} <= row.keys() for row in rows)
+    assert rows[-1]["glt_grad"] > 0 and rows[-1]["glt_shift_max"] >= rows[-1]["glt_shift_mean"]
+    (glt,) = [m for m in load_model(tmp_path / "whole" / "checkpoint.pt")[0].modules()
+              if isinstance(m, LearnedThermometer)]  # fmt: skip
+    rows_t = glt.t0.shape[0]
+    start = torch.tensor([uniform_thresholds(glt.planes)] * rows_t, dtype=torch.float32) - 0.5
+    moved = (glt.continuous_thresholds().detach() - start).abs()
+    assert rows[-1]["glt_shift_max"] == pytest.approx(float(moved.max()), abs=1e-3)
+    assert rows[-1]["glt_shift_mean"] == pytest.approx(float(moved.mean()), abs=1e-3)
+    train(cfg, tmp_path / "parts", stop_after=1, **QUIET)
+    parts = train(cfg, tmp_path / "parts", resume=True, **QUIET)
+    assert untimed(parts.metrics) == untimed(rows)
+    plain = train(config(tiny_data), None, **QUIET)
+    assert "glt_shift_max" not in plain.metrics[-1]

@@ -62,6 +62,7 @@ class TrainerView(Protocol):
     run_path: Path | None
     train_loader: Any
     start_epoch: int
+    metrics: list[dict[str, Any]]
 
     def log(self, message: str) -> None: ...
 
@@ -341,6 +342,68 @@ class DistillCallback(Callback):
 # ---------------------------------------------------------------------- pruning
 
 
+class ThermometerDrift(Callback):
+    """How far a learned thermometer's thresholds move (S3's GLT; added by the trainer to
+    any model with a :class:`~binsense.encoders.glt.LearnedThermometer`): each epoch's
+    metrics row gets ``glt_shift_max`` and ``glt_shift_mean`` (codes, over every
+    threshold, from where training started) and ``glt_grad`` (the mean over the epoch's
+    steps of the L2 norm of the thresholds' parameters' gradient). Issue #27 asks
+    whether the tone curve moves at scale, and if not why: this is the record.
+
+    State: the starting thresholds (so a resumed run measures from the same start; a
+    run resumed from before this callback existed reports nothing).
+    """
+
+    name: ClassVar[str | None] = "glt_drift"
+
+    def __init__(self) -> None:
+        self.start: list[Tensor] | None = None
+        self.grad_sum, self.steps = 0.0, 0
+
+    @staticmethod
+    def encoders(trainer: TrainerView) -> list[Any]:
+        from binsense.encoders.glt import LearnedThermometer
+
+        return [m for m in trainer.model.modules() if isinstance(m, LearnedThermometer)]
+
+    @torch.no_grad()
+    def on_train_begin(self, trainer: TrainerView) -> None:
+        if trainer.start_epoch == 0:
+            self.start = [e.continuous_thresholds().detach().cpu() for e in self.encoders(trainer)]
+
+    def on_step_end(self, trainer: TrainerView, step: int) -> None:
+        grads = [
+            p.grad.detach().float().pow(2).sum()
+            for e in self.encoders(trainer)
+            for p in (e.t0, e.delta)
+            if p.grad is not None
+        ]
+        if grads:
+            self.grad_sum += float(torch.stack(grads).sum().sqrt())
+        self.steps += 1
+
+    @torch.no_grad()
+    def on_epoch_end(self, trainer: TrainerView, epoch: int) -> None:
+        if self.start is not None and trainer.metrics:
+            now = [e.continuous_thresholds().detach().cpu() for e in self.encoders(trainer)]
+            shift = torch.cat(
+                [(a - b).abs().flatten() for a, b in zip(now, self.start, strict=True)]
+            )
+            trainer.metrics[-1].update(
+                glt_shift_max=float(shift.max()),
+                glt_shift_mean=float(shift.mean()),
+                glt_grad=self.grad_sum / max(self.steps, 1),
+            )
+        self.grad_sum, self.steps = 0.0, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.start is None else {"start": list(self.start)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        start = state.get("start")
+        self.start = list(start) if start else None
+
+
 class PruneCallback(Callback):
     """Gradual block pruning (the config's ``prune``, :class:`~binsense.train.config.TrainPrune`;
     or a :class:`~binsense.compress.prune.PruningSchedule` of your own in
@@ -452,6 +515,7 @@ __all__ = [
     "DistillCallback",
     "InitCallback",
     "PruneCallback",
+    "ThermometerDrift",
     "config_callbacks",
     "finished_checkpoint",
     "load_teacher",

@@ -59,7 +59,7 @@ from binsense.train.accel import (
     resolve_precision,
     to_channels_last,
 )
-from binsense.train.callbacks import Callback, LossHook, config_callbacks
+from binsense.train.callbacks import Callback, LossHook, ThermometerDrift, config_callbacks
 from binsense.train.checkpoint import (
     CHECKPOINT_FORMAT,
     callback_states,
@@ -273,6 +273,8 @@ class Trainer:
         encoder = getattr(self.model, "encoder", None)
         if isinstance(encoder, InputEncoder) and encoder.needs_fit:
             encoder.fit(self.train_set)  # e.g. quantile thresholds; saved in the checkpoint
+        if ThermometerDrift.encoders(self):  # a learned thermometer: record its drift
+            self.callbacks.append(ThermometerDrift())
         self.channels_last = config.channels_last and has_conv2d(self.model)
         self.place_model()
         augment = Augment(crop_padding=config.crop_padding, flip=config.flip)
