@@ -95,6 +95,45 @@ def test_resnet_without_bn_blocks_start_as_identity():
     assert torch.equal(unit(x), x)
 
 
+@pytest.mark.parametrize(("name", "branches"), [("resnet20", 9), ("resnet56", 27)])
+def test_fixup_resnet_is_fixups_recipe(name, branches):
+    """Fixup (Zhang, Dauphin & Ma 2019): no BN; every unit and the classifier start at
+    zero output (the logits are exactly 0), the branch's first conv is He-normal scaled
+    by L^-1/2 (its std, measured over all of them), one scalar bias before each conv,
+    activation and the classifier, one multiplier per branch; weight noise's
+    ``weight`` names skip the scalars."""
+    from binsense.layers import ResidualUnit
+    from binsense.layers.norm import ScalarScale, ScalarShift
+
+    torch.manual_seed(0)
+    model = build_model(name, dataset_info("cifar10"), norm="fixup")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert torch.equal(model(torch.rand(2, 3, 32, 32)), torch.zeros(2, 10))
+    units = [m for m in model.modules() if isinstance(m, ResidualUnit)]
+    assert len(units) == branches
+    x = torch.rand(2, 16, 8, 8)
+    assert torch.equal(units[0](x), x)  # the identity at initialisation
+    ratios = []
+    for u in units:
+        w = u.block1.conv[1].weight
+        ratios.append(w.std().item() / ((2 / w[0].numel()) ** 0.5 * branches**-0.5))
+        assert not u.block2.conv[1].weight.any()
+    assert sum(ratios) / len(ratios) == pytest.approx(1.0, abs=0.05)
+    shifts = [m for m in model.modules() if isinstance(m, ScalarShift)]
+    assert len(shifts) == 4 * branches + 1
+    assert len([m for m in model.modules() if isinstance(m, ScalarScale)]) == branches
+    assert not any(n.endswith("weight") for m in shifts for n, _ in m.named_parameters())
+
+
+def test_fixup_elsewhere_is_one_line():
+    from binsense.errors import BinsenseError
+
+    with pytest.raises(BinsenseError, match="float CIFAR ResNets"):
+        build_model("cnv", dataset_info("cifar10"), norm="fixup")
+    with pytest.raises(BinsenseError, match="takes norm 'batch_norm' or 'none', got 'fixup'"):
+        build_model("vgg11", dataset_info("cifar10"), norm="fixup")
+
+
 @pytest.mark.parametrize("name", ["mnist_bnn", "vgg_small", "cnv", "vgg_small_float"])
 def test_bnn_without_batch_norm_uses_channel_affine(name):
     from binsense.layers import ChannelAffine

@@ -49,6 +49,32 @@ class ChannelAffine(nn.Module):
         return f"channels={self.scale.numel()}"
 
 
+class ScalarShift(nn.Module):
+    """One learned scalar added to the input, :math:`y = x + b`, starting at 0: Fixup's
+    scalar bias (Zhang, Dauphin & Ma, ICLR 2019), before each conv, linear layer and
+    activation of a BN-free residual branch. Named ``shift`` (not ``bias``), so weight
+    noise leaves it alone, as it does BN parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.shift
+
+
+class ScalarScale(nn.Module):
+    """One learned scalar multiplying the input, :math:`y = s x`, starting at 1: Fixup's
+    multiplier at the end of each residual branch. Named ``scale`` (not ``weight``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
 def _batch_norm(channels: int, *, dims: int, fan_in: int, binary: bool, affine: bool):
     return nn.BatchNorm2d(channels, affine=affine) if dims == 2 else nn.BatchNorm1d(channels)
 
@@ -61,10 +87,18 @@ def _no_norm(channels: int, *, dims: int, fan_in: int, binary: bool, affine: boo
     return nn.Identity()
 
 
+def _fixup_elsewhere(channels: int, *, dims: int, fan_in: int, binary: bool, affine: bool):
+    raise BinsenseError(
+        "norm 'fixup' is the BN-free initialisation of the float CIFAR ResNets (resnet20 to "
+        "resnet56); other models take norm batch_norm, channel_affine or none."
+    )
+
+
 NORMS: Registry = Registry("norm")
 NORMS.add("batch_norm", _batch_norm)
 NORMS.add("channel_affine", _channel_affine)
 NORMS.add("none", _no_norm)
+NORMS.add("fixup", _fixup_elsewhere)  # built by binsense.models.cifar's ResNets alone
 
 
 def make_norm(
@@ -110,6 +144,8 @@ def bn_sigma(bn: _BatchNorm) -> Tensor:
 __all__ = [
     "NORMS",
     "ChannelAffine",
+    "ScalarScale",
+    "ScalarShift",
     "bn_sigma",
     "channel_view",
     "check_stats",

@@ -151,8 +151,9 @@ register(
     )
 )  # fmt: skip
 for _name, _build in {**cifar.RESNETS, **cifar.VGGS}.items():
+    _norms = "batch_norm/none/fixup" if _name in cifar.RESNETS else "batch_norm/none"
     register(
-        ModelSpec(_name, _build, f"CIFAR {_name} (float, norm batch_norm/none)", "cifar10",
+        ModelSpec(_name, _build, f"CIFAR {_name} (float, norm {_norms})", "cifar10",
                   _FLOAT_COMPONENTS, {"binary": False, "head": "float"})
     )  # fmt: skip
 

@@ -5,10 +5,18 @@ same network trained with and without batch normalisation; without BN a deep net
 needs help to train at all, and the choices here are binsense's (the paper's recipe is
 unknown):
 
-- **ResNet without BN**: convolutions get biases and the last convolution of every
-  residual branch starts at zero, so each block starts as the identity (the core of
-  Fixup, Zhang, Dauphin & Ma, ICLR 2019); train with a lower learning rate (e.g. SGD 0.02
-  instead of 0.1).
+- **ResNet without BN** (``"none"``): convolutions get biases and the last convolution
+  of every residual branch starts at zero, so each block starts as the identity (the
+  core of Fixup, Zhang, Dauphin & Ma, ICLR 2019); train with a lower learning rate (e.g.
+  SGD 0.02 instead of 0.1).
+- **ResNet with Fixup** (``"fixup"``, the whole of Fixup's recipe): the classifier and
+  the last conv of every branch start at zero; the branch's first conv is He-normal
+  scaled by :math:`L^{-1/(2m-2)} = L^{-1/2}` (:math:`L` residual branches of
+  :math:`m = 2` layers); a scalar bias (:class:`~binsense.layers.norm.ScalarShift`)
+  before each conv, activation and the classifier, and a scalar multiplier
+  (:class:`~binsense.layers.norm.ScalarScale`, from 1) at the end of each branch:
+  ``relu(s * conv2(relu(conv1(x + b1) + b2) + b3) + b4 + shortcut(x))``. The convs
+  have no biases (the scalars stand in for them).
 - **VGG without BN**: convolutions get biases, Kaiming-normal initialisation (He et al.,
   ICCV 2015); train with a lower learning rate as well.
 
@@ -25,11 +33,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from binsense.data import DatasetInfo
 from binsense.errors import BinsenseError
 from binsense.layers.block import BinaryBlock, ResidualUnit, Shortcut
+from binsense.layers.norm import ScalarScale, ScalarShift
 from binsense.models.recipe import (
     Components,
     PlainRecipe,
@@ -41,12 +51,28 @@ from binsense.models.recipe import (
 )
 
 
-def _check_norm(comp: Components) -> bool:
-    if comp.norm not in ("batch_norm", "none"):
-        raise BinsenseError(
-            f"float CIFAR models take norm 'batch_norm' or 'none', got {comp.norm!r}."
-        )
+def _check_norm(comp: Components, fixup: bool = False) -> bool:
+    allowed = ("batch_norm", "none", "fixup") if fixup else ("batch_norm", "none")
+    if comp.norm not in allowed:
+        names = " or ".join(repr(n) for n in allowed)
+        raise BinsenseError(f"this float CIFAR model takes norm {names}, got {comp.norm!r}.")
     return comp.norm == "batch_norm"
+
+
+def _fixup_unit(comp: Components, cin: int, cout: int, stride: int, branches: int):
+    """One Fixup residual unit (module docstring) of a net with ``branches`` branches."""
+    conv1 = comp.conv(False, cin, cout, stride=stride, bias=False)
+    he_normal(conv1)
+    with torch.no_grad():
+        conv1.weight.mul_(branches**-0.5)
+    conv2 = comp.conv(False, cout, cout, stride=1, bias=False)
+    nn.init.zeros_(conv2.weight)
+    block1 = BinaryBlock(nn.Sequential(ScalarShift(), conv1), ScalarShift(), nn.ReLU())
+    block2 = BinaryBlock(
+        nn.Sequential(ScalarShift(), conv2), nn.Sequential(ScalarScale(), ScalarShift()),
+        nn.Identity(),
+    )  # fmt: skip
+    return ResidualUnit(block1, block2, Shortcut(cin, cout, stride, "slice"), nn.ReLU())
 
 
 def _float_block(comp: Components, cin: int, cout: int, stride: int, act: nn.Module):
@@ -64,11 +90,18 @@ def resnet_cifar(
     n = (depth - 2) // 6
     c = [scaled(k, width) for k in (16, 32, 64)]
     encoder = comp.encoder_for(info)
-    units: list[nn.Module] = [_float_block(comp, encoder.out_channels, c[0], 1, nn.ReLU())]
+    _check_norm(comp, fixup=True)
+    fixup = comp.norm == "fixup"
+    stem = comp.model_copy(update={"norm": "none"}) if fixup else comp  # (a biased conv)
+    units: list[nn.Module] = [_float_block(stem, encoder.out_channels, c[0], 1, nn.ReLU())]
     cin = c[0]
     for stage, cout in enumerate(c):
         for i in range(n):
             stride = 2 if stage > 0 and i == 0 else 1
+            if fixup:
+                units.append(_fixup_unit(comp, cin, cout, stride, 3 * n))
+                cin = cout
+                continue
             block1 = _float_block(comp, cin, cout, stride, nn.ReLU())
             block2 = _float_block(comp, cout, cout, 1, nn.Identity())
             if not _check_norm(comp):  # start as the identity (Fixup's zero-initialised end)
@@ -77,7 +110,13 @@ def resnet_cifar(
             shortcut = Shortcut(cin, cout, stride, "slice")
             units.append(ResidualUnit(block1, block2, shortcut, nn.ReLU()))
             cin = cout
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, info.num_classes))
+    classifier = nn.Linear(cin, info.num_classes)
+    pre: list[nn.Module] = []
+    if fixup:  # the classifier starts at zero, after a scalar bias
+        nn.init.zeros_(classifier.weight)
+        nn.init.zeros_(classifier.bias)
+        pre = [ScalarShift()]
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *pre, classifier)
     return RecipeModel(encoder, nn.Sequential(*units), head)
 
 
