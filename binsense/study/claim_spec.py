@@ -89,6 +89,12 @@ def selects(where: Mapping[str, Any], kind: str, params: Mapping[str, Any]) -> b
 
 
 def claim_pairs(arms: Sequence[Arm], spec: Any) -> list[tuple[Arm | None, Arm]]:
+    """A claim's trainings as pairs: ``(A, B)`` paired by seed, or ``(None, B)`` for each
+    training of B when the claim names no A (a condition's effect on B alone).
+
+    Raises:
+        BinsenseError: a selector that picks no or several training groups.
+    """
     if spec.a is None:
         return [(None, b) for b in select_group(arms, spec.b, "b")]
     return list(pair_trainings(arms, spec.a, spec.b, flags=("a", "b"))[0])
