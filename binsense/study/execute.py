@@ -16,8 +16,9 @@ records (:mod:`binsense.study.record`). The failure policy is the runner's:
 **Engine.** With ``[evaluation] engine = "binsense"`` a draw is computed by the model's
 deployed integer program (:func:`binsense.deploy.convert`), converted once per model
 state (:func:`model_state_key`) within one evaluation task and checked bit for bit
-against the model on the first test images (:func:`binsense.deploy.exact_program`);
-what cannot deploy is evaluated by PyTorch with a notice (the runner's docstring has the rules).
+against the model (in the deployed float order) on the first test images
+(:func:`binsense.deploy.exact_program`); what cannot deploy is evaluated by PyTorch
+with a notice (the runner's docstring has the rules).
 """
 
 from __future__ import annotations

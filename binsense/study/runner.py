@@ -37,25 +37,29 @@ is recorded as failed with that reason (and tried again, after it, by the next r
 in its run row (:meth:`~binsense.study.store.ResultStore.set_run_size`); a trained run
 without one (a store from before) gets it when the runner next passes it.
 
-**Engine.** ``[evaluation] engine = "binsense"`` evaluates each draw through the deployed
-integer program (:func:`binsense.deploy.convert`, the XNOR-popcount kernels) instead of
-the PyTorch model. The condition is applied to the model first and the program is
-converted from the model as the condition left it: a ``bn_bits`` condition (or sensor
-noise with ``bn_bits`` < 32) deploys the quantized batch norm; sensor noise transforms
-the images before the program. One program serves every draw of every condition that
-leaves the model in the same state (clean and float-BN sensor noise share the trained
-model's; ``bn_bits`` 4 and sensor noise at ``bn_bits`` 4 share theirs); a condition kind
-that changes the model otherwise (weight noise, kinds the runner does not know) is
-converted for each draw. Each new program is checked against the PyTorch model, bit for
-bit, on the first 16 test images. The program's logits are the model's, so the rows are
-the same as PyTorch's (accuracy, loss, n). A draw the engine cannot compute — a model
-that does not deploy (a float model; weight noise on binarised weights makes them
-non-±1), a device other than the CPU, a failed check — is evaluated by PyTorch, with a
-notice; every row records the engine that computed it in its ``versions`` JSON
-(``engine``: ``"binsense"`` or ``"pytorch"``; ``engine_kernel``: the kernel path;
-``engine_fallback``: why PyTorch stood in). The engine is not part of the condition ids,
-so rows stored by one engine are not computed again by the other. The kernels use
-``$BINSENSE_THREADS`` threads (default 1), not the training's torch thread count.
+**Engine.** ``[evaluation] engine = "binsense"`` evaluates each draw through the
+deployed integer program (:func:`binsense.deploy.convert`, the XNOR-popcount kernels)
+instead of the PyTorch model. The condition is applied to the model first and the
+program is converted from the model as the condition left it: a ``bn_bits`` condition
+(or sensor noise with ``bn_bits`` < 32) deploys the quantized batch norm; sensor noise
+transforms the images before the program. One program serves every draw of every
+condition that leaves the model in the same state (clean and float-BN sensor noise share
+the trained model's; ``bn_bits`` 4 and sensor noise at ``bn_bits`` 4 share theirs); a
+condition kind that changes the model otherwise (weight noise, kinds the runner does not
+know) is converted for each draw. Each new program is checked against the PyTorch model,
+bit for bit, on the first 16 test images — the model with its float layers summed in the
+deployed order (:meth:`binsense.deploy.DeployedModel.reference`, the deployed contract;
+PyTorch's own order changes with the batch and the CPU). The program's logits are the
+model's in that order, so the rows are PyTorch's up to a sign flipped at a near tie of a
+float layer (none was seen on the checks of ``benchmarks/bench_eval.py``). A draw the
+engine cannot compute — a model that does not deploy (a float model; weight noise on
+binarised weights makes them non-±1), a device other than the CPU, a failed check — is
+evaluated by PyTorch, with a notice; every row records the engine that computed it in
+its ``versions`` JSON (``engine``: ``"binsense"`` or ``"pytorch"``; ``engine_kernel``:
+the kernel path; ``engine_fallback``: why PyTorch stood in). The engine is not part of
+the condition ids, so rows stored by one engine are not computed again by the other. The
+kernels use ``$BINSENSE_THREADS`` threads (default 1), not the training's torch thread
+count.
 
 Evaluation results are deterministic (fixed test images, conditions seeded by draw), so
 an interrupted-and-resumed study stores exactly the rows of an uninterrupted one. One
