@@ -311,7 +311,7 @@ def add_study_commands(subparsers: argparse._SubParsersAction) -> None:
         "claims",
         help="the study file's claims ([[report.claim]]) judged from its store",
         description="Each claim: holds / does not hold / inconclusive / not run, from the "
-        "95 %% intervals of its paired differences per condition (binsense.study.claims).",
+        "95 % intervals of its paired differences per condition (binsense.study.claims).",
     )
     q.add_argument(
         "file",
