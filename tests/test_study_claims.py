@@ -186,3 +186,17 @@ def test_the_full_presets_state_the_papers_claims():
     assert [c.name[:2] for c in s0.report.claim] == ["1.", "2.", "3a", "3b", "3c", "3d", "4."]
     assert len(s2.report.claim) == 5
     assert not load_study(repo / "s0_fpn_bn.toml", "cpu").report.claim
+
+
+def test_a_partial_reports_figures_name_the_seeds_with_rows(tmp_path: Path):
+    """Figure subtitles count the seeds that have rows, and say when that is fewer than
+    the plan's."""
+    from binsense.study.export import study_rows
+    from binsense.study.report import _Data, _subtitle
+
+    _, study = _study(tmp_path)
+    rows = study_rows(study)
+    assert _subtitle(_Data(study, rows)).endswith("3 seed(s)")
+    seed0 = {t.run_id for t in study.trainings if t.config.seed == 0}
+    partial = [r for r in rows if r["run_id"] in seed0]
+    assert _subtitle(_Data(study, partial)).endswith("1 of 3 seeds (partial)")

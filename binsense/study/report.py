@@ -162,6 +162,7 @@ class _Data:
         for r in rows:
             per_run[r["run_id"], r["condition_id"]].append(r["accuracy"])
         self.per_run = per_run
+        self.stored_runs = {run for run, _ in per_run}
         reference = next((e for e in study.evaluations if e.kind == REFERENCE_KIND), None)
         self.reference = reference
         clean = {
@@ -176,6 +177,10 @@ class _Data:
             if clean.get(r["run_id"]):
                 stats.norm.append(r["accuracy"] / clean[r["run_id"]])
         self.pooled = pooled
+
+    def has_rows(self, run_id: str) -> bool:
+        """Whether any draw of ``run_id`` is stored."""
+        return run_id in self.stored_runs
 
     def run_stats(self, run_id: str, condition_id: str) -> tuple[float, float, int]:
         values = self.per_run.get((run_id, condition_id), [])
@@ -284,7 +289,7 @@ def _sweep_figure(data: _Data, kind: str, param: str) -> _Figure:
     axes[0].legend(fontsize="small", title="mean ± std over draws and seeds",
                     title_fontsize="x-small")  # fmt: skip
     title = f"{kind}: accuracy vs {param}"
-    fig.suptitle(f"{title}\n{_subtitle(data.study)}", fontsize="medium")
+    fig.suptitle(f"{title}\n{_subtitle(data)}", fontsize="medium")
     return _Figure(f"{kind}_vs_{param}", title, _png(fig))
 
 
@@ -309,7 +314,7 @@ def _reference_bars(data: _Data) -> _Figure | None:
     ax.set_ylabel("test accuracy (%)")
     ax.grid(axis="y", alpha=0.3)
     title = "clean accuracy per training (bars: mean ± std over seeds; dots: runs)"
-    ax.set_title(f"{title}\n{_subtitle(data.study)}", fontsize="medium")
+    ax.set_title(f"{title}\n{_subtitle(data)}", fontsize="medium")
     return _Figure("clean_accuracy_per_training", "clean accuracy per training", _png(fig))
 
 
@@ -359,7 +364,7 @@ def _size_figure(data: _Data, runs: list[dict[str, Any]]) -> _Figure | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small", title="labels: share of units pruned", title_fontsize="x-small")
     title = "accuracy vs size along the pruning sweep"
-    ax.set_title(f"{title}\n{_subtitle(data.study)}", fontsize="medium")
+    ax.set_title(f"{title}\n{_subtitle(data)}", fontsize="medium")
     return _Figure("accuracy_vs_mbit", title, _png(fig))
 
 
@@ -411,7 +416,7 @@ def _heatmap(data: _Data) -> _Figure | None:
     if options.heatmap:
         shown = ", ".join(f"{k}={v}" for k, v in options.heatmap.items())
         title += f" ({shown})"
-    ax.set_title(f"{title}\n{_subtitle(data.study)}", fontsize="medium")
+    ax.set_title(f"{title}\n{_subtitle(data)}", fontsize="medium")
     fig.colorbar(image, ax=ax, label="test accuracy (%)")
     return _Figure("heatmap_training_x_condition", title, _png(fig))
 
@@ -423,11 +428,18 @@ def _short_dataset(name: str) -> str:
     return name
 
 
-def _subtitle(study: Study) -> str:
+def _subtitle(data: _Data) -> str:
+    """Models, data sets and seeds of the figure: the seeds with stored rows, and the
+    plan's count where a partial study has fewer (``1 of 2 seeds``)."""
+    study = data.study
     models = sorted({t.config.model for t in study.trainings})
     datasets = sorted({_short_dataset(t.config.dataset) for t in study.trainings})
-    seeds = len({t.config.seed for t in study.trainings})
-    return f"{', '.join(models)} on {', '.join(datasets)}, {seeds} seed(s)"
+    planned = {t.config.seed for t in study.trainings}
+    stored = {t.config.seed for t in study.trainings if data.has_rows(t.run_id)}
+    seeds = f"{len(planned)} seed(s)" if stored == planned else (
+        f"{len(stored)} of {len(planned)} seeds (partial)"
+    )  # fmt: skip
+    return f"{', '.join(models)} on {', '.join(datasets)}, {seeds}"
 
 
 def _averages_table(data: _Data) -> _Table | None:
