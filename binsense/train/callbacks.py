@@ -359,6 +359,7 @@ class ThermometerDrift(Callback):
     def __init__(self) -> None:
         self.start: list[Tensor] | None = None
         self.grad_sum, self.steps = 0.0, 0
+        self.found: list[Any] = []  # the encoders, found once per epoch (not per step)
 
     @staticmethod
     def encoders(trainer: TrainerView) -> list[Any]:
@@ -368,13 +369,14 @@ class ThermometerDrift(Callback):
 
     @torch.no_grad()
     def on_train_begin(self, trainer: TrainerView) -> None:
+        self.found = self.encoders(trainer)
         if trainer.start_epoch == 0:
-            self.start = [e.continuous_thresholds().detach().cpu() for e in self.encoders(trainer)]
+            self.start = [e.continuous_thresholds().detach().cpu() for e in self.found]
 
     def on_step_end(self, trainer: TrainerView, step: int) -> None:
         grads = [
             p.grad.detach().float().pow(2).sum()
-            for e in self.encoders(trainer)
+            for e in self.found
             for p in (e.t0, e.delta)
             if p.grad is not None
         ]
@@ -385,7 +387,8 @@ class ThermometerDrift(Callback):
     @torch.no_grad()
     def on_epoch_end(self, trainer: TrainerView, epoch: int) -> None:
         if self.start is not None and trainer.metrics:
-            now = [e.continuous_thresholds().detach().cpu() for e in self.encoders(trainer)]
+            self.found = self.encoders(trainer)  # (a callback may have swapped the model)
+            now = [e.continuous_thresholds().detach().cpu() for e in self.found]
             shift = torch.cat(
                 [(a - b).abs().flatten() for a, b in zip(now, self.start, strict=True)]
             )
