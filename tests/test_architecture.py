@@ -84,6 +84,7 @@ def test_components_by_name_with_typed_options():
     assert all(isinstance(b.norm, ChannelAffine) for b in blocks)
     assert isinstance(model.head, nn.Linear) and not is_binary_layer(model.head)
     bad = [
+        ({"activation_quantizer": "none"}, "unknown quantizer 'none'"),
         ({"width": float("nan")}, "finite"),
         ({"width": 0}, "greater than 0"),
         ({"width": "wide"}, "'width'"),
@@ -333,3 +334,24 @@ def test_the_study_schema_does_not_import_the_comparisons(tmp_path):
     loaded = set(done.stdout.split())
     assert "binsense.study.compare" not in loaded
     assert {"binsense.study.schema", "binsense.study.selector"} <= loaded
+
+
+def test_real_weights_with_binary_activations_for_two_step_training():
+    """``weight_quantizer = "none"``: the binary layers use their latent weights as they
+    are, the activations stay ±1 (the first step of two-step training); the tensors are
+    those of the BNN, so its checkpoint starts the second step."""
+    info = dataset_info("cifar10")
+    step1 = build_model("cnv", info, width=0.25, head="float", weight_quantizer="none").eval()
+    step2 = build_model("cnv", info, width=0.25, head="float").eval()
+    binary = [m for m in step1.modules() if is_binary_layer(m)]
+    assert binary and all(m.weight_quantizer is None for m in binary)
+    assert all(m.weight_quantizer is not None for m in step2.modules() if is_binary_layer(m))
+    step2.load_state_dict(step1.state_dict())
+    w = binary[0]
+    assert torch.equal(w.binary_weight(), w.weight)  # real weights in the forward pass
+    x = torch.rand(2, 3, 32, 32)
+    assert not torch.equal(step1(x), step2(x))
+    features = {}
+    step1.blocks[1].act.register_forward_hook(lambda m, i, o: features.setdefault("a", o))
+    step1(x)
+    assert set(features["a"].unique().tolist()) <= {-1.0, 1.0}  # activations still binary

@@ -549,7 +549,7 @@ def test_quickstart_smoke_runs_on_real_mnist(tmp_path):
                                               "q5_paper": 18}),
                             ("x_encoder_fpn", {"smoke": 5, "cpu": 15, "paper": 15}),
                             ("x_bn_depth", {"smoke": 4, "cpu": 60, "paper": 60}),
-                            ("x_cnv_ablation", {"smoke": 14, "full": 14})],
+                            ("x_cnv_ablation", {"smoke": 16, "full": 16})],
 )  # fmt: skip
 def test_shipped_study_files_are_valid_in_every_preset(name, trainings):
     for preset, count in trainings.items():

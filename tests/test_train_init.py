@@ -74,6 +74,23 @@ def test_a_start_described_by_its_training(tiny_data, tmp_path, start):
         train(other, tmp_path / "other2", **QUIET)
 
 
+def test_two_step_training_binarises_the_weights_of_a_real_weight_start(tiny_data, tmp_path):
+    """Two-step training: binary activations with real weights first
+    (``weight_quantizer = "none"``), then the BNN fine-tuned from it."""
+    real = {"width": 0.25, "weight_quantizer": "none"}
+    train(config(tiny_data, epochs=1, model_options=real), tmp_path / "step1", **QUIET)
+    ckpt = tmp_path / "step1" / "checkpoint.pt"
+    start = {"model_options": real, "lr": 0.01}
+    step2 = config(tiny_data, epochs=1, lr=0.001, init={"training": start})
+    snap = _Snapshot()
+    result = train(step2, tmp_path / "step2", init=ckpt, hooks=Hooks(callbacks=[snap]), **QUIET)
+    assert same_weights(snap.state, load_checkpoint(ckpt)["model"])
+    assert result.provenance["start"]["config_hash"] == step2.init_config().config_hash()
+    model = result.model
+    layers = [m for m in model.modules() if hasattr(m, "binary_weight")]
+    assert all(m.binary_weight().abs().eq(1).all() for m in layers)  # step 2 is binary
+
+
 def test_a_resumed_fine_tuning_ends_as_an_uninterrupted_one(tiny_data, tmp_path, start):
     _, ckpt = start
     tuned = config(tiny_data, epochs=2, lr=0.001, init={"checkpoint": str(ckpt)})

@@ -9,7 +9,9 @@ option                    meaning
 ========================  ==================================================================
 ``encoder``               input encoder (:data:`binsense.encoders.ENCODERS`): ``"float"``
 ``weight_quantizer``      sign quantizer of the binary weights, a name or
-                          ``{name = "ste_sign", clip_value = 1.0}``
+                          ``{name = "ste_sign", clip_value = 1.0}``; ``"none"`` keeps
+                          them real (binary activations only: the first step of
+                          two-step training)
 ``activation_quantizer``  sign quantizer of the block activations (same form)
 ``norm``                  ``"batch_norm"``, ``"channel_affine"`` or ``"none"``
 ``bn_affine``             learn :math:`\gamma, \beta` of the batch norms after binary convs
@@ -35,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
 from binsense.data import DatasetInfo
@@ -90,7 +92,9 @@ class Components(BaseModel):
 
     @field_validator("weight_quantizer", "activation_quantizer")
     @classmethod
-    def _quantizer(cls, v: Any) -> Any:
+    def _quantizer(cls, v: Any, info: ValidationInfo) -> Any:
+        if v == "none" and info.field_name == "weight_quantizer":
+            return v  # real weights, binary activations: two-step training's first step
         get_quantizer(v)  # name and options checked by building one
         return v
 
@@ -111,6 +115,10 @@ class Components(BaseModel):
     def encoder_for(self, info: DatasetInfo) -> InputEncoder:
         return build_encoder(self.encoder, info)
 
+    def _weight_quantizer(self):
+        """The binary layers' weight quantizer; ``None`` (real weights) for ``"none"``."""
+        return None if self.weight_quantizer == "none" else get_quantizer(self.weight_quantizer)
+
     def conv(
         self, binary: bool, cin: int, cout: int, *, k: int = 3, stride: int = 1,
         padding: int = 1, groups: int = 1, bias: bool = False,
@@ -124,7 +132,7 @@ class Components(BaseModel):
         if binary:
             return BinaryConv2d(
                 cin, cout, k, stride, padding, groups=groups, bias=bias,
-                weight_quantizer=get_quantizer(self.weight_quantizer),
+                weight_quantizer=self._weight_quantizer(),
                 latent_clip=self.latent_clip,
             )  # fmt: skip
         return nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=bias)
@@ -133,7 +141,7 @@ class Components(BaseModel):
         """A linear layer, binary-weight or float."""
         if binary:
             return BinaryLinear(
-                cin, cout, bias, weight_quantizer=get_quantizer(self.weight_quantizer),
+                cin, cout, bias, weight_quantizer=self._weight_quantizer(),
                 latent_clip=self.latent_clip,
             )  # fmt: skip
         return nn.Linear(cin, cout, bias=bias)
