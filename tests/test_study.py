@@ -544,7 +544,7 @@ def test_quickstart_smoke_runs_on_real_mnist(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "trainings"), [("s0_fpn_bn", {"smoke": 2, "cpu": 6, "paper": 6, "full": 10}),
-                            ("s1_bn_analog", {"smoke": 3, "cpu": 6, "paper": 14}),
+                            ("s1_bn_analog", {"smoke": 3, "cpu": 6, "full": 14, "paper": 14}),
                             ("x_design_fpn", {"smoke": 6, "cpu": 18, "paper": 18, "q5_cpu": 18,
                                               "q5_paper": 18}),
                             ("x_encoder_fpn", {"smoke": 5, "cpu": 15, "paper": 15}),

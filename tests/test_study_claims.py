@@ -24,6 +24,9 @@ from binsense.study.store import ResultStore
 HALF = 4.302652730 / math.sqrt(3)  # t_{0.975,2} * sd(4, 5, 6) / sqrt(3), points
 
 CLAIMS = """
+[report]
+notes = ["CIFAR-100 is not on this machine: <not run>."]
+
 [[report.claim]]
 name = "B beats A under FPN"
 paper = "+5 points"
@@ -161,6 +164,7 @@ def test_report_and_cli_show_the_claims(tmp_path: Path, capsys):
     path, study = _study(tmp_path, expect="> 7.5")
     md = write_report(study, tmp_path / "report").markdown.read_text()
     assert "## Claims" in md and "### B beats A under FPN" in md
+    assert "Note: CIFAR-100 is not on this machine: &lt;not run&gt;." in md  # as literal text
     summary = "| B beats A under FPN | +5 points | variant=B minus variant=A | &gt; 7.5 |"
     assert f"{summary} does not hold | 2 does not hold (of 2) |" in md  # Markdown-escaped
     assert "| sensor_noise level=0.1 | 3 | +5.00 | \\[+2.52, +7.48\\] | seeds | does not" in md
@@ -186,6 +190,7 @@ def test_the_full_presets_state_the_papers_claims():
     assert [c.name[:2] for c in s0.report.claim] == ["1.", "2.", "3a", "3b", "3c", "3d", "4."]
     assert len(s2.report.claim) == 5
     assert not load_study(repo / "s0_fpn_bn.toml", "cpu").report.claim
+    assert all("CIFAR-100" in s.report.notes[0] for s in (s0, s2))  # what was not run
 
 
 def test_a_partial_reports_figures_name_the_seeds_with_rows(tmp_path: Path):

@@ -537,6 +537,7 @@ def _blocks(
     blocks: list[Any] = [_Heading(f"Study {study.name}", 1)]
     if study.description:
         blocks.append(_Text(study.description))
+    blocks.extend(_Text(f"Note: {note}") for note in study.report.notes)
     status = "complete" if len(rows) == expected else f"partial: {len(rows)} of {expected} draws"
     if failures:
         status += f"; {len(failures)} grid point(s) FAILED (see Failures)"

@@ -10,7 +10,7 @@ A study file describes a grid of trainings and a grid of evaluation conditions::
                              # ([[train.grid]] blocks: several grids, their union)
     [[condition]]            # one test condition: kind + parameters; list values expand
     [evaluation]             # how conditions are evaluated (batch size, test subset, draw cap)
-    [report]                 # what the report draws: heatmap filter, facets (never what runs)
+    [report]                 # what the report shows: notes, heatmap, facets (never what runs)
     [presets.NAME]           # tables deep-merged over the file (scale: smoke, cpu, paper)
 
 Loading is strict: every key is checked against the schema of its section (TrainConfig
@@ -253,11 +253,14 @@ class ReportOptions(BaseModel):
     per kind, the numeric parameters that get an accuracy-vs-parameter figure (default:
     every parameter that takes several values). ``compare`` (``[[report.compare]]``
     blocks, :class:`CompareSpec`) adds a "Paired comparisons" section; its selectors are
-    checked against the training grid when the file is loaded.
+    checked against the training grid when the file is loaded. ``notes`` are sentences
+    the report prints under its title, as they are: what the study leaves out and why
+    (a data set that is not on the machine, a shortened schedule).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
+    notes: list[str] = Field(default_factory=list, description="sentences under the title")
     heatmap: dict[str, Any] = Field(default_factory=dict, description="condition filter")
     facet: dict[str, str] = Field(default_factory=dict, description="kind -> parameter")
     sweep: dict[str, list[str]] = Field(
