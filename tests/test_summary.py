@@ -196,3 +196,16 @@ def test_cli_summarises_a_checkpoint(tiny_data, tmp_path, capsys):
     with pytest.raises(BinsenseError, match="needs a checkpoint reader") as e:
         _run_cli(["--checkpoint", ckpt], reader=False)
     assert "\n" not in str(e.value)
+
+
+def test_real_weights_of_a_two_step_first_model_count_as_float():
+    """``weight_quantizer = "none"`` keeps the binary layers' weights real: they are
+    32-bit values and their MACs are not binary, though the activations are ±1."""
+    info = dataset_info("cifar10")
+    bnn = summary(build_model("cnv", info, width=0.25, head="float"), (3, 32, 32))
+    real = build_model("cnv", info, width=0.25, head="float", weight_quantizer="none")
+    step1 = summary(real, (3, 32, 32))
+    assert step1.binary_macs == 0 < bnn.binary_macs
+    assert step1.params_1bit == 0  # every weight is real (and the BNs are not thresholds)
+    assert step1.params_32bit >= bnn.params_32bit + bnn.params_1bit
+    assert step1.mbit > 20 * bnn.mbit

@@ -91,7 +91,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from binsense import tomlfile
 from binsense.errors import BinsenseError
-from binsense.layers.binary import is_binary_layer
+from binsense.layers.binary import has_binary_weights, is_binary_layer
 from binsense.layers.block import BinaryBlock
 from binsense.layers.design import DeSign
 from binsense.layers.folds import pair_folds
@@ -524,7 +524,7 @@ def summary(
                     c.add(n, FLOAT_BITS)
                 detail = f"{n} float values" if n else ""
         elif isinstance(m, (_ConvNd, nn.Linear)):
-            binary_w = is_binary_layer(m)
+            binary_w = has_binary_weights(m)
             quantized = binary_w and getattr(m, "input_quantizer", None) is not None
             in_pm1 = quantized or call.input_binary
             kind = "±1" if in_pm1 else "real"

@@ -9,6 +9,7 @@ from binsense.layers.binary import (
     BinaryConv2d,
     BinaryLinear,
     clip_latent_weights,
+    has_binary_weights,
     is_binary_layer,
 )
 from binsense.layers.block import BinaryBlock, ResidualUnit, Shortcut, blocks_of
@@ -53,6 +54,7 @@ __all__ = [
     "design_thresholds",
     "fold_bn_affine",
     "get_design_kernel",
+    "has_binary_weights",
     "is_binary_layer",
     "levels_to_thresholds",
     "make_norm",

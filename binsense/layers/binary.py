@@ -138,3 +138,10 @@ def clip_latent_weights(model: nn.Module) -> None:
 def is_binary_layer(module: nn.Module) -> bool:
     """True for :class:`BinaryConv2d` / :class:`BinaryLinear`."""
     return isinstance(module, _BinaryMixin)
+
+
+def has_binary_weights(module: nn.Module) -> bool:
+    """True for a binary layer whose forward weights are :math:`\pm 1` (times a scale):
+    not one built with ``weight_quantizer = None`` (real weights, binary activations:
+    two-step training's first step)."""
+    return is_binary_layer(module) and module.weight_quantizer is not None
