@@ -141,7 +141,7 @@ def is_binary_layer(module: nn.Module) -> bool:
 
 
 def has_binary_weights(module: nn.Module) -> bool:
-    """True for a binary layer whose forward weights are :math:`\pm 1` (times a scale):
+    r"""True for a binary layer whose forward weights are :math:`\pm 1` (times a scale):
     not one built with ``weight_quantizer = None`` (real weights, binary activations:
     two-step training's first step)."""
     return is_binary_layer(module) and module.weight_quantizer is not None
