@@ -314,6 +314,10 @@ def test_the_optimizer_is_fused_where_torch_has_the_kernel(optimizer, monkeypatc
         torch.testing.assert_close(a, b)
         assert not torch.equal(a, a0)  # the step moved it
 
+    # a run saved with the looped step resumes with it (the groups carry the choice)
+    fused.load_state_dict(looped.state_dict())
+    assert not fused.param_groups[0]["fused"]
+
     cls = type(fused)
 
     class NoFused(cls):  # a device or torch without the fused kernel

@@ -177,7 +177,8 @@ def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     (``benchmarks/bench_optim.py``); in a whole ~100 ms training step the difference was
     within the machine's noise. Elsewhere the looped implementation, silently: the two
     compute the same update (up to float rounding), so the choice is not part of the run
-    id; a run is deterministic on one machine and torch version either way.
+    id; a run is deterministic on one machine and torch version either way, and a resumed
+    run keeps the implementation it started with (its saved parameter groups carry it).
     """
     groups = list(params)
     if config.optimizer == "adam":
