@@ -84,7 +84,7 @@ def test_components_by_name_with_typed_options():
     assert all(isinstance(b.norm, ChannelAffine) for b in blocks)
     assert isinstance(model.head, nn.Linear) and not is_binary_layer(model.head)
     bad = [
-        ({"activation_quantizer": "none"}, "unknown quantizer 'none'"),
+        ({"activation_quantizer": "none"}, "activations are binary"),
         ({"width": float("nan")}, "finite"),
         ({"width": 0}, "greater than 0"),
         ({"width": "wide"}, "'width'"),

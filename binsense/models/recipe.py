@@ -95,6 +95,12 @@ class Components(BaseModel):
     def _quantizer(cls, v: Any, info: ValidationInfo) -> Any:
         if v == "none" and info.field_name == "weight_quantizer":
             return v  # real weights, binary activations: two-step training's first step
+        if v == "none":
+            raise ValueError(
+                "activation_quantizer cannot be 'none': a BNN's activations are binary "
+                "(weight_quantizer = 'none' keeps real weights; a float twin is the "
+                "model named <name>_float)"
+            )
         get_quantizer(v)  # name and options checked by building one
         return v
 
