@@ -262,7 +262,8 @@ def test_finished_runs_are_reused_from_another_study_folder(tiny_data, tmp_path,
     in (and not trained again); unfinished or other trainings are not; a folder that is
     not a study's is one error line."""
     from binsense.cli import main
-    from binsense.study.runner import run_study
+    from binsense.study.plan import shown_status
+    from binsense.study.runner import reuse_runs, run_study
     from binsense.study.schema import load_study
 
     first = _write_study(tmp_path / "a", tiny_data)
@@ -273,9 +274,16 @@ def test_finished_runs_are_reused_from_another_study_folder(tiny_data, tmp_path,
     text = second.read_text().replace('name = "tuned from hidden", lr = 0.002', 'name = "new"')
     second.write_text(text)
     lines: list[str] = []
+    # copied but not yet reached by the runner: shown as such, not as "not started"
+    before = load_study(second)
+    copied = reuse_runs(before, [done.out_dir], log=lambda s: None)
+    other = next(t.run_id for t in before.trainings if t.run_id not in copied)
+    assert shown_status(before, copied[0], None) == "in its folder, not yet recorded"
+    assert shown_status(before, other, None) == "not started"
     summary = run_study(second, progress=False, log=lines.append, reuse=[done.out_dir])
     study = load_study(second)
-    reused = {line.split()[2] for line in lines if line.startswith("reused run ")}
+    reused = set(copied)
+    assert not any(line.startswith("reused run ") for line in lines)  # already in place
     shared = {t.run_id for t in study.trainings if t.grid["variant"] in ("clean", "tuned")}
     assert reused == shared and clean < shared  # clean and tuned of both seeds
     assert summary.failed == 0 and len(study.hidden) == 2  # "new"'s starts: trained here
@@ -292,6 +300,7 @@ def test_finished_runs_are_reused_from_another_study_folder(tiny_data, tmp_path,
     run_study(third, progress=False, log=lines.append, reuse=[done.out_dir])
     assert any(line.startswith(f"not reused: run {victim} from ") for line in lines)
     assert not any(line.startswith(f"reused run {victim}") for line in lines)
+    assert any(line.startswith("reused run ") for line in lines)  # the others: copied
     code = main(["study", "run", str(second), "--reuse", str(tmp_path), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "is not a study folder (it has no runs/ folder)" in err

@@ -104,6 +104,7 @@ def _report(study: Study, chosen: str | None) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from binsense.study.plan import shown_status
     from binsense.study.runner import study_progress
 
     study = _load(args)
@@ -133,7 +134,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         c = p.training.config
         print(
             f"  {p.training.run_id}  {p.training.label():<{width}}  {c.model} on {c.dataset}, "
-            f"{c.epochs} epoch(s)  {p.status or 'not started'}, "
+            f"{c.epochs} epoch(s)  {shown_status(study, p.training.run_id, p.status)}, "
             f"{p.draws_done}/{p.draws_total} draws"
         )
         for reason in p.failures:
@@ -142,7 +143,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print("teachers and starts (trained first, not evaluated):")
         for t in study.hidden:
             c = t.config
-            status = hidden.get(t.run_id) or "not started"
+            status = shown_status(study, t.run_id, hidden.get(t.run_id))
             print(
                 f"  {t.run_id}  {t.label()}: {c.model} on {c.dataset}, {c.epochs} epoch(s)  "
                 f"{status}"

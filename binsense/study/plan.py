@@ -173,4 +173,16 @@ def make_plan(study: Study, snapshot: StoreSnapshot) -> Plan:
     return Plan(tuple(trains.values()), tuple(evals), tuple(sizes), skipped)
 
 
-__all__ = ["EvalTask", "Plan", "StoreSnapshot", "TrainTask", "make_plan"]
+def shown_status(study: Study, run_id: str, stored: str | None) -> str:
+    """A training's status as the report and ``binsense study status`` show it: the
+    store's; without a store row, ``"in its folder, not yet recorded"`` where its run
+    folder already holds a checkpoint (copied by ``--reuse``: the runner records it when
+    it reaches it, without training), else ``"not started"``."""
+    if stored:
+        return stored
+    if checkpoint_path(study.run_dir(run_id)).is_file():
+        return "in its folder, not yet recorded"
+    return "not started"
+
+
+__all__ = ["EvalTask", "Plan", "StoreSnapshot", "TrainTask", "make_plan", "shown_status"]

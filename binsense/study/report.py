@@ -67,6 +67,7 @@ from binsense.study.export import (
     md_inline,
     study_rows,
 )
+from binsense.study.plan import shown_status
 from binsense.study.schema import (
     Evaluation,
     Study,
@@ -568,7 +569,8 @@ def _blocks(
             "" if acc is None else f"{100 * acc:.2f}",
             "" if mbit is None else f"{mbit:.4f}",
             "" if binary is None else ("yes" if binary else "no"),
-            r.get("status", "not started"), "" if seconds is None else f"{seconds:.0f}",
+            shown_status(study, t.run_id, r.get("status")),
+            "" if seconds is None else f"{seconds:.0f}",
         ])  # fmt: skip
     blocks.append(_Table(
         ["run", "training", "data set", "model", "epochs", "test acc. (%)", "size (Mbit)",
