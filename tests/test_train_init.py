@@ -257,13 +257,15 @@ def test_epochs_are_evaluated_by_the_engine_where_the_model_deploys(tiny_data):
     assert sum("not the binsense engine: the model does not deploy" in n for n in notes) == 1
 
 
-def test_finished_runs_are_reused_from_another_study_folder(tiny_data, tmp_path, capsys):
+def test_finished_runs_are_reused_from_another_study_folder(
+    tiny_data, tmp_path, capsys, monkeypatch
+):
     """``--reuse DIR``: a training another study finished under the same run id is copied
     in (and not trained again); unfinished or other trainings are not; a folder that is
     not a study's is one error line."""
     from binsense.cli import main
     from binsense.study.plan import shown_status
-    from binsense.study.runner import reuse_runs, run_study
+    from binsense.study.runner import _Driver, reuse_runs, run_study
     from binsense.study.schema import load_study
 
     first = _write_study(tmp_path / "a", tiny_data)
@@ -280,7 +282,18 @@ def test_finished_runs_are_reused_from_another_study_folder(tiny_data, tmp_path,
     other = next(t.run_id for t in before.trainings if t.run_id not in copied)
     assert shown_status(before, copied[0], None) == "in its folder, not yet recorded"
     assert shown_status(before, other, None) == "not started"
+    submitted: list[tuple[str, str]] = []  # (task kind, run id) in submission order
+    submit = _Driver.submit
+
+    def spy(self, task):
+        submitted.append((type(task).__name__, task.run_id))
+        return submit(self, task)
+
+    monkeypatch.setattr(_Driver, "submit", spy)
     summary = run_study(second, progress=False, log=lines.append, reuse=[done.out_dir])
+    # the copied runs are recorded and evaluated before anything is trained
+    first_new = next(i for i, (_, r) in enumerate(submitted) if r not in copied)
+    assert {r for _, r in submitted[:first_new]} == set(copied)
     study = load_study(second)
     reused = set(copied)
     assert not any(line.startswith("reused run ") for line in lines)  # already in place

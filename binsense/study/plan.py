@@ -83,6 +83,12 @@ class TrainTask:
     def run_id(self) -> str:
         return self.training.run_id
 
+    @property
+    def copied(self) -> bool:
+        """Its folder already holds a checkpoint the store knows nothing of (copied in by
+        ``--reuse``): most likely nothing to train."""
+        return self.status is None and checkpoint_path(self.run_dir).is_file()
+
 
 @dataclass(frozen=True)
 class EvalTask:

@@ -236,8 +236,16 @@ class _Driver:
         self.preflight(plan)
         trains = {t.run_id: t for t in plan.trainings}
         evals = {e.run_id: e for e in plan.evaluations}
-        queue: list[TrainTask | EvalTask] = []  # each run trained, then evaluated
-        for training in self.study.training_order():
+        # each run trained, then evaluated; first the runs with nothing to train (trained
+        # before, or copied in by --reuse): their rows land before the long trainings
+        order = self.study.training_order()  # (each start and teacher before its users)
+        cheap: set[str] = set()
+        for t in order:
+            task = trains.get(t.run_id)
+            if task is None or (task.copied and cheap.issuperset(task.after)):
+                cheap.add(t.run_id)
+        queue: list[TrainTask | EvalTask] = []
+        for training in sorted(order, key=lambda t: t.run_id not in cheap):  # (stable)
             queue += [q for q in (trains.get(training.run_id), evals.get(training.run_id)) if q]
         running: dict[int, tuple[Handle, TrainTask | EvalTask]] = {}
         try:
@@ -333,8 +341,9 @@ def reuse_runs(
     finished training of exactly that config (read with its checksum checked); only
     into a study without a folder for it (nothing of this study is replaced). The folder
     is copied whole under a hidden name, then renamed into place, so a kill leaves no
-    half-copied run. The runner then finds every epoch done and trains nothing (S0's and
-    S2's ``full`` presets share their clean CNV models this way).
+    half-copied run. The runner takes such runs first (before any training: their rows
+    land early), finds every epoch done and trains nothing (S0's and S2's ``full``
+    presets share their clean CNV models this way).
 
     Raises:
         BinsenseError: a source that is not a study folder (no ``runs/``).
