@@ -180,7 +180,7 @@ def make_plan(study: Study, snapshot: StoreSnapshot) -> Plan:
 
 
 def shown_status(study: Study, run_id: str, stored: str | None) -> str:
-    """A training's status as the report and ``binsense study status`` show it: the
+    """A training's status as the report and ``binsense study show`` print it: the
     store's; without a store row, ``"in its folder, not yet recorded"`` where its run
     folder already holds a checkpoint (copied by ``--reuse``: the runner records it when
     it reaches it, without training), else ``"not started"``."""
