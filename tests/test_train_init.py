@@ -344,6 +344,11 @@ kind = "clean"
         ('{ model = "mnist_bnn_float" }', None),  # the float twin: the same tensors
         ("{ epochs = 3 }", None),
         ("{ model_options = { width = 0.5 } }", "'mnist_bnn' do not have the same tensors"),
+        # the table replaces the model's options: the hint names the one it dropped
+        (
+            '{ model_options = { head = "float" } }',
+            r"repeat the options they share \(width = 0.25\)",
+        ),
     ],
 )
 def test_a_start_must_have_the_models_tensors_when_the_file_loads(tmp_path, start, error):
@@ -360,6 +365,7 @@ def test_a_start_must_have_the_models_tensors_when_the_file_loads(tmp_path, star
     with pytest.raises(StudyFileError, match=error) as e:
         load_study(path)
     assert "\n" not in str(e.value) and "init of seed=0, variant=tuned" in str(e.value)
+    assert ("does not merge" in str(e.value)) == ("head" in start)
 
 
 # ---------------------------------------------------------------- GLT drift
