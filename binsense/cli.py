@@ -413,7 +413,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         print(f"{name}\n  {recipe.description}")
         print(f"  goal: {recipe.goal}\n  measured: {recipe.expected()}")
         if args.verbose:
-            print("  fields: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in f.items()))
+            print("  fields: " + tomlfile.key_values(f))
     print("\nbinsense train --recipe NAME [--out DIR] [flags that override the recipe]")
     return 0
 

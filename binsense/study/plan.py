@@ -85,9 +85,8 @@ class TrainTask:
 
     @property
     def copied(self) -> bool:
-        """Its folder already holds a checkpoint the store knows nothing of (copied in by
-        ``--reuse``): most likely nothing to train."""
-        return self.status is None and checkpoint_path(self.run_dir).is_file()
+        """Copied in by ``--reuse`` (:func:`unrecorded`): most likely nothing to train."""
+        return unrecorded(self.status, self.run_dir)
 
 
 @dataclass(frozen=True)
@@ -179,16 +178,20 @@ def make_plan(study: Study, snapshot: StoreSnapshot) -> Plan:
     return Plan(tuple(trains.values()), tuple(evals), tuple(sizes), skipped)
 
 
+def unrecorded(stored: str | None, run_dir: Path) -> bool:
+    """The run folder holds a checkpoint that the store has no row for: copied in by
+    ``--reuse`` (a training's row is written before its first epoch), and recorded by the
+    runner when it reaches the run, without training."""
+    return stored is None and checkpoint_path(run_dir).is_file()
+
+
 def shown_status(study: Study, run_id: str, stored: str | None) -> str:
     """A training's status as the report and ``binsense study show`` print it: the
-    store's; without a store row, ``"in its folder, not yet recorded"`` where its run
-    folder already holds a checkpoint (copied by ``--reuse``: the runner records it when
-    it reaches it, without training), else ``"not started"``."""
-    if stored:
-        return stored
-    if checkpoint_path(study.run_dir(run_id)).is_file():
+    store's; ``"in its folder, not yet recorded"`` for an :func:`unrecorded` run; else
+    ``"not started"``."""
+    if unrecorded(stored, study.run_dir(run_id)):
         return "in its folder, not yet recorded"
-    return "not started"
+    return stored or "not started"
 
 
 __all__ = ["EvalTask", "Plan", "StoreSnapshot", "TrainTask", "make_plan", "shown_status"]

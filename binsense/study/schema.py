@@ -750,7 +750,7 @@ def _check_starts(trainings: Mapping[str, Training], place: _Place, where: str) 
             lost = {k: v for k, v in t.config.model_options.items() if k not in start.model_options}
             hint = (
                 "; the init table's model_options replaces this training's whole table (it "
-                f"does not merge): repeat the options they share ({_options_text(lost)})"
+                f"does not merge): repeat the options they share ({tomlfile.key_values(lost)})"
                 if lost and "model_options" in (t.config.init.training or {}) else ""
             )  # fmt: skip
             raise place.error(
@@ -759,11 +759,6 @@ def _check_starts(trainings: Mapping[str, Training], place: _Place, where: str) 
                 f"{t.config.model!r} do not have the same tensors (first difference: {diff!r}); "
                 f"a start must have this model's tensor names and shapes{hint}",
             )
-
-
-def _options_text(options: Mapping[str, Any]) -> str:
-    """``{"width": 0.5}`` as TOML-like text, ``width = 0.5``."""
-    return ", ".join(f"{k} = {json.dumps(v)}" for k, v in options.items())
 
 
 def _model_key(config: TrainConfig) -> str:
